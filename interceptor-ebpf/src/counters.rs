@@ -1,0 +1,87 @@
+//! Per-pod, per-CPU counters: `COUNTERS[pod_index * Counter::COUNT + counter]`.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Outbound connection sent to 127.0.0.1:`-p`.
+    Redirected = 0,
+    /// The proxy's connection to its own pod sent to 127.0.0.1:`-z`.
+    InboundCaptured,
+    /// Direct: the process runs as a proxy uid or gid.
+    DirectProxy,
+    /// Direct: bound to 127.0.0.6 (inbound passthrough).
+    DirectPassthrough,
+    /// Direct: the destination is local (127.0.0.0/8 or the pod's own address).
+    DirectLocal,
+    /// Direct: the port is in `-o`.
+    DirectExcludedPort,
+    /// Direct: the destination is in `-x`.
+    DirectExcludedCidr,
+    /// Direct: neither `-i` nor `-q` selects the connection.
+    DirectNotIncluded,
+    /// `getsockopt(SO_ORIGINAL_DST)` answered from our maps.
+    OrigDstHit,
+    /// `getsockopt(SO_ORIGINAL_DST)` on a socket we know nothing about.
+    OrigDstMiss,
+    /// `getpeername()` shown the dialled address.
+    PeerNameRestored,
+    /// A redirected connection reached established without its recorded destination
+    /// (the cookie map evicted it) or an insert into a connection map failed.
+    OrigDstLost,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 12;
+
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Redirected,
+        Counter::InboundCaptured,
+        Counter::DirectProxy,
+        Counter::DirectPassthrough,
+        Counter::DirectLocal,
+        Counter::DirectExcludedPort,
+        Counter::DirectExcludedCidr,
+        Counter::DirectNotIncluded,
+        Counter::OrigDstHit,
+        Counter::OrigDstMiss,
+        Counter::PeerNameRestored,
+        Counter::OrigDstLost,
+    ];
+
+    /// The name user space reports (status, metrics).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Redirected => "redirected",
+            Counter::InboundCaptured => "inbound_captured",
+            Counter::DirectProxy => "direct_proxy_owner",
+            Counter::DirectPassthrough => "direct_passthrough_source",
+            Counter::DirectLocal => "direct_local_destination",
+            Counter::DirectExcludedPort => "direct_excluded_port",
+            Counter::DirectExcludedCidr => "direct_excluded_cidr",
+            Counter::DirectNotIncluded => "direct_not_included",
+            Counter::OrigDstHit => "original_dst_hits",
+            Counter::OrigDstMiss => "original_dst_misses",
+            Counter::PeerNameRestored => "peer_name_restored",
+            Counter::OrigDstLost => "original_dst_lost",
+        }
+    }
+
+    /// Index into `COUNTERS`.
+    #[inline(always)]
+    pub const fn slot(self, pod_index: u32) -> u32 {
+        pod_index * Self::COUNT + self as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_every_counter_in_slot_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32);
+        }
+        assert_eq!(Counter::OrigDstLost.slot(2), 2 * Counter::COUNT + 11);
+    }
+}

@@ -1,0 +1,100 @@
+//! `cgroup/getsockopt`: answer `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on the proxy's accepted
+//! socket as netfilter's `getorigdst()` does: a 16-byte `sockaddr_in` and 0, or ENOPROTOOPT
+//! (not TCP), EINVAL (buffer under 16 bytes), ENOENT (no such connection). Every other
+//! option, and sockets of pods we do not manage, pass through untouched.
+
+use aya_ebpf::{
+    EbpfContext as _, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sockopt,
+    programs::SockoptContext,
+};
+use interceptor_ebpf::{Counter, wire::sin_port};
+
+use crate::maps::{ORIG_DST_BY_TUPLE, count, pod_config, tuple_from_server_side};
+
+const SOL_IP: i32 = 0;
+const SO_ORIGINAL_DST: i32 = 80;
+const IPPROTO_TCP: u32 = 6;
+const AF_INET: u16 = 2;
+const SOCKADDR_IN_LEN: i32 = 16;
+const PAGE_SIZE: i32 = 4096;
+const EINVAL: i32 = 22;
+const ENOENT: i32 = 2;
+const EFAULT: i32 = 14;
+const ENOPROTOOPT: i32 = 92;
+
+/// `struct sockaddr_in`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port: u16,
+    addr: u32,
+    zero: [u8; 8],
+}
+
+#[cgroup_sockopt(getsockopt)]
+pub fn answer_original_dst(ctx: SockoptContext) -> i32 {
+    answer(&ctx);
+    1
+}
+
+#[inline(always)]
+fn answer(ctx: &SockoptContext) {
+    let so = ctx.sockopt;
+    // SAFETY: the context pointer is valid for the program's run. Each field is read and
+    // written on its own: the verifier rejects merged wide accesses to this context.
+    unsafe {
+        if (*so).level != SOL_IP || (*so).optname != SO_ORIGINAL_DST || (*so).retval == 0 {
+            return; // not ours, or the kernel (conntrack) already answered
+        }
+        let netns = bpf_get_netns_cookie(ctx.as_ptr());
+        let Some(cfg) = pod_config(netns) else {
+            return;
+        };
+        let sk = (*so).__bindgen_anon_1.sk;
+        if sk.is_null() {
+            return;
+        }
+        if (*sk).protocol != IPPROTO_TCP {
+            set_retval(so, -ENOPROTOOPT);
+            return;
+        }
+        let optlen = (*so).optlen;
+        if optlen < SOCKADDR_IN_LEN {
+            set_retval(so, -EINVAL);
+            return;
+        }
+        let Some(orig) = ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) else {
+            count(cfg, Counter::OrigDstMiss);
+            set_retval(so, -ENOENT);
+            return;
+        };
+        let optval = (*so).__bindgen_anon_2.optval as *mut u8;
+        let optval_end = (*so).__bindgen_anon_3.optval_end as *mut u8;
+        if optval.wrapping_add(SOCKADDR_IN_LEN as usize) > optval_end {
+            set_retval(so, -EFAULT);
+            return;
+        }
+        let out = optval as *mut SockaddrIn;
+        core::ptr::write_volatile(
+            out,
+            SockaddrIn {
+                family: AF_INET,
+                port: sin_port(orig.port),
+                addr: orig.addr,
+                zero: [0; 8],
+            },
+        );
+        // netfilter leaves the caller's length as it was; the kernel only hands a program a
+        // buffer of at most a page, so a longer one is reported as the 16 bytes written.
+        if optlen > PAGE_SIZE {
+            core::ptr::write_volatile(&mut (*so).optlen, SOCKADDR_IN_LEN);
+        }
+        set_retval(so, 0);
+        count(cfg, Counter::OrigDstHit);
+    }
+}
+
+#[inline(always)]
+unsafe fn set_retval(so: *mut aya_ebpf::bindings::bpf_sockopt, retval: i32) {
+    unsafe { core::ptr::write_volatile(&mut (*so).retval, retval) };
+}

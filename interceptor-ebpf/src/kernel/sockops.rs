@@ -1,0 +1,73 @@
+//! `sockops`: when a redirected connection is established its local port is known, so its
+//! original destination moves from the socket cookie to the connection's 4-tuple, where the
+//! proxy's accepted socket (and the application's getpeername) can find it. When the client
+//! socket closes, the entry goes.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE,
+    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use interceptor_ebpf::{
+    Counter, SockTuple4,
+    wire::{port_from_sock_ops_local, port_from_sock_ops_remote},
+};
+
+use crate::maps::{ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, count, pod_config};
+
+const AF_INET: u32 = 2;
+
+#[sock_ops]
+pub fn track_redirected_sockets(ctx: SockOpsContext) -> u32 {
+    if ctx.family() == AF_INET {
+        match ctx.op() {
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
+            BPF_SOCK_OPS_STATE_CB => on_state_change(&ctx),
+            _ => {}
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn tuple(ctx: &SockOpsContext) -> SockTuple4 {
+    SockTuple4 {
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        client_addr: ctx.local_ip4(),
+        server_addr: ctx.remote_ip4(),
+        client_port: port_from_sock_ops_local(ctx.local_port()),
+        server_port: port_from_sock_ops_remote(ctx.remote_port()),
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn on_established(ctx: &SockOpsContext) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out before the entry is removed.
+    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
+        return; // not a connection connect4 redirected
+    };
+    let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
+    let key = tuple(ctx);
+    if ORIG_DST_BY_TUPLE.insert(&key, &orig, 0).is_err() {
+        if let Some(cfg) = pod_config(key.netns) {
+            count(cfg, Counter::OrigDstLost);
+        }
+        return;
+    }
+    // Ask for state changes of this socket only, to drop the entry when it closes.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+#[inline(always)]
+fn on_state_change(ctx: &SockOpsContext) {
+    if ctx.arg(1) == BPF_TCP_CLOSE {
+        let _ = ORIG_DST_BY_TUPLE.remove(&tuple(ctx));
+    }
+}

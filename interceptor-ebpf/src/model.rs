@@ -1,0 +1,257 @@
+//! Map names, keys and values. Every struct is `#[repr(C)]` with explicit padding so that
+//! its bytes are fully defined (the kernel hashes keys byte by byte).
+
+use crate::wire::RawIpv4;
+
+/// Map names, as the programs declare them and the loader pins them.
+pub mod map_names {
+    pub const POD_CONFIG: &str = "POD_CONFIG";
+    pub const PORT_SET: &str = "PORT_SET";
+    pub const CIDR4: &str = "CIDR4";
+    pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
+    pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const INSTANCE_META: &str = "INSTANCE_META";
+    /// aya-log's ring buffer (kernel-side debug messages).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
+}
+
+/// Program names (the functions in the kernel crate), in the order the loader attaches them:
+/// everything that serves a redirected connection is in place before `connect4` redirects one.
+pub mod program_names {
+    pub const SOCKOPS: &str = "track_redirected_sockets";
+    pub const GETSOCKOPT: &str = "answer_original_dst";
+    pub const GETPEERNAME4: &str = "restore_peer_name4";
+    pub const CONNECT4: &str = "redirect_connect4";
+    pub const ALL: [&str; 4] = [SOCKOPS, GETSOCKOPT, GETPEERNAME4, CONNECT4];
+}
+
+/// Most proxy uids, and separately gids, one pod can name (`-u`, `-g`).
+pub const MAX_PROXY_IDS: usize = 8;
+/// Most IPv4 addresses of a pod's own interfaces the programs treat as local.
+pub const MAX_LOCAL_ADDRS4: usize = 8;
+
+/// `PodConfig::flags` bits.
+pub mod flags {
+    /// `-i '*'`: every destination not excluded earlier is redirected.
+    pub const INCLUDE_ALL: u32 = 1 << 0;
+    /// `-i` names CIDRs (looked up in `CIDR4` under `CidrSet::Include`).
+    pub const HAS_INCLUDE_CIDRS: u32 = 1 << 1;
+    /// `-x` names CIDRs (looked up in `CIDR4` under `CidrSet::Exclude`).
+    pub const HAS_EXCLUDE_CIDRS: u32 = 1 << 2;
+    /// `-o` names ports.
+    pub const HAS_OUTBOUND_PORTS_EXCLUDE: u32 = 1 << 3;
+    /// `-q` names ports.
+    pub const HAS_OUTBOUND_PORTS_INCLUDE: u32 = 1 << 4;
+    /// An `-i` range contains a loopback address: istio-iptables then leaves out its
+    /// "the application calling its own pod over lo goes direct" rules.
+    pub const LOOPBACK_INCLUDED: u32 = 1 << 5;
+}
+
+/// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodConfig {
+    /// Prefix of every set key of this configuration. A new configuration is written under a
+    /// fresh id and published by replacing this value, so a re-run is atomic.
+    pub rules: u32,
+    /// Slot of this pod in `COUNTERS`.
+    pub pod_index: u32,
+    /// `flags::*` bits.
+    pub flags: u32,
+    /// `-p`: where outbound connections are sent (on 127.0.0.1).
+    pub proxy_port: u16,
+    /// `-z`: where the proxy's connections to its own pod are sent.
+    pub inbound_capture_port: u16,
+    /// `-e`: never captured.
+    pub inbound_tunnel_port: u16,
+    pub n_uids: u8,
+    pub n_gids: u8,
+    pub n_local4: u8,
+    pub _pad: [u8; 3],
+    pub uids: [u32; MAX_PROXY_IDS],
+    pub gids: [u32; MAX_PROXY_IDS],
+    /// The pod's own IPv4 addresses (besides 127.0.0.0/8, which is always local).
+    pub local4: [RawIpv4; MAX_LOCAL_ADDRS4],
+}
+
+impl PodConfig {
+    pub const fn empty() -> Self {
+        Self {
+            rules: 0,
+            pod_index: 0,
+            flags: 0,
+            proxy_port: 0,
+            inbound_capture_port: 0,
+            inbound_tunnel_port: 0,
+            n_uids: 0,
+            n_gids: 0,
+            n_local4: 0,
+            _pad: [0; 3],
+            uids: [0; MAX_PROXY_IDS],
+            gids: [0; MAX_PROXY_IDS],
+            local4: [0; MAX_LOCAL_ADDRS4],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Whether `uid` is one of the proxy uids.
+    #[inline(always)]
+    pub fn is_proxy_uid(&self, uid: u32) -> bool {
+        contains(&self.uids, self.n_uids, uid)
+    }
+
+    #[inline(always)]
+    pub fn is_proxy_gid(&self, gid: u32) -> bool {
+        contains(&self.gids, self.n_gids, gid)
+    }
+
+    /// Whether a connection to `addr` leaves through the loopback device (istio's `-o lo`).
+    #[inline(always)]
+    pub fn is_local4(&self, addr: RawIpv4) -> bool {
+        crate::wire::is_loopback4(addr) || contains(&self.local4, self.n_local4, addr)
+    }
+}
+
+/// Bounded scan (at most 8 steps, unrolled by the compiler) of the first `n` values.
+#[inline(always)]
+fn contains(values: &[u32; 8], n: u8, wanted: u32) -> bool {
+    let mut i = 0;
+    while i < values.len() {
+        if i < n as usize && values[i] == wanted {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Which port set a `PortKey` belongs to.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortSet {
+    /// `-o`: outbound ports that always go direct.
+    OutboundExclude = 1,
+    /// `-q`: outbound ports that are always redirected.
+    OutboundInclude = 2,
+}
+
+/// Key of `PORT_SET` (a hash set; the value is a `u8` 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub rules: u32,
+    pub set: u16,
+    /// Host order.
+    pub port: u16,
+}
+
+/// Which CIDR set a `Cidr4Key` belongs to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CidrSet {
+    /// `-i`
+    Include = 1,
+    /// `-x`
+    Exclude = 2,
+}
+
+/// Data of an LPM-trie key of `CIDR4`. The trie's prefix length counts the `rules` and `set`
+/// bits too (`CIDR4_KEY_PREFIX_BITS + cidr_len`), so one trie serves every pod and set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr4Key {
+    pub rules: u32,
+    pub set: u32,
+    /// Network order bytes.
+    pub addr: RawIpv4,
+}
+
+/// Bits of a `Cidr4Key` before the address.
+pub const CIDR4_KEY_PREFIX_BITS: u32 = 64;
+
+/// An original destination as the application dialled it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst4 {
+    pub addr: RawIpv4,
+    /// Host order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// A TCP connection inside one network namespace, named from the client's side. The proxy's
+/// accepted socket sees the same connection with local and remote swapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockTuple4 {
+    pub netns: u64,
+    pub client_addr: RawIpv4,
+    pub server_addr: RawIpv4,
+    /// Host order.
+    pub client_port: u16,
+    /// Host order.
+    pub server_port: u16,
+    pub _pad: u32,
+}
+
+/// Size of the `INSTANCE_META` value: a JSON description of the instance written by the loader
+/// (`interceptor status` reads it; the programs never do).
+pub const INSTANCE_META_SIZE: usize = 16 * 1024;
+
+/// Value of `INSTANCE_META` (a one-entry array).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InstanceMeta {
+    /// Bytes of JSON in `json`.
+    pub len: u32,
+    pub json: [u8; INSTANCE_META_SIZE],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, and have no implicit padding.
+    unsafe impl aya::Pod for PodConfig {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for Cidr4Key {}
+    unsafe impl aya::Pod for OrigDst4 {}
+    unsafe impl aya::Pod for SockTuple4 {}
+    unsafe impl aya::Pod for InstanceMeta {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<PodConfig>(), 4 * 3 + 2 * 3 + 3 + 3 + 4 * 8 * 3);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<Cidr4Key>(), 12);
+        assert_eq!(size_of::<OrigDst4>(), 8);
+        assert_eq!(size_of::<SockTuple4>(), 24);
+        assert_eq!(size_of::<InstanceMeta>(), 4 + INSTANCE_META_SIZE);
+    }
+
+    #[test]
+    fn proxy_ids_and_local_addresses_respect_counts() {
+        let mut cfg = PodConfig::empty();
+        cfg.uids[0] = 1337;
+        cfg.uids[1] = 1338;
+        cfg.n_uids = 1;
+        assert!(cfg.is_proxy_uid(1337));
+        assert!(!cfg.is_proxy_uid(1338), "entries past n_uids are ignored");
+        assert!(!cfg.is_proxy_uid(0), "empty slots never match uid 0");
+        cfg.local4[0] = crate::wire::raw_ipv4([10, 0, 0, 2]);
+        cfg.n_local4 = 1;
+        assert!(cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 2])));
+        assert!(cfg.is_local4(crate::wire::raw_ipv4([127, 9, 9, 9])));
+        assert!(!cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 3])));
+    }
+}

@@ -1,0 +1,123 @@
+//! Byte order of the kernel's context fields, in one place.
+//!
+//! Conventions of the data model:
+//! - IPv4 addresses are kept as the kernel hands them over: a `u32` whose memory holds the
+//!   address in network order (`u32::from_ne_bytes(octets)`). LPM keys use the same bytes.
+//! - Ports are kept in host order everywhere in our maps.
+//!
+//! The kernel is not uniform about ports, hence these helpers:
+//! - `bpf_sock_addr.user_port`: network order in the low 16 bits.
+//! - `bpf_sock_ops.remote_port`: network order as a 32-bit value.
+//! - `bpf_sock_ops.local_port`: host order.
+//! - `bpf_sock.dst_port`: `__be16`; `bpf_sock.src_port`: host order.
+
+/// An IPv4 address in the data model's representation (network-order bytes in a `u32`).
+pub type RawIpv4 = u32;
+
+/// `127.0.0.1`.
+pub const LOCALHOST4: RawIpv4 = raw_ipv4([127, 0, 0, 1]);
+/// `127.0.0.6`: the source Envoy binds for inbound passthrough connections.
+pub const PASSTHROUGH_SRC4: RawIpv4 = raw_ipv4([127, 0, 0, 6]);
+
+/// The data model's representation of an IPv4 address given as octets.
+#[inline(always)]
+pub const fn raw_ipv4(octets: [u8; 4]) -> RawIpv4 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The octets of an address in the data model's representation.
+#[inline(always)]
+pub const fn ipv4_octets(raw: RawIpv4) -> [u8; 4] {
+    raw.to_ne_bytes()
+}
+
+/// Whether the address is in 127.0.0.0/8.
+#[inline(always)]
+pub const fn is_loopback4(raw: RawIpv4) -> bool {
+    ipv4_octets(raw)[0] == 127
+}
+
+/// Port in host order from `bpf_sock_addr.user_port`.
+#[inline(always)]
+pub const fn port_from_user_port(user_port: u32) -> u16 {
+    u16::from_be(user_port as u16)
+}
+
+/// `bpf_sock_addr.user_port` value for a port in host order.
+#[inline(always)]
+pub const fn port_to_user_port(port: u16) -> u32 {
+    port.to_be() as u32
+}
+
+/// Port in host order from `bpf_sock_ops.remote_port`.
+#[inline(always)]
+pub const fn port_from_sock_ops_remote(remote_port: u32) -> u16 {
+    u32::from_be(remote_port) as u16
+}
+
+/// Port in host order from `bpf_sock_ops.local_port`.
+#[inline(always)]
+pub const fn port_from_sock_ops_local(local_port: u32) -> u16 {
+    local_port as u16
+}
+
+/// Port in host order from `bpf_sock.dst_port` (a `__be16`).
+#[inline(always)]
+pub const fn port_from_sock_dst(dst_port: u16) -> u16 {
+    u16::from_be(dst_port)
+}
+
+/// Port in host order from `bpf_sock.src_port` (host order already).
+#[inline(always)]
+pub const fn port_from_sock_src(src_port: u32) -> u16 {
+    src_port as u16
+}
+
+/// `sin_port` of a `sockaddr_in` (network order) for a port in host order.
+#[inline(always)]
+pub const fn sin_port(port: u16) -> u16 {
+    port.to_be()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_keeps_network_order_in_memory() {
+        let raw = raw_ipv4([10, 1, 2, 3]);
+        assert_eq!(raw.to_ne_bytes(), [10, 1, 2, 3]);
+        assert_eq!(ipv4_octets(raw), [10, 1, 2, 3]);
+        assert!(is_loopback4(LOCALHOST4));
+        assert!(is_loopback4(PASSTHROUGH_SRC4));
+        assert!(!is_loopback4(raw));
+    }
+
+    #[test]
+    fn user_port_is_network_order_in_low_bits() {
+        // The kernel stores the be16 port zero-extended: the low two bytes in memory order.
+        let from_kernel = u32::from(u16::from_ne_bytes([0x3a, 0x99]));
+        assert_eq!(port_from_user_port(from_kernel), 15001);
+        assert_eq!(port_to_user_port(15001), from_kernel);
+    }
+
+    #[test]
+    fn sock_ops_remote_port_is_a_network_order_u32() {
+        // On little-endian the kernel shifts the be16 port into the upper half.
+        let be16 = u16::from_ne_bytes([0x3a, 0x99]) as u32;
+        let from_kernel = if cfg!(target_endian = "little") {
+            be16 << 16
+        } else {
+            be16
+        };
+        assert_eq!(port_from_sock_ops_remote(from_kernel), 15001);
+        assert_eq!(port_from_sock_ops_local(15001), 15001);
+    }
+
+    #[test]
+    fn bpf_sock_ports() {
+        assert_eq!(port_from_sock_dst(u16::from_ne_bytes([0x23, 0x80])), 9088);
+        assert_eq!(port_from_sock_src(9088), 9088);
+        assert_eq!(sin_port(9080).to_ne_bytes(), [0x23, 0x78]);
+    }
+}

@@ -1,0 +1,185 @@
+//! The subcommands. Each returns `Ok(())` or an error whose kind decides the exit code.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cgroup::{self, Cgroup},
+    cli::{CleanArgs, InitArgs, StatusArgs, TargetArgs},
+    config::{IdResolver, InterceptConfig, defaults},
+    loader::{self, InstanceRecord, LoadOptions},
+    netns::{Netns, NetnsInfo},
+    rules::MapPlan,
+    sys,
+};
+
+/// The passwd and group databases.
+pub struct SystemIds;
+
+impl IdResolver for SystemIds {
+    fn uid_of(&self, user: &str) -> Option<u32> {
+        sys::uid_of(user)
+    }
+    fn gid_of(&self, group: &str) -> Option<u32> {
+        sys::gid_of(group)
+    }
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !sys::is_root() {
+        bail!(
+            "interceptor must run as root (it loads BPF programs and attaches them to cgroups: \
+             CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)"
+        );
+    }
+    Ok(())
+}
+
+fn resolve_cgroup(target: &TargetArgs) -> anyhow::Result<Cgroup> {
+    let path = match &target.cgroup {
+        Some(p) => p.clone(),
+        None => cgroup::default_pod_cgroup()?,
+    };
+    Ok(Cgroup::open(&path)?)
+}
+
+fn netns_path(target: &TargetArgs) -> PathBuf {
+    target
+        .netns
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"))
+}
+
+pub fn init(args: &InitArgs) -> anyhow::Result<()> {
+    let envoy_user = std::env::var("ENVOY_USER").unwrap_or_else(|_| defaults::ENVOY_USER.into());
+    let cfg = args.istio.raw().resolve(&SystemIds, &envoy_user)?;
+    let dry_run = args.istio.dry_run;
+    if !dry_run {
+        require_root()?;
+    }
+    let cgroup = resolve_cgroup(&args.target)?;
+    let netns = Netns::open(&netns_path(&args.target))?;
+    for note in cfg.not_enforced() {
+        tracing::warn!("{note}");
+    }
+    let info = netns.inspect()?;
+    if dry_run {
+        return print_dry_run(&cfg, &cgroup, &netns, &info);
+    }
+
+    let record = InstanceRecord {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        cgroup: cgroup.path.display().to_string(),
+        cgroup_id: cgroup.id,
+        netns: netns.path.display().to_string(),
+        netns_inode: netns.inode,
+        netns_cookie: info.cookie,
+        updated_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        config: serde_json::to_value(&cfg)?,
+    };
+    let opts = LoadOptions {
+        bpffs_root: args.target.bpffs.clone(),
+        max_connections: args.max_connections.max(1),
+        kernel_log_level: args.kernel_log_level.as_aya_level(),
+    };
+    let applied = loader::apply(&cgroup, &record, &opts, |rules| {
+        MapPlan::build(&cfg, &info, rules, 0)
+    })?;
+    tracing::info!(
+        instance = %applied.instance_dir.display(),
+        cgroup = %cgroup.path.display(),
+        netns = %netns.path.display(),
+        netns_cookie = info.cookie,
+        rules = applied.rules,
+        "interception {}",
+        if applied.replaced { "updated in place" } else { "active" }
+    );
+    Ok(())
+}
+
+fn print_dry_run(
+    cfg: &InterceptConfig,
+    cgroup: &Cgroup,
+    netns: &Netns,
+    info: &NetnsInfo,
+) -> anyhow::Result<()> {
+    let plan = MapPlan::build(cfg, info, 1, 0)?;
+    let out = serde_json::json!({
+        "dry_run": true,
+        "cgroup": cgroup.path,
+        "netns": netns.path,
+        "config": cfg,
+        "not_enforced": cfg.not_enforced(),
+        "maps": plan.describe(),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+pub fn clean(args: &CleanArgs) -> anyhow::Result<()> {
+    require_root()?;
+    let root = &args.target.bpffs;
+    let removed = match &args.instance {
+        Some(name) => remove_by_name(root, name)?,
+        None => {
+            let cgroup = resolve_cgroup(&args.target)?;
+            loader::remove_instance(root, cgroup.id)?
+        }
+    };
+    if removed {
+        tracing::info!("interception removed");
+    } else {
+        tracing::info!("nothing to clean: no instance for this cgroup");
+    }
+    Ok(())
+}
+
+fn remove_by_name(root: &Path, name: &str) -> anyhow::Result<bool> {
+    let id = name
+        .strip_prefix("cgroup-")
+        .and_then(|n| n.parse::<u64>().ok())
+        .with_context(|| format!("--instance {name:?}: not an instance name (cgroup-<id>)"))?;
+    loader::remove_instance(root, id)
+}
+
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    require_root()?;
+    let instances = loader::list_instances(&args.bpffs)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&instances)?);
+        return Ok(());
+    }
+    if instances.is_empty() {
+        println!("no interceptor instances on this node");
+    }
+    for inst in &instances {
+        println!("instance {}", inst.instance);
+        if let Some(r) = &inst.record {
+            println!("  cgroup:   {} (id {})", r.cgroup, r.cgroup_id);
+            println!("  netns:    {} (cookie {})", r.netns, r.netns_cookie);
+            println!("  version:  {}", r.version);
+            println!("  config:   {}", r.config);
+        }
+        println!("  links:    {}", inst.links.join(", "));
+        println!(
+            "  connections: {} being set up, {} established and tracked",
+            inst.connections_pending, inst.connections_tracked
+        );
+        for pod in &inst.pods {
+            let counters: Vec<String> = pod
+                .counters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            println!("  counters: {}", counters.join(" "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,52 @@
+//! Typed errors where a caller branches on them, and the command's exit codes.
+
+use thiserror::Error;
+
+/// Exit code of a usage error (bad option value), as clap uses.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code of a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+
+/// A bad option value. Always a usage error (exit 2).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{flag}: invalid port {value:?} (a port is a number from 1 to 65535)")]
+    Port { flag: &'static str, value: String },
+    #[error("{flag}: invalid CIDR {value:?}: {reason}")]
+    Cidr {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "{flag}: unknown user or group {value:?} (not a number, and not in the passwd/group database)"
+    )]
+    UnknownId { flag: &'static str, value: String },
+    #[error("{flag}: at most {max} ids are supported")]
+    TooMany { flag: &'static str, max: usize },
+    #[error("-m/--istio-inbound-interception-mode: invalid mode {value:?} (REDIRECT or TPROXY)")]
+    Mode { value: String },
+    #[error("{flag}: invalid interface name {value:?}")]
+    Interface { flag: &'static str, value: String },
+}
+
+/// Where the programs would attach is unusable: also the caller's mistake (exit 2).
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error("--cgroup {path}: no such directory")]
+    CgroupMissing { path: String },
+    #[error("--cgroup {path}: not a cgroup v2 directory (cgroup2 is mounted at {mount})")]
+    NotCgroup2 { path: String, mount: String },
+    #[error(
+        "--cgroup {path}: refusing to attach to the root cgroup (it holds every process of the node)"
+    )]
+    RootCgroup { path: String },
+    #[error("--netns {path}: cannot open it as a network namespace: {reason}")]
+    Netns { path: String, reason: String },
+}
+
+impl TargetError {
+    pub const fn exit_code(&self) -> i32 {
+        EXIT_USAGE
+    }
+}

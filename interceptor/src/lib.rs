@@ -1,0 +1,14 @@
+//! interceptor: the user-space side. Options (`config`, `cli`) become map entries (`rules`);
+//! the loader attaches the kernel programs to a pod's cgroup and pins them (`loader`, `bpffs`),
+//! reading what it needs of the pod from its cgroup and network namespace (`cgroup`, `netns`).
+
+pub mod bpffs;
+pub mod cgroup;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod loader;
+pub mod netns;
+pub mod rules;
+pub mod sys;

@@ -1,0 +1,474 @@
+//! Loads the kernel programs, fills the maps, attaches all-or-nothing, and pins the result;
+//! re-runs swap programs in place (bpf link update) and publish a new configuration with one
+//! map write; `clean` takes it all away.
+
+use std::{
+    fs,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key as LpmKey},
+};
+use interceptor_ebpf::{
+    Cidr4Key, Counter, INSTANCE_META_SIZE, InstanceMeta, PodConfig, PortKey, map_names,
+    program_names,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{bpffs, cgroup::Cgroup, rules::MapPlan, sys};
+
+/// The compiled kernel programs.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
+
+/// Maps that live in the instance directory and survive re-runs and program upgrades.
+const PERSISTENT_MAPS: [&str; 7] = [
+    map_names::POD_CONFIG,
+    map_names::PORT_SET,
+    map_names::CIDR4,
+    map_names::ORIG_DST_BY_COOKIE,
+    map_names::ORIG_DST_BY_TUPLE,
+    map_names::COUNTERS,
+    map_names::INSTANCE_META,
+];
+
+/// Rule-set ids alternate between these two in a single-pod instance.
+const RULES_A: u32 = 1;
+const RULES_B: u32 = 2;
+
+/// How to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where bpffs is (mounted if it is not).
+    pub bpffs_root: PathBuf,
+    /// Size of each connection map (entries); LRU eviction beyond.
+    pub max_connections: u32,
+    /// aya-log level compiled into the programs' view (0 = off ... 5 = trace).
+    pub kernel_log_level: u8,
+}
+
+/// What `init` records about an instance, for `status` (the programs never read it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub version: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub netns: String,
+    pub netns_inode: u64,
+    pub netns_cookie: u64,
+    pub updated_unix: u64,
+    /// The effective configuration (CIDR lists are cut short when they would not fit).
+    pub config: serde_json::Value,
+}
+
+/// The result of `init`.
+#[derive(Debug)]
+pub struct Applied {
+    pub instance_dir: PathBuf,
+    /// True when an existing instance was updated in place.
+    pub replaced: bool,
+    pub rules: u32,
+}
+
+fn link_pin(dir: &Path, program: &str) -> PathBuf {
+    dir.join(format!("link_{program}"))
+}
+
+/// Attaches (or updates) the instance for `cgroup` so that it enforces `plan`.
+/// `plan` is built by the caller for the rule-set id this function passes to it.
+pub fn apply(
+    cgroup: &Cgroup,
+    record: &InstanceRecord,
+    opts: &LoadOptions,
+    build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
+) -> anyhow::Result<Applied> {
+    let root = bpffs::ensure_ready(&opts.bpffs_root)?;
+    let _lock = sys::lock_dir(&root).with_context(|| format!("locking {}", root.display()))?;
+    let dir = root.join(bpffs::instance_name(cgroup.id));
+    let existing = link_pin(&dir, program_names::CONNECT4).exists();
+    if !existing {
+        if dir.exists() {
+            // A crashed earlier run left pins without a complete set of links: start over.
+            remove_instance_dir(&dir)?;
+        }
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let result = load_and_apply(cgroup, record, opts, &dir, existing, build_plan);
+    if result.is_err() && !existing {
+        // All or nothing: a failed first run leaves no pin and no link behind.
+        if let Err(e) = remove_instance_dir(&dir) {
+            tracing::error!(dir = %dir.display(), error = %e, "cleaning up after a failed init");
+        }
+    }
+    result
+}
+
+fn load_and_apply(
+    cgroup: &Cgroup,
+    record: &InstanceRecord,
+    opts: &LoadOptions,
+    dir: &Path,
+    existing: bool,
+    build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
+) -> anyhow::Result<Applied> {
+    let mut ebpf = load(dir, opts)?;
+    let maps = Maps::from_ebpf(&mut ebpf)?;
+
+    let previous = maps.pod_configs()?;
+    let old_rules: Vec<u32> = previous.iter().map(|(_, c)| c.rules).collect();
+    let rules = if old_rules.contains(&RULES_A) {
+        RULES_B
+    } else {
+        RULES_A
+    };
+    let plan = build_plan(rules)?;
+
+    let mut writer = maps.writer();
+    writer.clear_rules(rules)?; // leftovers of an interrupted earlier run
+    writer.write_sets(&plan)?;
+    writer.write_record(record)?;
+
+    if existing {
+        // Swap the programs in place: the links never detach, so no connection escapes.
+        for name in program_names::ALL {
+            let link = sys::bpf_obj_get(&link_pin(dir, name))
+                .with_context(|| format!("opening the pinned link of {name}"))?;
+            let prog = ebpf
+                .program(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+            sys::bpf_link_update(&link, prog.fd().context("program fd")?)
+                .with_context(|| format!("replacing program {name} in its link"))?;
+        }
+        // Publish: one map write switches every lookup to the new rule set.
+        writer.publish(&plan)?;
+        for (cookie, _) in previous.iter().filter(|(c, _)| *c != plan.netns_cookie) {
+            writer.remove_pod(*cookie)?;
+        }
+        for old in old_rules.into_iter().filter(|r| *r != rules) {
+            writer.clear_rules(old)?;
+        }
+    } else {
+        // Configuration first, then the programs, connect4 last: a connection is only ever
+        // redirected once everything that serves it is in place.
+        writer.publish(&plan)?;
+        let mut links = Vec::new();
+        for name in program_names::ALL {
+            links.push((name, attach(&ebpf, name, cgroup)?));
+        }
+        for (name, link) in &links {
+            sys::bpf_obj_pin(link, &link_pin(dir, name))
+                .with_context(|| format!("pinning the link of {name}"))?;
+        }
+    }
+    Ok(Applied {
+        instance_dir: dir.to_path_buf(),
+        replaced: existing,
+        rules,
+    })
+}
+
+fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    for name in PERSISTENT_MAPS {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    loader
+        .map_max_entries(map_names::ORIG_DST_BY_COOKIE, opts.max_connections)
+        .map_max_entries(map_names::ORIG_DST_BY_TUPLE, opts.max_connections)
+        .map_max_entries(map_names::COUNTERS, Counter::COUNT)
+        .map_max_entries(map_names::POD_CONFIG, 4)
+        .map_max_entries(map_names::PORT_SET, 4 * 65536)
+        .map_max_entries(map_names::CIDR4, 1 << 18)
+        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false);
+    let mut ebpf = loader.load(EBPF_OBJECT).context(
+        "loading the kernel programs (needs Linux >= 5.14 with cgroup BPF, sockops and BTF)",
+    )?;
+    for name in program_names::ALL {
+        load_program(&mut ebpf, name)?;
+    }
+    Ok(ebpf)
+}
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    let loaded = match prog {
+        aya::programs::Program::CgroupSockAddr(p) => p.load(),
+        aya::programs::Program::SockOps(p) => p.load(),
+        aya::programs::Program::CgroupSockopt(p) => p.load(),
+        other => bail!("unexpected program type {:?} for {name}", other.prog_type()),
+    };
+    loaded.with_context(|| format!("the kernel refused program {name}"))
+}
+
+/// The cgroup attach type of each program (`bpf_attach_type`).
+fn attach_type(program: &str) -> u32 {
+    match program {
+        program_names::SOCKOPS => 3,       // BPF_CGROUP_SOCK_OPS
+        program_names::GETSOCKOPT => 21,   // BPF_CGROUP_GETSOCKOPT
+        program_names::GETPEERNAME4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
+        program_names::CONNECT4 => 10,     // BPF_CGROUP_INET4_CONNECT
+        other => unreachable!("no attach type for {other}"),
+    }
+}
+
+/// Attaches one program to the cgroup with a bpf link (detached when its last fd or pin goes).
+fn attach(ebpf: &Ebpf, name: &str, cgroup: &Cgroup) -> anyhow::Result<OwnedFd> {
+    // A cgroup link always runs beside other programs of the cgroup (a runtime's, a CNI's);
+    // the kernel takes no flags for it.
+    let prog = ebpf
+        .program(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
+    sys::bpf_link_create_cgroup(
+        prog.fd().context("program fd")?,
+        &cgroup.dir,
+        attach_type(name),
+        0,
+    )
+    .map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EINVAL) {
+            " (bpf links for cgroups need Linux >= 5.7)"
+        } else {
+            ""
+        };
+        anyhow!("attaching {name} to {}: {e}{hint}", cgroup.path.display())
+    })
+}
+
+/// Removes an instance: links first, connect4 before the programs that serve redirected
+/// connections, then the maps. Returns false when there was nothing to remove.
+pub fn remove_instance(root: &Path, cgroup_id: u64) -> anyhow::Result<bool> {
+    let base = bpffs::interceptor_dir(root);
+    let dir = base.join(bpffs::instance_name(cgroup_id));
+    if !dir.exists() {
+        return Ok(false);
+    }
+    let _lock = sys::lock_dir(&base).with_context(|| format!("locking {}", base.display()))?;
+    remove_instance_dir(&dir)?;
+    Ok(true)
+}
+
+fn remove_instance_dir(dir: &Path) -> anyhow::Result<()> {
+    for name in program_names::ALL.iter().rev() {
+        let pin = link_pin(dir, name);
+        if pin.exists() {
+            fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Typed handles on an instance's persistent maps.
+pub struct Maps {
+    pod_config: HashMap<MapData, u64, PodConfig>,
+    port_set: HashMap<MapData, PortKey, u8>,
+    cidr4: LpmTrie<MapData, Cidr4Key, u8>,
+    meta: Array<MapData, InstanceMeta>,
+}
+
+impl Maps {
+    fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        };
+        Ok(Maps {
+            pod_config: HashMap::try_from(take(map_names::POD_CONFIG)?)?,
+            port_set: HashMap::try_from(take(map_names::PORT_SET)?)?,
+            cidr4: LpmTrie::try_from(take(map_names::CIDR4)?)?,
+            meta: Array::try_from(take(map_names::INSTANCE_META)?)?,
+        })
+    }
+
+    fn pod_configs(&self) -> anyhow::Result<Vec<(u64, PodConfig)>> {
+        Ok(self.pod_config.iter().collect::<Result<_, _>>()?)
+    }
+
+    fn writer(self) -> Writer {
+        Writer(self)
+    }
+}
+
+/// Writes one configuration's entries; `publish` makes it live.
+struct Writer(Maps);
+
+impl Writer {
+    fn write_sets(&mut self, plan: &MapPlan) -> anyhow::Result<()> {
+        for key in &plan.ports {
+            self.0
+                .port_set
+                .insert(key, 1, 0)
+                .with_context(|| format!("writing port {} to {}", key.port, map_names::PORT_SET))?;
+        }
+        for e in &plan.cidrs4 {
+            self.0
+                .cidr4
+                .insert(&LpmKey::new(e.prefix_len, e.key), 1, 0)
+                .with_context(|| format!("writing a CIDR to {}", map_names::CIDR4))?;
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, plan: &MapPlan) -> anyhow::Result<()> {
+        self.0
+            .pod_config
+            .insert(plan.netns_cookie, plan.pod, 0)
+            .context("writing the pod configuration")
+    }
+
+    fn remove_pod(&mut self, cookie: u64) -> anyhow::Result<()> {
+        self.0
+            .pod_config
+            .remove(&cookie)
+            .context("removing a stale pod configuration")
+    }
+
+    fn clear_rules(&mut self, rules: u32) -> anyhow::Result<()> {
+        let ports: Vec<PortKey> = self
+            .0
+            .port_set
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.rules == rules)
+            .collect();
+        for k in ports {
+            let _ = self.0.port_set.remove(&k);
+        }
+        let cidrs: Vec<LpmKey<Cidr4Key>> = self
+            .0
+            .cidr4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().rules == rules)
+            .collect();
+        for k in cidrs {
+            let _ = self.0.cidr4.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, record: &InstanceRecord) -> anyhow::Result<()> {
+        let mut json = serde_json::to_vec(record)?;
+        if json.len() > INSTANCE_META_SIZE {
+            let mut short = record.clone();
+            short.config = serde_json::json!({
+                "note": "configuration too large to record; see the maps",
+            });
+            json = serde_json::to_vec(&short)?;
+        }
+        let mut meta = InstanceMeta {
+            len: json.len() as u32,
+            json: [0; INSTANCE_META_SIZE],
+        };
+        meta.json[..json.len()].copy_from_slice(&json);
+        self.0
+            .meta
+            .set(0, meta, 0)
+            .context("writing the instance record")
+    }
+}
+
+/// What `status` shows of one instance.
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    pub instance: String,
+    pub record: Option<InstanceRecord>,
+    pub links: Vec<String>,
+    pub pods: Vec<PodStatus>,
+    pub connections_pending: usize,
+    pub connections_tracked: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PodStatus {
+    pub netns_cookie: u64,
+    pub rules: u32,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// Reads every instance under the bpffs root.
+pub fn list_instances(root: &Path) -> anyhow::Result<Vec<InstanceStatus>> {
+    let base = bpffs::interceptor_dir(root);
+    if !bpffs::is_mounted(root) || !base.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = fs::read_dir(&base)?.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let dir = entry.path();
+        if dir.is_dir() {
+            out.push(read_instance(&dir).with_context(|| format!("reading {}", dir.display()))?);
+        }
+    }
+    Ok(out)
+}
+
+fn open_pinned(dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let data = MapData::from_pin(dir.join(name)).with_context(|| format!("opening map {name}"))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
+    let meta: Array<MapData, InstanceMeta> =
+        Array::try_from(open_pinned(dir, map_names::INSTANCE_META)?)?;
+    let m = meta.get(&0, 0)?;
+    let record = serde_json::from_slice(&m.json[..(m.len as usize).min(INSTANCE_META_SIZE)]).ok();
+    let pods_map: HashMap<MapData, u64, PodConfig> =
+        HashMap::try_from(open_pinned(dir, map_names::POD_CONFIG)?)?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(open_pinned(dir, map_names::COUNTERS)?)?;
+    let mut pods = Vec::new();
+    for item in pods_map.iter() {
+        let (cookie, cfg) = item?;
+        let mut values = std::collections::BTreeMap::new();
+        for c in Counter::ALL {
+            let per_cpu = counters.get(&c.slot(cfg.pod_index), 0)?;
+            values.insert(c.name(), per_cpu.iter().sum());
+        }
+        pods.push(PodStatus {
+            netns_cookie: cookie,
+            rules: cfg.rules,
+            counters: values,
+        });
+    }
+    let mut links: Vec<String> = program_names::ALL
+        .iter()
+        .filter(|p| link_pin(dir, p).exists())
+        .map(|p| p.to_string())
+        .collect();
+    links.sort();
+    Ok(InstanceStatus {
+        instance: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        record,
+        links,
+        pods,
+        connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?,
+        connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?,
+    })
+}
+
+fn count_keys(dir: &Path, name: &str) -> anyhow::Result<usize> {
+    use interceptor_ebpf::{OrigDst4, SockTuple4};
+    let m = open_pinned(dir, name)?;
+    Ok(if name == map_names::ORIG_DST_BY_COOKIE {
+        HashMap::<MapData, u64, OrigDst4>::try_from(m)?
+            .keys()
+            .count()
+    } else {
+        HashMap::<MapData, SockTuple4, OrigDst4>::try_from(m)?
+            .keys()
+            .count()
+    })
+}

@@ -1,0 +1,28 @@
+use clap::Parser as _;
+use interceptor::{
+    cli::{Cli, Command},
+    commands,
+    error::{ConfigError, EXIT_FAILURE, EXIT_USAGE, TargetError},
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse(); // usage errors exit 2
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let result = match &cli.command {
+        Command::Init(args) => commands::init(args),
+        Command::Clean(args) => commands::clean(args),
+        Command::Status(args) => commands::status(args),
+    };
+    if let Err(err) = result {
+        // Bad option values and unusable targets are the caller's mistake: usage (2).
+        let usage = err.downcast_ref::<ConfigError>().is_some()
+            || err.downcast_ref::<TargetError>().is_some();
+        eprintln!("interceptor: error: {err:#}");
+        std::process::exit(if usage { EXIT_USAGE } else { EXIT_FAILURE });
+    }
+}

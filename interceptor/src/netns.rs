@@ -1,0 +1,71 @@
+//! The pod's network namespace: its cookie (the key of the pod's configuration) and its own
+//! addresses (which connections stay on lo), read from inside it on a short-lived thread.
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow};
+
+use crate::{error::TargetError, sys};
+
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// A network namespace, held open.
+#[derive(Debug)]
+pub struct Netns {
+    pub path: PathBuf,
+    /// nsfs inode number: names the namespace in `ip netns identify`-style listings.
+    pub inode: u64,
+    pub file: File,
+}
+
+/// What the programs need to know about a namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsInfo {
+    /// `bpf_get_netns_cookie()` of sockets in the namespace.
+    pub cookie: u64,
+    /// The namespace's own IPv4 addresses, loopback excluded.
+    pub addrs4: Vec<Ipv4Addr>,
+}
+
+impl Netns {
+    pub fn open(path: &Path) -> Result<Self, TargetError> {
+        let err = |reason: String| TargetError::Netns {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file = File::open(path).map_err(|e| err(e.to_string()))?;
+        // SAFETY: ioctl on an fd we own; NS_GET_NSTYPE takes no argument.
+        let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+        if nstype != libc::CLONE_NEWNET {
+            return Err(err("not a network namespace file".into()));
+        }
+        let inode = file.metadata().map_err(|e| err(e.to_string()))?.ino();
+        Ok(Netns {
+            path: path.to_path_buf(),
+            inode,
+            file,
+        })
+    }
+
+    /// Reads the cookie and addresses from inside the namespace.
+    pub fn inspect(&self) -> anyhow::Result<NetnsInfo> {
+        let fd = self.file.try_clone().context("duplicating the netns fd")?;
+        let path = self.path.clone();
+        std::thread::spawn(move || -> anyhow::Result<NetnsInfo> {
+            // setns on this thread only; the thread ends right after.
+            sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            Ok(NetnsInfo {
+                cookie: sys::current_netns_cookie()
+                    .context("reading the namespace cookie (SO_NETNS_COOKIE needs Linux 5.14)")?,
+                addrs4: sys::interface_addrs4().context("listing the namespace's addresses")?,
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("the namespace inspection thread panicked"))?
+    }
+}

@@ -1,0 +1,302 @@
+//! Thin wrappers over the system calls the loader needs and libc has no safe form for.
+
+use std::{
+    ffi::{CStr, CString},
+    fs::File,
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd as _},
+    path::Path,
+};
+
+/// The file system magic number of the file's file system.
+pub fn fs_magic(file: &File) -> Option<i64> {
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and out pointer.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+/// The file system magic number at `path`.
+pub fn path_fs_magic(path: &Path) -> Option<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+/// Mountinfo escapes spaces and the like as `\ooo`.
+pub fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Moves the calling thread into the network namespace `ns`.
+pub fn setns_net(ns: &impl AsFd) -> io::Result<()> {
+    // SAFETY: valid fd.
+    if unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The cookie of the calling thread's network namespace (via a throw-away socket).
+pub fn current_netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain socket calls with valid arguments; the fd is closed on every path.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+        Ok(cookie)
+    }
+}
+
+/// IPv4 addresses of the calling thread's namespace, loopback excluded.
+pub fn interface_addrs4() -> io::Result<Vec<Ipv4Addr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free once.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addrs = Vec::new();
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                if !ip.is_loopback() && !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+        Ok(addrs)
+    }
+}
+
+/// Looks a user up in the passwd database.
+pub fn uid_of(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: buffers sized as passed.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(pwd.pw_uid)
+}
+
+/// Looks a group up in the group database.
+pub fn gid_of(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 64 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: buffers sized as passed.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+/// Mounts a bpf file system at `path`.
+pub fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let src: &CStr = c"bpf";
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `BPF_LINK_UPDATE`: swaps the program behind a link atomically (aya keeps its own wrapper
+/// private). Connections never see a moment without a program.
+pub fn bpf_link_update(link: &impl AsFd, new_prog: &impl AsFd) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkUpdateAttr {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    // The kernel reads a full bpf_attr; zero the rest.
+    let mut attr = [0u8; 128];
+    let update = LinkUpdateAttr {
+        link_fd: link.as_fd().as_raw_fd() as u32,
+        new_prog_fd: new_prog.as_fd().as_raw_fd() as u32,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    // SAFETY: LinkUpdateAttr is plain data smaller than attr.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&update as *const LinkUpdateAttr).cast::<u8>(),
+            attr.as_mut_ptr(),
+            std::mem::size_of::<LinkUpdateAttr>(),
+        );
+        let rc = libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_UPDATE,
+            attr.as_ptr(),
+            attr.len() as u32,
+        );
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_octal_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
+    }
+}
+
+/// `BPF_OBJ_GET`: opens a pinned object (aya offers no fd for a pinned link).
+pub fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u8; 128];
+    let ptr = c.as_ptr() as u64;
+    attr[..8].copy_from_slice(&ptr.to_ne_bytes()); // bpf_attr.pathname
+    // SAFETY: attr outlives the call and holds a valid path pointer.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_ptr(), attr.len() as u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// An exclusive `flock` on a directory, released on drop: serialises loaders on one node.
+pub struct DirLock {
+    _file: File,
+}
+
+pub fn lock_dir(dir: &Path) -> io::Result<DirLock> {
+    let f = File::open(dir)?;
+    // SAFETY: valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(DirLock { _file: f })
+}
+
+/// Whether the process runs with root's effective uid.
+pub fn is_root() -> bool {
+    // SAFETY: no arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `BPF_LINK_CREATE` for a cgroup hook. aya 0.14 cannot turn every cgroup link into a pinnable
+/// `FdLink` (not `cgroup/getsockopt`'s), so all four are made the same way here.
+pub fn bpf_link_create_cgroup(
+    prog: &impl AsFd,
+    cgroup: &impl AsFd,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    let mut attr = [0u32; 32];
+    attr[0] = prog.as_fd().as_raw_fd() as u32; // prog_fd
+    attr[1] = cgroup.as_fd().as_raw_fd() as u32; // target_fd
+    attr[2] = attach_type;
+    attr[3] = flags;
+    // SAFETY: attr is a zeroed bpf_attr of sufficient size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_OBJ_PIN`: pins a BPF object (here, links) at `path` on a bpffs.
+pub fn bpf_obj_pin(obj: &impl AsFd, path: &Path) -> io::Result<()> {
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(c.as_ptr() as u64).to_ne_bytes()); // pathname
+    attr[8..12].copy_from_slice(&(obj.as_fd().as_raw_fd() as u32).to_ne_bytes()); // bpf_fd
+    // SAFETY: attr outlives the call and holds a valid path pointer.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, attr.as_ptr(), attr.len() as u32) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Plays Envoy for the tests and benchmarks: accepts, asks `SO_ORIGINAL_DST` where the client was
+//! going, connects there and copies both ways.
+//!
+//! Run it as the proxy user (1337) in the pod, so that its own upstream connections are never
+//! redirected.
+
+use std::io::{self, Write};
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use interceptor_tests::{SidecarLine, errno_name};
+use tokio::io::{AsyncWriteExt, copy_bidirectional};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+
+/// Bound for an upstream connect (a dropped SYN would otherwise wait for the kernel's ~2 min).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(about = "Test sidecar: forwards each connection to its SO_ORIGINAL_DST")]
+struct Cli {
+    /// Port to listen on at 0.0.0.0 (repeatable), e.g. 15001 outbound, 15006 inbound.
+    #[arg(long = "listen", required = true)]
+    listen: Vec<u16>,
+    /// First write `sidecar port=<p> orig=<ip:port>` (or `orig=error:<errno>`) to the client.
+    #[arg(long)]
+    announce: bool,
+    /// Print one line per connection to stdout when it closes.
+    #[arg(long)]
+    log: bool,
+    /// Bind upstream connections to this source when the original destination is a local
+    /// address (Envoy's inbound passthrough uses 127.0.0.6).
+    #[arg(long)]
+    upstream_source: Option<IpAddr>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Arc::new(Cli::parse());
+    let mut listeners = JoinSet::new();
+    for &port in &cli.listen {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            .await
+            .with_context(|| format!("listening on port {port}"))?;
+        listeners.spawn(accept_loop(listener, port, cli.clone()));
+    }
+    // The accept loops never end: this waits until the process is killed.
+    while listeners.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, port: u16, cli: Arc<Cli>) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                tokio::spawn(handle(client, peer, port, cli.clone()));
+            }
+            Err(e) => {
+                // E.g. EMFILE: back off instead of spinning.
+                eprintln!("sidecar: accept on port {port}: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut client: TcpStream, peer: SocketAddr, port: u16, cli: Arc<Cli>) {
+    let orig = original_dst(&client).map_err(errno_name);
+    let outcome = forward(&mut client, port, &orig, &cli).await;
+    if cli.log {
+        let orig = match &orig {
+            Ok(addr) => addr.to_string(),
+            Err(errno) => format!("error:{errno}"),
+        };
+        let (to_upstream, to_client, result) = match outcome {
+            Ok((up, down)) => (up, down, "ok".to_owned()),
+            Err(e) => (0, 0, format!("error:{e:#}").replace(' ', "_")),
+        };
+        let mut out = io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "conn port={port} peer={peer} orig={orig} to_upstream={to_upstream} \
+             to_client={to_client} result={result}"
+        );
+        let _ = out.flush();
+    }
+}
+
+/// Announces (if asked), connects to the original destination and copies until both sides
+/// close; returns the bytes copied (client to upstream, upstream to client).
+async fn forward(
+    client: &mut TcpStream,
+    port: u16,
+    orig: &Result<SocketAddr, String>,
+    cli: &Cli,
+) -> Result<(u64, u64)> {
+    if cli.announce {
+        let line = SidecarLine {
+            port,
+            orig: orig.clone(),
+        };
+        client.write_all(format!("{line}\n").as_bytes()).await?;
+    }
+    let orig = match orig {
+        Ok(addr) => *addr,
+        Err(errno) => anyhow::bail!("SO_ORIGINAL_DST: {errno}"),
+    };
+    let mut upstream = timeout(CONNECT_TIMEOUT, connect_upstream(orig, cli.upstream_source))
+        .await
+        .context("connect timed out")?
+        .with_context(|| format!("connect {orig}"))?;
+    Ok(copy_bidirectional(client, &mut upstream).await?)
+}
+
+async fn connect_upstream(orig: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(source) = source
+        && is_local_address(orig.ip())
+    {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    socket.connect(orig).await
+}
+
+/// An address is local exactly when a socket can bind to it.
+fn is_local_address(ip: IpAddr) -> bool {
+    UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`: the destination before redirection, or the errno.
+fn original_dst(stream: &TcpStream) -> Result<SocketAddr, i32> {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `addr`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&raw mut addr).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    if addr.sin_family != libc::AF_INET as libc::sa_family_t {
+        return Err(libc::EAFNOSUPPORT);
+    }
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    )
+    .into())
+}

@@ -1,0 +1,215 @@
+//! The wire formats shared by the test binaries and the tests: one definition for both sides.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+/// What `interceptor-probe connect` prints: one JSON line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub connected: bool,
+    /// The first failure (bind, connect, write, read, timeout), if any; set also when connected.
+    pub error: Option<String>,
+    /// The socket's own address (`getsockname`).
+    pub local: Option<SocketAddr>,
+    /// What `getpeername` answered: the dialled address when interception is transparent.
+    pub peer_name: Option<SocketAddr>,
+    /// Lines received until EOF or timeout (the response body with `--http`).
+    pub lines: Vec<String>,
+}
+
+impl ProbeResult {
+    pub fn parse(json: &str) -> Result<Self> {
+        serde_json::from_str(json.trim()).with_context(|| format!("probe output {json:?}"))
+    }
+
+    /// The first `server ...` line, parsed.
+    pub fn server_line(&self) -> Option<ServerLine> {
+        self.lines.iter().find_map(|line| line.parse().ok())
+    }
+
+    /// The first `sidecar ...` line, parsed.
+    pub fn sidecar_line(&self) -> Option<SidecarLine> {
+        self.lines.iter().find_map(|line| line.parse().ok())
+    }
+}
+
+/// How `interceptor-probe connect` should behave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeOptions {
+    /// Source address to bind before connecting (e.g. 127.0.0.6, Envoy's inbound passthrough).
+    pub bind: Option<IpAddr>,
+    /// Text to send after connecting (the write side is then shut down).
+    pub send: Option<String>,
+    /// Total bound for connect and read.
+    pub timeout: Duration,
+    /// Send `GET /` and report the response body.
+    pub http: bool,
+}
+
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            bind: None,
+            send: None,
+            timeout: Duration::from_secs(3),
+            http: false,
+        }
+    }
+}
+
+impl ProbeOptions {
+    /// The probe's command line for `target`.
+    pub fn args(&self, target: SocketAddr) -> Vec<String> {
+        let mut args = vec![
+            "connect".to_owned(),
+            target.to_string(),
+            "--timeout-ms".to_owned(),
+            self.timeout.as_millis().to_string(),
+        ];
+        if let Some(bind) = self.bind {
+            args.extend(["--bind".to_owned(), bind.to_string()]);
+        }
+        if let Some(send) = &self.send {
+            args.extend(["--send".to_owned(), send.clone()]);
+        }
+        if self.http {
+            args.push("--http".to_owned());
+        }
+        args
+    }
+}
+
+/// The banner of `interceptor-test-server`: `server local=<ip:port> peer=<ip:port>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLine {
+    /// The address the server accepted on.
+    pub local: SocketAddr,
+    /// The client as the server sees it.
+    pub peer: SocketAddr,
+}
+
+impl fmt::Display for ServerLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "server local={} peer={}", self.local, self.peer)
+    }
+}
+
+impl FromStr for ServerLine {
+    type Err = anyhow::Error;
+
+    fn from_str(line: &str) -> Result<Self> {
+        let rest = line
+            .strip_prefix("server ")
+            .ok_or_else(|| anyhow!("not a server line: {line:?}"))?;
+        Ok(Self {
+            local: field(rest, "local")?.parse()?,
+            peer: field(rest, "peer")?.parse()?,
+        })
+    }
+}
+
+/// The announcement of `interceptor-sidecar --announce`:
+/// `sidecar port=<listen port> orig=<ip:port>` or `... orig=error:<errno name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarLine {
+    pub port: u16,
+    /// The original destination from `SO_ORIGINAL_DST`, or the errno name it failed with.
+    pub orig: Result<SocketAddr, String>,
+}
+
+impl fmt::Display for SidecarLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.orig {
+            Ok(addr) => write!(f, "sidecar port={} orig={addr}", self.port),
+            Err(errno) => write!(f, "sidecar port={} orig=error:{errno}", self.port),
+        }
+    }
+}
+
+impl FromStr for SidecarLine {
+    type Err = anyhow::Error;
+
+    fn from_str(line: &str) -> Result<Self> {
+        let rest = line
+            .strip_prefix("sidecar ")
+            .ok_or_else(|| anyhow!("not a sidecar line: {line:?}"))?;
+        let orig = field(rest, "orig")?;
+        Ok(Self {
+            port: field(rest, "port")?.parse()?,
+            orig: match orig.strip_prefix("error:") {
+                Some(errno) => Err(errno.to_owned()),
+                None => Ok(orig.parse()?),
+            },
+        })
+    }
+}
+
+/// The value of `key=value` among space-separated fields.
+fn field<'a>(fields: &'a str, key: &str) -> Result<&'a str> {
+    for pair in fields.split(' ') {
+        if let Some(value) = pair.strip_prefix(key).and_then(|v| v.strip_prefix('=')) {
+            return Ok(value);
+        }
+    }
+    bail!("no {key}= in {fields:?}")
+}
+
+/// The symbolic name of the errnos `SO_ORIGINAL_DST` can fail with, else the number.
+pub fn errno_name(errno: i32) -> String {
+    let name = match errno {
+        libc::ENOENT => "ENOENT",
+        libc::ENOPROTOOPT => "ENOPROTOOPT",
+        libc::EINVAL => "EINVAL",
+        libc::EPERM => "EPERM",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::EFAULT => "EFAULT",
+        _ => return errno.to_string(),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_line_round_trips() {
+        let line = ServerLine {
+            local: "10.200.1.1:80".parse().unwrap(),
+            peer: "10.200.0.2:40000".parse().unwrap(),
+        };
+        assert_eq!(line.to_string().parse::<ServerLine>().unwrap(), line);
+    }
+
+    #[test]
+    fn sidecar_line_round_trips() {
+        for orig in [
+            Ok("10.200.1.1:80".parse().unwrap()),
+            Err("ENOENT".to_owned()),
+        ] {
+            let line = SidecarLine { port: 15001, orig };
+            assert_eq!(line.to_string().parse::<SidecarLine>().unwrap(), line);
+        }
+        assert_eq!(errno_name(libc::ENOPROTOOPT), "ENOPROTOOPT");
+        assert_eq!(errno_name(9999), "9999");
+    }
+
+    #[test]
+    fn probe_result_parses_and_finds_lines() {
+        let json = r#"{"connected":true,"error":null,"local":"10.200.0.2:4000","peer_name":"10.200.1.1:80","lines":["sidecar port=15001 orig=10.200.1.1:80","server local=10.200.1.1:80 peer=10.200.0.2:4001","hi"]}"#;
+        let result = ProbeResult::parse(json).unwrap();
+        assert!(result.connected);
+        assert_eq!(result.sidecar_line().unwrap().port, 15001);
+        assert_eq!(
+            result.server_line().unwrap().local,
+            "10.200.1.1:80".parse().unwrap()
+        );
+        assert!(ProbeResult::parse("not json").is_err());
+    }
+}

@@ -1,0 +1,137 @@
+//! `cargo xtask`: bootstrap a fresh machine, build, run the demo, run the tests.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need: nightly rust-src, bpf-linker, iproute2.
+    Setup,
+    /// Build every binary (kernel programs included).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Intercept real traffic in namespaces the demo creates, and show the path it took.
+    Demo,
+    /// Unit tests, then integration tests on the real kernel (needs root).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy on the host crates.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup => setup::ensure_all(),
+        Cmd::Build { release } => {
+            setup::ensure_all()?;
+            build(&root, release)
+        }
+        Cmd::Demo => {
+            setup::ensure_all()?;
+            require_root("the demo")?;
+            build(&root, false)?;
+            let bin_dir = root.join("target/debug");
+            run(Command::new(bin_dir.join("interceptor-demo"))
+                .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
+                .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir))
+        }
+        Cmd::Test { args } => {
+            setup::ensure_all()?;
+            require_root("the integration tests")?;
+            build(&root, false)?;
+            let bin_dir = root.join("target/debug");
+            // The shared data model and decision table, on the host.
+            run(cargo(&root).args(["test", "-p", "interceptor-ebpf", "--lib"]))?;
+            let mut cmd = cargo(&root);
+            cmd.args(["test", "-p", "interceptor", "-p", "interceptor-tests"])
+                .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
+                .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir);
+            if !args.is_empty() {
+                cmd.arg("--").args(&args);
+            }
+            run(&mut cmd)
+        }
+        Cmd::Lint => {
+            setup::ensure_all()?;
+            run(cargo(&root).args(["fmt", "--all", "--check"]))?;
+            run(cargo(&root).args([
+                "clippy",
+                "-p",
+                "interceptor",
+                "-p",
+                "interceptor-tests",
+                "-p",
+                "xtask",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// `cargo` (the one running us) with bpf-linker's folder on PATH.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root).env("PATH", setup::path_with_tools());
+    cmd
+}
+
+fn build(root: &Path, release: bool) -> anyhow::Result<()> {
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{:?} failed ({status})", cmd.get_program());
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: no arguments.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("{what} create network namespaces and cgroups and load BPF programs: run as root");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

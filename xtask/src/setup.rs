@@ -1,0 +1,162 @@
+//! Bootstrap of a fresh machine, idempotent and quick when everything is there:
+//! - the nightly toolchain's `rust-src` (the kernel crate builds `core` itself);
+//! - `bpf-linker`, built against the nightly rustc's own libLLVM (no LLVM package matches it),
+//!   rebuilt when it no longer runs (a nightly update removes the library it links);
+//! - `iproute2` (`ip`), which the demo and tests use to make namespaces and veth pairs.
+
+use std::{
+    ffi::OsString,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+/// bpf-linker release known to build against rustc's LLVM 22 here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn ensure_all() -> anyhow::Result<()> {
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_command("ip", "iproute2")?;
+    Ok(())
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo")
+        })
+}
+
+fn tools_bin() -> PathBuf {
+    cargo_home().join("bin")
+}
+
+/// PATH with cargo's bin folder (where bpf-linker goes) in front.
+pub fn path_with_tools() -> OsString {
+    let mut paths = vec![tools_bin()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("the nightly toolchain is missing: run `rustup toolchain install nightly`")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing rust-src for the nightly toolchain (the kernel crate builds core)"
+    );
+    let ok = Command::new("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .status()?
+        .success();
+    if !ok {
+        bail!(
+            "could not install rust-src; run by hand: rustup component add rust-src --toolchain nightly"
+        );
+    }
+    Ok(())
+}
+
+fn bpf_linker_runs() -> bool {
+    output(Command::new(tools_bin().join("bpf-linker")).arg("--version")).is_some()
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    if bpf_linker_runs() {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot failed")?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    // rustc ships its LLVM as lib/libLLVM-<major>-rust-<version>.so; bpf-linker must use it.
+    let llvm_lib = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM") && n.ends_with(".so"))
+        .with_context(|| format!("no libLLVM*.so in {}", lib_dir.display()))?;
+    let lib_name = llvm_lib
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
+    let major = lib_name
+        .strip_prefix("LLVM-")
+        .and_then(|r| r.split(['-', '.']).next())
+        .context("cannot read the LLVM major version from the library name")?
+        .to_string();
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against the nightly's {lib_name} \
+         (about a minute, once)"
+    );
+    let rustflags = format!(
+        "-L {dir} -l dylib={lib_name} -C link-arg=-Wl,-rpath,{dir}",
+        dir = lib_dir.display()
+    );
+    let ok = Command::new("cargo")
+        .args([
+            "+nightly",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major},no-llvm-linking"),
+            "--root",
+        ])
+        .arg(cargo_home())
+        .env("RUSTFLAGS", &rustflags)
+        .status()?
+        .success();
+    if !ok || !bpf_linker_runs() {
+        bail!(
+            "could not build bpf-linker; run by hand:\n  RUSTFLAGS=\"{rustflags}\" cargo +nightly \
+             install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features \
+             llvm-{major},no-llvm-linking"
+        );
+    }
+    Ok(())
+}
+
+fn ensure_command(command: &str, package: &str) -> anyhow::Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(command).is_file()))
+        .unwrap_or(false);
+    if found {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {package} (for `{command}`)");
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"),
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!("could not install {package}; run by hand: apt-get install -y {package}");
+    }
+    Ok(())
+}
