@@ -161,6 +161,9 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     }
     for inst in &instances {
         println!("instance {}", inst.instance);
+        if let Some(e) = &inst.error {
+            println!("  unreadable: {e}");
+        }
         if let Some(r) = &inst.record {
             println!("  cgroup:   {} (id {})", r.cgroup, r.cgroup_id);
             println!("  netns:    {} (cookie {})", r.netns, r.netns_cookie);

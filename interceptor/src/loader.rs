@@ -377,9 +377,12 @@ impl Writer {
 }
 
 /// What `status` shows of one instance.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct InstanceStatus {
     pub instance: String,
+    /// Set when the instance could not be read (e.g. a crashed loader left it incomplete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub record: Option<InstanceRecord>,
     pub links: Vec<String>,
     pub pods: Vec<PodStatus>,
@@ -400,13 +403,24 @@ pub fn list_instances(root: &Path) -> anyhow::Result<Vec<InstanceStatus>> {
     if !bpffs::is_mounted(root) || !base.exists() {
         return Ok(Vec::new());
     }
+    // Shared lock: loaders are not half-way through an instance while it is read.
+    let _lock =
+        sys::lock_dir_shared(&base).with_context(|| format!("locking {}", base.display()))?;
     let mut out = Vec::new();
     let mut entries: Vec<_> = fs::read_dir(&base)?.filter_map(Result::ok).collect();
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let dir = entry.path();
-        if dir.is_dir() {
-            out.push(read_instance(&dir).with_context(|| format!("reading {}", dir.display()))?);
+        if !dir.is_dir() {
+            continue;
+        }
+        match read_instance(&dir) {
+            Ok(status) => out.push(status),
+            Err(e) => out.push(InstanceStatus {
+                instance: entry.file_name().to_string_lossy().into_owned(),
+                error: Some(format!("{e:#}")),
+                ..InstanceStatus::default()
+            }),
         }
     }
     Ok(out)
@@ -456,6 +470,7 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
         pods,
         connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?,
         connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?,
+        error: None,
     })
 }
 

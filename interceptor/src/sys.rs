@@ -241,9 +241,18 @@ pub struct DirLock {
 }
 
 pub fn lock_dir(dir: &Path) -> io::Result<DirLock> {
+    flock(dir, libc::LOCK_EX)
+}
+
+/// A shared `flock` (readers), released on drop.
+pub fn lock_dir_shared(dir: &Path) -> io::Result<DirLock> {
+    flock(dir, libc::LOCK_SH)
+}
+
+fn flock(dir: &Path, how: libc::c_int) -> io::Result<DirLock> {
     let f = File::open(dir)?;
     // SAFETY: valid fd.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+    if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(DirLock { _file: f })

@@ -2,6 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -81,34 +82,40 @@ pub fn run_in_netns<T: Send>(netns_path: &Path, f: impl FnOnce() -> T + Send) ->
     })
 }
 
-/// Whether a socket listens on TCP `port` in the network namespace of process `pid`.
-pub fn is_listening(pid: u32, port: u16) -> Result<bool> {
-    for table in ["tcp", "tcp6"] {
-        let path = format!("/proc/{pid}/net/{table}");
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            // tcp6 is absent when IPv6 is disabled.
-            Err(e) if e.kind() == io::ErrorKind::NotFound && table == "tcp6" => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {path}")),
-        };
-        if text.lines().skip(1).any(|line| is_listen_entry(line, port)) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// Whether a socket listens on exactly `addr` (TCP) in the network namespace of process `pid`.
+///
+/// Reads `/proc/<pid>/net/tcp{,6}`, which show the namespace of that process.
+pub fn is_listening(pid: u32, addr: SocketAddr) -> Result<bool> {
+    let table = if addr.is_ipv4() { "tcp" } else { "tcp6" };
+    let path = format!("/proc/{pid}/net/{table}");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .any(|row| listen_address(row) == Some(addr)))
 }
 
-/// One row of /proc/net/tcp: `sl local_address rem_address st ...`, ports in hex, LISTEN = 0A.
-fn is_listen_entry(line: &str, port: u16) -> bool {
-    let mut fields = line.split_whitespace().skip(1);
-    let (Some(local), Some(_remote), Some(state)) = (fields.next(), fields.next(), fields.next())
-    else {
-        return false;
+/// The local address of a LISTEN row (`sl local_address rem_address st ...`, state 0A).
+fn listen_address(row: &str) -> Option<SocketAddr> {
+    let mut fields = row.split_whitespace().skip(1);
+    let (local, _remote, state) = (fields.next()?, fields.next()?, fields.next()?);
+    if state != "0A" {
+        return None;
+    }
+    let (ip_hex, port_hex) = local.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    // The address is printed as native-endian 32-bit words of the network-order bytes.
+    let mut bytes = Vec::with_capacity(16);
+    for word in ip_hex.as_bytes().chunks(8) {
+        let word = u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok()?;
+        bytes.extend(word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
     };
-    let local_port = local
-        .rsplit_once(':')
-        .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok());
-    state == "0A" && local_port == Some(port)
+    Some(SocketAddr::new(ip, port))
 }
 
 #[cfg(test)]
@@ -116,21 +123,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recognises_listen_rows() {
+    fn parses_listen_rows() {
         let listen = "   0: 00000000:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 1";
-        let established = "   1: 0100007F:3A99 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 2";
-        assert!(is_listen_entry(listen, 15001));
-        assert!(!is_listen_entry(listen, 15006));
-        assert!(!is_listen_entry(established, 15001));
-        assert!(!is_listen_entry("garbage", 15001));
+        let loopback = "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2";
+        let established = "   2: 0100007F:3A99 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000     0        0 3";
+        let listen6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4";
+        assert_eq!(
+            listen_address(listen),
+            Some("0.0.0.0:15001".parse().unwrap())
+        );
+        assert_eq!(
+            listen_address(loopback),
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(listen_address(established), None);
+        assert_eq!(listen_address(listen6), Some("[::1]:80".parse().unwrap()));
+        assert_eq!(listen_address("garbage"), None);
     }
 
     #[test]
     fn sees_a_listener_of_this_process() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert!(is_listening(std::process::id(), port).unwrap());
+        let addr = listener.local_addr().unwrap();
+        assert!(is_listening(std::process::id(), addr).unwrap());
         drop(listener);
-        assert!(!is_listening(std::process::id(), port).unwrap());
+        assert!(!is_listening(std::process::id(), addr).unwrap());
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -206,27 +207,22 @@ impl Process {
         Ok(self.status)
     }
 
-    /// Waits until the process listens on TCP `port` in its network namespace.
-    ///
-    /// Reads `/proc/<pid>/net/tcp{,6}`, which shows the namespace of that process. Fails early if
-    /// the process exits.
-    pub fn wait_listening(&mut self, port: u16, timeout: Duration) -> Result<()> {
+    /// Waits until the process listens on exactly `addr` (e.g. `0.0.0.0:15001`) in its network
+    /// namespace; fails early if it exits.
+    pub fn wait_listening(&mut self, addr: SocketAddr, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.try_status()? {
                 bail!(
-                    "{} exited ({status}) before listening on port {port}",
+                    "{} exited ({status}) before listening on {addr}",
                     self.label
                 );
             }
-            if crate::netns::is_listening(self.pid(), port)? {
+            if crate::netns::is_listening(self.pid(), addr)? {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "{} not listening on port {port} after {timeout:?}",
-                    self.label
-                );
+                bail!("{} not listening on {addr} after {timeout:?}", self.label);
             }
             thread::sleep(Duration::from_millis(5));
         }

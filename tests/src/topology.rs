@@ -297,7 +297,10 @@ impl Topology {
         cmd.args(extra_args).stdout(Stdio::piped());
         let mut sidecar = self.spawn(&mut cmd)?;
         for &port in ports {
-            sidecar.wait_listening(port, LISTEN_TIMEOUT)?;
+            sidecar.wait_listening(
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                LISTEN_TIMEOUT,
+            )?;
         }
         Ok(sidecar)
     }
@@ -317,8 +320,8 @@ impl Topology {
         }
         cmd.args(extra_args).stdout(Stdio::piped());
         let mut server = self.spawn(&mut cmd)?;
-        for addr in listen {
-            server.wait_listening(addr.port(), LISTEN_TIMEOUT)?;
+        for &addr in listen {
+            server.wait_listening(addr, LISTEN_TIMEOUT)?;
         }
         Ok(server)
     }
