@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach interception to a pod (cgroup + network namespace), pin it, and exit.
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Remove what `init` made for a pod; its connections go direct again.
     Clean(CleanArgs),
     /// Show every instance on the node: where it is attached, its configuration, counters.

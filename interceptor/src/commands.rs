@@ -175,6 +175,16 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             "  connections: {} being set up, {} established and tracked",
             inst.connections_pending, inst.connections_tracked
         );
+        for p in &inst.programs {
+            let avg = p
+                .avg_ns
+                .map(|n| format!(", {n} ns/run"))
+                .unwrap_or_default();
+            println!(
+                "  program:  {} (id {}): {} runs{avg}",
+                p.name, p.id, p.run_count
+            );
+        }
         for pod in &inst.pods {
             let counters: Vec<String> = pod
                 .counters

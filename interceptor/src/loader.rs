@@ -388,6 +388,48 @@ pub struct InstanceStatus {
     pub pods: Vec<PodStatus>,
     pub connections_pending: usize,
     pub connections_tracked: usize,
+    /// Run counts and kernel time of each attached program (time counts only while
+    /// `kernel.bpf_stats_enabled` is 1).
+    pub programs: Vec<ProgramStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgramStats {
+    pub name: String,
+    pub id: u32,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    pub avg_ns: Option<u64>,
+}
+
+/// Statistics of the program behind each pinned link of an instance.
+fn program_stats(dir: &Path) -> anyhow::Result<Vec<ProgramStats>> {
+    let mut ids = Vec::new();
+    for name in program_names::ALL {
+        let pin = link_pin(dir, name);
+        if pin.exists() {
+            let link = aya::programs::links::FdLink::from(
+                aya::programs::links::PinnedLink::from_pin(&pin)?,
+            );
+            ids.push((name, link.info()?.program_id()));
+        }
+    }
+    let mut out = Vec::new();
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if let Some((name, id)) = ids.iter().find(|(_, id)| *id == info.id()) {
+            let run_time_ns = info.run_time().as_nanos() as u64;
+            let run_count = info.run_count();
+            out.push(ProgramStats {
+                name: name.to_string(),
+                id: *id,
+                run_count,
+                run_time_ns,
+                avg_ns: (run_count > 0 && run_time_ns > 0).then(|| run_time_ns / run_count),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 #[derive(Debug, Serialize)]
@@ -470,6 +512,7 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
         pods,
         connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?,
         connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?,
+        programs: program_stats(dir)?,
         error: None,
     })
 }

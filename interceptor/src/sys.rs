@@ -206,18 +206,6 @@ pub fn bpf_link_update(link: &impl AsFd, new_prog: &impl AsFd) -> io::Result<()>
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_octal_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
-    }
-}
-
 /// `BPF_OBJ_GET`: opens a pinned object (aya offers no fd for a pinned link).
 pub fn bpf_obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd as _;
@@ -308,4 +296,16 @@ pub fn bpf_obj_pin(obj: &impl AsFd, path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_octal_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\"), "/x\\");
+    }
 }
