@@ -122,16 +122,18 @@ pub struct IstioFlags {
         env = "ISTIO_EXCLUDE_INTERFACES"
     )]
     pub exclude_interfaces: Option<String>,
-    /// Outbound destinations to redirect (comma list of CIDRs, or '*').
-    #[arg(short = 'i', long = "istio-service-cidr", env = "ISTIO_SERVICE_CIDR")]
-    pub service_cidr: Option<String>,
-    /// Outbound destinations never redirected (comma list of CIDRs).
+    /// Outbound destinations to redirect (comma list of CIDRs, or '*'). May be repeated: the
+    /// lists add up (one argument is capped at 128 KiB by the kernel; 10,000 CIDRs are more).
+    #[arg(short = 'i', long = "istio-service-cidr", env = "ISTIO_SERVICE_CIDR", action = clap::ArgAction::Append)]
+    pub service_cidr: Vec<String>,
+    /// Outbound destinations never redirected (comma list of CIDRs). May be repeated.
     #[arg(
         short = 'x',
         long = "istio-service-exclude-cidr",
-        env = "ISTIO_SERVICE_EXCLUDE_CIDR"
+        env = "ISTIO_SERVICE_EXCLUDE_CIDR",
+        action = clap::ArgAction::Append
     )]
-    pub service_exclude_cidr: Option<String>,
+    pub service_exclude_cidr: Vec<String>,
     /// Outbound ports always redirected, whatever the destination (comma list).
     #[arg(
         short = 'q',
@@ -167,6 +169,11 @@ pub struct IstioFlags {
     pub drop_invalid: bool,
 }
 
+/// Repeated list options add up; none given is "not given" (the default applies).
+fn joined(values: &[String]) -> Option<String> {
+    (!values.is_empty()).then(|| values.join(","))
+}
+
 /// istio-iptables' boolean spellings.
 fn env_bool(name: &str) -> Option<bool> {
     std::env::var(name)
@@ -182,8 +189,8 @@ impl IstioFlags {
             inbound_tunnel_port: self.inbound_tunnel_port.clone(),
             proxy_uid: self.proxy_uid.clone(),
             proxy_gid: self.proxy_gid.clone(),
-            service_cidr: self.service_cidr.clone(),
-            service_exclude_cidr: self.service_exclude_cidr.clone(),
+            service_cidr: joined(&self.service_cidr),
+            service_exclude_cidr: joined(&self.service_exclude_cidr),
             outbound_ports: self.outbound_ports.clone(),
             local_outbound_ports_exclude: self.local_outbound_ports_exclude.clone(),
             interception_mode: self.interception_mode.clone(),
@@ -241,6 +248,20 @@ mod tests {
         assert_eq!(raw.service_cidr.as_deref(), Some("*"));
         assert_eq!(raw.service_exclude_cidr.as_deref(), Some(""));
         assert_eq!(raw.inbound_ports.as_deref(), Some("9080,"));
+    }
+
+    #[test]
+    fn repeated_cidr_lists_add_up() {
+        let cli = parse(&["init", "-x", "10.0.0.0/8", "-x", "192.168.0.0/16,"]).unwrap();
+        let Command::Init(init) = cli.command else {
+            panic!("not init")
+        };
+        let raw = init.istio.raw();
+        assert_eq!(
+            raw.service_exclude_cidr.as_deref(),
+            Some("10.0.0.0/8,192.168.0.0/16,")
+        );
+        assert_eq!(raw.service_cidr, None);
     }
 
     #[test]
