@@ -52,6 +52,8 @@ fn main() -> anyhow::Result<()> {
             require_root("the demo")?;
             build(&root, false)?;
             let bin_dir = root.join("target/debug");
+            // Ctrl-C reaches the demo too, which cleans up and exits; xtask waits for it.
+            ignore_sigint();
             run(Command::new(bin_dir.join("interceptor-demo"))
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
                 .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir))
@@ -134,4 +136,13 @@ fn require_root(what: &str) -> anyhow::Result<()> {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+    #[link_name = "signal"]
+    fn libc_signal(signum: i32, handler: usize) -> usize;
+}
+
+fn ignore_sigint() {
+    const SIGINT: i32 = 2;
+    const SIG_IGN: usize = 1;
+    // SAFETY: installs the ignore disposition; no handler code runs.
+    unsafe { libc_signal(SIGINT, SIG_IGN) };
 }
