@@ -175,7 +175,16 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             "  connections: {} being set up, {} established and tracked",
             inst.connections_pending, inst.connections_tracked
         );
+        let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() != "0");
         for p in &inst.programs {
+            if p.run_count == 0 && !stats_on {
+                println!(
+                    "  program:  {} (id {}): no run statistics (kernel.bpf_stats_enabled=0)",
+                    p.name, p.id
+                );
+                continue;
+            }
             let avg = p
                 .avg_ns
                 .map(|n| format!(", {n} ns/run"))
