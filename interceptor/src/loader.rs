@@ -103,6 +103,7 @@ pub fn apply(
         if let Err(e) = remove_instance_dir(&dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cleaning up after a failed init");
         }
+        remove_if_empty(&root);
     }
     result
 }
@@ -250,7 +251,14 @@ pub fn remove_instance(root: &Path, cgroup_id: u64) -> anyhow::Result<bool> {
     }
     let _lock = sys::lock_dir(&base).with_context(|| format!("locking {}", base.display()))?;
     remove_instance_dir(&dir)?;
+    remove_if_empty(&base);
     Ok(true)
+}
+
+/// The last instance gone, the interceptor directory goes too: nothing of ours stays on bpffs.
+/// Called with the directory locked; fails harmlessly when another instance is there.
+fn remove_if_empty(base: &Path) {
+    let _ = fs::remove_dir(base);
 }
 
 fn remove_instance_dir(dir: &Path) -> anyhow::Result<()> {

@@ -238,12 +238,28 @@ pub fn lock_dir_shared(dir: &Path) -> io::Result<DirLock> {
 }
 
 fn flock(dir: &Path, how: libc::c_int) -> io::Result<DirLock> {
-    let f = File::open(dir)?;
-    // SAFETY: valid fd.
-    if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
-        return Err(io::Error::last_os_error());
+    use std::os::unix::fs::MetadataExt as _;
+    // `clean` removes the directory once it is empty; a loader that waited on the old one
+    // locks the directory that is there now (recreated for writers).
+    for _ in 0..5 {
+        let f = File::open(dir)?;
+        // SAFETY: valid fd.
+        if unsafe { libc::flock(f.as_raw_fd(), how) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let locked = f.metadata()?.ino();
+        match std::fs::metadata(dir) {
+            Ok(now) if now.ino() == locked => return Ok(DirLock { _file: f }),
+            _ if how == libc::LOCK_EX => {
+                let _ = std::fs::create_dir(dir);
+            }
+            _ => {}
+        }
     }
-    Ok(DirLock { _file: f })
+    Err(io::Error::other(format!(
+        "{} keeps being removed and recreated",
+        dir.display()
+    )))
 }
 
 /// Whether the process runs with root's effective uid.
