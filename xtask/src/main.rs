@@ -19,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what building and testing need: nightly rust-src, bpf-linker, iproute2.
+    /// Install what building and testing need: nightly rust-src, bpf-linker, iproute2, iptables,
+    /// dnsutils.
     Setup,
     /// Build every binary (kernel programs included).
     Build {

@@ -2,7 +2,9 @@
 //! - the nightly toolchain's `rust-src` (the kernel crate builds `core` itself);
 //! - `bpf-linker`, built against the nightly rustc's own libLLVM (no LLVM package matches it),
 //!   rebuilt when it no longer runs (a nightly update removes the library it links);
-//! - `iproute2` (`ip`), which the demo and tests use to make namespaces and veth pairs.
+//! - `iproute2` (`ip`), which the demo and tests use to make namespaces and veth pairs;
+//! - `iptables` (both `iptables-legacy` and `iptables-nft`), for the iptables backend and the
+//!   differential tests; `dnsutils` (`dig`), a real resolver client for the DNS tests.
 
 use std::{
     ffi::OsString,
@@ -19,6 +21,9 @@ pub fn ensure_all() -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_bpf_linker()?;
     ensure_command("ip", "iproute2")?;
+    ensure_command("iptables-legacy", "iptables")?;
+    ensure_command("iptables-nft", "iptables")?;
+    ensure_command("dig", "dnsutils")?;
     Ok(())
 }
 
