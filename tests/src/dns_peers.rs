@@ -95,6 +95,36 @@ impl Topology {
         Ok(proxy)
     }
 
+    /// Starts a UDP-only DNS stand-in at `place` on `bind`:`port` that answers every A query
+    /// with `answer` (e.g. a name server in the server namespace, or the DNS proxy's UDP side
+    /// when something else serves TCP on its port).
+    pub fn spawn_dns_responder(
+        &self,
+        place: &Place,
+        who: Identity,
+        bind: Ipv4Addr,
+        port: u16,
+        answer: Ipv4Addr,
+    ) -> Result<Process> {
+        let mut cmd = self.command(place, who, bin_path(DNS_PROXY_BIN)?)?;
+        cmd.args([
+            "--bind",
+            &bind.to_string(),
+            "--port",
+            &port.to_string(),
+            "--local-answer",
+            &answer.to_string(),
+            "--udp-only",
+            "--ready-line",
+        ])
+        .stdout(Stdio::piped());
+        let responder = self.spawn(&mut cmd)?;
+        match responder.next_stdout_line(START_TIMEOUT).as_deref() {
+            Some("ready") => Ok(responder),
+            other => bail!("DNS responder on {bind}:{port} did not start: {other:?}"),
+        }
+    }
+
     /// One A query from the pod as `who`, with `interceptor-dns-query`.
     pub fn dns_query(
         &self,

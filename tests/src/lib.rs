@@ -20,6 +20,7 @@ mod intercepted;
 mod lines;
 mod netns;
 mod process;
+mod temp_file;
 mod topology;
 
 use std::env;
@@ -36,6 +37,7 @@ pub use intercepted::{
 pub use lines::{ProbeOptions, ProbeResult, ServerLine, SidecarLine, errno_name};
 pub use netns::{is_listening, netns_path, run_in_netns};
 pub use process::{Finished, Identity, Process};
+pub use temp_file::TempFile;
 pub use topology::{Place, PodInterface, Side, Topology};
 
 pub const SIDECAR_BIN: &str = "interceptor-sidecar";

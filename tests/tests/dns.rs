@@ -8,7 +8,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::Result;
-use interceptor_tests::{DnsTransport, Identity, Intercepted, Topology};
+use interceptor_tests::{DnsTransport, Identity, Intercepted, TempFile, Topology};
 
 const VIA_PROXY: Ipv4Addr = Ipv4Addr::new(10, 200, 9, 9);
 const VIA_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 8, 8);
@@ -18,7 +18,7 @@ const UPSTREAM_ONLY: Ipv4Addr = Ipv4Addr::new(10, 200, 3, 7);
 /// first two addresses and the DNS proxy in the pod, intercepted with `flags`.
 struct DnsPod {
     pod: Intercepted,
-    resolv_conf: tempfile_path::TempFile,
+    resolv_conf: TempFile,
     _dns_server: interceptor_tests::Process,
     dns_proxy: interceptor_tests::Process,
 }
@@ -28,7 +28,7 @@ impl DnsPod {
         let topo = Topology::new(tag)?;
         let name_server = topo.server_ip;
         let other_server = topo.server_extra_ips[0];
-        let resolv_conf = tempfile_path::TempFile::new(
+        let resolv_conf = TempFile::new(
             &format!("{}-resolv.conf", topo.name),
             &format!("search mesh.test\nnameserver {name_server}\noptions ndots:1\n"),
         )?;
@@ -185,7 +185,7 @@ fn capture_all_dns_takes_every_server_and_without_redirect_dns_nothing_is_taken(
 #[test]
 fn redirect_dns_without_name_servers_is_off_with_a_warning() -> Result<()> {
     let topo = Topology::new("dnsnone")?;
-    let empty = tempfile_path::TempFile::new(&format!("{}-resolv.conf", topo.name), "")?;
+    let empty = TempFile::new(&format!("{}-resolv.conf", topo.name), "")?;
     let pod = Intercepted::bare(topo);
     let out = pod.try_init(&[
         "--resolv-conf",
@@ -199,31 +199,4 @@ fn redirect_dns_without_name_servers_is_off_with_a_warning() -> Result<()> {
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(plan["dns_capture"], "off", "{plan}");
     Ok(())
-}
-
-/// A file under the temp directory, removed on drop.
-mod tempfile_path {
-    use std::path::{Path, PathBuf};
-
-    pub struct TempFile(PathBuf);
-
-    impl TempFile {
-        pub fn new(name: &str, contents: &str) -> std::io::Result<Self> {
-            let path = std::env::temp_dir().join(name);
-            std::fs::write(&path, contents)?;
-            Ok(Self(path))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-        pub fn path_str(&self) -> &str {
-            self.0.to_str().expect("temp paths are UTF-8")
-        }
-    }
-
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 }
