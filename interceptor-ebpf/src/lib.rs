@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod decision;
+pub mod inbound;
 pub mod model;
 pub mod wire;
 

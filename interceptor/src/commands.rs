@@ -56,7 +56,9 @@ fn netns_path(target: &TargetArgs) -> PathBuf {
 
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let envoy_user = std::env::var("ENVOY_USER").unwrap_or_else(|_| defaults::ENVOY_USER.into());
-    let cfg = args.istio.raw().resolve(&SystemIds, &envoy_user)?;
+    let mut raw = args.istio.raw();
+    raw.inbound_fail = args.inbound_fail.clone();
+    let cfg = raw.resolve(&SystemIds, &envoy_user)?;
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
@@ -67,6 +69,8 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         tracing::warn!("{note}");
     }
     let info = netns.inspect()?;
+    // Everything that depends on the namespace (e.g. -c names) is checked before loading.
+    MapPlan::build(&cfg, &info, 1, 0)?;
     if dry_run {
         return print_dry_run(&cfg, &cgroup, &netns, &info);
     }
@@ -89,7 +93,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     };
-    let applied = loader::apply(&cgroup, &record, &opts, |rules| {
+    let applied = loader::apply(&cgroup, &netns, &record, &opts, |rules| {
         MapPlan::build(&cfg, &info, rules, 0)
     })?;
     tracing::info!(

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod listeners;
 pub mod loader;
 pub mod netns;
 pub mod rules;

@@ -12,6 +12,7 @@
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
 mod cgroup;
+mod intercepted;
 mod lines;
 mod netns;
 mod process;
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 pub use cgroup::cgroup2_mount;
+pub use intercepted::{BPFFS, Intercepted, instance_dir, interceptor, interceptor_bin};
 pub use lines::{ProbeOptions, ProbeResult, ServerLine, SidecarLine, errno_name};
 pub use netns::{is_listening, netns_path, run_in_netns};
 pub use process::{Finished, Identity, Process};

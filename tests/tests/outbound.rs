@@ -335,7 +335,7 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
         .collect();
-    assert_eq!(links.len(), 4, "one link per program");
+    assert_eq!(links.len(), 6, "one link per program");
 
     let out = p.clean();
     assert!(out.status.success());

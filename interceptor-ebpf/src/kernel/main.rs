@@ -6,6 +6,8 @@ mod connect4;
 mod getpeername4;
 mod getsockopt;
 mod maps;
+mod post_bind4;
+mod sk_lookup;
 mod sockops;
 
 #[cfg(not(test))]
