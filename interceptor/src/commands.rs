@@ -179,6 +179,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
             "  connections: {} being set up, {} established and tracked",
             inst.connections_pending, inst.connections_tracked
         );
+        println!(
+            "  inbound:  {} capture listener(s) registered",
+            inst.inbound_listeners
+        );
         let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .is_ok_and(|v| v.trim() != "0");
         for p in &inst.programs {

@@ -616,15 +616,21 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
         pods,
         connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?,
         connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?,
-        inbound_listeners: SockHash::<MapData, ListenerKey>::try_from(open_pinned(
-            dir,
-            map_names::INBOUND_LISTENERS,
-        )?)?
-        .keys()
-        .count(),
+        inbound_listeners: count_listeners(dir)?,
         programs: program_stats(dir)?,
         error: None,
     })
+}
+
+/// Registered capture listeners; 0 for an instance made by a version without inbound capture.
+fn count_listeners(dir: &Path) -> anyhow::Result<usize> {
+    if !dir.join(map_names::INBOUND_LISTENERS).exists() {
+        return Ok(0);
+    }
+    let map = open_pinned(dir, map_names::INBOUND_LISTENERS)?;
+    Ok(SockHash::<MapData, ListenerKey>::try_from(map)?
+        .keys()
+        .count())
 }
 
 fn count_keys(dir: &Path, name: &str) -> anyhow::Result<usize> {

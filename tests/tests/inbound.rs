@@ -248,3 +248,22 @@ fn connections_over_loopback_are_never_steered() -> Result<()> {
     assert_eq!(counter(&p, "inbound_steered")?, 0);
     Ok(())
 }
+
+#[test]
+fn reinit_applies_new_ports_and_keeps_the_registered_listener() -> Result<()> {
+    let p = Intercepted::new("inb-reinit", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _app = app(t, &[9080, 8000])?;
+    let _sidecar = sidecar(t)?;
+    let (a, b) = (addr(t.pod_ip, 9080), addr(t.pod_ip, 8000));
+    assert_eq!(inbound_path(&from_outside(t, a)?), steered(a));
+    // Programs swapped in place, maps kept: the listener the kernel registered still serves.
+    p.init(&["-b", "*", "-d", "9080"])?;
+    assert_eq!(inbound_path(&from_outside(t, a)?), Inbound::App(a));
+    assert_eq!(inbound_path(&from_outside(t, b)?), steered(b));
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 1);
+    // And -b "" turns inbound capture off.
+    p.init(&["-b", ""])?;
+    assert_eq!(inbound_path(&from_outside(t, b)?), Inbound::App(b));
+    Ok(())
+}
