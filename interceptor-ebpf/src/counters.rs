@@ -28,6 +28,10 @@ pub enum Counter {
     /// A redirected connection reached established without its recorded destination
     /// (the cookie map evicted it) or an insert into a connection map failed.
     OrigDstLost,
+    /// DNS (UDP datagram or TCP connect to port 53) sent to 127.0.0.1:15053.
+    DnsCaptured,
+    /// A reply on a redirected UDP socket shown as coming from the server the application asked.
+    DnsReplyRestored,
     /// Inbound: a connection arriving on a pod interface was steered to the proxy's listener.
     InboundSteered,
     /// Inbound: not steered: the port is not captured (`-b`, `-d`) or is the tunnel port `-e`.
@@ -45,7 +49,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -60,6 +64,8 @@ impl Counter {
         Counter::OrigDstMiss,
         Counter::PeerNameRestored,
         Counter::OrigDstLost,
+        Counter::DnsCaptured,
+        Counter::DnsReplyRestored,
         Counter::InboundSteered,
         Counter::InboundDirectPort,
         Counter::InboundDirectInterface,
@@ -83,6 +89,8 @@ impl Counter {
             Counter::OrigDstMiss => "original_dst_misses",
             Counter::PeerNameRestored => "peer_name_restored",
             Counter::OrigDstLost => "original_dst_lost",
+            Counter::DnsCaptured => "dns_captured",
+            Counter::DnsReplyRestored => "dns_reply_source_restored",
             Counter::InboundSteered => "inbound_steered",
             Counter::InboundDirectPort => "inbound_direct_port",
             Counter::InboundDirectInterface => "inbound_direct_interface",

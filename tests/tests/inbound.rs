@@ -6,23 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{Context as _, Result};
 use interceptor_tests::{
-    Identity, Intercepted, Place, ProbeOptions, ProbeResult, Process, Topology, instance_dir,
+    Identity, Intercepted, Place, ProbeOptions, ProbeResult, Process, SEED_FLAGS, Topology, addr,
+    any, instance_dir,
 };
-
-const SEED_FLAGS: [&str; 14] = [
-    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
-];
 /// Envoy's inbound passthrough: the sidecar dials the application from 127.0.0.6.
 const SIDECAR_ARGS: [&str; 3] = ["--announce", "--upstream-source", "127.0.0.6"];
 const CAPTURE_PORT: u16 = 15006;
-
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(ip), port)
-}
-
-fn any(port: u16) -> SocketAddr {
-    addr(Ipv4Addr::UNSPECIFIED, port)
-}
 
 /// Where an inbound connection ended up.
 #[derive(Debug, PartialEq, Eq)]
@@ -140,17 +129,17 @@ fn wildcard_captures_every_port_but_d_and_never_the_tunnel_port() -> Result<()> 
 fn an_excluded_interface_is_not_captured_and_unknown_ones_are_refused() -> Result<()> {
     let mut topo = Topology::new("inb-iface")?;
     let eth1 = topo.add_pod_interface()?;
-    let p = Intercepted::without_init(topo);
+    let p = Intercepted::bare(topo);
     for (flags, needle) in [
         (vec!["-b", "*", "-c", "eth9"], "\"eth9\""),
         (vec!["-b", "*", "--inbound-fail", "maybe"], "\"maybe\""),
     ] {
-        let out = p.try_init(&flags)?;
+        let out = p.try_init(&flags);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
         assert!(err.contains(needle), "{flags:?}: {err}");
         assert!(
-            !instance_dir(&p.topo.pod_cgroup)?.exists(),
+            !instance_dir(&p.topo.pod_cgroup).exists(),
             "{flags:?} left pins"
         );
     }
@@ -196,7 +185,7 @@ fn a_listener_open_before_init_is_found() -> Result<()> {
     let topo = Topology::new("inb-early")?;
     let _app = app(&topo, &[9080])?;
     let _sidecar = sidecar(&topo)?;
-    let p = Intercepted::without_init(topo);
+    let p = Intercepted::bare(topo);
     p.init(&SEED_FLAGS)?;
     let t = &p.topo;
     let to = addr(t.pod_ip, 9080);

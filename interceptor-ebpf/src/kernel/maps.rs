@@ -5,8 +5,9 @@ use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
     bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type},
+    btf_maps::SkStorage,
     helpers::generated::bpf_sk_storage_get,
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
 };
 use interceptor_ebpf::{
@@ -34,6 +35,11 @@ pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst4> = LruHashMap::with_max_
 #[map]
 pub static ORIG_DST_BY_TUPLE: LruHashMap<SockTuple4, OrigDst4> =
     LruHashMap::with_max_entries(65536, 0);
+
+/// A redirected UDP socket's original destination (DNS capture), stored on the socket and
+/// freed with it: UDP has no close callback that could clean a hash map.
+#[btf_map]
+pub static UDP_ORIG_DST: SkStorage<OrigDst4> = SkStorage::new();
 
 /// `pod_index * Counter::COUNT + counter` -> count, per CPU.
 #[map]
