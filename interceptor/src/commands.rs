@@ -57,7 +57,9 @@ fn netns_path(target: &TargetArgs) -> PathBuf {
 
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let envoy_user = std::env::var("ENVOY_USER").unwrap_or_else(|_| defaults::ENVOY_USER.into());
-    let cfg = args.istio.raw().resolve(&SystemIds, &envoy_user)?;
+    let mut raw = args.istio.raw();
+    raw.inbound_fail = args.inbound_fail.clone();
+    let cfg = raw.resolve(&SystemIds, &envoy_user)?;
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
@@ -69,6 +71,8 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     }
     let info = netns.inspect()?;
     let dns = dns_capture(&cfg, &args.resolv_conf)?;
+    // Everything that depends on the namespace (e.g. -c names) is checked before loading.
+    MapPlan::build(&cfg, &info, &dns, 1, 0)?;
     if dry_run {
         return print_dry_run(&cfg, &dns, &cgroup, &netns, &info);
     }
@@ -92,7 +96,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     };
-    let applied = loader::apply(&cgroup, &record, &opts, |rules| {
+    let applied = loader::apply(&cgroup, &netns, &record, &opts, |rules| {
         MapPlan::build(&cfg, &info, &dns, rules, 0)
     })?;
     tracing::info!(
@@ -193,6 +197,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!(
             "  connections: {} being set up, {} established and tracked",
             inst.connections_pending, inst.connections_tracked
+        );
+        println!(
+            "  inbound:  {} capture listener(s) registered",
+            inst.inbound_listeners
         );
         let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .is_ok_and(|v| v.trim() != "0");

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod dns;
 pub mod error;
+pub mod listeners;
 pub mod loader;
 pub mod netns;
 pub mod rules;

@@ -9,8 +9,9 @@ use interceptor_ebpf::{
 use serde::Serialize;
 
 use crate::{
-    config::{Cidr, InterceptConfig, OutboundInclude},
+    config::{Cidr, InboundFail, InboundPorts, InterceptConfig, OutboundInclude},
     dns::DnsCapture,
+    error::ConfigError,
     netns::NetnsInfo,
 };
 
@@ -108,6 +109,49 @@ impl MapPlan {
             }));
         }
 
+        // Inbound, as istio-iptables: -b '*' captures every port but -d; a -b list captures
+        // those ports and ignores -d; an empty -b captures nothing.
+        let (inbound_set, inbound_list) = match &cfg.inbound_ports {
+            InboundPorts::All => {
+                pod.flags |= flags::INBOUND_CAPTURE | flags::INBOUND_ALL_PORTS;
+                if !cfg.inbound_ports_exclude.is_empty() {
+                    pod.flags |= flags::HAS_INBOUND_PORTS_EXCLUDE;
+                }
+                (
+                    PortSet::InboundExclude,
+                    cfg.inbound_ports_exclude.as_slice(),
+                )
+            }
+            InboundPorts::Ports(list) => {
+                if !list.is_empty() {
+                    pod.flags |= flags::INBOUND_CAPTURE;
+                }
+                (PortSet::InboundInclude, list.as_slice())
+            }
+        };
+        ports.extend(inbound_list.iter().map(|&port| PortKey {
+            rules,
+            set: inbound_set as u16,
+            port,
+        }));
+        if cfg.inbound_fail == InboundFail::Closed {
+            pod.flags |= flags::INBOUND_FAIL_CLOSED;
+        }
+        for (i, name) in cfg.exclude_interfaces.iter().enumerate() {
+            let index = netns
+                .interfaces
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, index)| *index)
+                .ok_or_else(|| ConfigError::NoSuchInterface {
+                    flag: "-c/--istio-exclude-interfaces",
+                    value: name.clone(),
+                })?;
+            // The count was checked against the array's size when the options were resolved.
+            pod.exclude_ifindex[i] = index;
+            pod.n_exclude_ifindex = i as u8 + 1;
+        }
+
         let mut cidrs4 = Vec::new();
         match &cfg.outbound_include {
             OutboundInclude::All => pod.flags |= flags::INCLUDE_ALL,
@@ -157,15 +201,18 @@ impl MapPlan {
                     .iter()
                     .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
                     .collect(),
+                inbound_exclude_ifindexes: p.exclude_ifindex[..p.n_exclude_ifindex as usize]
+                    .to_vec(),
             },
             port_set: self
                 .ports
                 .iter()
                 .map(|k| {
-                    let set = if k.set == PortSet::OutboundExclude as u16 {
-                        "outbound_exclude"
-                    } else {
-                        "outbound_include"
+                    let set = match k.set {
+                        s if s == PortSet::OutboundExclude as u16 => "outbound_exclude",
+                        s if s == PortSet::OutboundInclude as u16 => "outbound_include",
+                        s if s == PortSet::InboundInclude as u16 => "inbound_include",
+                        _ => "inbound_exclude",
                     };
                     format!("rules={} {set} port={}", k.rules, k.port)
                 })
@@ -219,6 +266,10 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::LOOPBACK_INCLUDED, "loopback_included"),
         (flags::REDIRECT_DNS, "redirect_dns"),
         (flags::CAPTURE_ALL_DNS, "capture_all_dns"),
+        (flags::INBOUND_CAPTURE, "inbound_capture"),
+        (flags::INBOUND_ALL_PORTS, "inbound_all_ports"),
+        (flags::HAS_INBOUND_PORTS_EXCLUDE, "inbound_ports_exclude"),
+        (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
@@ -246,6 +297,7 @@ pub struct PodConfigView {
     pub gids: Vec<u32>,
     pub local_addrs4: Vec<String>,
     pub dns_servers4: Vec<String>,
+    pub inbound_exclude_ifindexes: Vec<u32>,
 }
 
 #[cfg(test)]
@@ -267,6 +319,7 @@ mod tests {
         NetnsInfo {
             cookie: 4242,
             addrs4: vec!["10.1.0.2".parse().unwrap()],
+            interfaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("eth1".into(), 5)],
         }
     }
 
@@ -339,5 +392,80 @@ mod tests {
         assert_eq!(&plan.pod.uids[..2], &[1337, 1338]);
         assert_eq!(plan.pod.n_gids, 2);
         assert!(plan.cidrs4.is_empty());
+    }
+
+    fn inbound_plan(raw: RawOptions) -> anyhow::Result<MapPlan> {
+        let cfg = raw.resolve(&NoUsers, "istio-proxy")?;
+        MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 2, 0)
+    }
+
+    fn inbound_ports(plan: &MapPlan) -> Vec<(u16, u16)> {
+        plan.ports.iter().map(|k| (k.set, k.port)).collect()
+    }
+
+    #[test]
+    fn the_seed_inbound_list_captures_its_ports_and_ignores_d() {
+        let plan = inbound_plan(RawOptions {
+            inbound_ports: Some("9080,".into()),
+            local_exclude_ports: Some("15020".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(plan.pod.flags, flags::INBOUND_CAPTURE);
+        assert_eq!(
+            inbound_ports(&plan),
+            vec![(PortSet::InboundInclude as u16, 9080)]
+        );
+    }
+
+    #[test]
+    fn wildcard_inbound_uses_d_and_fail_closed_and_interfaces() {
+        let plan = inbound_plan(RawOptions {
+            inbound_ports: Some("*".into()),
+            local_exclude_ports: Some("15020,15090".into()),
+            inbound_fail: Some("closed".into()),
+            exclude_interfaces: Some("eth1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            plan.pod.flags,
+            flags::INBOUND_CAPTURE
+                | flags::INBOUND_ALL_PORTS
+                | flags::HAS_INBOUND_PORTS_EXCLUDE
+                | flags::INBOUND_FAIL_CLOSED
+        );
+        assert_eq!(
+            inbound_ports(&plan),
+            vec![
+                (PortSet::InboundExclude as u16, 15020),
+                (PortSet::InboundExclude as u16, 15090)
+            ]
+        );
+        assert_eq!(plan.pod.n_exclude_ifindex, 1);
+        assert_eq!(plan.pod.exclude_ifindex[0], 5);
+        let view = plan.describe();
+        assert_eq!(view.pod_config.inbound_exclude_ifindexes, vec![5]);
+        assert_eq!(view.port_set[0], "rules=2 inbound_exclude port=15020");
+        // No -b: no inbound capture at all.
+        let plan = inbound_plan(RawOptions::default()).unwrap();
+        assert_eq!(plan.pod.flags & flags::INBOUND_CAPTURE, 0);
+    }
+
+    #[test]
+    fn an_unknown_interface_is_a_config_error_naming_it() {
+        let err = inbound_plan(RawOptions {
+            inbound_ports: Some("*".into()),
+            exclude_interfaces: Some("eth1,eth9".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ConfigError>(),
+            Some(&ConfigError::NoSuchInterface {
+                flag: "-c/--istio-exclude-interfaces",
+                value: "eth9".into()
+            })
+        );
     }
 }

@@ -134,8 +134,8 @@ impl Intercepted {
         interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
-    /// This pod's counters, from `interceptor status --json` (eBPF backend).
-    pub fn counters(&self) -> Result<serde_json::Value> {
+    /// This pod's instance, as `interceptor status --json` shows it (eBPF backend).
+    pub fn status(&self) -> Result<serde_json::Value> {
         let out = interceptor(&["status", "--json"]);
         anyhow::ensure!(out.status.success(), "status failed");
         let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -144,13 +144,17 @@ impl Intercepted {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let inst = all
-            .as_array()
+        all.as_array()
             .context("status is a list")?
             .iter()
             .find(|i| i["instance"] == name.as_str())
-            .context("instance listed by status")?;
-        Ok(inst["pods"][0]["counters"].clone())
+            .cloned()
+            .context("instance listed by status")
+    }
+
+    /// This pod's counters, from `interceptor status --json` (eBPF backend).
+    pub fn counters(&self) -> Result<serde_json::Value> {
+        Ok(self.status()?["pods"][0]["counters"].clone())
     }
 
     /// A probe from the pod as `who` to `to`, with default options.
