@@ -17,6 +17,9 @@ pub mod map_names {
     pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
     /// Socket storage (cloned to accepted sockets): marks the proxy's capture listener.
     pub const CAPTURE_SOCKETS: &str = "CAPTURE_SOCKETS";
+    /// Node mode: network-namespace cookie -> the daemon's JSON record of the pod (its name,
+    /// container, options). Never read by the programs; it lets a restarted daemon re-adopt pods.
+    pub const POD_RECORDS: &str = "POD_RECORDS";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -315,6 +318,18 @@ pub struct InstanceMeta {
     pub json: [u8; INSTANCE_META_SIZE],
 }
 
+/// Size of a `POD_RECORDS` value's JSON room.
+pub const POD_RECORD_SIZE: usize = 4092;
+
+/// Value of `POD_RECORDS`: the daemon's JSON description of one registered pod.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PodRecordBlob {
+    /// Bytes of JSON in `json`.
+    pub len: u32,
+    pub json: [u8; POD_RECORD_SIZE],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -327,6 +342,7 @@ mod pod {
     unsafe impl aya::Pod for InstanceMeta {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for CaptureMark {}
+    unsafe impl aya::Pod for PodRecordBlob {}
 }
 
 #[cfg(test)]
@@ -347,6 +363,7 @@ mod tests {
         assert_eq!(size_of::<OrigDst4>(), 8);
         assert_eq!(size_of::<SockTuple4>(), 24);
         assert_eq!(size_of::<InstanceMeta>(), 4 + INSTANCE_META_SIZE);
+        assert_eq!(size_of::<PodRecordBlob>(), 4096);
     }
 
     #[test]

@@ -192,7 +192,10 @@ impl InterceptConfig {
 
 /// Raw option values, as strings, after the flag-over-environment precedence is applied.
 /// `None` means "not given" (the default applies); `Some("")` means "given empty".
-#[derive(Clone, Debug, Default)]
+/// It is also what `interceptor pod add` sends to the daemon (environment already applied on
+/// the client's side, like `init`'s).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(default)]
 pub struct RawOptions {
     pub envoy_port: Option<String>,
     pub inbound_capture_port: Option<String>,
@@ -213,6 +216,55 @@ pub struct RawOptions {
     pub redirect_dns: bool,
     pub capture_all_dns: bool,
     pub drop_invalid: bool,
+}
+
+/// An option name `RawOptions::set` does not know.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionError {
+    #[error(
+        "unknown option {0:?} (options are init's long flag names, e.g. \"istio-service-cidr\")"
+    )]
+    Unknown(String),
+    #[error("option {name:?}: {value:?} is not a boolean (true or false)")]
+    NotBool { name: String, value: String },
+}
+
+impl RawOptions {
+    /// Sets one option by `init`'s long flag name (without `--`), as configuration files name
+    /// them (the CNI plugin's `options`). Booleans take `true`/`false`.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), OptionError> {
+        let text = Some(value.to_string());
+        let boolean = || match value {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => Err(OptionError::NotBool {
+                name: name.to_string(),
+                value: value.to_string(),
+            }),
+        };
+        match name {
+            "envoy-port" => self.envoy_port = text,
+            "inbound-capture-port" => self.inbound_capture_port = text,
+            "inbound-tunnel-port" => self.inbound_tunnel_port = text,
+            "proxy-uid" => self.proxy_uid = text,
+            "proxy-gid" => self.proxy_gid = text,
+            "istio-service-cidr" => self.service_cidr = text,
+            "istio-service-exclude-cidr" => self.service_exclude_cidr = text,
+            "istio-outbound-ports" => self.outbound_ports = text,
+            "istio-local-outbound-ports-exclude" => self.local_outbound_ports_exclude = text,
+            "istio-inbound-interception-mode" => self.interception_mode = text,
+            "istio-inbound-ports" => self.inbound_ports = text,
+            "istio-local-exclude-ports" => self.local_exclude_ports = text,
+            "istio-exclude-interfaces" => self.exclude_interfaces = text,
+            "kube-virt-interfaces" => self.kube_virt_interfaces = text,
+            "inbound-fail" => self.inbound_fail = text,
+            "redirect-dns" => self.redirect_dns = boolean()?,
+            "capture-all-dns" => self.capture_all_dns = boolean()?,
+            "drop-invalid" => self.drop_invalid = boolean()?,
+            _ => return Err(OptionError::Unknown(name.to_string())),
+        }
+        Ok(())
+    }
 }
 
 /// Resolves user and group names (`-u istio-proxy`) to ids.

@@ -12,7 +12,8 @@ use aya_ebpf::{
 };
 use interceptor_ebpf::{
     CIDR4_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, CidrSet, Counter, InstanceMeta, ListenerKey,
-    OrigDst4, PodConfig, PortKey, PortSet, SockTuple4, decision::RuleSets, wire::RawIpv4,
+    OrigDst4, PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4, decision::RuleSets,
+    wire::RawIpv4,
 };
 
 /// Network-namespace cookie -> the pod's configuration.
@@ -108,6 +109,11 @@ impl<V> CloneSkStorage<V> {
 /// The loader's description of this instance; never read by the programs.
 #[map]
 pub static INSTANCE_META: Array<InstanceMeta> = Array::with_max_entries(1, 0);
+
+/// Node mode: the daemon's record of each registered pod; never read by the programs.
+#[map]
+pub static POD_RECORDS: HashMap<u64, PodRecordBlob> =
+    HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 pub fn pod_config(netns_cookie: u64) -> Option<&'static PodConfig> {
