@@ -6,6 +6,7 @@ pub mod api;
 pub mod bpffs;
 pub mod cgroup;
 pub mod cli;
+pub mod cni;
 pub mod commands;
 pub mod config;
 pub mod daemon;
