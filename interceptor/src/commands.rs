@@ -9,8 +9,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cgroup::{self, Cgroup},
-    cli::{CleanArgs, InitArgs, StatusArgs, TargetArgs},
+    cli::{Backend, CleanArgs, InitArgs, StatusArgs, TargetArgs},
     config::{IdResolver, InterceptConfig, defaults},
+    iptables,
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
     rules::MapPlan,
@@ -57,6 +58,13 @@ fn netns_path(target: &TargetArgs) -> PathBuf {
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let envoy_user = std::env::var("ENVOY_USER").unwrap_or_else(|_| defaults::ENVOY_USER.into());
     let cfg = args.istio.raw().resolve(&SystemIds, &envoy_user)?;
+    match args.backend.backend {
+        Backend::Ebpf => init_ebpf(args, cfg),
+        Backend::Iptables => iptables::command::init(args, &cfg),
+    }
+}
+
+fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
@@ -124,6 +132,9 @@ fn print_dry_run(
 }
 
 pub fn clean(args: &CleanArgs) -> anyhow::Result<()> {
+    if args.backend.backend == Backend::Iptables {
+        return iptables::command::clean(args);
+    }
     require_root()?;
     let root = &args.target.bpffs;
     let removed = match &args.instance {

@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -50,6 +50,27 @@ impl Netns {
             inode,
             file,
         })
+    }
+
+    /// Runs `f` on a short-lived thread inside the namespace (the caller's threads stay put).
+    pub fn run_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let fd = self.file.try_clone().context("duplicating the netns fd")?;
+        let path = self.path.clone();
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("the namespace thread panicked"))?
+    }
+
+    /// Every address of the namespace, both families, in the kernel's order (see
+    /// [`sys::interface_addrs`]).
+    pub fn addresses(&self) -> anyhow::Result<Vec<IpAddr>> {
+        self.run_inside(|| sys::interface_addrs().context("listing the namespace's addresses"))
     }
 
     /// Reads the cookie and addresses from inside the namespace.

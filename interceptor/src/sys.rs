@@ -109,6 +109,39 @@ pub fn interface_addrs4() -> io::Result<Vec<Ipv4Addr>> {
     }
 }
 
+/// Every address of the calling thread's namespace, both families, loopback included, in the
+/// kernel's order (IPv4 before IPv6, by interface): what Go's `net.InterfaceAddrs` lists.
+pub fn interface_addrs() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free once.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addrs = Vec::new();
+        let mut cur = head;
+        while !cur.is_null() {
+            let ifa = &*cur;
+            if !ifa.ifa_addr.is_null() {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        addrs.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+                    }
+                    _ => {}
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+        Ok(addrs)
+    }
+}
+
 /// Looks a user up in the passwd database.
 pub fn uid_of(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
