@@ -370,6 +370,55 @@ mod tests {
     }
 
     #[test]
+    fn backend_options_and_the_flags_only_the_iptables_backend_uses() {
+        let cli = parse(&[
+            "init",
+            "--backend",
+            "iptables",
+            "--iptables-mode",
+            "nft",
+            "--resolv-conf",
+            "/tmp/resolv.conf",
+            "-t",
+            "0x539",
+            "-r",
+            "134",
+            "--dual-stack",
+        ])
+        .unwrap();
+        let Command::Init(init) = cli.command else {
+            panic!("not init")
+        };
+        assert_eq!(init.backend.backend, Backend::Iptables);
+        assert_eq!(init.backend.iptables_mode, IptablesMode::Nft);
+        assert_eq!(init.resolv_conf, PathBuf::from("/tmp/resolv.conf"));
+        let raw = init.istio.raw();
+        assert_eq!(raw.tproxy_mark.as_deref(), Some("0x539"));
+        assert_eq!(raw.tproxy_route_table.as_deref(), Some("134"));
+        assert!(raw.dual_stack);
+
+        let Command::Init(init) = parse(&["init"]).unwrap().command else {
+            panic!("not init")
+        };
+        assert_eq!(
+            init.backend.backend,
+            Backend::Ebpf,
+            "eBPF stays the default"
+        );
+        assert_eq!(init.backend.iptables_mode, IptablesMode::Auto);
+        assert_eq!(init.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+
+        let err = parse(&["init", "--iptables-mode", "xtables"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("xtables"), "{err}");
+        let cli = parse(&["clean", "--backend", "iptables", "--netns", "/run/netns/x"]).unwrap();
+        let Command::Clean(clean) = cli.command else {
+            panic!("not clean")
+        };
+        assert_eq!(clean.backend.backend, Backend::Iptables);
+    }
+
+    #[test]
     fn unknown_flags_are_usage_errors() {
         let err = parse(&["init", "--no-such-flag"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);

@@ -681,6 +681,93 @@ mod tests {
     }
 
     #[test]
+    fn env_only_settings_and_tproxy_values() {
+        let cfg = RawOptions::default().resolve(&Passwd, "x").unwrap();
+        assert_eq!(cfg.owner_groups, OwnerGroups::AllExcept(vec![]));
+        assert_eq!(cfg.ipv4_loopback_cidr.to_string(), "127.0.0.1/32");
+        assert_eq!((cfg.tproxy_mark, cfg.tproxy_route_table), (1337, 133));
+        let raw = RawOptions {
+            owner_groups_include: s("*"),
+            owner_groups_exclude: s("istio-proxy,888,"),
+            ipv4_loopback_cidr: s("127.0.0.1/8"),
+            tproxy_mark: s("0x539"),
+            tproxy_route_table: s("200"),
+            ..Default::default()
+        };
+        let cfg = raw.resolve(&Passwd, "x").unwrap();
+        assert_eq!(cfg.owner_groups, OwnerGroups::AllExcept(vec![1337, 888]));
+        assert_eq!(cfg.ipv4_loopback_cidr.to_string(), "127.0.0.1/8");
+        assert_eq!((cfg.tproxy_mark, cfg.tproxy_route_table), (1337, 200));
+        // Include given: exclude is not used; set but empty: no group at all.
+        let raw = RawOptions {
+            owner_groups_include: s("1,2"),
+            owner_groups_exclude: s("nosuchgroup"),
+            ..Default::default()
+        };
+        assert_eq!(
+            raw.resolve(&Passwd, "x").unwrap().owner_groups,
+            OwnerGroups::Only(vec![1, 2])
+        );
+        let raw = RawOptions {
+            owner_groups_include: s(""),
+            ..Default::default()
+        };
+        assert_eq!(
+            raw.resolve(&Passwd, "x").unwrap().owner_groups,
+            OwnerGroups::Only(vec![])
+        );
+    }
+
+    #[test]
+    fn bad_env_only_values_name_the_variable() {
+        let many: Vec<String> = (0..65).map(|g| g.to_string()).collect();
+        let cases: Vec<(RawOptions, &str)> = vec![
+            (
+                RawOptions {
+                    owner_groups_include: Some(many.join(",")),
+                    ..Default::default()
+                },
+                "ISTIO_OUTBOUND_OWNER_GROUPS: invalid value",
+            ),
+            (
+                RawOptions {
+                    owner_groups_exclude: s("nosuchgroup"),
+                    ..Default::default()
+                },
+                "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: unknown user or group \"nosuchgroup\"",
+            ),
+            (
+                RawOptions {
+                    ipv4_loopback_cidr: s("10.0.0.1/32"),
+                    ..Default::default()
+                },
+                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: invalid CIDR \"10.0.0.1/32\"",
+            ),
+            (
+                RawOptions {
+                    ipv4_loopback_cidr: s("127.0.0.1/7"),
+                    ..Default::default()
+                },
+                "prefix length from 8 to 32",
+            ),
+            (
+                RawOptions {
+                    tproxy_mark: s("mark"),
+                    ..Default::default()
+                },
+                "-t/--istio-inbound-tproxy-mark: invalid value \"mark\"",
+            ),
+        ];
+        for (raw, expected) in cases {
+            let err = raw.resolve(&NoUsers, "x").unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_values_name_flag_and_value() {
         let cases: Vec<(RawOptions, &str)> = vec![
             (
