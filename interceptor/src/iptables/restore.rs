@@ -208,14 +208,16 @@ pub fn apply(netns: &Netns, flavour: Flavour, set: &RuleSet) -> anyhow::Result<A
     }
 
     // The new rules are in place: remove ours from the family left out and the other flavour.
-    for family in [Family::V4, Family::V6] {
-        if !families.contains(&family) {
-            replaced |= remove_ours(netns, flavour, family).with_context(|| {
-                format!("removing earlier {family} rules ({flavour}, IPv6 is not enabled now)")
-            })?;
+    // Best effort: a failure here must not report the applied rules as not applied.
+    let mut leftovers = vec![(flavour.other(), Family::V4), (flavour.other(), Family::V6)];
+    if !families.contains(&Family::V6) {
+        leftovers.insert(0, (flavour, Family::V6));
+    }
+    for (fl, family) in leftovers {
+        match remove_ours(netns, fl, family) {
+            Ok(removed) => replaced |= removed,
+            Err(e) => tracing::warn!("earlier {family} rules ({fl}) may remain: {e:#}"),
         }
-        replaced |= remove_ours(netns, flavour.other(), family)
-            .with_context(|| format!("removing earlier {family} rules ({})", flavour.other()))?;
     }
     Ok(Applied {
         flavour,
