@@ -36,6 +36,10 @@ pub enum ConfigError {
     },
     #[error("{flag}: {reason}")]
     Unsupported { flag: &'static str, reason: String },
+    #[error("{flag}: no interface {value:?} in the pod's network namespace")]
+    NoSuchInterface { flag: &'static str, value: String },
+    #[error("--inbound-fail: invalid value {value:?} (open or closed)")]
+    InboundFail { value: String },
 }
 
 /// Where the programs would attach is unusable: also the caller's mistake (exit 2).

@@ -2,14 +2,23 @@
 //! socket as netfilter's `getorigdst()` does: a 16-byte `sockaddr_in` and 0, or ENOPROTOOPT
 //! (not TCP), EINVAL (buffer under 16 bytes), ENOENT (no such connection). Every other
 //! option, and sockets of pods we do not manage, pass through untouched.
+//!
+//! Two kinds of socket have an original destination: the proxy's end of a connection that
+//! `connect4` redirected (looked up by 4-tuple), and a connection `sk_lookup` steered to the
+//! capture listener, whose destination was never changed: its own local address, as conntrack
+//! would report it after an iptables REDIRECT.
 
+use aya_ebpf::bindings::bpf_sock;
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sockopt,
     programs::SockoptContext,
 };
-use interceptor_ebpf::{Counter, wire::sin_port};
+use interceptor_ebpf::{
+    Counter, OrigDst4, PodConfig,
+    wire::{port_from_sock_src, sin_port},
+};
 
-use crate::maps::{ORIG_DST_BY_TUPLE, count, pod_config, tuple_from_server_side};
+use crate::maps::{CAPTURE_SOCKETS, ORIG_DST_BY_TUPLE, count, pod_config, tuple_from_server_side};
 
 const SOL_IP: i32 = 0;
 const SO_ORIGINAL_DST: i32 = 80;
@@ -63,7 +72,11 @@ fn answer(ctx: &SockoptContext) {
             set_retval(so, -EINVAL);
             return;
         }
-        let Some(orig) = ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) else {
+        let orig = match ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) {
+            Some(orig) => Some(*orig),
+            None => steered_destination(netns, cfg, sk),
+        };
+        let Some(orig) = orig else {
             count(cfg, Counter::OrigDstMiss);
             set_retval(so, -ENOENT);
             return;
@@ -97,4 +110,26 @@ fn answer(ctx: &SockoptContext) {
 #[inline(always)]
 unsafe fn set_retval(so: *mut aya_ebpf::bindings::bpf_sockopt, retval: i32) {
     unsafe { core::ptr::write_volatile(&mut (*so).retval, retval) };
+}
+
+/// The destination of a connection `sk_lookup` steered: a socket accepted from the capture
+/// listener (it carries the listener's cloned mark) whose local port is not the capture port
+/// (a connection made to the capture port itself has no other destination).
+#[inline(always)]
+unsafe fn steered_destination(netns: u64, cfg: &PodConfig, sk: *mut bpf_sock) -> Option<OrigDst4> {
+    match CAPTURE_SOCKETS.get(sk.cast()) {
+        Some(mark) if mark.netns == netns => {}
+        _ => return None,
+    }
+    // SAFETY: a full socket the verifier checked.
+    let sk = unsafe { &*sk };
+    let port = port_from_sock_src(sk.src_port);
+    if sk.family != AF_INET as u32 || port == cfg.inbound_capture_port {
+        return None;
+    }
+    Some(OrigDst4 {
+        addr: sk.src_ip4,
+        port,
+        _pad: 0,
+    })
 }

@@ -6,6 +6,11 @@ mod connect4;
 mod getpeername4;
 mod getsockopt;
 mod maps;
+mod post_bind4;
+mod recvmsg4;
+mod redirect4;
+mod sendmsg4;
+mod sk_lookup;
 mod sockops;
 
 #[cfg(not(test))]

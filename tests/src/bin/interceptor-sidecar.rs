@@ -28,7 +28,8 @@ struct Cli {
     /// Port to listen on at 0.0.0.0 (repeatable), e.g. 15001 outbound, 15006 inbound.
     #[arg(long = "listen", required = true)]
     listen: Vec<u16>,
-    /// First write `sidecar port=<p> orig=<ip:port>` (or `orig=error:<errno>`) to the client.
+    /// First write `sidecar port=<p> orig=<ip:port> local=<ip:port>` (or `orig=error:<errno>`)
+    /// to the client: the listen port, `SO_ORIGINAL_DST` and the accepted socket's address.
     #[arg(long)]
     announce: bool,
     /// Print one line per connection to stdout when it closes.
@@ -104,6 +105,7 @@ async fn forward(
         let line = SidecarLine {
             port,
             orig: orig.clone(),
+            local: client.local_addr().ok(),
         };
         client.write_all(format!("{line}\n").as_bytes()).await?;
     }
