@@ -5,16 +5,15 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    process::{Command, Output},
+    ops::Deref,
+    process::Command,
 };
 
 use anyhow::{Context as _, Result, ensure};
-use interceptor_tests::{Identity, Place, ProbeOptions, ProbeResult, Side, Topology, bin_path};
-
-const SEED_FLAGS: [&str; 14] = [
-    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
-];
+use interceptor_tests::{
+    Backend, Identity, Intercepted, IptablesMode, Place, ProbeOptions, ProbeResult, SEED_FLAGS,
+    Side, TempFile, Topology, addr, any, interceptor,
+};
 
 /// What istio-iptables writes for the seed's flags in an IPv4 pod (spec 3.2).
 const SEED_RULES: &str = "* nat
@@ -43,93 +42,43 @@ COMMIT
 /// The pod's IPv6 address in the dual-stack tests (a ULA inside the test's namespaces only).
 const POD_IP6: &str = "fd00:200::2";
 
-fn interceptor_bin() -> PathBuf {
-    std::env::var_os("INTERCEPTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| bin_path("interceptor").expect("the interceptor binary is built"))
+/// A pod intercepted by the iptables backend with one flavour (not yet: call `init`); the
+/// shared fixture cleans on drop, and the rules go with the namespace anyway.
+struct Pod {
+    pod: Intercepted,
+    mode: IptablesMode,
 }
 
-fn interceptor(args: &[&str]) -> Output {
-    Command::new(interceptor_bin())
-        .args(args)
-        .output()
-        .expect("running interceptor")
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Flavour {
-    Legacy,
-    Nft,
-}
-
-impl Flavour {
-    fn name(self) -> &'static str {
-        match self {
-            Flavour::Legacy => "legacy",
-            Flavour::Nft => "nft",
-        }
+impl Deref for Pod {
+    type Target = Intercepted;
+    fn deref(&self) -> &Intercepted {
+        &self.pod
     }
 }
 
-/// A pod whose interception is the iptables backend with one flavour. The rules go with the
-/// namespace when the topology is dropped.
-struct Pod {
-    topo: Topology,
-    flavour: Flavour,
-}
-
 impl Pod {
-    fn new(tag: &str, flavour: Flavour) -> Result<Self> {
-        let tag = format!("ipt-{tag}-{}", &flavour.name()[..1]);
-        Ok(Self {
-            topo: Topology::new(&tag)?,
-            flavour,
-        })
+    fn new(tag: &str, mode: IptablesMode) -> Result<Self> {
+        let mut pod = Intercepted::bare(Topology::new(&format!(
+            "ipt-{tag}-{}",
+            &mode.as_str()[..1]
+        ))?);
+        pod.backend = Backend::Iptables(mode);
+        Ok(Self { pod, mode })
     }
 
     fn netns(&self) -> String {
         self.topo.netns_path(Side::Pod).display().to_string()
     }
 
-    fn run_init(&self, flags: &[&str]) -> Output {
-        let (mode, netns) = (self.flavour.name(), self.netns());
-        let mut args = vec![
-            "init",
-            "--backend",
-            "iptables",
-            "--iptables-mode",
-            mode,
-            "--netns",
-            &netns,
-        ];
-        args.extend(flags);
-        interceptor(&args)
-    }
-
-    fn init(&self, flags: &[&str]) -> Result<()> {
-        let out = self.run_init(flags);
-        ensure!(
-            out.status.success(),
-            "interceptor init {flags:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-
-    fn clean(&self) -> Output {
-        let netns = self.netns();
-        interceptor(&["clean", "--backend", "iptables", "--netns", &netns])
-    }
-
     /// `iptables-<flavour> args` (`ip6tables-...` with `v6`) inside the pod's namespace.
     fn iptables(&self, v6: bool, args: &[&str]) -> Result<String> {
-        run_in_pod(&self.topo, &tool(self.flavour, v6, ""), args)
+        run_in_pod(&self.topo, &tool(self.mode, v6, ""), args)
     }
 
     /// `iptables-<flavour>-save` of `flavour` (`ip6tables-...` with `v6`), without comments
     /// and counters.
-    fn save_of(&self, flavour: Flavour, v6: bool) -> Result<String> {
-        let text = run_in_pod(&self.topo, &tool(flavour, v6, "-save"), &[])?;
+    fn save_of(&self, mode: IptablesMode, v6: bool) -> Result<String> {
+        let text = run_in_pod(&self.topo, &tool(mode, v6, "-save"), &[])?;
         Ok(text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -141,11 +90,7 @@ impl Pod {
     }
 
     fn save(&self, v6: bool) -> Result<String> {
-        self.save_of(self.flavour, v6)
-    }
-
-    fn probe(&self, who: Identity, to: SocketAddr) -> Result<ProbeResult> {
-        self.topo.probe(who, to, &ProbeOptions::default())
+        self.save_of(self.mode, v6)
     }
 
     fn give_ipv6_address(&self) -> Result<()> {
@@ -165,9 +110,9 @@ impl Pod {
 }
 
 /// `iptables-legacy-save`, `ip6tables-nft`, ...
-fn tool(flavour: Flavour, v6: bool, suffix: &str) -> String {
+fn tool(mode: IptablesMode, v6: bool, suffix: &str) -> String {
     let family = if v6 { "ip6tables" } else { "iptables" };
-    format!("{family}-{}{suffix}", flavour.name())
+    format!("{family}-{}{suffix}", mode.as_str())
 }
 
 fn run_in_pod(topo: &Topology, program: &str, args: &[&str]) -> Result<String> {
@@ -206,14 +151,6 @@ fn path_of(r: &ProbeResult) -> Path_ {
     }
 }
 
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(ip), port)
-}
-
-fn any(port: u16) -> SocketAddr {
-    addr(Ipv4Addr::UNSPECIFIED, port)
-}
-
 /// Lines of `save` that mention one of istio's chains.
 fn istio_lines(save: &str) -> Vec<&str> {
     save.lines().filter(|l| l.contains("ISTIO_")).collect()
@@ -224,13 +161,13 @@ macro_rules! both_flavours {
         mod legacy {
             $(#[test]
             fn $name() -> anyhow::Result<()> {
-                super::$name(super::Flavour::Legacy)
+                super::$name(super::IptablesMode::Legacy)
             })*
         }
         mod nft {
             $(#[test]
             fn $name() -> anyhow::Result<()> {
-                super::$name(super::Flavour::Nft)
+                super::$name(super::IptablesMode::Nft)
             })*
         }
     };
@@ -243,8 +180,8 @@ both_flavours!(
     dual_stack_writes_both_families,
 );
 
-fn seed_flags_capture_outbound_and_inbound(flavour: Flavour) -> Result<()> {
-    let pod = Pod::new("seed", flavour)?;
+fn seed_flags_capture_outbound_and_inbound(mode: IptablesMode) -> Result<()> {
+    let pod = Pod::new("seed", mode)?;
     pod.init(&SEED_FLAGS)?;
     let t = &pod.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080)], &[])?;
@@ -324,9 +261,9 @@ fn seed_flags_capture_outbound_and_inbound(flavour: Flavour) -> Result<()> {
         save.contains("-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n"),
         "{save}"
     );
-    let other = match flavour {
-        Flavour::Legacy => Flavour::Nft,
-        Flavour::Nft => Flavour::Legacy,
+    let other = match mode {
+        IptablesMode::Legacy => IptablesMode::Nft,
+        IptablesMode::Nft => IptablesMode::Legacy,
     };
     assert!(istio_lines(&pod.save_of(other, false)?).is_empty());
     assert!(
@@ -336,8 +273,8 @@ fn seed_flags_capture_outbound_and_inbound(flavour: Flavour) -> Result<()> {
     Ok(())
 }
 
-fn reinit_replaces_and_clean_removes_only_ours(flavour: Flavour) -> Result<()> {
-    let pod = Pod::new("reinit", flavour)?;
+fn reinit_replaces_and_clean_removes_only_ours(mode: IptablesMode) -> Result<()> {
+    let pod = Pod::new("reinit", mode)?;
     let t = &pod.topo;
     // The user's own rules, before and after ours.
     pod.iptables(
@@ -438,8 +375,8 @@ fn reinit_replaces_and_clean_removes_only_ours(flavour: Flavour) -> Result<()> {
     Ok(())
 }
 
-fn a_failed_restore_changes_nothing(flavour: Flavour) -> Result<()> {
-    let pod = Pod::new("fail", flavour)?;
+fn a_failed_restore_changes_nothing(mode: IptablesMode) -> Result<()> {
+    let pod = Pod::new("fail", mode)?;
     let t = &pod.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080)], &[])?;
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
@@ -454,7 +391,7 @@ fn a_failed_restore_changes_nothing(flavour: Flavour) -> Result<()> {
         &["-t", "nat", "-A", "USER_CHAIN", "-j", "ISTIO_REDIRECT"],
     )?;
     let before = pod.save(false)?;
-    let out = pod.run_init(&SEED_FLAGS);
+    let out = pod.try_init(&SEED_FLAGS);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -481,7 +418,7 @@ fn a_failed_restore_changes_nothing(flavour: Flavour) -> Result<()> {
     )?;
     let before = pod.save(false)?;
     let exclude = format!("{}/32", t.server_ip);
-    let out = pod.run_init(&["-i", "*", "-x", &exclude]);
+    let out = pod.try_init(&["-i", "*", "-x", &exclude]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -500,13 +437,13 @@ fn a_failed_restore_changes_nothing(flavour: Flavour) -> Result<()> {
     Ok(())
 }
 
-fn dual_stack_writes_both_families(flavour: Flavour) -> Result<()> {
-    let pod = Pod::new("dual", flavour)?;
+fn dual_stack_writes_both_families(mode: IptablesMode) -> Result<()> {
+    let pod = Pod::new("dual", mode)?;
     pod.give_ipv6_address()?;
     // Without --dual-stack the first address (IPv4) decides, as istio-iptables does.
     pod.init(&SEED_FLAGS)?;
     assert!(istio_lines(&pod.save(true)?).is_empty());
-    let out = pod.run_init(&[&SEED_FLAGS[..], &["--dual-stack", "--dry-run"]].concat());
+    let out = pod.try_init(&[&SEED_FLAGS[..], &["--dual-stack", "--dry-run"]].concat());
     assert!(out.status.success());
     let dry_run = String::from_utf8_lossy(&out.stdout);
     assert_eq!(dry_run.matches("* nat\n").count(), 2, "{dry_run}");
@@ -539,7 +476,7 @@ fn dual_stack_writes_both_families(flavour: Flavour) -> Result<()> {
         &["-t", "nat", "-A", "USER_CHAIN", "-j", "ISTIO_REDIRECT"],
     )?;
     let (v4_before, v6_before) = (pod.save(false)?, pod.save(true)?);
-    let out = pod.run_init(&["-i", "10.0.0.0/8", "--dual-stack"]);
+    let out = pod.try_init(&["-i", "10.0.0.0/8", "--dual-stack"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("IPv6"), "{err}");
@@ -560,8 +497,8 @@ fn dual_stack_writes_both_families(flavour: Flavour) -> Result<()> {
 
 #[test]
 fn dry_run_prints_the_restore_input_and_changes_nothing() -> Result<()> {
-    let pod = Pod::new("dry", Flavour::Nft)?;
-    let out = pod.run_init(&[&SEED_FLAGS[..], &["--dry-run"]].concat());
+    let pod = Pod::new("dry", IptablesMode::Nft)?;
+    let out = pod.try_init(&[&SEED_FLAGS[..], &["--dry-run"]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -571,12 +508,16 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() -> Result<()> {
     assert!(istio_lines(&pod.save(false)?).is_empty());
 
     // DNS capture matches resolv.conf's servers; with none it is off, with a warning.
-    let dir = std::env::temp_dir().join(format!("ipt-dry-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let resolv = dir.join("resolv.conf");
-    std::fs::write(&resolv, "search svc.cluster.local\nnameserver 10.96.0.10\n")?;
-    let resolv_arg = resolv.display().to_string();
-    let out = pod.run_init(&["--redirect-dns", "--resolv-conf", &resolv_arg, "--dry-run"]);
+    let with_server = TempFile::new(
+        &format!("{}-resolv.conf", pod.topo.name),
+        "search svc.cluster.local\nnameserver 10.96.0.10\n",
+    )?;
+    let out = pod.try_init(&[
+        "--redirect-dns",
+        "--resolv-conf",
+        with_server.path_str(),
+        "--dry-run",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(
@@ -584,9 +525,16 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() -> Result<()> {
         ),
         "{text}"
     );
-    std::fs::write(&resolv, "search svc.cluster.local\n")?;
-    let out = pod.run_init(&["--redirect-dns", "--resolv-conf", &resolv_arg, "--dry-run"]);
-    let _ = std::fs::remove_dir_all(&dir);
+    let without = TempFile::new(
+        &format!("{}-no-ns-resolv.conf", pod.topo.name),
+        "search svc.cluster.local\n",
+    )?;
+    let out = pod.try_init(&[
+        "--redirect-dns",
+        "--resolv-conf",
+        without.path_str(),
+        "--dry-run",
+    ]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ISTIO_OUTPUT_DNS"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DNS capture disabled"));
     Ok(())
@@ -594,7 +542,7 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() -> Result<()> {
 
 #[test]
 fn unsupported_and_bad_options_are_one_clear_error() -> Result<()> {
-    let pod = Pod::new("bad", Flavour::Legacy)?;
+    let pod = Pod::new("bad", IptablesMode::Legacy)?;
     let netns = pod.netns();
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
         (vec!["--iptables-mode", "xtables"], 2, "xtables"),
