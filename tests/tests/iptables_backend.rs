@@ -434,6 +434,15 @@ fn a_failed_restore_changes_nothing(mode: IptablesMode) -> Result<()> {
         path_of(&pod.probe(Identity::APP, target)?),
         Path_::Sidecar(15001, target)
     );
+    // Once the user's rule is gone, clean works again.
+    pod.iptables(false, &["-t", "nat", "-F", "USER_CHAIN"])?;
+    let out = pod.clean();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(istio_lines(&pod.save(false)?).is_empty());
     Ok(())
 }
 
