@@ -1,33 +1,43 @@
-//! The outbound decision table, as one pure function that both the `connect4` program and the
-//! host's unit tests run. It follows the `ISTIO_OUTPUT` chain that istio-iptables writes,
-//! rule by rule, so that the same flags mean the same thing under either backend.
+//! The outbound decision table, as one pure function that the `connect4`/`connect6` programs
+//! and the host's unit tests run. It follows the `ISTIO_OUTPUT` chain that istio-iptables
+//! writes, rule by rule, so that the same flags mean the same thing under either backend.
+//! One function serves both families (`Family`): istio-iptables writes the same chain into
+//! iptables and ip6tables, with only the loopback, passthrough and CIDR values differing.
 
 use crate::{
     counters::Counter,
     model::{CidrSet, PodConfig, PortSet, flags},
-    wire::{LOCALHOST4, PASSTHROUGH_SRC4, RawIpv4},
+    wire::{
+        LOCALHOST4, LOCALHOST6, PASSTHROUGH_SRC4, PASSTHROUGH_SRC6, RawIpv4, RawIpv6, UNSPECIFIED4,
+        UNSPECIFIED6,
+    },
 };
 
-/// A TCP connect as `connect4` sees it.
+/// A TCP connect as `connect4`/`connect6` sees it.
 #[derive(Clone, Copy, Debug)]
-pub struct Connect4 {
+pub struct Connect<A> {
     /// Destination the application asked for.
-    pub dst: RawIpv4,
+    pub dst: A,
     /// Host order.
     pub dst_port: u16,
-    /// Address the socket is bound to (0 when unbound).
-    pub src: RawIpv4,
+    /// Address the socket is bound to (unspecified when unbound).
+    pub src: A,
     pub uid: u32,
     pub gid: u32,
 }
+
+/// An IPv4 connect (also an IPv4-mapped one from a dual-stack socket, unmapped).
+pub type Connect4 = Connect<RawIpv4>;
+/// An IPv6 connect.
+pub type Connect6 = Connect<RawIpv6>;
 
 /// What to do with the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Leave it alone; the counter says why.
     Direct(Counter),
-    /// Send it to 127.0.0.1:`port`, remembering the original destination; the counter says
-    /// which capture it is (outbound or the proxy's inbound capture).
+    /// Send it to localhost:`port` (127.0.0.1 or ::1), remembering the original destination;
+    /// the counter says which capture it is (outbound or the proxy's inbound capture).
     Redirect { port: u16, counter: Counter },
 }
 
@@ -35,9 +45,78 @@ pub enum Verdict {
 pub trait RuleSets {
     fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool;
     fn has_cidr4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> bool;
+    fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool;
 }
 
-/// Decide an outbound TCP connect. Rule order mirrors istio-iptables' `ISTIO_OUTPUT` chain:
+/// What differs between the iptables and the ip6tables chain.
+pub trait Family {
+    type Addr: Copy + PartialEq + core::fmt::Debug;
+    /// `127.0.0.1/32` / `::1/128` (istio's `-d <localhost> -j RETURN`).
+    const LOCALHOST: Self::Addr;
+    /// `127.0.0.6/32` / `::6/128` (`-o lo -s <passthrough> -j RETURN`).
+    const PASSTHROUGH_SRC: Self::Addr;
+    /// A connect to it goes to `LOCALHOST`: the packets netfilter sees carry `LOCALHOST`.
+    const UNSPECIFIED: Self::Addr;
+    const HAS_INCLUDE_CIDRS: u32;
+    const HAS_EXCLUDE_CIDRS: u32;
+    /// Whether a connection to `addr` leaves through lo (istio's `-o lo`).
+    fn is_local(cfg: &PodConfig, addr: Self::Addr) -> bool;
+    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: Self::Addr) -> bool;
+}
+
+/// IPv4 (iptables).
+pub struct V4;
+/// IPv6 (ip6tables).
+pub struct V6;
+
+impl Family for V4 {
+    type Addr = RawIpv4;
+    const LOCALHOST: RawIpv4 = LOCALHOST4;
+    const PASSTHROUGH_SRC: RawIpv4 = PASSTHROUGH_SRC4;
+    const UNSPECIFIED: RawIpv4 = UNSPECIFIED4;
+    const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS;
+    const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS;
+    #[inline(always)]
+    fn is_local(cfg: &PodConfig, addr: RawIpv4) -> bool {
+        cfg.is_local4(addr)
+    }
+    #[inline(always)]
+    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv4) -> bool {
+        sets.has_cidr4(rules, set, addr)
+    }
+}
+
+impl Family for V6 {
+    type Addr = RawIpv6;
+    const LOCALHOST: RawIpv6 = LOCALHOST6;
+    const PASSTHROUGH_SRC: RawIpv6 = PASSTHROUGH_SRC6;
+    const UNSPECIFIED: RawIpv6 = UNSPECIFIED6;
+    const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS6;
+    const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS6;
+    #[inline(always)]
+    fn is_local(cfg: &PodConfig, addr: RawIpv6) -> bool {
+        cfg.is_local6(addr)
+    }
+    #[inline(always)]
+    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
+        sets.has_cidr6(rules, set, addr)
+    }
+}
+
+/// `decide_outbound` for IPv4 (and IPv4-mapped) destinations.
+#[inline(always)]
+pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> Verdict {
+    decide_outbound::<V4>(cfg, c, sets)
+}
+
+/// `decide_outbound` for IPv6 destinations (not IPv4-mapped ones: those are IPv4).
+#[inline(always)]
+pub fn decide_outbound6(cfg: &PodConfig, c: &Connect6, sets: &impl RuleSets) -> Verdict {
+    decide_outbound::<V6>(cfg, c, sets)
+}
+
+/// Decide an outbound TCP connect. Rule order mirrors istio-iptables' `ISTIO_OUTPUT` chain
+/// (shown for IPv4; the IPv6 chain has `::1/128` and `::6/128` in their places):
 ///
 /// 1. `-p tcp --dport <-o port> -j RETURN`
 /// 2. `-o lo -s 127.0.0.6/32 -j RETURN`
@@ -50,8 +129,15 @@ pub trait RuleSets {
 /// 6. `-p tcp --dport <-q port> -j ISTIO_REDIRECT`
 /// 7. `-i '*'`: `-j ISTIO_REDIRECT`; else `-d <-i cidr> -j ISTIO_REDIRECT`
 /// 8. otherwise the chain ends: direct.
+///
+/// At most four set lookups, whatever the family (`-o` port, `-x` CIDR, `-q` port, `-i` CIDR),
+/// each only when its set is not empty.
 #[inline(always)]
-pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> Verdict {
+pub fn decide_outbound<F: Family>(
+    cfg: &PodConfig,
+    c: &Connect<F::Addr>,
+    sets: &impl RuleSets,
+) -> Verdict {
     let rules = cfg.rules;
     if cfg.has(flags::HAS_OUTBOUND_PORTS_EXCLUDE)
         && sets.has_port(rules, PortSet::OutboundExclude, c.dst_port)
@@ -59,19 +145,25 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
         return Verdict::Direct(Counter::DirectExcludedPort);
     }
 
-    let over_lo = cfg.is_local4(c.dst);
-    if over_lo && c.src == PASSTHROUGH_SRC4 {
+    // The kernel sends a connect to 0.0.0.0 / :: to localhost, which is what netfilter sees.
+    let dst = if c.dst == F::UNSPECIFIED {
+        F::LOCALHOST
+    } else {
+        c.dst
+    };
+    let over_lo = F::is_local(cfg, dst);
+    if over_lo && c.src == F::PASSTHROUGH_SRC {
         return Verdict::Direct(Counter::DirectPassthrough);
     }
 
-    // The proxy's own traffic. Over lo, to a local address other than 127.0.0.1, it is the
+    // The proxy's own traffic. Over lo, to a local address other than localhost, it is the
     // proxy calling its own pod: capture it on the inbound side (app -> proxy -> proxy -> app).
     let inbound_capture = Verdict::Redirect {
         port: cfg.inbound_capture_port,
         counter: Counter::InboundCaptured,
     };
     let capturable_over_lo =
-        over_lo && c.dst != LOCALHOST4 && c.dst_port != cfg.inbound_tunnel_port;
+        over_lo && dst != F::LOCALHOST && c.dst_port != cfg.inbound_tunnel_port;
     let loopback_included = cfg.has(flags::LOOPBACK_INCLUDED);
     if over_lo && !loopback_included {
         // istio-iptables writes, for the first proxy uid U, "-o lo ! --uid-owner U -j RETURN"
@@ -107,10 +199,10 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
         return Verdict::Direct(Counter::DirectProxy);
     }
 
-    if c.dst == LOCALHOST4 {
+    if dst == F::LOCALHOST {
         return Verdict::Direct(Counter::DirectLocal);
     }
-    if cfg.has(flags::HAS_EXCLUDE_CIDRS) && sets.has_cidr4(rules, CidrSet::Exclude, c.dst) {
+    if cfg.has(F::HAS_EXCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Exclude, dst) {
         return Verdict::Direct(Counter::DirectExcludedCidr);
     }
     let redirect = Verdict::Redirect {
@@ -123,7 +215,7 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
         return redirect;
     }
     if cfg.has(flags::INCLUDE_ALL)
-        || (cfg.has(flags::HAS_INCLUDE_CIDRS) && sets.has_cidr4(rules, CidrSet::Include, c.dst))
+        || (cfg.has(F::HAS_INCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Include, dst))
     {
         return redirect;
     }
@@ -136,13 +228,14 @@ mod tests {
     use std::{collections::HashSet, vec::Vec};
 
     use super::*;
-    use crate::wire::raw_ipv4;
+    use crate::wire::{ipv6_octets, raw_ipv4, raw_ipv6};
 
     /// Sets held in std collections; CIDRs matched by linear scan (the kernel uses an LPM trie).
     #[derive(Default)]
     struct Sets {
         ports: HashSet<(u32, u16, u16)>,
         cidrs: Vec<(u32, u32, [u8; 4], u8)>,
+        cidrs6: Vec<(u32, u32, [u8; 16], u8)>,
     }
 
     impl RuleSets for Sets {
@@ -154,6 +247,13 @@ mod tests {
             self.cidrs.iter().any(|&(r, s, net, len)| {
                 let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
                 r == rules && s == set as u32 && a & mask == u32::from_be_bytes(net) & mask
+            })
+        }
+        fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
+            let a = u128::from_be_bytes(ipv6_octets(addr));
+            self.cidrs6.iter().any(|&(r, s, net, len)| {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                r == rules && s == set as u32 && a & mask == u128::from_be_bytes(net) & mask
             })
         }
     }
@@ -328,6 +428,181 @@ mod tests {
         assert_eq!(
             decide_outbound4(&cfg, &conn([10, 2, 0, 1], 80, 1338, 1338), &sets),
             Verdict::Direct(Counter::DirectProxy)
+        );
+    }
+
+    #[test]
+    fn unspecified_destination_is_localhost_as_the_kernel_makes_it() {
+        let cfg = pod(flags::INCLUDE_ALL);
+        let sets = Sets::default();
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([0, 0, 0, 0], 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectLocal)
+        );
+        // Not the proxy's inbound capture either: it is 127.0.0.1 by the time netfilter looks.
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([0, 0, 0, 0], 80, PROXY, PROXY), &sets),
+            Verdict::Direct(Counter::DirectProxy)
+        );
+        let c6 = conn6(UNSPECIFIED6, 80, APP, APP);
+        assert_eq!(
+            decide_outbound6(&pod6(flags::INCLUDE_ALL), &c6, &sets),
+            Verdict::Direct(Counter::DirectLocal)
+        );
+    }
+
+    fn v6(s: &str) -> RawIpv6 {
+        raw_ipv6(s.parse::<std::net::Ipv6Addr>().unwrap().octets())
+    }
+
+    fn prefix6(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    /// `pod()` with IPv6 addresses: fd00:200::2 and a link-local one.
+    fn pod6(flags_: u32) -> PodConfig {
+        let mut cfg = pod(flags_);
+        cfg.local6[0] = v6("fd00:200::2");
+        cfg.local6[1] = v6("fe80::2");
+        cfg.n_local6 = 2;
+        cfg
+    }
+
+    fn conn6(dst: RawIpv6, port: u16, uid: u32, gid: u32) -> Connect6 {
+        Connect6 {
+            dst,
+            dst_port: port,
+            src: UNSPECIFIED6,
+            uid,
+            gid,
+        }
+    }
+
+    #[test]
+    fn ipv6_follows_the_ip6tables_chain() {
+        let cfg = pod6(
+            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS6 | flags::HAS_OUTBOUND_PORTS_EXCLUDE,
+        );
+        let mut sets = Sets::default();
+        sets.cidrs6
+            .push((1, CidrSet::Exclude as u32, prefix6("fd00:9::"), 32));
+        // An IPv4 exclude never applies to IPv6 (and vice versa).
+        sets.cidrs
+            .push((1, CidrSet::Exclude as u32, [0, 0, 0, 0], 0));
+        sets.ports
+            .insert((1, PortSet::OutboundExclude as u16, 3306));
+        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
+        use Counter::*;
+        let remote = v6("fd00:200:1::1");
+        let cases = [
+            (conn6(remote, 80, APP, APP), OUT),
+            (
+                conn6(v6("fd00:9:1::1"), 80, APP, APP),
+                Verdict::Direct(DirectExcludedCidr),
+            ),
+            (
+                conn6(remote, 3306, APP, APP),
+                Verdict::Direct(DirectExcludedPort),
+            ),
+            (
+                conn6(remote, 80, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (conn6(remote, 80, APP, PROXY), Verdict::Direct(DirectProxy)),
+            (
+                conn6(LOCALHOST6, 80, APP, APP),
+                Verdict::Direct(DirectLocal),
+            ),
+            (
+                conn6(v6("fd00:200::2"), 9080, APP, APP),
+                Verdict::Direct(DirectLocal),
+            ),
+            (
+                conn6(v6("fe80::2"), 9080, APP, APP),
+                Verdict::Direct(DirectLocal),
+            ),
+            // Another host on the pod's /64 is not local.
+            (conn6(v6("fd00:200::1"), 80, APP, APP), OUT),
+            // The proxy calling its own pod: inbound capture, except ::1 and -e.
+            (conn6(v6("fd00:200::2"), 9080, PROXY, PROXY), IN),
+            (
+                conn6(LOCALHOST6, 9080, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (
+                conn6(v6("fd00:200::2"), 15008, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            // 127.0.0.1 in IPv6 clothing is not ::1: an IPv4-compatible address is remote.
+            (conn6([0, 0, 0, LOCALHOST4], 80, APP, APP), OUT),
+        ];
+        for (c, want) in cases {
+            assert_eq!(d(c), want, "{c:?}");
+        }
+        // Bound to ::6 (Envoy's IPv6 inbound passthrough) and going to the pod: direct.
+        let mut c = conn6(v6("fd00:200::2"), 9080, PROXY, PROXY);
+        c.src = PASSTHROUGH_SRC6;
+        assert_eq!(d(c), Verdict::Direct(DirectPassthrough));
+        // Bound to ::6 but leaving the pod: the passthrough rule is "-o lo" only.
+        let mut c = conn6(remote, 80, APP, APP);
+        c.src = PASSTHROUGH_SRC6;
+        assert_eq!(d(c), OUT);
+    }
+
+    #[test]
+    fn mixed_include_lists_select_per_family() {
+        // -i 10.96.0.0/12,fd00:96::/64: each family sees only its own ranges.
+        let cfg = pod6(flags::HAS_INCLUDE_CIDRS | flags::HAS_INCLUDE_CIDRS6);
+        let mut sets = Sets::default();
+        sets.cidrs
+            .push((1, CidrSet::Include as u32, [10, 96, 0, 0], 12));
+        sets.cidrs6
+            .push((1, CidrSet::Include as u32, prefix6("fd00:96::"), 64));
+        sets.cidrs6
+            .push((2, CidrSet::Include as u32, prefix6("fd00:50::"), 64));
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:96::1"), 80, APP, APP), &sets),
+            OUT
+        );
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:97::1"), 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:50::1"), 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded),
+            "another rule set's range"
+        );
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([10, 100, 1, 1], 80, APP, APP), &sets),
+            OUT
+        );
+        // Only IPv6 ranges given: IPv4 destinations are not included (and the reverse).
+        let only6 = pod6(flags::HAS_INCLUDE_CIDRS6);
+        assert_eq!(
+            decide_outbound4(&only6, &conn([10, 100, 1, 1], 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+        let only4 = pod6(flags::HAS_INCLUDE_CIDRS);
+        assert_eq!(
+            decide_outbound6(&only4, &conn6(v6("fd00:96::1"), 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+    }
+
+    #[test]
+    fn a_loopback_range_in_either_family_changes_the_lo_rules_of_both() {
+        // -i ::1/128 sets LOOPBACK_INCLUDED, as istio-iptables drops the "-o lo ! --owner"
+        // RETURN rules from both tables when either family's -i has a loopback address.
+        let cfg = pod6(flags::HAS_INCLUDE_CIDRS6 | flags::LOOPBACK_INCLUDED);
+        let sets = Sets::default();
+        assert_eq!(
+            decide_outbound4(&cfg, &conn(POD_IP, 9080, APP, PROXY), &sets),
+            IN
+        );
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:200::2"), 9080, APP, PROXY), &sets),
+            IN
         );
     }
 }

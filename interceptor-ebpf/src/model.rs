@@ -1,7 +1,7 @@
 //! Map names, keys and values. Every struct is `#[repr(C)]` with explicit padding so that
 //! its bytes are fully defined (the kernel hashes keys byte by byte).
 
-use crate::wire::RawIpv4;
+use crate::wire::{RawIpv4, RawIpv6};
 
 /// Map names, as the programs declare them and the loader pins them.
 pub mod map_names {
@@ -12,6 +12,9 @@ pub mod map_names {
     pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
     pub const COUNTERS: &str = "COUNTERS";
     pub const INSTANCE_META: &str = "INSTANCE_META";
+    pub const CIDR6: &str = "CIDR6";
+    pub const ORIG_DST6_BY_COOKIE: &str = "ORIG_DST6_BY_COOKIE";
+    pub const ORIG_DST6_BY_TUPLE: &str = "ORIG_DST6_BY_TUPLE";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -22,14 +25,25 @@ pub mod program_names {
     pub const SOCKOPS: &str = "track_redirected_sockets";
     pub const GETSOCKOPT: &str = "answer_original_dst";
     pub const GETPEERNAME4: &str = "restore_peer_name4";
+    pub const GETPEERNAME6: &str = "restore_peer_name6";
     pub const CONNECT4: &str = "redirect_connect4";
-    pub const ALL: [&str; 4] = [SOCKOPS, GETSOCKOPT, GETPEERNAME4, CONNECT4];
+    pub const CONNECT6: &str = "redirect_connect6";
+    pub const ALL: [&str; 6] = [
+        SOCKOPS,
+        GETSOCKOPT,
+        GETPEERNAME4,
+        GETPEERNAME6,
+        CONNECT4,
+        CONNECT6,
+    ];
 }
 
 /// Most proxy uids, and separately gids, one pod can name (`-u`, `-g`).
 pub const MAX_PROXY_IDS: usize = 8;
 /// Most IPv4 addresses of a pod's own interfaces the programs treat as local.
 pub const MAX_LOCAL_ADDRS4: usize = 8;
+/// Most IPv6 addresses (link-local ones included) of a pod's own interfaces.
+pub const MAX_LOCAL_ADDRS6: usize = 8;
 
 /// `PodConfig::flags` bits.
 pub mod flags {
@@ -46,6 +60,10 @@ pub mod flags {
     /// An `-i` range contains a loopback address: istio-iptables then leaves out its
     /// "the application calling its own pod over lo goes direct" rules.
     pub const LOOPBACK_INCLUDED: u32 = 1 << 5;
+    /// `-i` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Include`).
+    pub const HAS_INCLUDE_CIDRS6: u32 = 1 << 16;
+    /// `-x` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Exclude`).
+    pub const HAS_EXCLUDE_CIDRS6: u32 = 1 << 17;
 }
 
 /// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).
@@ -73,6 +91,10 @@ pub struct PodConfig {
     pub gids: [u32; MAX_PROXY_IDS],
     /// The pod's own IPv4 addresses (besides 127.0.0.0/8, which is always local).
     pub local4: [RawIpv4; MAX_LOCAL_ADDRS4],
+    /// The pod's own IPv6 addresses (besides ::1, which is always local).
+    pub local6: [RawIpv6; MAX_LOCAL_ADDRS6],
+    pub n_local6: u8,
+    pub _pad6: [u8; 3],
 }
 
 impl PodConfig {
@@ -91,6 +113,9 @@ impl PodConfig {
             uids: [0; MAX_PROXY_IDS],
             gids: [0; MAX_PROXY_IDS],
             local4: [0; MAX_LOCAL_ADDRS4],
+            local6: [[0; 4]; MAX_LOCAL_ADDRS6],
+            n_local6: 0,
+            _pad6: [0; 3],
         }
     }
 
@@ -114,6 +139,22 @@ impl PodConfig {
     #[inline(always)]
     pub fn is_local4(&self, addr: RawIpv4) -> bool {
         crate::wire::is_loopback4(addr) || contains(&self.local4, self.n_local4, addr)
+    }
+
+    /// Whether a connection to the IPv6 `addr` leaves through the loopback device.
+    #[inline(always)]
+    pub fn is_local6(&self, addr: RawIpv6) -> bool {
+        if addr == crate::wire::LOCALHOST6 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_LOCAL_ADDRS6 {
+            if i < self.n_local6 as usize && self.local6[i] == addr {
+                return true;
+            }
+            i += 1;
+        }
+        false
     }
 }
 
@@ -174,6 +215,19 @@ pub struct Cidr4Key {
 /// Bits of a `Cidr4Key` before the address.
 pub const CIDR4_KEY_PREFIX_BITS: u32 = 64;
 
+/// Data of an LPM-trie key of `CIDR6`, laid out as `Cidr4Key` with a 16-byte address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr6Key {
+    pub rules: u32,
+    pub set: u32,
+    /// Network order bytes.
+    pub addr: RawIpv6,
+}
+
+/// Bits of a `Cidr6Key` before the address.
+pub const CIDR6_KEY_PREFIX_BITS: u32 = 64;
+
 /// An original destination as the application dialled it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +246,31 @@ pub struct SockTuple4 {
     pub netns: u64,
     pub client_addr: RawIpv4,
     pub server_addr: RawIpv4,
+    /// Host order.
+    pub client_port: u16,
+    /// Host order.
+    pub server_port: u16,
+    pub _pad: u32,
+}
+
+/// An IPv6 original destination as the application dialled it. (An IPv4-mapped destination
+/// of a dual-stack socket is recorded as an `OrigDst4`: that connection is IPv4.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst6 {
+    pub addr: RawIpv6,
+    /// Host order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// An IPv6 TCP connection inside one network namespace, named from the client's side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockTuple6 {
+    pub netns: u64,
+    pub client_addr: RawIpv6,
+    pub server_addr: RawIpv6,
     /// Host order.
     pub client_port: u16,
     /// Host order.
@@ -222,6 +301,9 @@ mod pod {
     unsafe impl aya::Pod for OrigDst4 {}
     unsafe impl aya::Pod for SockTuple4 {}
     unsafe impl aya::Pod for InstanceMeta {}
+    unsafe impl aya::Pod for Cidr6Key {}
+    unsafe impl aya::Pod for OrigDst6 {}
+    unsafe impl aya::Pod for SockTuple6 {}
 }
 
 #[cfg(test)]
@@ -231,7 +313,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<PodConfig>(), 4 * 3 + 2 * 3 + 3 + 3 + 4 * 8 * 3);
+        assert_eq!(
+            size_of::<PodConfig>(),
+            4 * 3 + 2 * 3 + 3 + 3 + 4 * 8 * 3 + 16 * 8 + 1 + 3
+        );
+        assert_eq!(size_of::<Cidr6Key>(), 24);
+        assert_eq!(size_of::<OrigDst6>(), 20);
+        assert_eq!(size_of::<SockTuple6>(), 48);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<Cidr4Key>(), 12);
         assert_eq!(size_of::<OrigDst4>(), 8);
@@ -253,5 +341,15 @@ mod tests {
         assert!(cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 2])));
         assert!(cfg.is_local4(crate::wire::raw_ipv4([127, 9, 9, 9])));
         assert!(!cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 3])));
+
+        let pod6 = crate::wire::raw_ipv6([0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let other6 = crate::wire::raw_ipv6([0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+        cfg.local6[0] = pod6;
+        cfg.local6[1] = other6;
+        cfg.n_local6 = 1;
+        assert!(cfg.is_local6(pod6));
+        assert!(cfg.is_local6(crate::wire::LOCALHOST6));
+        assert!(!cfg.is_local6(other6), "entries past n_local6 are ignored");
+        assert!(!cfg.is_local6(crate::wire::UNSPECIFIED6));
     }
 }

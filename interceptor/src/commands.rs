@@ -99,7 +99,13 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         netns_cookie = info.cookie,
         rules = applied.rules,
         "interception {}",
-        if applied.replaced { "updated in place" } else { "active" }
+        if applied.rebuilt {
+            "active (the older instance was replaced)"
+        } else if applied.replaced {
+            "updated in place"
+        } else {
+            "active"
+        }
     );
     Ok(())
 }

@@ -148,21 +148,6 @@ impl InterceptConfig {
                     .to_string(),
             );
         }
-        let v6 = self
-            .outbound_exclude
-            .iter()
-            .chain(match &self.outbound_include {
-                OutboundInclude::Cidrs(c) => c.as_slice(),
-                OutboundInclude::All => &[],
-            })
-            .filter(|c| !c.is_ipv4())
-            .count();
-        if v6 > 0 {
-            notes.push(format!(
-                "{v6} IPv6 range(s) in -i/-x are not enforced yet: IPv6 connections are not \
-                 intercepted"
-            ));
-        }
         if self.redirect_dns {
             notes.push("DNS capture (--redirect-dns) is not active yet".to_string());
         }

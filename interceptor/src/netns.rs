@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -30,6 +30,8 @@ pub struct NetnsInfo {
     pub cookie: u64,
     /// The namespace's own IPv4 addresses, loopback excluded.
     pub addrs4: Vec<Ipv4Addr>,
+    /// The namespace's own IPv6 addresses (link-local ones too), `::1` excluded.
+    pub addrs6: Vec<Ipv6Addr>,
 }
 
 impl Netns {
@@ -63,6 +65,8 @@ impl Netns {
                 cookie: sys::current_netns_cookie()
                     .context("reading the namespace cookie (SO_NETNS_COOKIE needs Linux 5.14)")?,
                 addrs4: sys::interface_addrs4().context("listing the namespace's addresses")?,
+                addrs6: sys::interface_addrs6()
+                    .context("listing the namespace's IPv6 addresses")?,
             })
         })
         .join()

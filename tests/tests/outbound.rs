@@ -2,145 +2,13 @@
 //! the test creates, and real connections from processes in the pod go where istio-iptables
 //! would send them.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result};
-use interceptor_tests::{Identity, Place, ProbeOptions, ProbeResult, Side, Topology, bin_path};
-
-const BPFFS: &str = "/sys/fs/bpf";
-const SEED_FLAGS: [&str; 14] = [
-    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
-];
-
-fn interceptor_bin() -> PathBuf {
-    std::env::var_os("INTERCEPTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| bin_path("interceptor").expect("the interceptor binary is built"))
-}
-
-fn interceptor(args: &[&str]) -> Output {
-    Command::new(interceptor_bin())
-        .args(args)
-        .output()
-        .expect("running interceptor")
-}
-
-/// The instance directory `init` makes for a cgroup.
-fn instance_dir(cgroup: &Path) -> PathBuf {
-    use std::os::unix::fs::MetadataExt as _;
-    let id = std::fs::metadata(cgroup).expect("cgroup exists").ino();
-    Path::new(BPFFS).join(format!("interceptor/cgroup-{id}"))
-}
-
-/// A pod with interception attached; cleaned on drop (also when the test fails).
-struct Intercepted {
-    topo: Topology,
-}
-
-impl Intercepted {
-    fn new(tag: &str, flags: &[&str]) -> Result<Self> {
-        let topo = Topology::new(tag)?;
-        let me = Self { topo };
-        me.init(flags)?;
-        Ok(me)
-    }
-
-    fn target_args(&self) -> Vec<String> {
-        vec![
-            "--cgroup".into(),
-            self.topo.pod_cgroup.display().to_string(),
-            "--netns".into(),
-            self.topo.netns_path(Side::Pod).display().to_string(),
-        ]
-    }
-
-    fn init(&self, flags: &[&str]) -> Result<()> {
-        let mut args: Vec<String> = vec!["init".into()];
-        args.extend(self.target_args());
-        args.extend(flags.iter().map(|s| s.to_string()));
-        let out = interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        anyhow::ensure!(
-            out.status.success(),
-            "interceptor init {flags:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-
-    fn clean(&self) -> Output {
-        let mut args: Vec<String> = vec!["clean".into()];
-        args.extend(self.target_args());
-        interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    }
-
-    /// This instance's counters, from `interceptor status --json`.
-    fn counters(&self) -> Result<serde_json::Value> {
-        let out = interceptor(&["status", "--json"]);
-        anyhow::ensure!(out.status.success(), "status failed");
-        let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let name = instance_dir(&self.topo.pod_cgroup)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let inst = all
-            .as_array()
-            .context("status is a list")?
-            .iter()
-            .find(|i| i["instance"] == name.as_str())
-            .context("instance listed by status")?;
-        Ok(inst["pods"][0]["counters"].clone())
-    }
-}
-
-impl Drop for Intercepted {
-    fn drop(&mut self) {
-        let out = self.clean();
-        if !out.status.success() {
-            eprintln!("clean failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-}
-
-/// Where a connection ended up.
-#[derive(Debug, PartialEq, Eq)]
-enum Path_ {
-    /// Through the sidecar, which read this original destination.
-    Sidecar(SocketAddr),
-    /// Straight to the server, which accepted on this address.
-    Direct(SocketAddr),
-    /// Neither answered.
-    Failed(String),
-}
-
-fn path_of(r: &ProbeResult) -> Path_ {
-    if let Some(s) = r.sidecar_line() {
-        return match s.orig {
-            Ok(orig) => Path_::Sidecar(orig),
-            Err(e) => Path_::Failed(format!("sidecar without original destination: {e}")),
-        };
-    }
-    match r.server_line() {
-        Some(line) => Path_::Direct(line.local),
-        None => Path_::Failed(format!("{r:?}")),
-    }
-}
-
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(ip), port)
-}
-
-fn any(port: u16) -> SocketAddr {
-    addr(Ipv4Addr::UNSPECIFIED, port)
-}
-
-fn probe(p: &Intercepted, who: Identity, to: SocketAddr) -> Result<ProbeResult> {
-    p.topo.probe(who, to, &ProbeOptions::default())
-}
+use common::*;
+use interceptor_tests::{Identity, Place, ProbeOptions, Side, Topology};
 
 #[test]
 fn seed_flags_send_the_application_through_the_sidecar() -> Result<()> {
@@ -335,7 +203,7 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
         .collect();
-    assert_eq!(links.len(), 4, "one link per program");
+    assert_eq!(links.len(), 6, "one link per program");
 
     let out = p.clean();
     assert!(out.status.success());
