@@ -1,21 +1,30 @@
-//! The outbound decision table, as one pure function that the `connect4`/`connect6` programs
-//! and the host's unit tests run. It follows the `ISTIO_OUTPUT` chain that istio-iptables
-//! writes, rule by rule, so that the same flags mean the same thing under either backend.
-//! One function serves both families (`Family`): istio-iptables writes the same chain into
-//! iptables and ip6tables, with only the loopback, passthrough and CIDR values differing.
+//! The outbound decision table, as one pure function that the `connect4`/`connect6` and
+//! `sendmsg4` programs and the host's unit tests run. It follows the `ISTIO_OUTPUT` chain that
+//! istio-iptables writes, rule by rule, so that the same flags mean the same thing under either
+//! backend. One function serves both families (`Family`): istio-iptables writes the same chain
+//! into iptables and ip6tables, with only the loopback, passthrough and CIDR values differing.
 
 use crate::{
     counters::Counter,
-    model::{CidrSet, PodConfig, PortSet, flags},
+    model::{CidrSet, DNS_CAPTURE_PORT, DNS_PORT, PodConfig, PortSet, flags},
     wire::{
         LOCALHOST4, LOCALHOST6, PASSTHROUGH_SRC4, PASSTHROUGH_SRC6, RawIpv4, RawIpv6, UNSPECIFIED4,
         UNSPECIFIED6,
     },
 };
 
-/// A TCP connect as `connect4`/`connect6` sees it.
+/// The transport of a connect or datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    /// Only DNS is ever redirected for UDP (istio's `ISTIO_REDIRECT` matches TCP only).
+    Udp,
+}
+
+/// A TCP connect, a UDP connect or a UDP `sendto()`, as the cgroup hooks see it.
 #[derive(Clone, Copy, Debug)]
 pub struct Connect<A> {
+    pub proto: Proto,
     /// Destination the application asked for.
     pub dst: A,
     /// Host order.
@@ -37,7 +46,7 @@ pub enum Verdict {
     /// Leave it alone; the counter says why.
     Direct(Counter),
     /// Send it to localhost:`port` (127.0.0.1 or ::1), remembering the original destination;
-    /// the counter says which capture it is (outbound or the proxy's inbound capture).
+    /// the counter says which capture it is (outbound, the proxy's inbound capture, or DNS).
     Redirect { port: u16, counter: Counter },
 }
 
@@ -55,13 +64,15 @@ pub trait Family {
     const LOCALHOST: Self::Addr;
     /// `127.0.0.6/32` / `::6/128` (`-o lo -s <passthrough> -j RETURN`).
     const PASSTHROUGH_SRC: Self::Addr;
-    /// A connect to it goes to `LOCALHOST`: the packets netfilter sees carry `LOCALHOST`.
+    /// A connect to it goes to `LOCALHOST`, which is what netfilter sees.
     const UNSPECIFIED: Self::Addr;
     const HAS_INCLUDE_CIDRS: u32;
     const HAS_EXCLUDE_CIDRS: u32;
     /// Whether a connection to `addr` leaves through lo (istio's `-o lo`).
     fn is_local(cfg: &PodConfig, addr: Self::Addr) -> bool;
     fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: Self::Addr) -> bool;
+    /// Whether DNS to `addr` is captured (`ISTIO_OUTPUT_DNS`).
+    fn is_captured_dns_server(cfg: &PodConfig, addr: Self::Addr) -> bool;
 }
 
 /// IPv4 (iptables).
@@ -84,6 +95,10 @@ impl Family for V4 {
     fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv4) -> bool {
         sets.has_cidr4(rules, set, addr)
     }
+    #[inline(always)]
+    fn is_captured_dns_server(cfg: &PodConfig, addr: RawIpv4) -> bool {
+        cfg.is_captured_dns_server4(addr)
+    }
 }
 
 impl Family for V6 {
@@ -101,6 +116,12 @@ impl Family for V6 {
     fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
         sets.has_cidr6(rules, set, addr)
     }
+    /// IPv6 DNS capture (ip6tables' `ISTIO_OUTPUT_DNS`) is not implemented: IPv6 name servers
+    /// are not recorded and there are no `sendmsg6`/`recvmsg6` programs yet.
+    #[inline(always)]
+    fn is_captured_dns_server(_: &PodConfig, _: RawIpv6) -> bool {
+        false
+    }
 }
 
 /// `decide_outbound` for IPv4 (and IPv4-mapped) destinations.
@@ -115,23 +136,39 @@ pub fn decide_outbound6(cfg: &PodConfig, c: &Connect6, sets: &impl RuleSets) -> 
     decide_outbound::<V6>(cfg, c, sets)
 }
 
-/// Decide an outbound TCP connect. Rule order mirrors istio-iptables' `ISTIO_OUTPUT` chain
-/// (shown for IPv4; the IPv6 chain has `::1/128` and `::6/128` in their places):
+/// Which owner rule group is being walked: istio-iptables writes the same three rules per uid
+/// and per gid, with one difference under DNS capture (below).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Uid,
+    Gid,
+}
+
+/// Decide an outbound connect or datagram. Rule order is istio-iptables' `ISTIO_OUTPUT` chain,
+/// walked literally (first match wins), so that its quirks come out the same (shown for IPv4;
+/// the IPv6 chain has `::1/128` and `::6/128` in their places):
 ///
-/// 1. `-p tcp --dport <-o port> -j RETURN`
+/// 1. `-p tcp|udp --dport <-o port> -j RETURN`
 /// 2. `-o lo -s 127.0.0.6/32 -j RETURN`
-/// 3. per proxy uid, then per proxy gid (owner match):
-///    `-o lo ! -d 127.0.0.1/32 [! --dport <-e>] --owner X -j ISTIO_IN_REDIRECT`,
-///    `-o lo ! --owner X -j RETURN` (left out when an `-i` range holds a loopback address),
-///    `--owner X -j RETURN`
-/// 4. `-d 127.0.0.1/32 -j RETURN`
-/// 5. `-d <-x cidr> -j RETURN`
-/// 6. `-p tcp --dport <-q port> -j ISTIO_REDIRECT`
-/// 7. `-i '*'`: `-j ISTIO_REDIRECT`; else `-d <-i cidr> -j ISTIO_REDIRECT`
-/// 8. otherwise the chain ends: direct.
+/// 3. per proxy uid U, then per proxy gid G (owner match `X`):
+///    a. `-o lo ! -d 127.0.0.1/32 -p tcp ! --dport <-e> -m owner X -j ISTIO_IN_REDIRECT`
+///    (with DNS capture, the uid form is `-m multiport ! --dports 53,<-e>`; the gid form is not);
+///    b. `-o lo -m owner ! X -j RETURN` (with DNS capture: `-o lo -p tcp ! --dport 53 ...`;
+///    left out when an `-i` range holds a loopback address, of either family);
+///    c. `-m owner X -j RETURN`
+/// 4. DNS capture: `-p tcp|udp --dport 53 [-d <name server>] -j REDIRECT --to-ports 15053`
+/// 5. `-d 127.0.0.1/32 -j RETURN`
+/// 6. `-d <-x cidr> -j RETURN`
+/// 7. `-p tcp --dport <-q port> -j ISTIO_REDIRECT`
+/// 8. `-i '*'`: `-j ISTIO_REDIRECT`; else `-d <-i cidr> -j ISTIO_REDIRECT`
+///    (`ISTIO_REDIRECT` only redirects TCP: UDP that gets here goes direct)
+/// 9. otherwise the chain ends: direct.
 ///
-/// At most four set lookups, whatever the family (`-o` port, `-x` CIDR, `-q` port, `-i` CIDR),
-/// each only when its set is not empty.
+/// Over lo, rule 3b of the first uid settles every connection that is not the proxy's, so
+/// later uids and the gids only matter for traffic leaving the pod, as under istio-iptables.
+/// A connect to 0.0.0.0 or `::` is decided as the localhost connection the kernel makes of it.
+/// At most four set lookups whatever the family (`-o`, `-x`, `-q`, `-i`), each only when its
+/// set is not empty.
 #[inline(always)]
 pub fn decide_outbound<F: Family>(
     cfg: &PodConfig,
@@ -139,13 +176,14 @@ pub fn decide_outbound<F: Family>(
     sets: &impl RuleSets,
 ) -> Verdict {
     let rules = cfg.rules;
+    let tcp = c.proto == Proto::Tcp;
+    let dns = cfg.has(flags::REDIRECT_DNS);
     if cfg.has(flags::HAS_OUTBOUND_PORTS_EXCLUDE)
         && sets.has_port(rules, PortSet::OutboundExclude, c.dst_port)
     {
         return Verdict::Direct(Counter::DirectExcludedPort);
     }
 
-    // The kernel sends a connect to 0.0.0.0 / :: to localhost, which is what netfilter sees.
     let dst = if c.dst == F::UNSPECIFIED {
         F::LOCALHOST
     } else {
@@ -156,47 +194,18 @@ pub fn decide_outbound<F: Family>(
         return Verdict::Direct(Counter::DirectPassthrough);
     }
 
-    // The proxy's own traffic. Over lo, to a local address other than localhost, it is the
-    // proxy calling its own pod: capture it on the inbound side (app -> proxy -> proxy -> app).
-    let inbound_capture = Verdict::Redirect {
-        port: cfg.inbound_capture_port,
-        counter: Counter::InboundCaptured,
-    };
-    let capturable_over_lo =
-        over_lo && dst != F::LOCALHOST && c.dst_port != cfg.inbound_tunnel_port;
-    let loopback_included = cfg.has(flags::LOOPBACK_INCLUDED);
-    if over_lo && !loopback_included {
-        // istio-iptables writes, for the first proxy uid U, "-o lo ! --uid-owner U -j RETURN"
-        // right after U's own rules: every connection over lo is settled by that point, so
-        // only the first uid is ever captured over lo. (Later uids and the gids only matter for
-        // connections leaving the pod.)
-        if cfg.n_uids > 0 {
-            if c.uid == cfg.uids[0] && capturable_over_lo {
-                return inbound_capture;
-            }
-            return if c.uid == cfg.uids[0] {
-                Verdict::Direct(Counter::DirectProxy)
-            } else {
-                Verdict::Direct(Counter::DirectLocal)
-            };
-        }
-        // No uids at all: the gid loop plays the same part.
-        if cfg.n_gids > 0 {
-            if c.gid == cfg.gids[0] && capturable_over_lo {
-                return inbound_capture;
-            }
-            return if c.gid == cfg.gids[0] {
-                Verdict::Direct(Counter::DirectProxy)
-            } else {
-                Verdict::Direct(Counter::DirectLocal)
-            };
-        }
+    if let Some(v) = owner_rules::<F>(cfg, c, dst, Owner::Uid, over_lo, tcp, dns) {
+        return v;
     }
-    if cfg.is_proxy_uid(c.uid) || cfg.is_proxy_gid(c.gid) {
-        if capturable_over_lo {
-            return inbound_capture;
-        }
-        return Verdict::Direct(Counter::DirectProxy);
+    if let Some(v) = owner_rules::<F>(cfg, c, dst, Owner::Gid, over_lo, tcp, dns) {
+        return v;
+    }
+
+    if c.dst_port == DNS_PORT && F::is_captured_dns_server(cfg, dst) {
+        return Verdict::Redirect {
+            port: DNS_CAPTURE_PORT,
+            counter: Counter::DnsCaptured,
+        };
     }
 
     if dst == F::LOCALHOST {
@@ -204,6 +213,9 @@ pub fn decide_outbound<F: Family>(
     }
     if cfg.has(F::HAS_EXCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Exclude, dst) {
         return Verdict::Direct(Counter::DirectExcludedCidr);
+    }
+    if !tcp {
+        return Verdict::Direct(Counter::DirectNotIncluded);
     }
     let redirect = Verdict::Redirect {
         port: cfg.proxy_port,
@@ -220,6 +232,54 @@ pub fn decide_outbound<F: Family>(
         return redirect;
     }
     Verdict::Direct(Counter::DirectNotIncluded)
+}
+
+/// Rules 3a-3c for every uid (or gid) in order. `None`: no rule matched, walk on.
+#[inline(always)]
+fn owner_rules<F: Family>(
+    cfg: &PodConfig,
+    c: &Connect<F::Addr>,
+    dst: F::Addr,
+    owner: Owner,
+    over_lo: bool,
+    tcp: bool,
+    dns: bool,
+) -> Option<Verdict> {
+    let (ids, n, id) = match owner {
+        Owner::Uid => (&cfg.uids, cfg.n_uids, c.uid),
+        Owner::Gid => (&cfg.gids, cfg.n_gids, c.gid),
+    };
+    // The proxy calling its own pod (over lo, not localhost): capture it on the inbound side
+    // (app -> proxy -> proxy -> app). Under DNS capture the uid rule spares port 53 too.
+    let capturable = tcp
+        && over_lo
+        && dst != F::LOCALHOST
+        && c.dst_port != cfg.inbound_tunnel_port
+        && !(dns && owner == Owner::Uid && c.dst_port == DNS_PORT);
+    // "Everyone else over lo goes direct"; under DNS capture only for TCP other than port 53.
+    let others_direct =
+        over_lo && !cfg.has(flags::LOOPBACK_INCLUDED) && (!dns || (tcp && c.dst_port != DNS_PORT));
+    let mut i = 0;
+    while i < ids.len() {
+        if i >= n as usize {
+            break;
+        }
+        let mine = ids[i] == id;
+        if mine && capturable {
+            return Some(Verdict::Redirect {
+                port: cfg.inbound_capture_port,
+                counter: Counter::InboundCaptured,
+            });
+        }
+        if !mine && others_direct {
+            return Some(Verdict::Direct(Counter::DirectLocal));
+        }
+        if mine {
+            return Some(Verdict::Direct(Counter::DirectProxy));
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -280,6 +340,7 @@ mod tests {
 
     fn conn(dst: [u8; 4], port: u16, uid: u32, gid: u32) -> Connect4 {
         Connect4 {
+            proto: Proto::Tcp,
             dst: raw_ipv4(dst),
             dst_port: port,
             src: 0,
@@ -431,6 +492,117 @@ mod tests {
         );
     }
 
+    fn udp(dst: [u8; 4], port: u16, uid: u32, gid: u32) -> Connect4 {
+        Connect4 {
+            proto: Proto::Udp,
+            ..conn(dst, port, uid, gid)
+        }
+    }
+
+    const DNS: Verdict = Verdict::Redirect {
+        port: 15053,
+        counter: Counter::DnsCaptured,
+    };
+
+    fn dns_pod(extra: u32, servers: &[[u8; 4]]) -> PodConfig {
+        let mut cfg = pod(flags::REDIRECT_DNS | extra);
+        for (i, s) in servers.iter().enumerate() {
+            cfg.dns4[i] = raw_ipv4(*s);
+        }
+        cfg.n_dns4 = servers.len() as u8;
+        cfg
+    }
+
+    #[test]
+    fn dns_to_the_name_servers_is_captured_except_for_the_proxy() {
+        let cfg = dns_pod(
+            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS,
+            &[[10, 96, 0, 10], [127, 0, 0, 53]],
+        );
+        let mut sets = Sets::default();
+        // -x naming the name server does not stop DNS capture: the DNS rules come first.
+        sets.cidrs
+            .push((1, CidrSet::Exclude as u32, [10, 96, 0, 0], 16));
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        use Counter::*;
+        let cases = [
+            (udp([10, 96, 0, 10], 53, APP, APP), DNS),
+            (conn([10, 96, 0, 10], 53, APP, APP), DNS),
+            // A local stub resolver: over lo, UDP and TCP/53 escape the "lo goes direct" rules.
+            (udp([127, 0, 0, 53], 53, APP, APP), DNS),
+            (conn([127, 0, 0, 53], 53, APP, APP), DNS),
+            (
+                udp([10, 96, 0, 10], 53, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (
+                conn([10, 96, 0, 10], 53, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            // Not a name server: UDP goes direct, TCP follows the other rules (-i '*').
+            (
+                udp([192, 0, 2, 1], 53, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            (conn([192, 0, 2, 1], 53, APP, APP), OUT),
+            // Other UDP is never redirected.
+            (
+                udp([192, 0, 2, 1], 5353, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            // The proxy's TCP to its own pod on 53 is not captured inbound (uid rule)...
+            (conn(POD_IP, 53, PROXY, PROXY), Verdict::Direct(DirectProxy)),
+            // ...but a gid-only proxy process is (the gid rule spares only -e).
+            (conn(POD_IP, 53, APP, PROXY), IN),
+            // The application's UDP to its own pod is no longer settled by the lo rule.
+            (
+                udp(POD_IP, 9999, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            (conn(POD_IP, 9080, APP, APP), Verdict::Direct(DirectLocal)),
+        ];
+        for (c, want) in cases {
+            assert_eq!(d(c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn capture_all_dns_and_port_excludes() {
+        let cfg = dns_pod(
+            flags::CAPTURE_ALL_DNS | flags::HAS_OUTBOUND_PORTS_EXCLUDE,
+            &[],
+        );
+        let mut sets = Sets::default();
+        sets.ports.insert((1, PortSet::OutboundExclude as u16, 53));
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        // -o 53 is checked first, for UDP as for TCP.
+        assert_eq!(
+            d(udp([192, 0, 2, 1], 53, APP, APP)),
+            Verdict::Direct(Counter::DirectExcludedPort)
+        );
+        let cfg = dns_pod(flags::CAPTURE_ALL_DNS, &[]);
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        assert_eq!(d(udp([192, 0, 2, 1], 53, APP, APP)), DNS);
+        assert_eq!(d(udp([127, 0, 0, 1], 53, APP, APP)), DNS);
+        assert_eq!(d(conn([198, 51, 100, 7], 53, APP, APP)), DNS);
+    }
+
+    #[test]
+    fn without_dns_capture_udp_is_left_alone() {
+        let cfg = pod(flags::INCLUDE_ALL);
+        let sets = Sets::default();
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        assert_eq!(
+            d(udp([10, 96, 0, 10], 53, APP, APP)),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+        // Over lo the "everyone else goes direct" rule matches every protocol.
+        assert_eq!(
+            d(udp(POD_IP, 53, APP, APP)),
+            Verdict::Direct(Counter::DirectLocal)
+        );
+    }
+
     #[test]
     fn unspecified_destination_is_localhost_as_the_kernel_makes_it() {
         let cfg = pod(flags::INCLUDE_ALL);
@@ -470,6 +642,7 @@ mod tests {
 
     fn conn6(dst: RawIpv6, port: u16, uid: u32, gid: u32) -> Connect6 {
         Connect6 {
+            proto: Proto::Tcp,
             dst,
             dst_port: port,
             src: UNSPECIFIED6,
@@ -603,6 +776,20 @@ mod tests {
         assert_eq!(
             decide_outbound6(&cfg, &conn6(v6("fd00:200::2"), 9080, APP, PROXY), &sets),
             IN
+        );
+    }
+
+    #[test]
+    fn ipv6_dns_is_not_captured_yet_but_the_owner_rules_keep_their_dns_form() {
+        let cfg = pod6(flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS | flags::INCLUDE_ALL);
+        let sets = Sets::default();
+        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
+        // TCP to port 53 follows the other rules (-i '*').
+        assert_eq!(d(conn6(v6("fd00:96::10"), 53, APP, APP)), OUT);
+        // The proxy's own pod on 53: the uid rule spares port 53 under DNS capture.
+        assert_eq!(
+            d(conn6(v6("fd00:200::2"), 53, PROXY, PROXY)),
+            Verdict::Direct(Counter::DirectProxy)
         );
     }
 }

@@ -12,6 +12,11 @@ pub mod map_names {
     pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
     pub const COUNTERS: &str = "COUNTERS";
     pub const INSTANCE_META: &str = "INSTANCE_META";
+    pub const UDP_ORIG_DST: &str = "UDP_ORIG_DST";
+    /// Sockhash: each pod's inbound capture listener, keyed by `ListenerKey`.
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    /// Socket storage (cloned to accepted sockets): marks the proxy's capture listener.
+    pub const CAPTURE_SOCKETS: &str = "CAPTURE_SOCKETS";
     pub const CIDR6: &str = "CIDR6";
     pub const ORIG_DST6_BY_COOKIE: &str = "ORIG_DST6_BY_COOKIE";
     pub const ORIG_DST6_BY_TUPLE: &str = "ORIG_DST6_BY_TUPLE";
@@ -26,22 +31,51 @@ pub mod program_names {
     pub const GETSOCKOPT: &str = "answer_original_dst";
     pub const GETPEERNAME4: &str = "restore_peer_name4";
     pub const GETPEERNAME6: &str = "restore_peer_name6";
+    /// DNS replies on a redirected UDP socket appear to come from the server it asked.
+    pub const RECVMSG4: &str = "restore_dns_reply_source4";
+    /// Unconnected UDP `sendto()` (DNS capture).
+    pub const SENDMSG4: &str = "redirect_sendmsg4";
     pub const CONNECT4: &str = "redirect_connect4";
     pub const CONNECT6: &str = "redirect_connect6";
-    pub const ALL: [&str; 6] = [
+    /// `cgroup/post_bind4`: marks the proxy's socket bound to the capture port.
+    pub const POST_BIND4: &str = "mark_capture_listener4";
+    /// `sk_lookup`, attached to the pod's network namespace (not its cgroup).
+    pub const SK_LOOKUP: &str = "steer_inbound";
+    /// Inbound steering comes after everything that registers and serves the listener.
+    pub const ALL: [&str; 10] = [
         SOCKOPS,
         GETSOCKOPT,
         GETPEERNAME4,
         GETPEERNAME6,
+        RECVMSG4,
+        SENDMSG4,
+        POST_BIND4,
+        SK_LOOKUP,
         CONNECT4,
         CONNECT6,
     ];
 }
 
+/// Name of the `sk_lookup` program's load-time constant: the network-namespace cookie of the
+/// pod it serves. `bpf_get_netns_cookie` is not available to `sk_lookup` programs (Linux 6.18),
+/// and the program is attached to one namespace anyway, so each pod's copy carries its key.
+pub const POD_NETNS_COOKIE_GLOBAL: &str = "POD_NETNS_COOKIE";
+
 /// Most proxy uids, and separately gids, one pod can name (`-u`, `-g`).
 pub const MAX_PROXY_IDS: usize = 8;
 /// Most IPv4 addresses of a pod's own interfaces the programs treat as local.
 pub const MAX_LOCAL_ADDRS4: usize = 8;
+/// Most IPv4 name servers (the pod's resolv.conf) whose DNS traffic is captured. glibc uses
+/// the first three; istio-iptables writes rules for all of them.
+pub const MAX_DNS_SERVERS4: usize = 8;
+/// Where captured DNS goes (on 127.0.0.1): istio-agent's DNS proxy; istio-iptables fixes it too.
+pub const DNS_CAPTURE_PORT: u16 = 15053;
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;
+/// Most interfaces `-c` can exclude from inbound capture.
+pub const MAX_EXCLUDE_IFACES: usize = 8;
+/// The loopback device's index, the same in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
 /// Most IPv6 addresses (link-local ones included) of a pod's own interfaces.
 pub const MAX_LOCAL_ADDRS6: usize = 8;
 
@@ -60,10 +94,25 @@ pub mod flags {
     /// An `-i` range contains a loopback address: istio-iptables then leaves out its
     /// "the application calling its own pod over lo goes direct" rules.
     pub const LOOPBACK_INCLUDED: u32 = 1 << 5;
+    /// `--redirect-dns` (with name servers to capture, or `--capture-all-dns`): UDP and TCP to
+    /// port 53 go to 127.0.0.1:15053, and the proxy rules over lo spare port 53.
+    pub const REDIRECT_DNS: u32 = 1 << 6;
+    /// `--capture-all-dns`: port 53 to any address, not only to the pod's name servers.
+    pub const CAPTURE_ALL_DNS: u32 = 1 << 7;
     /// `-i` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Include`).
-    pub const HAS_INCLUDE_CIDRS6: u32 = 1 << 16;
+    pub const HAS_INCLUDE_CIDRS6: u32 = 1 << 8;
     /// `-x` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Exclude`).
-    pub const HAS_EXCLUDE_CIDRS6: u32 = 1 << 17;
+    pub const HAS_EXCLUDE_CIDRS6: u32 = 1 << 9;
+
+    // Inbound (bits from 16 up).
+    /// `-b` is not empty: connections arriving on the pod's interfaces may be steered.
+    pub const INBOUND_CAPTURE: u32 = 1 << 16;
+    /// `-b '*'`: every port, minus `-d` (`PortSet::InboundExclude`).
+    pub const INBOUND_ALL_PORTS: u32 = 1 << 17;
+    /// `-b '*'` with `-d` ports.
+    pub const HAS_INBOUND_PORTS_EXCLUDE: u32 = 1 << 18;
+    /// `--inbound-fail closed`: refuse captured connections while no listener is registered.
+    pub const INBOUND_FAIL_CLOSED: u32 = 1 << 19;
 }
 
 /// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).
@@ -86,11 +135,18 @@ pub struct PodConfig {
     pub n_uids: u8,
     pub n_gids: u8,
     pub n_local4: u8,
-    pub _pad: [u8; 3],
+    pub n_dns4: u8,
+    pub _pad: [u8; 2],
     pub uids: [u32; MAX_PROXY_IDS],
     pub gids: [u32; MAX_PROXY_IDS],
     /// The pod's own IPv4 addresses (besides 127.0.0.0/8, which is always local).
     pub local4: [RawIpv4; MAX_LOCAL_ADDRS4],
+    /// The pod's IPv4 name servers (DNS capture without `--capture-all-dns`).
+    pub dns4: [RawIpv4; MAX_DNS_SERVERS4],
+    /// `-c`: interface indexes (in the pod's namespace) whose inbound traffic is never steered.
+    pub exclude_ifindex: [u32; MAX_EXCLUDE_IFACES],
+    pub n_exclude_ifindex: u8,
+    pub _pad2: [u8; 3],
     /// The pod's own IPv6 addresses (besides ::1, which is always local).
     pub local6: [RawIpv6; MAX_LOCAL_ADDRS6],
     pub n_local6: u8,
@@ -109,10 +165,15 @@ impl PodConfig {
             n_uids: 0,
             n_gids: 0,
             n_local4: 0,
-            _pad: [0; 3],
+            n_dns4: 0,
+            _pad: [0; 2],
             uids: [0; MAX_PROXY_IDS],
             gids: [0; MAX_PROXY_IDS],
             local4: [0; MAX_LOCAL_ADDRS4],
+            dns4: [0; MAX_DNS_SERVERS4],
+            exclude_ifindex: [0; MAX_EXCLUDE_IFACES],
+            n_exclude_ifindex: 0,
+            _pad2: [0; 3],
             local6: [[0; 4]; MAX_LOCAL_ADDRS6],
             n_local6: 0,
             _pad6: [0; 3],
@@ -139,6 +200,19 @@ impl PodConfig {
     #[inline(always)]
     pub fn is_local4(&self, addr: RawIpv4) -> bool {
         crate::wire::is_loopback4(addr) || contains(&self.local4, self.n_local4, addr)
+    }
+
+    /// Whether DNS traffic to `addr` is captured (DNS capture on, and all servers or this one).
+    #[inline(always)]
+    pub fn is_captured_dns_server4(&self, addr: RawIpv4) -> bool {
+        self.has(flags::REDIRECT_DNS)
+            && (self.has(flags::CAPTURE_ALL_DNS) || contains(&self.dns4, self.n_dns4, addr))
+    }
+
+    /// Whether `-c` excludes the interface with this index.
+    #[inline(always)]
+    pub fn is_excluded_interface(&self, ifindex: u32) -> bool {
+        contains(&self.exclude_ifindex, self.n_exclude_ifindex, ifindex)
     }
 
     /// Whether a connection to the IPv6 `addr` leaves through the loopback device.
@@ -179,6 +253,10 @@ pub enum PortSet {
     OutboundExclude = 1,
     /// `-q`: outbound ports that are always redirected.
     OutboundInclude = 2,
+    /// `-b PORT,...`: inbound ports that are captured.
+    InboundInclude = 3,
+    /// `-d` (with `-b '*'`): inbound ports that are not captured.
+    InboundExclude = 4,
 }
 
 /// Key of `PORT_SET` (a hash set; the value is a `u8` 1).
@@ -253,6 +331,26 @@ pub struct SockTuple4 {
     pub _pad: u32,
 }
 
+/// Key of `INBOUND_LISTENERS`: the pod and the address family of its capture listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u64,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    pub _pad: u32,
+}
+
+/// Value of `CAPTURE_SOCKETS` (socket storage): set on the proxy's socket bound to the capture
+/// port, and cloned by the kernel to every socket accepted from it, so that
+/// `getsockopt(SO_ORIGINAL_DST)` can tell a steered connection from any other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureMark {
+    /// Cookie of the namespace the socket was marked in.
+    pub netns: u64,
+}
+
 /// An IPv6 original destination as the application dialled it. (An IPv4-mapped destination
 /// of a dual-stack socket is recorded as an `OrigDst4`: that connection is IPv4.)
 #[repr(C)]
@@ -301,6 +399,8 @@ mod pod {
     unsafe impl aya::Pod for OrigDst4 {}
     unsafe impl aya::Pod for SockTuple4 {}
     unsafe impl aya::Pod for InstanceMeta {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for CaptureMark {}
     unsafe impl aya::Pod for Cidr6Key {}
     unsafe impl aya::Pod for OrigDst6 {}
     unsafe impl aya::Pod for SockTuple6 {}
@@ -315,8 +415,10 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(
             size_of::<PodConfig>(),
-            4 * 3 + 2 * 3 + 3 + 3 + 4 * 8 * 3 + 16 * 8 + 1 + 3
+            4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4 + 4 * 8 + 4 + 16 * 8 + 1 + 3
         );
+        assert_eq!(size_of::<ListenerKey>(), 16);
+        assert_eq!(size_of::<CaptureMark>(), 8);
         assert_eq!(size_of::<Cidr6Key>(), 24);
         assert_eq!(size_of::<OrigDst6>(), 20);
         assert_eq!(size_of::<SockTuple6>(), 48);
@@ -341,6 +443,15 @@ mod tests {
         assert!(cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 2])));
         assert!(cfg.is_local4(crate::wire::raw_ipv4([127, 9, 9, 9])));
         assert!(!cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 3])));
+        cfg.exclude_ifindex[0] = 3;
+        cfg.exclude_ifindex[1] = 4;
+        cfg.n_exclude_ifindex = 1;
+        assert!(cfg.is_excluded_interface(3));
+        assert!(
+            !cfg.is_excluded_interface(4),
+            "entries past the count are ignored"
+        );
+        assert!(!cfg.is_excluded_interface(0));
 
         let pod6 = crate::wire::raw_ipv6([0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
         let other6 = crate::wire::raw_ipv6([0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);

@@ -12,6 +12,7 @@
 //! - `bpf_sock_ops.remote_port`: network order as a 32-bit value.
 //! - `bpf_sock_ops.local_port`: host order.
 //! - `bpf_sock.dst_port`: `__be16`; `bpf_sock.src_port`: host order.
+//! - `bpf_sk_lookup.local_port`: host order; `bpf_sk_lookup.remote_port`: `__be16`.
 
 /// An IPv4 address in the data model's representation (network-order bytes in a `u32`).
 pub type RawIpv4 = u32;
@@ -132,6 +133,12 @@ pub const fn port_from_sock_src(src_port: u32) -> u16 {
     src_port as u16
 }
 
+/// Port in host order from `bpf_sk_lookup.local_port` (host order already).
+#[inline(always)]
+pub const fn port_from_sk_lookup_local(local_port: u32) -> u16 {
+    local_port as u16
+}
+
 /// `sin_port` of a `sockaddr_in` (network order) for a port in host order.
 #[inline(always)]
 pub const fn sin_port(port: u16) -> u16 {
@@ -205,5 +212,6 @@ mod tests {
         assert_eq!(port_from_sock_dst(u16::from_ne_bytes([0x23, 0x80])), 9088);
         assert_eq!(port_from_sock_src(9088), 9088);
         assert_eq!(sin_port(9080).to_ne_bytes(), [0x23, 0x78]);
+        assert_eq!(port_from_sk_lookup_local(9080), 9080);
     }
 }

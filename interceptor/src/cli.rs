@@ -68,12 +68,20 @@ pub struct InitArgs {
     pub target: TargetArgs,
     #[command(flatten)]
     pub istio: IstioFlags,
+    /// The pod's resolv.conf: its name servers are what `--redirect-dns` captures (unless
+    /// `--capture-all-dns`). Default: this process's, as in an init container.
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// Entries of each connection-tracking map (original destinations in flight).
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.
     #[arg(long, value_enum, default_value = "off")]
     pub kernel_log_level: KernelLogLevel,
+    /// Inbound connections to capture while the proxy has no listener: `open` (they reach
+    /// the application) or `closed` (refused).
+    #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
+    pub inbound_fail: Option<String>,
 }
 
 /// istio-iptables' options: same names, same environment variables, flag over environment.
@@ -198,6 +206,7 @@ impl IstioFlags {
             local_exclude_ports: self.local_exclude_ports.clone(),
             exclude_interfaces: self.exclude_interfaces.clone(),
             kube_virt_interfaces: self.kube_virt_interfaces.clone(),
+            inbound_fail: None, // not an istio-iptables option (InitArgs::inbound_fail)
             // The alias variables istio-iptables applies after the primary ones.
             redirect_dns: self.redirect_dns || env_bool("ISTIO_META_DNS_CAPTURE").unwrap_or(false),
             capture_all_dns: self.capture_all_dns,

@@ -11,6 +11,7 @@ use crate::{
     cgroup::{self, Cgroup},
     cli::{CleanArgs, InitArgs, StatusArgs, TargetArgs},
     config::{IdResolver, InterceptConfig, defaults},
+    dns::{self, DnsCapture},
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
     rules::MapPlan,
@@ -56,7 +57,9 @@ fn netns_path(target: &TargetArgs) -> PathBuf {
 
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let envoy_user = std::env::var("ENVOY_USER").unwrap_or_else(|_| defaults::ENVOY_USER.into());
-    let cfg = args.istio.raw().resolve(&SystemIds, &envoy_user)?;
+    let mut raw = args.istio.raw();
+    raw.inbound_fail = args.inbound_fail.clone();
+    let cfg = raw.resolve(&SystemIds, &envoy_user)?;
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
@@ -67,8 +70,11 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         tracing::warn!("{note}");
     }
     let info = netns.inspect()?;
+    let dns = dns_capture(&cfg, &args.resolv_conf)?;
+    // Everything that depends on the namespace (e.g. -c names) is checked before loading.
+    MapPlan::build(&cfg, &info, &dns, 1, 0)?;
     if dry_run {
-        return print_dry_run(&cfg, &cgroup, &netns, &info);
+        return print_dry_run(&cfg, &dns, &cgroup, &netns, &info);
     }
 
     let record = InstanceRecord {
@@ -83,14 +89,15 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         config: serde_json::to_value(&cfg)?,
+        dns_capture: serde_json::to_value(&dns)?,
     };
     let opts = LoadOptions {
         bpffs_root: args.target.bpffs.clone(),
         max_connections: args.max_connections.max(1),
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     };
-    let applied = loader::apply(&cgroup, &record, &opts, |rules| {
-        MapPlan::build(&cfg, &info, rules, 0)
+    let applied = loader::apply(&cgroup, &netns, &record, &opts, |rules| {
+        MapPlan::build(&cfg, &info, &dns, rules, 0)
     })?;
     tracing::info!(
         instance = %applied.instance_dir.display(),
@@ -110,18 +117,34 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `--redirect-dns` captures for this pod, from its resolv.conf.
+fn dns_capture(cfg: &InterceptConfig, resolv_conf: &Path) -> anyhow::Result<DnsCapture> {
+    let servers = if cfg.redirect_dns && !cfg.capture_all_dns {
+        dns::nameservers(resolv_conf)?
+    } else {
+        Vec::new()
+    };
+    let (capture, warning) = DnsCapture::resolve(cfg, servers);
+    if let Some(w) = warning {
+        tracing::warn!(resolv_conf = %resolv_conf.display(), "{w}");
+    }
+    Ok(capture)
+}
+
 fn print_dry_run(
     cfg: &InterceptConfig,
+    dns: &DnsCapture,
     cgroup: &Cgroup,
     netns: &Netns,
     info: &NetnsInfo,
 ) -> anyhow::Result<()> {
-    let plan = MapPlan::build(cfg, info, 1, 0)?;
+    let plan = MapPlan::build(cfg, info, dns, 1, 0)?;
     let out = serde_json::json!({
         "dry_run": true,
         "cgroup": cgroup.path,
         "netns": netns.path,
         "config": cfg,
+        "dns_capture": dns,
         "not_enforced": cfg.not_enforced(),
         "maps": plan.describe(),
     });
@@ -180,6 +203,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!(
             "  connections: {} being set up, {} established and tracked",
             inst.connections_pending, inst.connections_tracked
+        );
+        println!(
+            "  inbound:  {} capture listener(s) registered",
+            inst.inbound_listeners
         );
         let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .is_ok_and(|v| v.trim() != "0");

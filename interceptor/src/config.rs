@@ -103,6 +103,18 @@ pub enum InterceptionMode {
     Tproxy,
 }
 
+/// `--inbound-fail`: what happens to a connection inbound capture selects while the proxy has
+/// no listener registered (not started yet, restarting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundFail {
+    /// It reaches the application directly, as if it were not captured.
+    #[default]
+    Open,
+    /// It is refused (the client gets a reset).
+    Closed,
+}
+
 /// A validated configuration: everything the backends need, nothing they must re-check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct InterceptConfig {
@@ -118,6 +130,7 @@ pub struct InterceptConfig {
     pub inbound_mode: InterceptionMode,
     pub inbound_ports: InboundPorts,
     pub inbound_ports_exclude: Vec<u16>,
+    pub inbound_fail: InboundFail,
     pub exclude_interfaces: Vec<String>,
     pub kube_virt_interfaces: Vec<String>,
     pub redirect_dns: bool,
@@ -136,20 +149,24 @@ impl InterceptConfig {
         let mut notes = Vec::new();
         if self.inbound_ports != InboundPorts::Ports(Vec::new()) {
             notes.push(
-                "inbound capture (-b/-d/-m) is not active yet: inbound connections reach the \
-                 application directly"
+                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
+                 directly"
                     .to_string(),
             );
         }
-        if !self.exclude_interfaces.is_empty() || !self.kube_virt_interfaces.is_empty() {
+        if !self.exclude_interfaces.is_empty() {
             notes.push(
-                "-c/-k interfaces are not enforced yet (they only matter for inbound capture \
-                 and for outbound traffic leaving through them)"
+                "-c is enforced for inbound connections only: outbound connections leaving \
+                 through these interfaces are still redirected when -i/-q select them"
                     .to_string(),
             );
         }
-        if self.redirect_dns {
-            notes.push("DNS capture (--redirect-dns) is not active yet".to_string());
+        if !self.kube_virt_interfaces.is_empty() {
+            notes.push(
+                "-k is not enforced: inbound traffic of these interfaces is not treated as \
+                 outbound"
+                    .to_string(),
+            );
         }
         if self.drop_invalid {
             notes.push("--drop-invalid has no effect: no conntrack state is involved".to_string());
@@ -176,6 +193,8 @@ pub struct RawOptions {
     pub local_exclude_ports: Option<String>,
     pub exclude_interfaces: Option<String>,
     pub kube_virt_interfaces: Option<String>,
+    /// `--inbound-fail` (interceptor's own option): `open` or `closed`.
+    pub inbound_fail: Option<String>,
     pub redirect_dns: bool,
     pub capture_all_dns: bool,
     pub drop_invalid: bool,
@@ -364,6 +383,26 @@ impl RawOptions {
             other => InboundPorts::Ports(parse_ports("-b/--istio-inbound-ports", other)?),
         };
 
+        let inbound_fail = match self.inbound_fail.as_deref().map(str::trim) {
+            None | Some("open") => InboundFail::Open,
+            Some("closed") => InboundFail::Closed,
+            Some(other) => {
+                return Err(ConfigError::InboundFail {
+                    value: other.to_string(),
+                });
+            }
+        };
+        let exclude_interfaces = parse_interfaces(
+            "-c/--istio-exclude-interfaces",
+            self.exclude_interfaces.as_deref(),
+        )?;
+        if exclude_interfaces.len() > interceptor_ebpf::MAX_EXCLUDE_IFACES {
+            return Err(ConfigError::TooMany {
+                flag: "-c/--istio-exclude-interfaces",
+                max: interceptor_ebpf::MAX_EXCLUDE_IFACES,
+            });
+        }
+
         Ok(InterceptConfig {
             envoy_port,
             inbound_capture_port,
@@ -386,10 +425,8 @@ impl RawOptions {
                 "-d/--istio-local-exclude-ports",
                 self.local_exclude_ports.as_deref(),
             )?,
-            exclude_interfaces: parse_interfaces(
-                "-c/--istio-exclude-interfaces",
-                self.exclude_interfaces.as_deref(),
-            )?,
+            inbound_fail,
+            exclude_interfaces,
             kube_virt_interfaces: parse_interfaces(
                 "-k/--kube-virt-interfaces",
                 self.kube_virt_interfaces.as_deref(),
@@ -451,6 +488,33 @@ mod tests {
         assert_eq!(cfg.inbound_capture_port, 15006);
         assert_eq!(cfg.inbound_tunnel_port, 15008);
         assert_eq!(cfg.inbound_mode, InterceptionMode::Redirect);
+        assert_eq!(cfg.inbound_fail, InboundFail::Open);
+        assert_eq!(
+            cfg.not_enforced(),
+            vec![
+                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
+                 directly"
+            ]
+        );
+    }
+
+    #[test]
+    fn inbound_fail_and_interfaces() {
+        let raw = RawOptions {
+            inbound_fail: s("closed"),
+            exclude_interfaces: s("eth1,eth2,"),
+            kube_virt_interfaces: s("vnet0"),
+            ..Default::default()
+        };
+        let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
+        assert_eq!(cfg.inbound_fail, InboundFail::Closed);
+        assert_eq!(cfg.exclude_interfaces, vec!["eth1", "eth2"]);
+        let notes = cfg.not_enforced().join("\n");
+        assert!(
+            notes.contains("-c is enforced for inbound connections only"),
+            "{notes}"
+        );
+        assert!(notes.contains("-k is not enforced"), "{notes}");
     }
 
     #[test]
@@ -599,6 +663,20 @@ mod tests {
                     ..Default::default()
                 },
                 "\"a/b\"",
+            ),
+            (
+                RawOptions {
+                    exclude_interfaces: s("a,b,c,d,e,f,g,h,i"),
+                    ..Default::default()
+                },
+                "-c/--istio-exclude-interfaces: at most 8",
+            ),
+            (
+                RawOptions {
+                    inbound_fail: s("maybe"),
+                    ..Default::default()
+                },
+                "--inbound-fail: invalid value \"maybe\"",
             ),
         ];
         for (raw, expected) in cases {

@@ -28,6 +28,10 @@ pub enum ConfigError {
     Mode { value: String },
     #[error("{flag}: invalid interface name {value:?}")]
     Interface { flag: &'static str, value: String },
+    #[error("{flag}: no interface {value:?} in the pod's network namespace")]
+    NoSuchInterface { flag: &'static str, value: String },
+    #[error("--inbound-fail: invalid value {value:?} (open or closed)")]
+    InboundFail { value: String },
 }
 
 /// Where the programs would attach is unusable: also the caller's mistake (exit 2).

@@ -1,8 +1,8 @@
 //! Loads the kernel programs, fills the maps, attaches all-or-nothing, and pins the result;
 //! re-runs swap programs in place (bpf link update) and publish a new configuration with one
-//! map write; `clean` takes it all away. An instance an older build made, which this build
-//! cannot update in place (a program it lacks, a map laid out differently), is replaced by a
-//! new one attached beside it before the old one goes.
+//! map write; `clean` takes it all away. An instance whose maps an older build laid out
+//! differently cannot be updated in place: a new one is attached beside it, then the old one
+//! goes.
 
 use std::{
     fs,
@@ -14,22 +14,25 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key as LpmKey},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, SkStorage, SockHash,
+        lpm_trie::Key as LpmKey,
+    },
 };
 use interceptor_ebpf::{
-    Cidr4Key, Cidr6Key, Counter, INSTANCE_META_SIZE, InstanceMeta, PodConfig, PortKey, map_names,
-    program_names,
+    CaptureMark, Cidr4Key, Cidr6Key, Counter, INSTANCE_META_SIZE, InstanceMeta, ListenerKey,
+    POD_NETNS_COOKIE_GLOBAL, PodConfig, PortKey, flags, map_names, program_names,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{bpffs, cgroup::Cgroup, rules::MapPlan, sys};
+use crate::{bpffs, cgroup::Cgroup, listeners, netns::Netns, rules::MapPlan, sys};
 
 /// The compiled kernel programs.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// Maps that live in the instance directory and survive re-runs and program upgrades.
-const PERSISTENT_MAPS: [&str; 10] = [
+const PERSISTENT_MAPS: [&str; 13] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -37,10 +40,17 @@ const PERSISTENT_MAPS: [&str; 10] = [
     map_names::ORIG_DST_BY_TUPLE,
     map_names::COUNTERS,
     map_names::INSTANCE_META,
+    map_names::UDP_ORIG_DST,
+    map_names::INBOUND_LISTENERS,
+    map_names::CAPTURE_SOCKETS,
     map_names::CIDR6,
     map_names::ORIG_DST6_BY_COOKIE,
     map_names::ORIG_DST6_BY_TUPLE,
 ];
+
+const AF_INET: u32 = 2;
+/// `bpf_map_update_elem` flag: fail with EEXIST when the key is present.
+const BPF_NOEXIST: u64 = 1;
 
 /// Rule-set ids alternate between these two in a single-pod instance.
 const RULES_A: u32 = 1;
@@ -69,6 +79,9 @@ pub struct InstanceRecord {
     pub updated_unix: u64,
     /// The effective configuration (CIDR lists are cut short when they would not fit).
     pub config: serde_json::Value,
+    /// What `--redirect-dns` captures (from the pod's resolv.conf).
+    #[serde(default)]
+    pub dns_capture: serde_json::Value,
 }
 
 /// The result of `init`.
@@ -99,27 +112,15 @@ fn staging_dir(dir: &Path) -> PathBuf {
 enum Existing {
     /// Nothing attached: no directory, or the pins of a run that failed before attaching.
     Nothing,
-    /// An instance this build updates in place.
+    /// An instance this build updates in place (adding the links of programs it lacks).
     Current,
-    /// An attached instance this build cannot update in place, and why (an older build's).
+    /// An attached instance whose maps this build's programs cannot use, and why.
     Outdated(String),
 }
 
 fn inspect_existing(dir: &Path) -> anyhow::Result<Existing> {
-    let Ok(entries) = fs::read_dir(dir) else {
+    if !link_pin(dir, program_names::CONNECT4).exists() {
         return Ok(Existing::Nothing);
-    };
-    let any_link = entries
-        .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().starts_with("link_"));
-    if !any_link {
-        return Ok(Existing::Nothing);
-    }
-    if let Some(missing) = program_names::ALL
-        .iter()
-        .find(|p| !link_pin(dir, p).exists())
-    {
-        return Ok(Existing::Outdated(format!("it has no link for {missing}")));
     }
     for name in PERSISTENT_MAPS {
         let pin = dir.join(name);
@@ -157,6 +158,7 @@ fn expected_layout(name: &str) -> anyhow::Result<(u32, u32)> {
 /// `plan` is built by the caller for the rule-set id this function passes to it.
 pub fn apply(
     cgroup: &Cgroup,
+    netns: &Netns,
     record: &InstanceRecord,
     opts: &LoadOptions,
     build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
@@ -170,12 +172,13 @@ pub fn apply(
         remove_instance_dir(&staging)?;
     }
     match inspect_existing(&dir)? {
-        Existing::Current => load_and_apply(cgroup, record, opts, &dir, true, build_plan),
+        Existing::Current => load_and_apply(cgroup, netns, record, opts, &dir, true, build_plan),
         Existing::Nothing => {
             if dir.exists() {
+                // A crashed earlier run left pins without a complete set of links: start over.
                 remove_instance_dir(&dir)?;
             }
-            create_instance(&root, cgroup, record, opts, &dir, build_plan)
+            create_instance(&root, cgroup, netns, record, opts, &dir, build_plan)
         }
         Existing::Outdated(reason) => {
             tracing::warn!(
@@ -183,10 +186,12 @@ pub fn apply(
                 "the instance was made by another build ({reason}): replacing it; its counters \
                  start again from 0"
             );
-            // The new programs run beside the old ones for a moment: whichever connect
-            // program rewrites a connection first, the others see localhost and leave it, and
-            // each getsockopt program answers only for what its own maps recorded.
-            let mut applied = create_instance(&root, cgroup, record, opts, &staging, build_plan)?;
+            // The new programs run beside the old ones for a moment: whichever connect program
+            // rewrites a connection first, the others see localhost and leave it; each
+            // getsockopt program answers only for what its own maps recorded; sk_lookup keeps
+            // the first program's choice of listener.
+            let mut applied =
+                create_instance(&root, cgroup, netns, record, opts, &staging, build_plan)?;
             remove_instance_dir(&dir).context("removing the replaced instance")?;
             fs::rename(&staging, &dir)
                 .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))?;
@@ -201,13 +206,14 @@ pub fn apply(
 fn create_instance(
     root: &Path,
     cgroup: &Cgroup,
+    netns: &Netns,
     record: &InstanceRecord,
     opts: &LoadOptions,
     dir: &Path,
     build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
 ) -> anyhow::Result<Applied> {
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let result = load_and_apply(cgroup, record, opts, dir, false, build_plan);
+    let result = load_and_apply(cgroup, netns, record, opts, dir, false, build_plan);
     if result.is_err() {
         // All or nothing: a failed first run leaves no pin and no link behind.
         if let Err(e) = remove_instance_dir(dir) {
@@ -220,13 +226,14 @@ fn create_instance(
 
 fn load_and_apply(
     cgroup: &Cgroup,
+    netns: &Netns,
     record: &InstanceRecord,
     opts: &LoadOptions,
     dir: &Path,
     existing: bool,
     build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
 ) -> anyhow::Result<Applied> {
-    let mut ebpf = load(dir, opts)?;
+    let mut ebpf = load(dir, opts, record.netns_cookie)?;
     let maps = Maps::from_ebpf(&mut ebpf)?;
 
     let previous = maps.pod_configs()?;
@@ -246,7 +253,15 @@ fn load_and_apply(
     if existing {
         // Swap the programs in place: the links never detach, so no connection escapes.
         for name in program_names::ALL {
-            let link = sys::bpf_obj_get(&link_pin(dir, name))
+            let pin = link_pin(dir, name);
+            if !pin.exists() {
+                // An instance made by an earlier version without this hook: add it.
+                let link = attach(&ebpf, name, cgroup, netns)?;
+                sys::bpf_obj_pin(&link, &pin)
+                    .with_context(|| format!("pinning the link of {name}"))?;
+                continue;
+            }
+            let link = sys::bpf_obj_get(&pin)
                 .with_context(|| format!("opening the pinned link of {name}"))?;
             let prog = ebpf
                 .program(name)
@@ -268,12 +283,16 @@ fn load_and_apply(
         writer.publish(&plan)?;
         let mut links = Vec::new();
         for name in program_names::ALL {
-            links.push((name, attach(&ebpf, name, cgroup)?));
+            links.push((name, attach(&ebpf, name, cgroup, netns)?));
         }
         for (name, link) in &links {
             sys::bpf_obj_pin(link, &link_pin(dir, name))
                 .with_context(|| format!("pinning the link of {name}"))?;
         }
+    }
+    if plan.pod.has(flags::INBOUND_CAPTURE) {
+        // Programs first: a listener opened from now on registers itself.
+        register_existing_listener(&mut writer, netns, &plan);
     }
     Ok(Applied {
         instance_dir: dir.to_path_buf(),
@@ -283,7 +302,40 @@ fn load_and_apply(
     })
 }
 
-fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Ebpf> {
+/// Registers a capture listener the proxy opened before the programs were attached. Best
+/// effort: without it, inbound capture starts when the proxy next listens.
+fn register_existing_listener(writer: &mut Writer, netns: &Netns, plan: &MapPlan) {
+    let pod = plan.pod;
+    let found = listeners::find_existing(netns, pod.inbound_capture_port, |uid, gid| {
+        pod.is_proxy_uid(uid) || gid.is_some_and(|g| pod.is_proxy_gid(g))
+    });
+    match found {
+        Ok(Some(l)) => match writer.register_listener(plan.netns_cookie, &l.fd) {
+            Ok(true) => tracing::info!(
+                pid = l.pid,
+                uid = l.socket.uid,
+                port = pod.inbound_capture_port,
+                "registered the proxy's existing inbound listener"
+            ),
+            Ok(false) => {} // the kernel registered one already
+            Err(e) => tracing::warn!(
+                pid = l.pid,
+                error = %format!("{e:#}"),
+                "cannot register the proxy's existing inbound listener"
+            ),
+        },
+        Ok(None) => tracing::debug!(
+            port = pod.inbound_capture_port,
+            "no proxy listener yet: it registers when it listens"
+        ),
+        Err(e) => tracing::warn!(
+            error = %format!("{e:#}"),
+            "cannot look for an existing inbound listener"
+        ),
+    }
+}
+
+fn load(dir: &Path, opts: &LoadOptions, netns_cookie: u64) -> anyhow::Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for name in PERSISTENT_MAPS {
         loader.map_pin_path(name, dir.join(name));
@@ -298,7 +350,9 @@ fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::ORIG_DST6_BY_COOKIE, opts.max_connections)
         .map_max_entries(map_names::ORIG_DST6_BY_TUPLE, opts.max_connections)
         .map_max_entries(map_names::CIDR6, 1 << 18)
-        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false);
+        .map_max_entries(map_names::INBOUND_LISTENERS, 8)
+        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
+        .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
     let mut ebpf = loader.load(EBPF_OBJECT).context(
         "loading the kernel programs (needs Linux >= 5.14 with cgroup BPF, sockops and BTF)",
     )?;
@@ -316,38 +370,48 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
         aya::programs::Program::CgroupSockAddr(p) => p.load(),
         aya::programs::Program::SockOps(p) => p.load(),
         aya::programs::Program::CgroupSockopt(p) => p.load(),
+        aya::programs::Program::CgroupSock(p) => p.load(),
+        aya::programs::Program::SkLookup(p) => p.load(),
         other => bail!("unexpected program type {:?} for {name}", other.prog_type()),
     };
     loaded.with_context(|| format!("the kernel refused program {name}"))
 }
 
-/// The cgroup attach type of each program (`bpf_attach_type`).
+/// The attach type of each program (`bpf_attach_type`).
 fn attach_type(program: &str) -> u32 {
     match program {
         program_names::SOCKOPS => 3,       // BPF_CGROUP_SOCK_OPS
         program_names::GETSOCKOPT => 21,   // BPF_CGROUP_GETSOCKOPT
         program_names::GETPEERNAME4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
         program_names::GETPEERNAME6 => 30, // BPF_CGROUP_INET6_GETPEERNAME
+        program_names::RECVMSG4 => 19,     // BPF_CGROUP_UDP4_RECVMSG
+        program_names::SENDMSG4 => 14,     // BPF_CGROUP_UDP4_SENDMSG
         program_names::CONNECT4 => 10,     // BPF_CGROUP_INET4_CONNECT
         program_names::CONNECT6 => 11,     // BPF_CGROUP_INET6_CONNECT
+        program_names::POST_BIND4 => 12,   // BPF_CGROUP_INET4_POST_BIND
+        program_names::SK_LOOKUP => 36,    // BPF_SK_LOOKUP (a network namespace)
         other => unreachable!("no attach type for {other}"),
     }
 }
 
-/// Attaches one program to the cgroup with a bpf link (detached when its last fd or pin goes).
-fn attach(ebpf: &Ebpf, name: &str, cgroup: &Cgroup) -> anyhow::Result<OwnedFd> {
-    // A cgroup link always runs beside other programs of the cgroup (a runtime's, a CNI's);
-    // the kernel takes no flags for it.
+/// Attaches one program to the cgroup (or, `sk_lookup`, to the network namespace) with a bpf
+/// link (detached when its last fd or pin goes).
+fn attach(ebpf: &Ebpf, name: &str, cgroup: &Cgroup, netns: &Netns) -> anyhow::Result<OwnedFd> {
+    // A link always runs beside other programs of the cgroup or namespace (a runtime's, a
+    // CNI's); the kernel takes no flags for it.
     let prog = ebpf
         .program(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-    sys::bpf_link_create_cgroup(
-        prog.fd().context("program fd")?,
-        &cgroup.dir,
-        attach_type(name),
-        0,
-    )
-    .map_err(|e| {
+    let prog = prog.fd().context("program fd")?;
+    if name == program_names::SK_LOOKUP {
+        return sys::bpf_link_create(prog, &netns.file, attach_type(name), 0).map_err(|e| {
+            anyhow!(
+                "attaching {name} to the network namespace {}: {e} (sk_lookup needs Linux >= 5.9)",
+                netns.path.display()
+            )
+        });
+    }
+    sys::bpf_link_create_cgroup(prog, &cgroup.dir, attach_type(name), 0).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EINVAL) {
             " (bpf links for cgroups need Linux >= 5.7)"
         } else {
@@ -401,6 +465,8 @@ pub struct Maps {
     cidr4: LpmTrie<MapData, Cidr4Key, u8>,
     cidr6: LpmTrie<MapData, Cidr6Key, u8>,
     meta: Array<MapData, InstanceMeta>,
+    listeners: SockHash<MapData, ListenerKey>,
+    capture: SkStorage<MapData, CaptureMark>,
 }
 
 impl Maps {
@@ -415,6 +481,8 @@ impl Maps {
             cidr4: LpmTrie::try_from(take(map_names::CIDR4)?)?,
             cidr6: LpmTrie::try_from(take(map_names::CIDR6)?)?,
             meta: Array::try_from(take(map_names::INSTANCE_META)?)?,
+            listeners: SockHash::try_from(take(map_names::INBOUND_LISTENERS)?)?,
+            capture: SkStorage::try_from(take(map_names::CAPTURE_SOCKETS)?)?,
         })
     }
 
@@ -501,6 +569,38 @@ impl Writer {
         Ok(())
     }
 
+    /// Marks `socket` as the pod's capture listener and registers it, unless one is registered
+    /// already (the kernel's registration of a newer listener wins). True when registered.
+    fn register_listener(&mut self, netns_cookie: u64, socket: &OwnedFd) -> anyhow::Result<bool> {
+        use std::os::fd::AsRawFd as _;
+        let key = ListenerKey {
+            netns: netns_cookie,
+            family: AF_INET,
+            _pad: 0,
+        };
+        if self.0.listeners.get(&key, 0).is_ok() {
+            return Ok(false);
+        }
+        let mark = CaptureMark {
+            netns: netns_cookie,
+        };
+        self.0
+            .capture
+            .insert(socket, mark, 0)
+            .context("marking the listener")?;
+        match self
+            .0
+            .listeners
+            .insert(key, socket.as_raw_fd(), BPF_NOEXIST)
+        {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(e) => Err(e).context("registering the listener"),
+        }
+    }
+
     fn write_record(&mut self, record: &InstanceRecord) -> anyhow::Result<()> {
         let mut json = serde_json::to_vec(record)?;
         if json.len() > INSTANCE_META_SIZE {
@@ -534,6 +634,8 @@ pub struct InstanceStatus {
     pub pods: Vec<PodStatus>,
     pub connections_pending: usize,
     pub connections_tracked: usize,
+    /// Inbound capture listeners registered (one per pod and address family).
+    pub inbound_listeners: usize,
     /// Run counts and kernel time of each attached program (time counts only while
     /// `kernel.bpf_stats_enabled` is 1).
     pub programs: Vec<ProgramStats>,
@@ -660,15 +762,27 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
             + count_keys(dir, map_names::ORIG_DST6_BY_COOKIE)?,
         connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?
             + count_keys(dir, map_names::ORIG_DST6_BY_TUPLE)?,
+        inbound_listeners: count_listeners(dir)?,
         programs: program_stats(dir)?,
         error: None,
     })
 }
 
+/// Registered capture listeners; 0 for an instance made by a version without inbound capture.
+fn count_listeners(dir: &Path) -> anyhow::Result<usize> {
+    if !dir.join(map_names::INBOUND_LISTENERS).exists() {
+        return Ok(0);
+    }
+    let map = open_pinned(dir, map_names::INBOUND_LISTENERS)?;
+    Ok(SockHash::<MapData, ListenerKey>::try_from(map)?
+        .keys()
+        .count())
+}
+
 fn count_keys(dir: &Path, name: &str) -> anyhow::Result<usize> {
     use interceptor_ebpf::{OrigDst4, OrigDst6, SockTuple4, SockTuple6};
     if !dir.join(name).exists() {
-        return Ok(0); // an older build's instance, without the IPv6 maps
+        return Ok(0); // an instance made by a version without this map (IPv6)
     }
     let m = open_pinned(dir, name)?;
     Ok(match name {

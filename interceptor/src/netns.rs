@@ -1,5 +1,6 @@
 //! The pod's network namespace: its cookie (the key of the pod's configuration) and its own
-//! addresses (which connections stay on lo), read from inside it on a short-lived thread.
+//! addresses (which connections stay on lo) and interfaces (`-c`), read from inside it on a
+//! short-lived thread.
 
 use std::{
     fs::File,
@@ -30,6 +31,8 @@ pub struct NetnsInfo {
     pub cookie: u64,
     /// The namespace's own IPv4 addresses, loopback excluded.
     pub addrs4: Vec<Ipv4Addr>,
+    /// Its interfaces: (name, index), for `-c`.
+    pub interfaces: Vec<(String, u32)>,
     /// The namespace's own IPv6 addresses (link-local ones too), `::1` excluded.
     pub addrs6: Vec<Ipv6Addr>,
 }
@@ -56,20 +59,30 @@ impl Netns {
 
     /// Reads the cookie and addresses from inside the namespace.
     pub fn inspect(&self) -> anyhow::Result<NetnsInfo> {
-        let fd = self.file.try_clone().context("duplicating the netns fd")?;
-        let path = self.path.clone();
-        std::thread::spawn(move || -> anyhow::Result<NetnsInfo> {
-            // setns on this thread only; the thread ends right after.
-            sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+        self.run_inside(|| {
             Ok(NetnsInfo {
                 cookie: sys::current_netns_cookie()
                     .context("reading the namespace cookie (SO_NETNS_COOKIE needs Linux 5.14)")?,
                 addrs4: sys::interface_addrs4().context("listing the namespace's addresses")?,
+                interfaces: sys::interfaces().context("listing the namespace's interfaces")?,
                 addrs6: sys::interface_addrs6()
                     .context("listing the namespace's IPv6 addresses")?,
             })
         })
+    }
+
+    /// Runs `f` on a short-lived thread inside the namespace (setns affects that thread only).
+    pub fn run_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let fd = self.file.try_clone().context("duplicating the netns fd")?;
+        let path = self.path.clone();
+        std::thread::spawn(move || -> anyhow::Result<T> {
+            sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            f()
+        })
         .join()
-        .map_err(|_| anyhow!("the namespace inspection thread panicked"))?
+        .map_err(|_| anyhow!("a thread inside the namespace panicked"))?
     }
 }

@@ -3,14 +3,16 @@
 use std::net::IpAddr;
 
 use interceptor_ebpf::{
-    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_LOCAL_ADDRS4,
-    MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
+    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_DNS_SERVERS4,
+    MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
     wire::{ipv6_octets, raw_ipv4, raw_ipv6},
 };
 use serde::Serialize;
 
 use crate::{
-    config::{Cidr, InterceptConfig, OutboundInclude},
+    config::{Cidr, InboundFail, InboundPorts, InterceptConfig, OutboundInclude},
+    dns::DnsCapture,
+    error::ConfigError,
     netns::NetnsInfo,
 };
 
@@ -42,6 +44,7 @@ impl MapPlan {
     pub fn build(
         cfg: &InterceptConfig,
         netns: &NetnsInfo,
+        dns: &DnsCapture,
         rules: u32,
         pod_index: u32,
     ) -> anyhow::Result<Self> {
@@ -77,6 +80,32 @@ impl MapPlan {
             *slot = raw_ipv6(a.octets());
         }
 
+        match dns {
+            DnsCapture::Off => {}
+            DnsCapture::All => pod.flags |= flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS,
+            DnsCapture::Servers(servers) => {
+                pod.flags |= flags::REDIRECT_DNS;
+                let v4: Vec<_> = servers
+                    .iter()
+                    .filter_map(|s| match s {
+                        IpAddr::V4(a) => Some(*a),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                if v4.len() > MAX_DNS_SERVERS4 {
+                    anyhow::bail!(
+                        "the pod's resolv.conf names {} IPv4 name servers; at most \
+                         {MAX_DNS_SERVERS4} are supported",
+                        v4.len()
+                    );
+                }
+                pod.n_dns4 = v4.len() as u8;
+                for (slot, a) in pod.dns4.iter_mut().zip(&v4) {
+                    *slot = raw_ipv4(a.octets());
+                }
+            }
+        }
+
         let mut ports = Vec::new();
         for (set, list, flag) in [
             (
@@ -98,6 +127,49 @@ impl MapPlan {
                 set: set as u16,
                 port,
             }));
+        }
+
+        // Inbound, as istio-iptables: -b '*' captures every port but -d; a -b list captures
+        // those ports and ignores -d; an empty -b captures nothing.
+        let (inbound_set, inbound_list) = match &cfg.inbound_ports {
+            InboundPorts::All => {
+                pod.flags |= flags::INBOUND_CAPTURE | flags::INBOUND_ALL_PORTS;
+                if !cfg.inbound_ports_exclude.is_empty() {
+                    pod.flags |= flags::HAS_INBOUND_PORTS_EXCLUDE;
+                }
+                (
+                    PortSet::InboundExclude,
+                    cfg.inbound_ports_exclude.as_slice(),
+                )
+            }
+            InboundPorts::Ports(list) => {
+                if !list.is_empty() {
+                    pod.flags |= flags::INBOUND_CAPTURE;
+                }
+                (PortSet::InboundInclude, list.as_slice())
+            }
+        };
+        ports.extend(inbound_list.iter().map(|&port| PortKey {
+            rules,
+            set: inbound_set as u16,
+            port,
+        }));
+        if cfg.inbound_fail == InboundFail::Closed {
+            pod.flags |= flags::INBOUND_FAIL_CLOSED;
+        }
+        for (i, name) in cfg.exclude_interfaces.iter().enumerate() {
+            let index = netns
+                .interfaces
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, index)| *index)
+                .ok_or_else(|| ConfigError::NoSuchInterface {
+                    flag: "-c/--istio-exclude-interfaces",
+                    value: name.clone(),
+                })?;
+            // The count was checked against the array's size when the options were resolved.
+            pod.exclude_ifindex[i] = index;
+            pod.n_exclude_ifindex = i as u8 + 1;
         }
 
         let mut cidrs4 = Vec::new();
@@ -165,6 +237,12 @@ impl MapPlan {
                     .iter()
                     .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
                     .collect(),
+                dns_servers4: p.dns4[..p.n_dns4 as usize]
+                    .iter()
+                    .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
+                    .collect(),
+                inbound_exclude_ifindexes: p.exclude_ifindex[..p.n_exclude_ifindex as usize]
+                    .to_vec(),
                 local_addrs6: p.local6[..p.n_local6 as usize]
                     .iter()
                     .map(|a| std::net::Ipv6Addr::from(ipv6_octets(*a)).to_string())
@@ -174,10 +252,11 @@ impl MapPlan {
                 .ports
                 .iter()
                 .map(|k| {
-                    let set = if k.set == PortSet::OutboundExclude as u16 {
-                        "outbound_exclude"
-                    } else {
-                        "outbound_include"
+                    let set = match k.set {
+                        s if s == PortSet::OutboundExclude as u16 => "outbound_exclude",
+                        s if s == PortSet::OutboundInclude as u16 => "outbound_include",
+                        s if s == PortSet::InboundInclude as u16 => "inbound_include",
+                        _ => "inbound_exclude",
                     };
                     format!("rules={} {set} port={}", k.rules, k.port)
                 })
@@ -264,6 +343,12 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::HAS_OUTBOUND_PORTS_EXCLUDE, "outbound_ports_exclude"),
         (flags::HAS_OUTBOUND_PORTS_INCLUDE, "outbound_ports_include"),
         (flags::LOOPBACK_INCLUDED, "loopback_included"),
+        (flags::REDIRECT_DNS, "redirect_dns"),
+        (flags::CAPTURE_ALL_DNS, "capture_all_dns"),
+        (flags::INBOUND_CAPTURE, "inbound_capture"),
+        (flags::INBOUND_ALL_PORTS, "inbound_all_ports"),
+        (flags::HAS_INBOUND_PORTS_EXCLUDE, "inbound_ports_exclude"),
+        (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
         (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
         (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
     ]
@@ -293,6 +378,8 @@ pub struct PodConfigView {
     pub uids: Vec<u32>,
     pub gids: Vec<u32>,
     pub local_addrs4: Vec<String>,
+    pub dns_servers4: Vec<String>,
+    pub inbound_exclude_ifindexes: Vec<u32>,
     pub local_addrs6: Vec<String>,
 }
 
@@ -315,6 +402,7 @@ mod tests {
         NetnsInfo {
             cookie: 4242,
             addrs4: vec!["10.1.0.2".parse().unwrap()],
+            interfaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("eth1".into(), 5)],
             addrs6: vec!["fd00:1::2".parse().unwrap(), "fe80::1".parse().unwrap()],
         }
     }
@@ -328,7 +416,7 @@ mod tests {
             ..Default::default()
         };
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
-        let plan = MapPlan::build(&cfg, &netns(), 7, 0).unwrap();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 7, 0).unwrap();
         assert_eq!(plan.netns_cookie, 4242);
         assert_eq!(plan.pod.rules, 7);
         assert_eq!(
@@ -402,7 +490,7 @@ mod tests {
             ..Default::default()
         };
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
-        let plan = MapPlan::build(&cfg, &netns(), 1, 0).unwrap();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 1, 0).unwrap();
         assert!(
             plan.cidrs4.is_empty(),
             "an IPv4-mapped range is IPv6, as in istio-iptables"
@@ -423,7 +511,7 @@ mod tests {
         crowded.addrs6 = (1..=9u16)
             .map(|i| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))
             .collect();
-        let err = MapPlan::build(&cfg, &crowded, 1, 0)
+        let err = MapPlan::build(&cfg, &crowded, &DnsCapture::Off, 1, 0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("9 IPv6 addresses"), "{err}");
@@ -437,11 +525,86 @@ mod tests {
             ..Default::default()
         };
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
-        let plan = MapPlan::build(&cfg, &netns(), 1, 3).unwrap();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 1, 3).unwrap();
         assert_eq!(plan.pod.flags, flags::INCLUDE_ALL);
         assert_eq!(plan.pod.pod_index, 3);
         assert_eq!(&plan.pod.uids[..2], &[1337, 1338]);
         assert_eq!(plan.pod.n_gids, 2);
         assert!(plan.cidrs4.is_empty());
+    }
+
+    fn inbound_plan(raw: RawOptions) -> anyhow::Result<MapPlan> {
+        let cfg = raw.resolve(&NoUsers, "istio-proxy")?;
+        MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 2, 0)
+    }
+
+    fn inbound_ports(plan: &MapPlan) -> Vec<(u16, u16)> {
+        plan.ports.iter().map(|k| (k.set, k.port)).collect()
+    }
+
+    #[test]
+    fn the_seed_inbound_list_captures_its_ports_and_ignores_d() {
+        let plan = inbound_plan(RawOptions {
+            inbound_ports: Some("9080,".into()),
+            local_exclude_ports: Some("15020".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(plan.pod.flags, flags::INBOUND_CAPTURE);
+        assert_eq!(
+            inbound_ports(&plan),
+            vec![(PortSet::InboundInclude as u16, 9080)]
+        );
+    }
+
+    #[test]
+    fn wildcard_inbound_uses_d_and_fail_closed_and_interfaces() {
+        let plan = inbound_plan(RawOptions {
+            inbound_ports: Some("*".into()),
+            local_exclude_ports: Some("15020,15090".into()),
+            inbound_fail: Some("closed".into()),
+            exclude_interfaces: Some("eth1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            plan.pod.flags,
+            flags::INBOUND_CAPTURE
+                | flags::INBOUND_ALL_PORTS
+                | flags::HAS_INBOUND_PORTS_EXCLUDE
+                | flags::INBOUND_FAIL_CLOSED
+        );
+        assert_eq!(
+            inbound_ports(&plan),
+            vec![
+                (PortSet::InboundExclude as u16, 15020),
+                (PortSet::InboundExclude as u16, 15090)
+            ]
+        );
+        assert_eq!(plan.pod.n_exclude_ifindex, 1);
+        assert_eq!(plan.pod.exclude_ifindex[0], 5);
+        let view = plan.describe();
+        assert_eq!(view.pod_config.inbound_exclude_ifindexes, vec![5]);
+        assert_eq!(view.port_set[0], "rules=2 inbound_exclude port=15020");
+        // No -b: no inbound capture at all.
+        let plan = inbound_plan(RawOptions::default()).unwrap();
+        assert_eq!(plan.pod.flags & flags::INBOUND_CAPTURE, 0);
+    }
+
+    #[test]
+    fn an_unknown_interface_is_a_config_error_naming_it() {
+        let err = inbound_plan(RawOptions {
+            inbound_ports: Some("*".into()),
+            exclude_interfaces: Some("eth1,eth9".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ConfigError>(),
+            Some(&ConfigError::NoSuchInterface {
+                flag: "-c/--istio-exclude-interfaces",
+                value: "eth9".into()
+            })
+        );
     }
 }

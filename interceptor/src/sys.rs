@@ -136,6 +136,47 @@ fn for_each_interface_addr(mut f: impl FnMut(&libc::sockaddr)) -> io::Result<()>
     Ok(())
 }
 
+/// Interfaces of the calling thread's namespace: (name, index).
+pub fn interfaces() -> io::Result<Vec<(String, u32)>> {
+    // SAFETY: if_nameindex allocates an array ended by a zero entry, freed once.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut cur = head;
+        while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
+            let name = CStr::from_ptr((*cur).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push((name, (*cur).if_index));
+            cur = cur.add(1);
+        }
+        libc::if_freenameindex(head);
+        Ok(out)
+    }
+}
+
+/// `pidfd_open` + `pidfd_getfd`: a duplicate of another process's file descriptor (needs
+/// ptrace rights over it, which root has).
+pub fn take_fd(pid: u32, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscalls; every fd returned is owned exactly once.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pidfd = std::os::fd::OwnedFd::from_raw_fd(pidfd as i32);
+        let taken = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if taken < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(std::os::fd::OwnedFd::from_raw_fd(taken as i32))
+    }
+}
+
 /// Looks a user up in the passwd database.
 pub fn uid_of(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;
@@ -296,10 +337,21 @@ pub fn is_root() -> bool {
 }
 
 /// `BPF_LINK_CREATE` for a cgroup hook. aya 0.14 cannot turn every cgroup link into a pinnable
-/// `FdLink` (not `cgroup/getsockopt`'s), so all four are made the same way here.
+/// `FdLink` (not `cgroup/getsockopt`'s), so all of them are made the same way here.
 pub fn bpf_link_create_cgroup(
     prog: &impl AsFd,
     cgroup: &impl AsFd,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    bpf_link_create(prog, cgroup, attach_type, flags)
+}
+
+/// `BPF_LINK_CREATE` for any target given by fd (a cgroup, or a network namespace for
+/// `BPF_SK_LOOKUP`).
+pub fn bpf_link_create(
+    prog: &impl AsFd,
+    target: &impl AsFd,
     attach_type: u32,
     flags: u32,
 ) -> io::Result<std::os::fd::OwnedFd> {
@@ -307,7 +359,7 @@ pub fn bpf_link_create_cgroup(
     const BPF_LINK_CREATE: libc::c_long = 28;
     let mut attr = [0u32; 32];
     attr[0] = prog.as_fd().as_raw_fd() as u32; // prog_fd
-    attr[1] = cgroup.as_fd().as_raw_fd() as u32; // target_fd
+    attr[1] = target.as_fd().as_raw_fd() as u32; // target_fd
     attr[2] = attach_type;
     attr[3] = flags;
     // SAFETY: attr is a zeroed bpf_attr of sufficient size.

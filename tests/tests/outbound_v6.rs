@@ -2,13 +2,13 @@
 //! the reference: the behaviours of outbound.rs with IPv6 addresses, and IPv4 dialled from a
 //! dual-stack socket (an IPv4-mapped `::ffff:a.b.c.d`), which iptables, not ip6tables, decides.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context as _, Result};
-use common::*;
-use interceptor_tests::{Identity, Place, ProbeOptions, Side, Topology};
+use interceptor_tests::{
+    Identity, Intercepted, Place, ProbeOptions, Route, SEED_FLAGS, Side, Topology, addr, addr6,
+    any, any6, instance_dir, interceptor, route_of,
+};
 
 /// `[::ffff:a.b.c.d]:port`: how a dual-stack socket dials an IPv4 address.
 fn mapped(ip: Ipv4Addr, port: u16) -> SocketAddr {
@@ -23,9 +23,9 @@ fn include_all_sends_ipv6_through_the_sidecar_with_its_original_destination() ->
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
     let target = addr6(t.server_ip6, 8080);
 
-    let r = probe(&p, Identity::APP, target)?;
+    let r = p.probe(Identity::APP, target)?;
     // The sidecar read the destination with getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST).
-    assert_eq!(path_of(&r), Path_::Sidecar(target), "{r:?}");
+    assert_eq!(route_of(&r), Route::Sidecar(target), "{r:?}");
     let upstream = r
         .server_line()
         .context("the server answered through the sidecar")?;
@@ -52,7 +52,7 @@ fn ipv6_ranges_of_mixed_lists_and_ports_follow_the_decision_table() -> Result<()
     // Mixed IPv4/IPv6 lists, as istio-iptables takes them; host bits are ignored (b/96).
     let include = format!("{}/24,{}/64,{a}/64,{b}/64", topo.server_ip, topo.server_ip6);
     let exclude = format!("{a}/128,{b}/96,{}/32", topo.server_extra_ips[0]);
-    let p = Intercepted { topo };
+    let p = Intercepted::bare(topo);
     p.init(&[
         "-i", &include, "-x", &exclude, "-o", "3306", "-q", "8443", "-u", "1337",
     ])?;
@@ -68,37 +68,37 @@ fn ipv6_ranges_of_mixed_lists_and_ports_follow_the_decision_table() -> Result<()
     let s = t.server_ip6;
     let table = [
         // included /64
-        (addr6(s, 8080), Path_::Sidecar(addr6(s, 8080))),
+        (addr6(s, 8080), Route::Sidecar(addr6(s, 8080))),
         // -o wins over everything
-        (addr6(s, 3306), Path_::Direct(addr6(s, 3306))),
+        (addr6(s, 3306), Route::Direct(addr6(s, 3306))),
         // excluded /128 inside an included /64
-        (addr6(a, 8080), Path_::Direct(addr6(a, 8080))),
+        (addr6(a, 8080), Route::Direct(addr6(a, 8080))),
         // excluded /96 inside an included /64
-        (addr6(b, 8080), Path_::Direct(addr6(b, 8080))),
+        (addr6(b, 8080), Route::Direct(addr6(b, 8080))),
         // not included at all
-        (addr6(c, 8080), Path_::Direct(addr6(c, 8080))),
+        (addr6(c, 8080), Route::Direct(addr6(c, 8080))),
         // -q redirects its port whatever the destination ...
-        (addr6(c, 8443), Path_::Sidecar(addr6(c, 8443))),
+        (addr6(c, 8443), Route::Sidecar(addr6(c, 8443))),
         // ... but not past -x
-        (addr6(a, 8443), Path_::Direct(addr6(a, 8443))),
+        (addr6(a, 8443), Route::Direct(addr6(a, 8443))),
         // ::1 and the pod's own address stay local
         (
             addr6(Ipv6Addr::LOCALHOST, 9080),
-            Path_::Direct(addr6(Ipv6Addr::LOCALHOST, 9080)),
+            Route::Direct(addr6(Ipv6Addr::LOCALHOST, 9080)),
         ),
         (
             addr6(t.pod_ip6, 9080),
-            Path_::Direct(addr6(t.pod_ip6, 9080)),
+            Route::Direct(addr6(t.pod_ip6, 9080)),
         ),
         // the IPv4 half of the same lists still applies to IPv4
         (
             addr(t.server_ip, 8080),
-            Path_::Sidecar(addr(t.server_ip, 8080)),
+            Route::Sidecar(addr(t.server_ip, 8080)),
         ),
     ];
     for (to, want) in table {
-        let r = probe(&p, Identity::APP, to)?;
-        assert_eq!(path_of(&r), want, "{to}: {r:?}");
+        let r = p.probe(Identity::APP, to)?;
+        assert_eq!(route_of(&r), want, "{to}: {r:?}");
     }
     let counters = p.counters()?;
     assert_eq!(counters["direct_excluded_cidr"], 3, "{counters}");
@@ -114,13 +114,13 @@ fn the_proxy_uid_or_gid_goes_direct_over_ipv6() -> Result<()> {
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
     let target = addr6(t.server_ip6, 8080);
     for (who, want) in [
-        (Identity::PROXY, Path_::Direct(target)),
-        (Identity::new(1337, 1000), Path_::Direct(target)),
-        (Identity::new(1000, 1337), Path_::Direct(target)),
-        (Identity::new(2000, 2000), Path_::Sidecar(target)),
+        (Identity::PROXY, Route::Direct(target)),
+        (Identity::new(1337, 1000), Route::Direct(target)),
+        (Identity::new(1000, 1337), Route::Direct(target)),
+        (Identity::new(2000, 2000), Route::Sidecar(target)),
     ] {
-        let r = probe(&p, who, target)?;
-        assert_eq!(path_of(&r), want, "{who:?}: {r:?}");
+        let r = p.probe(who, target)?;
+        assert_eq!(route_of(&r), want, "{who:?}: {r:?}");
     }
     Ok(())
 }
@@ -133,14 +133,14 @@ fn the_proxy_calling_its_own_pod_over_ipv6_goes_to_inbound_capture_except_from_6
         Side::Pod,
         &["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"],
     )?;
-    let p = Intercepted { topo };
+    let p = Intercepted::bare(topo);
     p.init(&SEED_FLAGS)?;
     let t = &p.topo;
     let _app = t.spawn_server(&Place::Pod, Identity::APP, &[any6(9080), any6(15008)], &[])?;
     let _sidecar = t.spawn_sidecar(&[15001, 15006], &["--announce"])?;
     let app = addr6(t.pod_ip6, 9080);
     // The proxy dials the pod's IPv6 address: captured on [::1]:-z with the original destination.
-    let r = probe(&p, Identity::PROXY, app)?;
+    let r = p.probe(Identity::PROXY, app)?;
     let line = r.sidecar_line().context("captured by the sidecar")?;
     assert_eq!((line.port, line.orig.clone()), (15006, Ok(app)), "{r:?}");
     // Bound to ::6 it reaches the application.
@@ -149,15 +149,15 @@ fn the_proxy_calling_its_own_pod_over_ipv6_goes_to_inbound_capture_except_from_6
         ..Default::default()
     };
     let r = t.probe(Identity::PROXY, app, &opts)?;
-    assert_eq!(path_of(&r), Path_::Direct(app), "{r:?}");
+    assert_eq!(route_of(&r), Route::Direct(app), "{r:?}");
     // Neither ::1 nor the tunnel port is captured.
     for to in [addr6(Ipv6Addr::LOCALHOST, 9080), addr6(t.pod_ip6, 15008)] {
-        let r = probe(&p, Identity::PROXY, to)?;
-        assert_eq!(path_of(&r), Path_::Direct(to), "{r:?}");
+        let r = p.probe(Identity::PROXY, to)?;
+        assert_eq!(route_of(&r), Route::Direct(to), "{r:?}");
     }
     // An application calling its own pod goes direct.
-    let r = probe(&p, Identity::APP, app)?;
-    assert_eq!(path_of(&r), Path_::Direct(app), "{r:?}");
+    let r = p.probe(Identity::APP, app)?;
+    assert_eq!(route_of(&r), Route::Direct(app), "{r:?}");
     Ok(())
 }
 
@@ -173,7 +173,7 @@ fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()
     // it is an ip6tables rule, which never sees these (IPv4) connections.
     let include = format!("{s}/24,{a}/24");
     let exclude = format!("{a}/32,{}/128", s.to_ipv6_mapped());
-    let p = Intercepted { topo };
+    let p = Intercepted::bare(topo);
     p.init(&["-u", "1337", "-i", &include, "-x", &exclude])?;
     let t = &p.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080)], &[])?;
@@ -181,8 +181,8 @@ fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()
     let sidecar = t.spawn_sidecar(&[15001, 15006], &["--announce"])?;
 
     // Redirected to ::ffff:127.0.0.1:15001; the sidecar's IPv4 socket reads the IPv4 address.
-    let r = probe(&p, Identity::APP, mapped(s, 8080))?;
-    assert_eq!(path_of(&r), Path_::Sidecar(addr(s, 8080)), "{r:?}");
+    let r = p.probe(Identity::APP, mapped(s, 8080))?;
+    assert_eq!(route_of(&r), Route::Sidecar(addr(s, 8080)), "{r:?}");
     assert_eq!(r.server_line().map(|l| l.local), Some(addr(s, 8080)));
     assert_eq!(
         r.peer_name,
@@ -191,22 +191,22 @@ fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()
     );
     let table = [
         // -x of the IPv4 list
-        (mapped(a, 8080), Path_::Direct(addr(a, 8080))),
+        (mapped(a, 8080), Route::Direct(addr(a, 8080))),
         // not in the IPv4 -i list
-        (mapped(b, 8080), Path_::Direct(addr(b, 8080))),
+        (mapped(b, 8080), Route::Direct(addr(b, 8080))),
         // localhost, and the pod's own IPv4 address
         (
             mapped(Ipv4Addr::LOCALHOST, 9080),
-            Path_::Direct(addr(Ipv4Addr::LOCALHOST, 9080)),
+            Route::Direct(addr(Ipv4Addr::LOCALHOST, 9080)),
         ),
-        (mapped(t.pod_ip, 9080), Path_::Direct(addr(t.pod_ip, 9080))),
+        (mapped(t.pod_ip, 9080), Route::Direct(addr(t.pod_ip, 9080))),
     ];
     for (to, want) in table {
-        let r = probe(&p, Identity::APP, to)?;
-        assert_eq!(path_of(&r), want, "{to}: {r:?}");
+        let r = p.probe(Identity::APP, to)?;
+        assert_eq!(route_of(&r), want, "{to}: {r:?}");
     }
     // The proxy calling its own pod's IPv4 address from a dual-stack socket: inbound capture.
-    let r = probe(&p, Identity::PROXY, mapped(t.pod_ip, 9080))?;
+    let r = p.probe(Identity::PROXY, mapped(t.pod_ip, 9080))?;
     let line = r.sidecar_line().context("captured by the sidecar")?;
     assert_eq!(
         (line.port, line.orig.clone()),
@@ -225,7 +225,7 @@ fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()
             &[15001],
             &["--announce", "--dual-stack", "--original-dst-level", level],
         )?;
-        let r = probe(&p, Identity::APP, mapped(s, 8080))?;
+        let r = p.probe(Identity::APP, mapped(s, 8080))?;
         let line = r.sidecar_line().context("the sidecar answered")?;
         assert_eq!(line.orig, want, "{level}: {r:?}");
     }
@@ -241,7 +241,7 @@ fn original_destination_errors_over_ipv6_match_netfilter() -> Result<()> {
     {
         // Dialling the sidecar itself is not redirected (::1 is local): nothing to report.
         let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-        let r = probe(&p, Identity::APP, addr6(Ipv6Addr::LOCALHOST, 15001))?;
+        let r = p.probe(Identity::APP, addr6(Ipv6Addr::LOCALHOST, 15001))?;
         let line = r.sidecar_line().context("the sidecar answered")?;
         assert_eq!(line.orig, Err("ENOENT".to_owned()), "{r:?}");
         assert_eq!(p.counters()?["original_dst_misses"], 1);
@@ -255,7 +255,7 @@ fn original_destination_errors_over_ipv6_match_netfilter() -> Result<()> {
         let mut sidecar_args = vec!["--announce"];
         sidecar_args.extend(args);
         let _sidecar = t.spawn_sidecar(&[15001], &sidecar_args)?;
-        let r = probe(&p, Identity::APP, target)?;
+        let r = p.probe(Identity::APP, target)?;
         let line = r.sidecar_line().context("the sidecar answered")?;
         assert_eq!(line.orig, Err(want.to_owned()), "{args:?}: {r:?}");
     }
@@ -263,7 +263,7 @@ fn original_destination_errors_over_ipv6_match_netfilter() -> Result<()> {
 }
 
 #[test]
-fn an_instance_without_the_ipv6_programs_is_replaced_on_reinit() -> Result<()> {
+fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
     let p = Intercepted::new("v6-upgrade", &["-i", "*"])?;
     let t = &p.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
@@ -276,18 +276,42 @@ fn an_instance_without_the_ipv6_programs_is_replaced_on_reinit() -> Result<()> {
     for link in ["link_redirect_connect6", "link_restore_peer_name6"] {
         std::fs::remove_file(dir.join(link))?;
     }
-    assert_eq!(path_of(&probe(&p, Identity::APP, v6)?), Path_::Direct(v6));
-    assert_eq!(path_of(&probe(&p, Identity::APP, v4)?), Path_::Sidecar(v4));
+    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Direct(v6));
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
 
-    // Re-running init replaces the instance instead of failing on the missing links.
+    // Re-running init attaches what is missing, in place: IPv4 was never interrupted and the
+    // counters go on.
     p.init(&["-i", "*"])?;
-    assert_eq!(path_of(&probe(&p, Identity::APP, v6)?), Path_::Sidecar(v6));
-    assert_eq!(path_of(&probe(&p, Identity::APP, v4)?), Path_::Sidecar(v4));
-    let links = std::fs::read_dir(&dir)?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
-        .count();
-    assert_eq!(links, 6, "one link per program");
+    let r = p.probe(Identity::APP, v6)?;
+    assert_eq!(route_of(&r), Route::Sidecar(v6));
+    assert_eq!(r.peer_name, Some(v6), "getpeername6 is back too");
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(links(&dir)?, 10, "one link per program");
+    assert_eq!(p.counters()?["redirected"], 3);
+    Ok(())
+}
+
+#[test]
+fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()> {
+    let p = Intercepted::new("v6-layout", &["-i", "*"])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
+    let dir = instance_dir(&t.pod_cgroup);
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+
+    // What an older build with a smaller pod configuration leaves: a POD_CONFIG map whose
+    // values the new programs would read past. (The running programs keep their own map.)
+    std::fs::remove_file(dir.join("POD_CONFIG"))?;
+    pin_hash_map(&dir.join("POD_CONFIG"), 8, 4)?;
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+
+    // Re-running init builds a new instance beside the old one, then removes the old one.
+    p.init(&["-i", "*"])?;
+    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Sidecar(v6));
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(links(&dir)?, 10, "one link per program");
     let mut staging = dir.clone().into_os_string();
     staging.push("-new");
     assert!(!std::path::Path::new(&staging).exists());
@@ -302,6 +326,47 @@ fn an_instance_without_the_ipv6_programs_is_replaced_on_reinit() -> Result<()> {
         (Some(2), Some(0)),
         "{c}"
     );
+    Ok(())
+}
+
+fn links(dir: &std::path::Path) -> Result<usize> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
+        .count())
+}
+
+/// Creates a BPF hash map with these key and value sizes and pins it at `path`.
+fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // bpf_attr as bytes, zero-padded beyond what either command reads.
+    let bpf = |cmd: libc::c_long, attr: &[u8; 128]| {
+        // SAFETY: a valid buffer of the size passed.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len() as u32) };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc as i32)
+        }
+    };
+    let mut attr = [0u8; 128];
+    for (i, v) in [BPF_MAP_TYPE_HASH, key_size, value_size, 1]
+        .iter()
+        .enumerate()
+    {
+        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes()); // type, key, value, entries
+    }
+    let fd = bpf(BPF_MAP_CREATE, &attr).context("creating a map")?;
+    // SAFETY: a fresh fd this function owns from here.
+    let _fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes()); // pathname
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes()); // bpf_fd
+    bpf(BPF_OBJ_PIN, &attr).with_context(|| format!("pinning {}", path.display()))?;
     Ok(())
 }
 

@@ -2,6 +2,8 @@
 //! address (`::ffff:a.b.c.d`) makes an IPv4 connection, which istio-iptables would see in its
 //! IPv4 table: it is decided by the IPv4 rules, recorded as an IPv4 destination and sent to
 //! `::ffff:127.0.0.1`. Every other destination is decided by the IPv6 rules and sent to `::1`.
+//!
+//! TCP only: UDP over IPv6 (DNS capture's part) has no `sendmsg6`/`recvmsg6` counterpart yet.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -15,7 +17,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use interceptor_ebpf::{
     Counter, OrigDst4, OrigDst6, PodConfig,
-    decision::{Connect4, Connect6, Verdict, decide_outbound4, decide_outbound6},
+    decision::{Connect4, Connect6, Proto, Verdict, decide_outbound4, decide_outbound6},
     wire::{
         LOCALHOST4, LOCALHOST6, RawIpv6, UNSPECIFIED4, UNSPECIFIED6, ipv4_from_mapped, ipv4_mapped,
         ipv6_octets, port_from_user_port, port_to_user_port,
@@ -58,6 +60,7 @@ fn redirect(ctx: &SockAddrContext) {
 
     if let Some(dst4) = ipv4_from_mapped(dst) {
         let conn = Connect4 {
+            proto: Proto::Tcp,
             dst: dst4,
             dst_port,
             src: ipv4_from_mapped(src).unwrap_or(UNSPECIFIED4),
@@ -89,6 +92,7 @@ fn redirect(ctx: &SockAddrContext) {
     }
 
     let conn = Connect6 {
+        proto: Proto::Tcp,
         dst,
         dst_port,
         src,

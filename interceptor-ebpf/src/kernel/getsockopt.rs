@@ -5,19 +5,28 @@
 //! does, with a 28-byte `sockaddr_in6`. Every other option, and sockets of pods we do not
 //! manage, pass through untouched.
 //!
+//! Two kinds of socket have an original destination: the proxy's end of a connection that
+//! `connect4`/`connect6` redirected (looked up by 4-tuple), and a connection `sk_lookup` steered
+//! to the capture listener, whose destination was never changed: its own local address, as
+//! conntrack would report it after an iptables REDIRECT.
+//!
 //! As with netfilter, an IPv4 connection accepted on a dual-stack listener (an IPv6 socket
 //! with IPv4-mapped addresses) answers `SOL_IP` with the IPv4 destination, and `SOL_IPV6`
 //! with ENOENT.
 
+use aya_ebpf::bindings::bpf_sock;
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sockopt,
     programs::SockoptContext,
 };
-use interceptor_ebpf::{Counter, wire::sin_port};
+use interceptor_ebpf::{
+    Counter, OrigDst4, PodConfig,
+    wire::{port_from_sock_src, sin_port},
+};
 
 use crate::maps::{
-    ORIG_DST_BY_TUPLE, ORIG_DST6_BY_TUPLE, count, pod_config, tuple_from_server_side,
-    tuple6_from_server_side,
+    CAPTURE_SOCKETS, ORIG_DST_BY_TUPLE, ORIG_DST6_BY_TUPLE, count, pod_config,
+    tuple_from_server_side, tuple6_from_server_side,
 };
 
 const SOL_IP: i32 = 0;
@@ -91,7 +100,11 @@ fn answer(ctx: &SockoptContext) {
             set_retval(so, -EINVAL);
             return;
         }
-        let Some(orig) = ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) else {
+        let orig = match ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) {
+            Some(orig) => Some(*orig),
+            None => steered_destination(netns, cfg, sk),
+        };
+        let Some(orig) = orig else {
             count(cfg, Counter::OrigDstMiss);
             set_retval(so, -ENOENT);
             return;
@@ -184,4 +197,26 @@ fn answer6(ctx: &SockoptContext) {
 #[inline(always)]
 unsafe fn set_retval(so: *mut aya_ebpf::bindings::bpf_sockopt, retval: i32) {
     unsafe { core::ptr::write_volatile(&mut (*so).retval, retval) };
+}
+
+/// The destination of a connection `sk_lookup` steered: a socket accepted from the capture
+/// listener (it carries the listener's cloned mark) whose local port is not the capture port
+/// (a connection made to the capture port itself has no other destination).
+#[inline(always)]
+unsafe fn steered_destination(netns: u64, cfg: &PodConfig, sk: *mut bpf_sock) -> Option<OrigDst4> {
+    match CAPTURE_SOCKETS.get(sk.cast()) {
+        Some(mark) if mark.netns == netns => {}
+        _ => return None,
+    }
+    // SAFETY: a full socket the verifier checked.
+    let sk = unsafe { &*sk };
+    let port = port_from_sock_src(sk.src_port);
+    if sk.family != AF_INET as u32 || port == cfg.inbound_capture_port {
+        return None;
+    }
+    Some(OrigDst4 {
+        addr: sk.src_ip4,
+        port,
+        _pad: 0,
+    })
 }

@@ -1,14 +1,19 @@
 //! The maps, and the lookups every program shares. Sizes here are defaults; the loader sets
 //! the real ones (`EbpfLoader::map_max_entries`) from its options.
 
+use core::{ffi::c_void, ptr};
+
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type},
+    btf_maps::SkStorage,
+    helpers::generated::bpf_sk_storage_get,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
 };
 use interceptor_ebpf::{
-    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, Counter,
-    InstanceMeta, OrigDst4, OrigDst6, PodConfig, PortKey, PortSet, SockTuple4, SockTuple6,
+    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrSet,
+    Counter, InstanceMeta, ListenerKey, OrigDst4, OrigDst6, PodConfig, PortKey, PortSet,
+    SockTuple4, SockTuple6,
     decision::RuleSets,
     wire::{RawIpv4, RawIpv6},
 };
@@ -46,10 +51,74 @@ pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> = LruHashMap::with_max
 #[map]
 pub static ORIG_DST6_BY_TUPLE: LruHashMap<SockTuple6, OrigDst6> =
     LruHashMap::with_max_entries(65536, 0);
+/// A redirected UDP socket's original destination (DNS capture), stored on the socket and
+/// freed with it: UDP has no close callback that could clean a hash map.
+#[btf_map]
+pub static UDP_ORIG_DST: SkStorage<OrigDst4> = SkStorage::new();
 
 /// `pod_index * Counter::COUNT + counter` -> count, per CPU.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// (pod, address family) -> the proxy's inbound capture listener. The kernel drops an entry
+/// when its socket closes.
+#[map]
+pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries(1024, 0);
+
+/// Socket -> `CaptureMark`: the proxy's socket on the capture port, and (the map is
+/// `BPF_F_CLONE`) every socket accepted from it.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "CAPTURE_SOCKETS")]
+pub static CAPTURE_SOCKETS: CloneSkStorage<CaptureMark> = CloneSkStorage::new();
+
+/// A socket-storage map whose entries the kernel copies from a listener to the sockets it
+/// accepts. aya-ebpf's own `SkStorage` cannot carry `BPF_F_CLONE`, so the map is declared here
+/// in the BTF map format (each field's type encodes one attribute; the kernel requires BTF for
+/// socket storage).
+#[repr(C)]
+pub struct CloneSkStorage<V> {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const V,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+}
+
+// SAFETY: the fields are never dereferenced; the loader replaces the definition by a map.
+unsafe impl<V> Sync for CloneSkStorage<V> {}
+
+impl<V> CloneSkStorage<V> {
+    const fn new() -> Self {
+        Self {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+
+    /// The value stored on `sk` (a full socket: the verifier checks), if any.
+    #[inline(always)]
+    pub fn get(&self, sk: *mut c_void) -> Option<&V> {
+        let map = ptr::from_ref(self).cast_mut().cast();
+        // SAFETY: a map and a socket pointer the verifier accepts; null or a valid value back.
+        unsafe {
+            bpf_sk_storage_get(map, sk, ptr::null_mut(), 0)
+                .cast::<V>()
+                .as_ref()
+        }
+    }
+
+    /// Stores `value` on `sk` unless something is stored already; true when `sk` has a value.
+    #[inline(always)]
+    pub fn get_or_insert(&self, sk: *mut c_void, value: &mut V) -> bool {
+        let map = ptr::from_ref(self).cast_mut().cast();
+        let flags = BPF_SK_STORAGE_GET_F_CREATE as u64;
+        // SAFETY: as in `get`; the kernel copies `value` when it creates the entry.
+        !unsafe { bpf_sk_storage_get(map, sk, ptr::from_mut(value).cast(), flags) }.is_null()
+    }
+}
 
 /// The loader's description of this instance; never read by the programs.
 #[map]

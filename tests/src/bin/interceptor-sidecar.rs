@@ -57,7 +57,8 @@ struct Cli {
     /// Buffer length passed to that getsockopt (default: the size of the address structure).
     #[arg(long)]
     original_dst_len: Option<u32>,
-    /// First write `sidecar port=<p> orig=<ip:port>` (or `orig=error:<errno>`) to the client.
+    /// First write `sidecar port=<p> orig=<ip:port> local=<ip:port>` (or `orig=error:<errno>`)
+    /// to the client: the listen port, `SO_ORIGINAL_DST` and the accepted socket's address.
     #[arg(long)]
     announce: bool,
     /// Print one line per connection to stdout when it closes.
@@ -172,6 +173,7 @@ async fn forward(
         let line = SidecarLine {
             port,
             orig: orig.clone(),
+            local: client.local_addr().ok(),
         };
         client.write_all(format!("{line}\n").as_bytes()).await?;
     }
