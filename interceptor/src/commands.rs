@@ -114,7 +114,13 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
         netns_cookie = info.cookie,
         rules = applied.rules,
         "interception {}",
-        if applied.replaced { "updated in place" } else { "active" }
+        if applied.rebuilt {
+            "active (the older instance was replaced)"
+        } else if applied.replaced {
+            "updated in place"
+        } else {
+            "active"
+        }
     );
     Ok(())
 }

@@ -190,21 +190,6 @@ impl InterceptConfig {
                     .to_string(),
             );
         }
-        let v6 = self
-            .outbound_exclude
-            .iter()
-            .chain(match &self.outbound_include {
-                OutboundInclude::Cidrs(c) => c.as_slice(),
-                OutboundInclude::All => &[],
-            })
-            .filter(|c| !c.is_ipv4())
-            .count();
-        if v6 > 0 {
-            notes.push(format!(
-                "{v6} IPv6 range(s) in -i/-x are not enforced yet: IPv6 connections are not \
-                 intercepted"
-            ));
-        }
         if self.drop_invalid {
             notes.push("--drop-invalid has no effect: no conntrack state is involved".to_string());
         }

@@ -4,7 +4,7 @@
 
 use std::{
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -33,6 +33,8 @@ pub struct NetnsInfo {
     pub addrs4: Vec<Ipv4Addr>,
     /// Its interfaces: (name, index), for `-c`.
     pub interfaces: Vec<(String, u32)>,
+    /// The namespace's own IPv6 addresses (link-local ones too), `::1` excluded.
+    pub addrs6: Vec<Ipv6Addr>,
 }
 
 impl Netns {
@@ -93,6 +95,8 @@ impl Netns {
                     .context("reading the namespace cookie (SO_NETNS_COOKIE needs Linux 5.14)")?,
                 addrs4: sys::interface_addrs4().context("listing the namespace's addresses")?,
                 interfaces: sys::interfaces().context("listing the namespace's interfaces")?,
+                addrs6: sys::interface_addrs6()
+                    .context("listing the namespace's IPv6 addresses")?,
             })
         })
     }
