@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use interceptor_tests::{
     Backend, Identity, Intercepted, IptablesMode, Place, ProbeOptions, ProbeResult, SEED_FLAGS,
-    Side, TempFile, Topology, addr, any, interceptor,
+    Side, TempFile, Topology, addr, addr6, any, any6, interceptor,
 };
 
 /// What istio-iptables writes for the seed's flags in an IPv4 pod (spec 3.2).
@@ -38,9 +38,6 @@ const SEED_RULES: &str = "* nat
 -A ISTIO_OUTPUT -j ISTIO_REDIRECT
 COMMIT
 ";
-
-/// The pod's IPv6 address in the dual-stack tests (a ULA inside the test's namespaces only).
-const POD_IP6: &str = "fd00:200::2";
 
 /// A pod intercepted by the iptables backend with one flavour (not yet: call `init`); the
 /// shared fixture cleans on drop, and the rules go with the namespace anyway.
@@ -91,21 +88,6 @@ impl Pod {
 
     fn save(&self, v6: bool) -> Result<String> {
         self.save_of(self.mode, v6)
-    }
-
-    fn give_ipv6_address(&self) -> Result<()> {
-        self.topo.ip(
-            Side::Pod,
-            &[
-                "-6",
-                "addr",
-                "add",
-                &format!("{POD_IP6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ],
-        )
     }
 }
 
@@ -447,8 +429,8 @@ fn a_failed_restore_changes_nothing(mode: IptablesMode) -> Result<()> {
 }
 
 fn dual_stack_writes_both_families(mode: IptablesMode) -> Result<()> {
+    // The topology's pod has 10.200.0.2 and fd00:200::2.
     let pod = Pod::new("dual", mode)?;
-    pod.give_ipv6_address()?;
     // Without --dual-stack the first address (IPv4) decides, as istio-iptables does.
     pod.init(&SEED_FLAGS)?;
     assert!(istio_lines(&pod.save(true)?).is_empty());
@@ -477,6 +459,15 @@ fn dual_stack_writes_both_families(mode: IptablesMode) -> Result<()> {
         String::from_utf8_lossy(&lo.stdout).contains("::6/128"),
         "::6 is on lo"
     );
+    // IPv6 connections are captured by ip6tables: the sidecar's IP6T_SO_ORIGINAL_DST answers.
+    let t = &pod.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let target6 = addr6(t.server_ip6, 8080);
+    let r = pod.probe(Identity::APP, target6)?;
+    assert_eq!(path_of(&r), Path_::Sidecar(15001, target6), "{r:?}");
+    let r = pod.probe(Identity::PROXY, target6)?;
+    assert_eq!(path_of(&r), Path_::Direct(target6), "{r:?}");
 
     // An IPv6 restore that fails after the IPv4 one succeeded: IPv4 is put back as it was.
     pod.iptables(true, &["-t", "nat", "-N", "USER_CHAIN"])?;
