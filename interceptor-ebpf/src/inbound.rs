@@ -87,6 +87,9 @@ mod tests {
         fn has_cidr4(&self, _: u32, _: CidrSet, _: RawIpv4) -> bool {
             false
         }
+        fn has_cidr6(&self, _: u32, _: CidrSet, _: crate::wire::RawIpv6) -> bool {
+            false
+        }
     }
 
     fn cfg(flags: u32) -> PodConfig {

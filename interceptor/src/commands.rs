@@ -11,11 +11,13 @@ use crate::{
     api::{self, Request, Response},
     cgroup::{self, Cgroup},
     cli::{
-        CleanArgs, DaemonArgs, InitArgs, PodAddArgs, PodArgs, PodCommand, StatusArgs, TargetArgs,
+        Backend, CleanArgs, DaemonArgs, InitArgs, PodAddArgs, PodArgs, PodCommand, StatusArgs,
+        TargetArgs,
     },
     config::{IdResolver, InterceptConfig, defaults},
     dns::{self, DnsCapture},
     error::{ConfigError, RemoteError},
+    iptables,
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
     node::{AddPod, PodSelector},
@@ -65,6 +67,13 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let mut raw = args.istio.raw();
     raw.inbound_fail = args.inbound_fail.clone();
     let cfg = raw.resolve(&SystemIds, &envoy_user)?;
+    match args.backend.backend {
+        Backend::Ebpf => init_ebpf(args, cfg),
+        Backend::Iptables => iptables::command::init(args, &cfg),
+    }
+}
+
+fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
@@ -112,7 +121,13 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         netns_cookie = info.cookie,
         rules = applied.rules,
         "interception {}",
-        if applied.replaced { "updated in place" } else { "active" }
+        if applied.rebuilt {
+            "active (the older instance was replaced)"
+        } else if applied.replaced {
+            "updated in place"
+        } else {
+            "active"
+        }
     );
     Ok(())
 }
@@ -153,6 +168,9 @@ fn print_dry_run(
 }
 
 pub fn clean(args: &CleanArgs) -> anyhow::Result<()> {
+    if args.backend.backend == Backend::Iptables {
+        return iptables::command::clean(args);
+    }
     require_root()?;
     let root = &args.target.bpffs;
     let removed = match &args.instance {
@@ -332,9 +350,9 @@ pub fn pod(args: &PodArgs) -> anyhow::Result<()> {
 }
 
 fn pod_add(socket: &Path, add: &PodAddArgs) -> anyhow::Result<()> {
-    if add.backend != "ebpf" {
+    if add.backend != Backend::Ebpf {
         return Err(ConfigError::DaemonBackend {
-            value: add.backend.clone(),
+            value: "iptables".into(),
         }
         .into());
     }

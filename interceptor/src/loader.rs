@@ -1,11 +1,14 @@
 //! Loads the kernel programs, fills the maps, attaches all-or-nothing, and pins the result;
 //! re-runs swap programs in place (bpf link update) and publish a new configuration with one
-//! map write; `clean` takes it all away.
+//! map write; `clean` takes it all away. An instance whose maps an older build laid out
+//! differently cannot be updated in place: a new one is attached beside it, then the old one
+//! goes.
 
 use std::{
     fs,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -17,7 +20,7 @@ use aya::{
     },
 };
 use interceptor_ebpf::{
-    CaptureMark, Cidr4Key, Counter, INSTANCE_META_SIZE, InstanceMeta, ListenerKey,
+    CaptureMark, Cidr4Key, Cidr6Key, Counter, INSTANCE_META_SIZE, InstanceMeta, ListenerKey,
     POD_NETNS_COOKIE_GLOBAL, POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey, flags, map_names,
     program_names,
 };
@@ -32,7 +35,7 @@ static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// Maps that live in the instance directory and survive re-runs and program upgrades.
-const PERSISTENT_MAPS: [&str; 11] = [
+const PERSISTENT_MAPS: [&str; 14] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -43,20 +46,20 @@ const PERSISTENT_MAPS: [&str; 11] = [
     map_names::UDP_ORIG_DST,
     map_names::INBOUND_LISTENERS,
     map_names::CAPTURE_SOCKETS,
+    map_names::CIDR6,
+    map_names::ORIG_DST6_BY_COOKIE,
+    map_names::ORIG_DST6_BY_TUPLE,
     map_names::POD_RECORDS,
 ];
 
-/// The programs attached to a cgroup (everything but `sk_lookup`, which goes to a network
+/// The programs attached to a cgroup (all but `sk_lookup`, which goes to a network
 /// namespace), in attach order.
-pub const CGROUP_PROGRAMS: [&str; 7] = [
-    program_names::SOCKOPS,
-    program_names::GETSOCKOPT,
-    program_names::GETPEERNAME4,
-    program_names::RECVMSG4,
-    program_names::SENDMSG4,
-    program_names::POST_BIND4,
-    program_names::CONNECT4,
-];
+pub fn cgroup_programs() -> Vec<&'static str> {
+    program_names::ALL
+        .into_iter()
+        .filter(|p| *p != program_names::SK_LOOKUP)
+        .collect()
+}
 
 const AF_INET: u32 = 2;
 /// `bpf_map_update_elem` flag: fail with EEXIST when the key is present.
@@ -115,6 +118,8 @@ pub struct Applied {
     pub instance_dir: PathBuf,
     /// True when an existing instance was updated in place.
     pub replaced: bool,
+    /// True when an older build's instance was replaced by a new one (see `Existing`).
+    pub rebuilt: bool,
     pub rules: u32,
 }
 
@@ -136,6 +141,61 @@ pub(crate) fn instance_mode(dir: &Path) -> InstanceMode {
     read().unwrap_or_default()
 }
 
+/// Where a replacement instance is built before it takes the instance's name. (bpffs refuses
+/// names with a dot.)
+fn staging_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push("-new");
+    dir.with_file_name(name)
+}
+
+/// What `init` finds on bpffs for its cgroup.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Nothing attached: no directory, or the pins of a run that failed before attaching.
+    Nothing,
+    /// An instance this build updates in place (adding the links of programs it lacks).
+    Current,
+    /// An attached instance whose maps this build's programs cannot use, and why.
+    Outdated(String),
+}
+
+pub(crate) fn inspect_existing(dir: &Path) -> anyhow::Result<Existing> {
+    if !link_pin(dir, program_names::CONNECT4).exists() {
+        return Ok(Existing::Nothing);
+    }
+    for name in PERSISTENT_MAPS {
+        let pin = dir.join(name);
+        if !pin.exists() {
+            continue; // a map no program of the instance uses yet: the loader creates it
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading map {}", pin.display()))?;
+        let want = expected_layout(name)?;
+        let have = (info.key_size(), info.value_size());
+        if have != want {
+            return Ok(Existing::Outdated(format!(
+                "its map {name} has (key, value) sizes {have:?}, this build's {want:?}"
+            )));
+        }
+    }
+    Ok(Existing::Current)
+}
+
+/// (key size, value size) of a map as the programs this build carries declare it.
+fn expected_layout(name: &str) -> anyhow::Result<(u32, u32)> {
+    static OBJECT: OnceLock<Result<aya_obj::Object, String>> = OnceLock::new();
+    let object = OBJECT
+        .get_or_init(|| aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| anyhow!("parsing the kernel programs' object: {e}"))?;
+    let map = object
+        .maps
+        .get(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    Ok((map.key_size(), map.value_size()))
+}
+
 /// Attaches (or updates) the instance for `cgroup` so that it enforces `plan`.
 /// `plan` is built by the caller for the rule-set id this function passes to it.
 pub fn apply(
@@ -148,32 +208,66 @@ pub fn apply(
     let root = bpffs::ensure_ready(&opts.bpffs_root)?;
     let _lock = sys::lock_dir(&root).with_context(|| format!("locking {}", root.display()))?;
     let dir = root.join(bpffs::instance_name(cgroup.id));
-    let existing = prepare_instance_dir(&dir)?;
-    if existing && instance_mode(&dir) == InstanceMode::Node {
+    let staging = staging_dir(&dir);
+    if staging.exists() {
+        // A replacement an earlier run did not finish; the instance itself is still in place.
+        remove_instance_dir(&staging)?;
+    }
+    let existing = inspect_existing(&dir)?;
+    if existing != Existing::Nothing && instance_mode(&dir) == InstanceMode::Node {
         return Err(TargetError::ManagedByDaemon {
             path: cgroup.path.display().to_string(),
         }
         .into());
     }
-    let result = load_and_apply(cgroup, netns, record, opts, &dir, existing, build_plan);
-    if result.is_err() && !existing {
-        // All or nothing: a failed first run leaves no pin and no link behind.
-        discard_new_instance(&root, &dir);
+    match existing {
+        Existing::Current => load_and_apply(cgroup, netns, record, opts, &dir, true, build_plan),
+        Existing::Nothing => {
+            if dir.exists() {
+                // A crashed earlier run left pins without a complete set of links: start over.
+                remove_instance_dir(&dir)?;
+            }
+            create_instance(&root, cgroup, netns, record, opts, &dir, build_plan)
+        }
+        Existing::Outdated(reason) => {
+            tracing::warn!(
+                instance = %dir.display(),
+                "the instance was made by another build ({reason}): replacing it; its counters \
+                 start again from 0"
+            );
+            // The new programs run beside the old ones for a moment: whichever connect program
+            // rewrites a connection first, the others see localhost and leave it; each
+            // getsockopt program answers only for what its own maps recorded; sk_lookup keeps
+            // the first program's choice of listener.
+            let mut applied =
+                create_instance(&root, cgroup, netns, record, opts, &staging, build_plan)?;
+            remove_instance_dir(&dir).context("removing the replaced instance")?;
+            fs::rename(&staging, &dir)
+                .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))?;
+            applied.instance_dir = dir;
+            applied.rebuilt = true;
+            Ok(applied)
+        }
     }
-    result
 }
 
-/// Whether `dir` holds a complete instance; if not, makes it an empty directory (a crashed
-/// earlier run may have left pins without a complete set of links: that starts over).
-pub(crate) fn prepare_instance_dir(dir: &Path) -> anyhow::Result<bool> {
-    if link_pin(dir, program_names::CONNECT4).exists() {
-        return Ok(true);
-    }
-    if dir.exists() {
-        remove_instance_dir(dir)?;
-    }
+/// A first attach into `dir` (which must not exist): all or nothing.
+fn create_instance(
+    root: &Path,
+    cgroup: &Cgroup,
+    netns: &Netns,
+    record: &InstanceRecord,
+    opts: &LoadOptions,
+    dir: &Path,
+    build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
+) -> anyhow::Result<Applied> {
     fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(false)
+    let result = load_and_apply(cgroup, netns, record, opts, dir, false, build_plan);
+    if result.is_err() {
+        // All or nothing: a failed first run leaves no pin and no link behind.
+        discard_new_instance(root, dir);
+    }
+    result
 }
 
 /// Undoes a failed first start of an instance: all or nothing.
@@ -233,14 +327,14 @@ fn load_and_apply(
         maps.publish(&plan)?;
         install(&ebpf, dir, &program_names::ALL, target)?;
     }
-    let writer = &mut maps;
     if plan.pod.has(flags::INBOUND_CAPTURE) {
         // Programs first: a listener opened from now on registers itself.
-        register_existing_listener(writer, netns, &plan);
+        register_existing_listener(&mut maps, netns, &plan);
     }
     Ok(Applied {
         instance_dir: dir.to_path_buf(),
         replaced: existing,
+        rebuilt: false,
         rules,
     })
 }
@@ -344,6 +438,9 @@ pub(crate) fn load(
         .map_max_entries(map_names::POD_RECORDS, pods.max(4))
         .map_max_entries(map_names::PORT_SET, 4 * 65536)
         .map_max_entries(map_names::CIDR4, 1 << 18)
+        .map_max_entries(map_names::ORIG_DST6_BY_COOKIE, opts.max_connections)
+        .map_max_entries(map_names::ORIG_DST6_BY_TUPLE, opts.max_connections)
+        .map_max_entries(map_names::CIDR6, 1 << 18)
         .map_max_entries(map_names::INBOUND_LISTENERS, (2 * pods).max(8))
         .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
         .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
@@ -377,9 +474,11 @@ fn attach_type(program: &str) -> u32 {
         program_names::SOCKOPS => 3,       // BPF_CGROUP_SOCK_OPS
         program_names::GETSOCKOPT => 21,   // BPF_CGROUP_GETSOCKOPT
         program_names::GETPEERNAME4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
+        program_names::GETPEERNAME6 => 30, // BPF_CGROUP_INET6_GETPEERNAME
         program_names::RECVMSG4 => 19,     // BPF_CGROUP_UDP4_RECVMSG
         program_names::SENDMSG4 => 14,     // BPF_CGROUP_UDP4_SENDMSG
         program_names::CONNECT4 => 10,     // BPF_CGROUP_INET4_CONNECT
+        program_names::CONNECT6 => 11,     // BPF_CGROUP_INET6_CONNECT
         program_names::POST_BIND4 => 12,   // BPF_CGROUP_INET4_POST_BIND
         program_names::SK_LOOKUP => 36,    // BPF_SK_LOOKUP (a network namespace)
         other => unreachable!("no attach type for {other}"),
@@ -425,6 +524,10 @@ pub fn remove_instance(root: &Path, cgroup_id: u64) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let _lock = sys::lock_dir(&base).with_context(|| format!("locking {}", base.display()))?;
+    let staging = staging_dir(&dir);
+    if staging.exists() {
+        remove_instance_dir(&staging)?;
+    }
     remove_instance_dir(&dir)?;
     remove_if_empty(&base);
     Ok(true)
@@ -436,7 +539,7 @@ pub(crate) fn remove_if_empty(base: &Path) {
     let _ = fs::remove_dir(base);
 }
 
-fn remove_instance_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn remove_instance_dir(dir: &Path) -> anyhow::Result<()> {
     for name in program_names::ALL.iter().rev() {
         let pin = link_pin(dir, name);
         if pin.exists() {
@@ -454,6 +557,7 @@ pub struct Maps {
     pod_config: HashMap<MapData, u64, PodConfig>,
     port_set: HashMap<MapData, PortKey, u8>,
     cidr4: LpmTrie<MapData, Cidr4Key, u8>,
+    cidr6: LpmTrie<MapData, Cidr6Key, u8>,
     meta: Array<MapData, InstanceMeta>,
     listeners: SockHash<MapData, ListenerKey>,
     capture: SkStorage<MapData, CaptureMark>,
@@ -473,6 +577,7 @@ impl Maps {
             pod_config: HashMap::try_from(take(map_names::POD_CONFIG)?)?,
             port_set: HashMap::try_from(take(map_names::PORT_SET)?)?,
             cidr4: LpmTrie::try_from(take(map_names::CIDR4)?)?,
+            cidr6: LpmTrie::try_from(take(map_names::CIDR6)?)?,
             meta: Array::try_from(take(map_names::INSTANCE_META)?)?,
             listeners: SockHash::try_from(take(map_names::INBOUND_LISTENERS)?)?,
             capture: SkStorage::try_from(take(map_names::CAPTURE_SOCKETS)?)?,
@@ -578,6 +683,11 @@ impl Maps {
                 self.cidr4.keys().count(),
                 self.capacity(map_names::CIDR4)?,
             ),
+            (
+                map_names::CIDR6,
+                self.cidr6.keys().count(),
+                self.capacity(map_names::CIDR6)?,
+            ),
         ])
     }
 }
@@ -593,6 +703,11 @@ impl Maps {
             self.cidr4
                 .insert(&LpmKey::new(e.prefix_len, e.key), 1, 0)
                 .with_context(|| format!("writing a CIDR to {}", map_names::CIDR4))?;
+        }
+        for e in &plan.cidrs6 {
+            self.cidr6
+                .insert(&LpmKey::new(e.prefix_len, e.key), 1, 0)
+                .with_context(|| format!("writing a CIDR to {}", map_names::CIDR6))?;
         }
         Ok(())
     }
@@ -627,6 +742,15 @@ impl Maps {
             .collect();
         for k in cidrs {
             let _ = self.cidr4.remove(&k);
+        }
+        let cidrs6: Vec<LpmKey<Cidr6Key>> = self
+            .cidr6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().rules == rules)
+            .collect();
+        for k in cidrs6 {
+            let _ = self.cidr6.remove(&k);
         }
         Ok(())
     }
@@ -815,8 +939,10 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
         record,
         links,
         pods,
-        connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?,
-        connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?,
+        connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?
+            + count_keys(dir, map_names::ORIG_DST6_BY_COOKIE)?,
+        connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?
+            + count_keys(dir, map_names::ORIG_DST6_BY_TUPLE)?,
         inbound_listeners: count_listeners(dir)?,
         programs: program_stats(dir)?,
         error: None,
@@ -828,7 +954,12 @@ pub(crate) fn connection_map_occupancy(
     dir: &Path,
 ) -> anyhow::Result<Vec<(&'static str, usize, u32)>> {
     let mut out = Vec::new();
-    for name in [map_names::ORIG_DST_BY_COOKIE, map_names::ORIG_DST_BY_TUPLE] {
+    for name in [
+        map_names::ORIG_DST_BY_COOKIE,
+        map_names::ORIG_DST_BY_TUPLE,
+        map_names::ORIG_DST6_BY_COOKIE,
+        map_names::ORIG_DST6_BY_TUPLE,
+    ] {
         let capacity = aya::maps::MapInfo::from_pin(dir.join(name))?.max_entries();
         out.push((name, count_keys(dir, name)?, capacity));
     }
@@ -847,15 +978,61 @@ fn count_listeners(dir: &Path) -> anyhow::Result<usize> {
 }
 
 fn count_keys(dir: &Path, name: &str) -> anyhow::Result<usize> {
-    use interceptor_ebpf::{OrigDst4, SockTuple4};
+    use interceptor_ebpf::{OrigDst4, OrigDst6, SockTuple4, SockTuple6};
+    if !dir.join(name).exists() {
+        return Ok(0); // an instance made by a version without this map (IPv6)
+    }
     let m = open_pinned(dir, name)?;
-    Ok(if name == map_names::ORIG_DST_BY_COOKIE {
-        HashMap::<MapData, u64, OrigDst4>::try_from(m)?
+    Ok(match name {
+        map_names::ORIG_DST_BY_COOKIE => HashMap::<MapData, u64, OrigDst4>::try_from(m)?
             .keys()
-            .count()
-    } else {
-        HashMap::<MapData, SockTuple4, OrigDst4>::try_from(m)?
+            .count(),
+        map_names::ORIG_DST6_BY_COOKIE => HashMap::<MapData, u64, OrigDst6>::try_from(m)?
             .keys()
-            .count()
+            .count(),
+        map_names::ORIG_DST6_BY_TUPLE => HashMap::<MapData, SockTuple6, OrigDst6>::try_from(m)?
+            .keys()
+            .count(),
+        _ => HashMap::<MapData, SockTuple4, OrigDst4>::try_from(m)?
+            .keys()
+            .count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    #[test]
+    fn the_object_declares_every_persistent_map_with_the_model_layouts() {
+        for name in PERSISTENT_MAPS {
+            expected_layout(name).unwrap();
+        }
+        // What `init` compares a pinned instance's maps against.
+        assert_eq!(
+            expected_layout(map_names::POD_CONFIG).unwrap(),
+            (8, size_of::<PodConfig>() as u32)
+        );
+        assert_eq!(
+            expected_layout(map_names::ORIG_DST6_BY_TUPLE).unwrap(),
+            (
+                size_of::<interceptor_ebpf::SockTuple6>() as u32,
+                size_of::<interceptor_ebpf::OrigDst6>() as u32
+            )
+        );
+        // LPM keys carry the prefix length in front of the data.
+        assert_eq!(
+            expected_layout(map_names::CIDR6).unwrap(),
+            (4 + size_of::<Cidr6Key>() as u32, 1)
+        );
+    }
+
+    #[test]
+    fn a_replacement_is_built_beside_the_instance() {
+        assert_eq!(
+            staging_dir(Path::new("/sys/fs/bpf/interceptor/cgroup-42")),
+            Path::new("/sys/fs/bpf/interceptor/cgroup-42-new")
+        );
+    }
 }

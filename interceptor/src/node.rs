@@ -25,8 +25,7 @@ use crate::{
     dns::{self, DnsCapture},
     error::TargetError,
     loader::{
-        self, CGROUP_PROGRAMS, InstanceMode, InstanceRecord, LoadOptions, Maps, ProgramStats,
-        Target,
+        self, Existing, InstanceMode, InstanceRecord, LoadOptions, Maps, ProgramStats, Target,
     },
     netns::Netns,
     rules::MapPlan,
@@ -171,7 +170,25 @@ impl Node {
         let root = bpffs::ensure_ready(&opts.load.bpffs_root)?;
         let _lock = sys::lock_dir(&root).with_context(|| format!("locking {}", root.display()))?;
         let dir = root.join(bpffs::instance_name(cgroup.id));
-        let existing = loader::prepare_instance_dir(&dir)?;
+        let existing = match loader::inspect_existing(&dir)? {
+            Existing::Nothing => {
+                if dir.exists() {
+                    // Pins of a start that failed before attaching: start over.
+                    loader::remove_instance_dir(&dir)?;
+                }
+                fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                false
+            }
+            Existing::Current => true,
+            Existing::Outdated(reason) => anyhow::bail!(
+                "the node instance {} was made by a build whose maps this one cannot use \
+                 ({reason}); programs can only be replaced in place over compatible maps. \
+                 Run the previous version, or remove it (`interceptor clean --cgroup {}`) and \
+                 register the pods again",
+                dir.display(),
+                cgroup.path.display()
+            ),
+        };
         if existing && loader::instance_mode(&dir) != InstanceMode::Node {
             return Err(TargetError::ManagedByInit {
                 path: cgroup.path.display().to_string(),
@@ -179,7 +196,8 @@ impl Node {
             .into());
         }
         let started = (|| {
-            let mut ebpf = loader::load(&dir, &opts.load, opts.max_pods, 0, &CGROUP_PROGRAMS)?;
+            let programs = loader::cgroup_programs();
+            let mut ebpf = loader::load(&dir, &opts.load, opts.max_pods, 0, &programs)?;
             let mut maps = Maps::from_ebpf(&mut ebpf, &dir)?;
             maps.write_record(&InstanceRecord {
                 mode: InstanceMode::Node,
@@ -193,7 +211,7 @@ impl Node {
                 config: serde_json::json!({ "max_pods": opts.max_pods }),
                 dns_capture: serde_json::Value::Null,
             })?;
-            loader::install(&ebpf, &dir, &CGROUP_PROGRAMS, |_| Target::Cgroup(cgroup))?;
+            loader::install(&ebpf, &dir, &programs, |_| Target::Cgroup(cgroup))?;
             let slots = maps.counter_slots()?;
             Ok::<_, anyhow::Error>(Node {
                 root: root.clone(),
@@ -527,7 +545,7 @@ impl Node {
 
     /// Whether every cgroup program is attached (its link pinned): `/readyz`.
     pub fn attached(&self) -> bool {
-        CGROUP_PROGRAMS
+        loader::cgroup_programs()
             .iter()
             .all(|p| loader::link_pin(&self.dir, p).exists())
     }

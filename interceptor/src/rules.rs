@@ -3,8 +3,9 @@
 use std::net::IpAddr;
 
 use interceptor_ebpf::{
-    CIDR4_KEY_PREFIX_BITS, Cidr4Key, CidrSet, MAX_DNS_SERVERS4, MAX_LOCAL_ADDRS4, PodConfig,
-    PortKey, PortSet, flags, wire::raw_ipv4,
+    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_DNS_SERVERS4,
+    MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
+    wire::{ipv6_octets, raw_ipv4, raw_ipv6},
 };
 use serde::Serialize;
 
@@ -22,6 +23,13 @@ pub struct CidrEntry {
     pub key: Cidr4Key,
 }
 
+/// One LPM-trie entry of `CIDR6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr6Entry {
+    pub prefix_len: u32,
+    pub key: Cidr6Key,
+}
+
 /// Everything one pod's configuration puts into the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapPlan {
@@ -29,6 +37,7 @@ pub struct MapPlan {
     pub pod: PodConfig,
     pub ports: Vec<PortKey>,
     pub cidrs4: Vec<CidrEntry>,
+    pub cidrs6: Vec<Cidr6Entry>,
 }
 
 impl MapPlan {
@@ -58,6 +67,17 @@ impl MapPlan {
         pod.n_local4 = netns.addrs4.len() as u8;
         for (slot, a) in pod.local4.iter_mut().zip(&netns.addrs4) {
             *slot = raw_ipv4(a.octets());
+        }
+        if netns.addrs6.len() > MAX_LOCAL_ADDRS6 {
+            anyhow::bail!(
+                "the pod has {} IPv6 addresses (link-local ones included); at most \
+                 {MAX_LOCAL_ADDRS6} are supported",
+                netns.addrs6.len()
+            );
+        }
+        pod.n_local6 = netns.addrs6.len() as u8;
+        for (slot, a) in pod.local6.iter_mut().zip(&netns.addrs6) {
+            *slot = raw_ipv6(a.octets());
         }
 
         match dns {
@@ -171,11 +191,31 @@ impl MapPlan {
         if cidrs4.len() > before {
             pod.flags |= flags::HAS_EXCLUDE_CIDRS;
         }
+
+        // IPv6 ranges, split from the same lists as istio-iptables does (an IPv4-mapped
+        // range is IPv6 there too, and so never matches: such connections are IPv4).
+        let mut cidrs6 = Vec::new();
+        if let OutboundInclude::Cidrs(list) = &cfg.outbound_include {
+            cidrs6.extend(cidr6_entries(rules, CidrSet::Include, list));
+            if !cidrs6.is_empty() {
+                pod.flags |= flags::HAS_INCLUDE_CIDRS6;
+            }
+        }
+        let before = cidrs6.len();
+        cidrs6.extend(cidr6_entries(
+            rules,
+            CidrSet::Exclude,
+            &cfg.outbound_exclude,
+        ));
+        if cidrs6.len() > before {
+            pod.flags |= flags::HAS_EXCLUDE_CIDRS6;
+        }
         Ok(MapPlan {
             netns_cookie: netns.cookie,
             pod,
             ports,
             cidrs4,
+            cidrs6,
         })
     }
 
@@ -203,6 +243,10 @@ impl MapPlan {
                     .collect(),
                 inbound_exclude_ifindexes: p.exclude_ifindex[..p.n_exclude_ifindex as usize]
                     .to_vec(),
+                local_addrs6: p.local6[..p.n_local6 as usize]
+                    .iter()
+                    .map(|a| std::net::Ipv6Addr::from(ipv6_octets(*a)).to_string())
+                    .collect(),
             },
             port_set: self
                 .ports
@@ -221,20 +265,37 @@ impl MapPlan {
                 .cidrs4
                 .iter()
                 .map(|e| {
-                    let set = if e.key.set == CidrSet::Include as u32 {
-                        "include"
-                    } else {
-                        "exclude"
-                    };
                     format!(
-                        "rules={} {set} {}/{}",
+                        "rules={} {} {}/{}",
                         e.key.rules,
+                        set_name(e.key.set),
                         std::net::Ipv4Addr::from(e.key.addr.to_ne_bytes()),
                         e.prefix_len - CIDR4_KEY_PREFIX_BITS
                     )
                 })
                 .collect(),
+            cidr6: self
+                .cidrs6
+                .iter()
+                .map(|e| {
+                    format!(
+                        "rules={} {} {}/{}",
+                        e.key.rules,
+                        set_name(e.key.set),
+                        std::net::Ipv6Addr::from(ipv6_octets(e.key.addr)),
+                        e.prefix_len - CIDR6_KEY_PREFIX_BITS
+                    )
+                })
+                .collect(),
         }
+    }
+}
+
+fn set_name(set: u32) -> &'static str {
+    if set == CidrSet::Include as u32 {
+        "include"
+    } else {
+        "exclude"
     }
 }
 
@@ -252,7 +313,25 @@ fn cidr_entries<'a>(
                 addr: raw_ipv4(net.octets()),
             },
         }),
-        IpAddr::V6(_) => None, // IPv6 is not intercepted yet (see InterceptConfig::not_enforced)
+        IpAddr::V6(_) => None, // in CIDR6 (cidr6_entries)
+    })
+}
+
+fn cidr6_entries<'a>(
+    rules: u32,
+    set: CidrSet,
+    list: &'a [Cidr],
+) -> impl Iterator<Item = Cidr6Entry> + 'a {
+    list.iter().filter_map(move |c| match c.network() {
+        IpAddr::V6(net) => Some(Cidr6Entry {
+            prefix_len: CIDR6_KEY_PREFIX_BITS + u32::from(c.prefix_len),
+            key: Cidr6Key {
+                rules,
+                set: set as u32,
+                addr: raw_ipv6(net.octets()),
+            },
+        }),
+        IpAddr::V4(_) => None, // in CIDR4 (cidr_entries)
     })
 }
 
@@ -270,6 +349,8 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::INBOUND_ALL_PORTS, "inbound_all_ports"),
         (flags::HAS_INBOUND_PORTS_EXCLUDE, "inbound_ports_exclude"),
         (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
+        (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
+        (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
@@ -282,6 +363,7 @@ pub struct MapPlanView {
     pub pod_config: PodConfigView,
     pub port_set: Vec<String>,
     pub cidr4: Vec<String>,
+    pub cidr6: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -298,6 +380,7 @@ pub struct PodConfigView {
     pub local_addrs4: Vec<String>,
     pub dns_servers4: Vec<String>,
     pub inbound_exclude_ifindexes: Vec<u32>,
+    pub local_addrs6: Vec<String>,
 }
 
 #[cfg(test)]
@@ -320,6 +403,7 @@ mod tests {
             cookie: 4242,
             addrs4: vec!["10.1.0.2".parse().unwrap()],
             interfaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("eth1".into(), 5)],
+            addrs6: vec!["fd00:1::2".parse().unwrap(), "fe80::1".parse().unwrap()],
         }
     }
 
@@ -355,7 +439,18 @@ mod tests {
                     }
                 },
             ],
-            "the IPv6 range is left out and host bits are cleared"
+            "the IPv6 range goes elsewhere and host bits are cleared"
+        );
+        assert_eq!(
+            plan.cidrs6,
+            vec![Cidr6Entry {
+                prefix_len: 64 + 8,
+                key: Cidr6Key {
+                    rules: 7,
+                    set: CidrSet::Include as u32,
+                    addr: raw_ipv6("fd00::".parse::<std::net::Ipv6Addr>().unwrap().octets())
+                }
+            }]
         );
         assert_eq!(
             plan.ports,
@@ -369,13 +464,57 @@ mod tests {
         assert_ne!(f & flags::HAS_INCLUDE_CIDRS, 0);
         assert_ne!(f & flags::HAS_EXCLUDE_CIDRS, 0);
         assert_ne!(f & flags::HAS_OUTBOUND_PORTS_INCLUDE, 0);
+        assert_ne!(f & flags::HAS_INCLUDE_CIDRS6, 0);
         assert_eq!(
-            f & (flags::INCLUDE_ALL | flags::HAS_OUTBOUND_PORTS_EXCLUDE),
+            f & (flags::INCLUDE_ALL
+                | flags::HAS_OUTBOUND_PORTS_EXCLUDE
+                | flags::HAS_EXCLUDE_CIDRS6),
             0
         );
         assert_eq!(plan.pod.local4[0], raw_ipv4([10, 1, 0, 2]));
         assert_eq!(plan.pod.n_local4, 1);
         assert_eq!(plan.describe().cidr4[0], "rules=7 include 10.96.0.0/12");
+        assert_eq!(plan.describe().cidr6, vec!["rules=7 include fd00::/8"]);
+        assert_eq!(plan.pod.n_local6, 2);
+        assert_eq!(
+            plan.describe().pod_config.local_addrs6,
+            vec!["fd00:1::2", "fe80::1"]
+        );
+    }
+
+    #[test]
+    fn ipv6_only_lists_and_too_many_addresses() {
+        let raw = RawOptions {
+            service_cidr: Some("fd00:10::1/64".into()),
+            service_exclude_cidr: Some("fd00:10::/128,::ffff:10.0.0.0/104".into()),
+            ..Default::default()
+        };
+        let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 1, 0).unwrap();
+        assert!(
+            plan.cidrs4.is_empty(),
+            "an IPv4-mapped range is IPv6, as in istio-iptables"
+        );
+        assert_eq!(
+            plan.pod.flags,
+            flags::HAS_INCLUDE_CIDRS6 | flags::HAS_EXCLUDE_CIDRS6
+        );
+        assert_eq!(
+            plan.describe().cidr6,
+            vec![
+                "rules=1 include fd00:10::/64",
+                "rules=1 exclude fd00:10::/128",
+                "rules=1 exclude ::ffff:10.0.0.0/104",
+            ]
+        );
+        let mut crowded = netns();
+        crowded.addrs6 = (1..=9u16)
+            .map(|i| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))
+            .collect();
+        let err = MapPlan::build(&cfg, &crowded, &DnsCapture::Off, 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("9 IPv6 addresses"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::{
     ffi::{CStr, CString},
     fs::File,
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd as _},
     path::Path,
 };
@@ -85,28 +85,75 @@ pub fn current_netns_cookie() -> io::Result<u64> {
 
 /// IPv4 addresses of the calling thread's namespace, loopback excluded.
 pub fn interface_addrs4() -> io::Result<Vec<Ipv4Addr>> {
+    let mut addrs = Vec::new();
+    for_each_interface_addr(|sa| {
+        if i32::from(sa.sa_family) == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            if !ip.is_loopback() && !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+        }
+    })?;
+    Ok(addrs)
+}
+
+/// IPv6 addresses of the calling thread's namespace (link-local ones too), `::1` excluded.
+pub fn interface_addrs6() -> io::Result<Vec<Ipv6Addr>> {
+    let mut addrs = Vec::new();
+    for_each_interface_addr(|sa| {
+        if i32::from(sa.sa_family) == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            if !ip.is_loopback() && !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+        }
+    })?;
+    Ok(addrs)
+}
+
+/// Calls `f` with every interface address of the calling thread's namespace (getifaddrs).
+fn for_each_interface_addr(mut f: impl FnMut(&libc::sockaddr)) -> io::Result<()> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we walk read-only and free once.
     unsafe {
         if libc::getifaddrs(&mut head) != 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut addrs = Vec::new();
         let mut cur = head;
         while !cur.is_null() {
             let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !addrs.contains(&ip) {
-                    addrs.push(ip);
-                }
+            if !ifa.ifa_addr.is_null() {
+                f(&*ifa.ifa_addr);
             }
             cur = ifa.ifa_next;
         }
         libc::freeifaddrs(head);
-        Ok(addrs)
     }
+    Ok(())
+}
+
+/// Every address of the calling thread's namespace, both families, loopback included, in the
+/// kernel's order (IPv4 before IPv6, by interface): what Go's `net.InterfaceAddrs` lists.
+pub fn interface_addrs() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut addrs = Vec::new();
+    for_each_interface_addr(|sa| match i32::from(sa.sa_family) {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in>() };
+            addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+        }
+        libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in6>() };
+            addrs.push(Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+        }
+        _ => {}
+    })?;
+    Ok(addrs)
 }
 
 /// Interfaces of the calling thread's namespace: (name, index).

@@ -1,7 +1,7 @@
 //! A test pod with interception attached by the real `interceptor` binary, under either backend,
 //! and the vocabulary the tests use to say where a connection went.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -203,4 +203,13 @@ pub fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 /// The wildcard address on `port` (what the test servers listen on).
 pub fn any(port: u16) -> SocketAddr {
     addr(Ipv4Addr::UNSPECIFIED, port)
+}
+
+pub fn addr6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(ip), port)
+}
+
+/// The IPv6 wildcard address on `port` (the test servers listen there for IPv6 only).
+pub fn any6(port: u16) -> SocketAddr {
+    addr6(Ipv6Addr::UNSPECIFIED, port)
 }

@@ -3,7 +3,9 @@
 #![no_main]
 
 mod connect4;
+mod connect6;
 mod getpeername4;
+mod getpeername6;
 mod getsockopt;
 mod maps;
 mod post_bind4;

@@ -11,9 +11,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
 };
 use interceptor_ebpf::{
-    CIDR4_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, CidrSet, Counter, InstanceMeta, ListenerKey,
-    OrigDst4, PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4, decision::RuleSets,
-    wire::RawIpv4,
+    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrSet,
+    Counter, InstanceMeta, ListenerKey, OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey,
+    PortSet, SockTuple4, SockTuple6,
+    decision::RuleSets,
+    wire::{RawIpv4, RawIpv6},
 };
 
 /// Network-namespace cookie -> the pod's configuration.
@@ -28,6 +30,10 @@ pub static PORT_SET: HashMap<PortKey, u8> = HashMap::with_max_entries(4096, BPF_
 #[map]
 pub static CIDR4: LpmTrie<Cidr4Key, u8> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
+/// (rules, set, IPv6 prefix) -> 1: the IPv6 ranges of `-i` and `-x`.
+#[map]
+pub static CIDR6: LpmTrie<Cidr6Key, u8> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
 /// Socket cookie -> original destination, from `connect4` until the connection is established.
 #[map]
 pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst4> = LruHashMap::with_max_entries(65536, 0);
@@ -37,6 +43,14 @@ pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst4> = LruHashMap::with_max_
 pub static ORIG_DST_BY_TUPLE: LruHashMap<SockTuple4, OrigDst4> =
     LruHashMap::with_max_entries(65536, 0);
 
+/// Socket cookie -> IPv6 original destination, from `connect6` until established.
+#[map]
+pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> = LruHashMap::with_max_entries(65536, 0);
+
+/// IPv6 connection -> original destination, from established until the client socket closes.
+#[map]
+pub static ORIG_DST6_BY_TUPLE: LruHashMap<SockTuple6, OrigDst6> =
+    LruHashMap::with_max_entries(65536, 0);
 /// A redirected UDP socket's original destination (DNS capture), stored on the socket and
 /// freed with it: UDP has no close callback that could clean a hash map.
 #[btf_map]
@@ -156,6 +170,19 @@ impl RuleSets for MapSets {
         );
         CIDR4.get(&key).is_some()
     }
+
+    #[inline(always)]
+    fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
+        let key = Key::new(
+            CIDR6_KEY_PREFIX_BITS + 128,
+            Cidr6Key {
+                rules,
+                set: set as u32,
+                addr,
+            },
+        );
+        CIDR6.get(&key).is_some()
+    }
 }
 
 /// Connection key from a `bpf_sock` seen on the client's side (src = client).
@@ -181,6 +208,62 @@ pub fn tuple_from_server_side(netns: u64, sk: &aya_ebpf::bindings::bpf_sock) -> 
         netns,
         client_addr: sk.dst_ip4,
         server_addr: sk.src_ip4,
+        client_port: port_from_sock_dst(sk.dst_port),
+        server_port: port_from_sock_src(sk.src_port),
+        _pad: 0,
+    }
+}
+
+/// The IPv6 address fields of a `bpf_sock`, read one 32-bit word at a time (the verifier
+/// allows no wider access to them).
+#[inline(always)]
+pub fn read_ip6(words: &[u32; 4]) -> RawIpv6 {
+    // SAFETY: reads of a context field the caller holds a reference to.
+    unsafe {
+        [
+            core::ptr::read_volatile(&words[0]),
+            core::ptr::read_volatile(&words[1]),
+            core::ptr::read_volatile(&words[2]),
+            core::ptr::read_volatile(&words[3]),
+        ]
+    }
+}
+
+/// Writes an IPv6 address into a context field (e.g. `bpf_sock_addr.user_ip6`) one 32-bit word
+/// at a time, so that LLVM cannot merge the stores into an access the verifier rejects.
+#[inline(always)]
+pub fn write_ip6(words: &mut [u32; 4], addr: RawIpv6) {
+    // SAFETY: writes to a context field the caller holds a mutable reference to.
+    unsafe {
+        core::ptr::write_volatile(&mut words[0], addr[0]);
+        core::ptr::write_volatile(&mut words[1], addr[1]);
+        core::ptr::write_volatile(&mut words[2], addr[2]);
+        core::ptr::write_volatile(&mut words[3], addr[3]);
+    }
+}
+
+/// IPv6 connection key from a `bpf_sock` seen on the client's side (src = client).
+#[inline(always)]
+pub fn tuple6_from_client_side(netns: u64, sk: &aya_ebpf::bindings::bpf_sock) -> SockTuple6 {
+    use interceptor_ebpf::wire::{port_from_sock_dst, port_from_sock_src};
+    SockTuple6 {
+        netns,
+        client_addr: read_ip6(&sk.src_ip6),
+        server_addr: read_ip6(&sk.dst_ip6),
+        client_port: port_from_sock_src(sk.src_port),
+        server_port: port_from_sock_dst(sk.dst_port),
+        _pad: 0,
+    }
+}
+
+/// IPv6 connection key from a `bpf_sock` seen on the server's side (src = server).
+#[inline(always)]
+pub fn tuple6_from_server_side(netns: u64, sk: &aya_ebpf::bindings::bpf_sock) -> SockTuple6 {
+    use interceptor_ebpf::wire::{port_from_sock_dst, port_from_sock_src};
+    SockTuple6 {
+        netns,
+        client_addr: read_ip6(&sk.dst_ip6),
+        server_addr: read_ip6(&sk.src_ip6),
         client_port: port_from_sock_dst(sk.dst_port),
         server_port: port_from_sock_src(sk.src_port),
         _pad: 0,
