@@ -22,7 +22,7 @@ pub const MAX_REQUEST: u64 = 4 << 20;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Add(AddPod),
+    Add(Box<AddPod>),
     Remove(PodSelector),
     List,
 }

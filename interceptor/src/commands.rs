@@ -361,14 +361,14 @@ fn pod_add(socket: &Path, add: &PodAddArgs) -> anyhow::Result<()> {
     }
     let mut options = add.istio.raw();
     options.inbound_fail = add.inbound_fail.clone();
-    let request = Request::Add(AddPod {
+    let request = Request::Add(Box::new(AddPod {
         netns: absolute(&add.netns)?,
         name: add.name.clone(),
         namespace: add.namespace.clone(),
         container_id: add.container_id.clone(),
         options,
         resolv_conf: add.resolv_conf.as_deref().map(absolute).transpose()?,
-    });
+    }));
     let response = ask(socket, &request)?;
     let added = response
         .added

@@ -40,7 +40,16 @@ pub fn run(args: &DaemonArgs) -> anyhow::Result<()> {
     let cgroup = Cgroup::open(&args.cgroup)?;
     // Per-program run time for /metrics: counted only while this fd is open.
     let _stats = if args.bpf_stats {
-        Some(sys::bpf_enable_stats().context("enabling BPF run-time statistics")?)
+        // Metrics without run times are still worth serving: a warning, not a failure.
+        sys::bpf_enable_stats()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    error = %e,
+                    "--bpf-stats: cannot enable BPF run-time statistics (needs CAP_SYS_ADMIN); \
+                     program run times stay 0"
+                )
+            })
+            .ok()
     } else {
         None
     };

@@ -73,8 +73,15 @@ impl Netns {
         }
         let fd = self.file.try_clone().context("duplicating the netns fd")?;
         let path = self.path.clone();
+        // Already there (an init container in its own pod): setns would need CAP_SYS_ADMIN
+        // for nothing.
+        let own = std::fs::metadata("/proc/thread-self/ns/net").is_ok_and(|m| {
+            m.ino() == self.inode && m.dev() == fd.metadata().map_or(0, |f| f.dev())
+        });
         std::thread::spawn(move || -> anyhow::Result<T> {
-            sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            if !own {
+                sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            }
             f()
         })
         .join()

@@ -173,7 +173,20 @@ impl CniNode {
     /// [`METRICS_ADDR`] there), from `binary` (the built one unless a test copies it to play a
     /// new version); waits until it answers on its socket.
     pub fn start_daemon(&self, binary: &Path) -> Result<Process> {
-        let mut cmd = self.node_command(binary)?;
+        self.start_daemon_with(&[], binary)
+    }
+
+    /// [`CniNode::start_daemon`] under a wrapper command (e.g. `setpriv` limiting its
+    /// capabilities): `wrapper[0] wrapper[1..] binary daemon ...`.
+    pub fn start_daemon_with(&self, wrapper: &[&str], binary: &Path) -> Result<Process> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = self.node_command(program)?;
+                c.args(args).arg(binary);
+                c
+            }
+            None => self.node_command(binary)?,
+        };
         cmd.arg("daemon")
             .arg("--cgroup")
             .arg(&self.cgroup)
