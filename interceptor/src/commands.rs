@@ -11,10 +11,11 @@ use crate::{
     cgroup::{self, Cgroup},
     cli::{Backend, CleanArgs, InitArgs, StatusArgs, TargetArgs},
     config::{IdResolver, InterceptConfig, defaults},
-    dns::{self, DnsCapture},
+    dns::DnsCapture,
     iptables,
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
+    resolv_conf,
     rules::MapPlan,
     sys,
 };
@@ -128,7 +129,7 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
 /// What `--redirect-dns` captures for this pod, from its resolv.conf.
 fn dns_capture(cfg: &InterceptConfig, resolv_conf: &Path) -> anyhow::Result<DnsCapture> {
     let servers = if cfg.redirect_dns && !cfg.capture_all_dns {
-        dns::nameservers(resolv_conf)?
+        resolv_conf::nameservers(resolv_conf)?
     } else {
         Vec::new()
     };
