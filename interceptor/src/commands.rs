@@ -69,6 +69,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
 }
 
 fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
+    cfg.check_ebpf_support()?;
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;

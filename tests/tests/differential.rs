@@ -39,8 +39,9 @@ const IDENTITIES: [(&str, Identity); 4] = [
 ];
 
 /// The flag sets. In the address plan, 10.200.0.1 is the server (and the pod's name server),
-/// 10.200.1.1 and 10.200.2.1 are further server addresses, 10.200.0.2 is the pod.
-const FLAG_SETS: [&[&str]; 12] = [
+/// 10.200.1.1 and 10.200.2.1 are further server addresses, 10.200.0.2 is the pod, and
+/// 10.200.101.1 is the server reached through the pod's second interface, eth1.
+const FLAG_SETS: [&[&str]; 15] = [
     // The seed's invocation.
     &[
         "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
@@ -88,12 +89,41 @@ const FLAG_SETS: [&[&str]; 12] = [
         "-e",
         "3306",
     ],
+    // An excluded interface: connections routed through it are never captured.
+    &["-i", "*", "-c", "eth1", "-q", "8080"],
+    // Owner groups (environment only): group 3000 is spared.
+    &["ENV", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=3000", "-i", "*"],
+    // Only group 1000 captured, and a wider IPv4 localhost.
+    &[
+        "ENV",
+        "ISTIO_OUTBOUND_OWNER_GROUPS=1000",
+        "ENV",
+        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8",
+        "-i",
+        "127.0.0.0/8,10.200.2.0/24",
+    ],
 ];
+
+/// Splits a flag set into flags and `ENV NAME=VALUE` pairs.
+fn flags_and_env<'a>(set: &[&'a str]) -> (Vec<&'a str>, Vec<(&'a str, &'a str)>) {
+    let (mut flags, mut env) = (Vec::new(), Vec::new());
+    let mut it = set.iter();
+    while let Some(&f) = it.next() {
+        if f == "ENV" {
+            let kv = it.next().expect("ENV NAME=VALUE");
+            env.push(kv.split_once('=').expect("NAME=VALUE"));
+        } else {
+            flags.push(f);
+        }
+    }
+    (flags, env)
+}
 
 /// A pod with the test's peers (servers run as root for port 53): servers on every port in the server namespace and in the pod,
 /// the sidecar on the outbound, inbound and DNS ports, a DNS responder on each side.
-fn build_pod(tag: &str, backend: Backend, flags: &[&str]) -> Result<(Intercepted, Peers)> {
-    let topo = Topology::new(tag)?;
+fn build_pod(tag: &str, backend: Backend, flag_set: &[&str]) -> Result<(Intercepted, Peers)> {
+    let mut topo = Topology::new(tag)?;
+    topo.add_pod_interface()?;
     let resolv_conf = TempFile::new(
         &format!("{}-resolv.conf", topo.name),
         &format!("nameserver {}\n", topo.server_ip),
@@ -125,9 +155,10 @@ fn build_pod(tag: &str, backend: Backend, flags: &[&str]) -> Result<(Intercepted
         &["--announce", "--upstream-source", "127.0.0.6"],
     )?);
     let pod = Intercepted { topo, backend };
+    let (flags, env) = flags_and_env(flag_set);
     let mut all = vec!["--resolv-conf", resolv_conf.path_str()];
     all.extend(flags);
-    pod.init(&all)?;
+    pod.init_env(&all, &env)?;
     Ok((
         pod,
         Peers {
@@ -164,7 +195,9 @@ fn record(pod: &Intercepted) -> Result<BTreeMap<String, String>> {
         ("10.200.1.1", t.server_extra_ips[0]),
         ("10.200.2.1", t.server_extra_ips[1]),
         ("localhost", Ipv4Addr::LOCALHOST),
+        ("127.0.0.5", Ipv4Addr::new(127, 0, 0, 5)),
         ("pod-ip", t.pod_ip),
+        ("eth1-server", t.pod_interfaces[0].server_ip),
     ];
     let mut out = BTreeMap::new();
     for (who_name, who) in IDENTITIES {
@@ -281,6 +314,9 @@ flag_set_tests! {
     dns_capture_of_the_name_servers = 9;
     dns_capture_of_every_server = 10;
     dns_capture_with_gids_and_other_ports = 11;
+    excluded_interface = 12;
+    owner_groups_exclude = 13;
+    owner_groups_include_and_wider_localhost = 14;
 }
 
 #[test]
