@@ -46,10 +46,14 @@ pub enum Counter {
     InboundNoListenerRefused,
     /// The proxy started listening on the capture port and was registered.
     InboundListenerRegistered,
+    /// Direct: the route to the destination goes through a `-c` interface.
+    DirectExcludedInterface,
+    /// Direct: spared by `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
+    DirectOwnerGroup,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 22;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -72,6 +76,8 @@ impl Counter {
         Counter::InboundNoListenerOpen,
         Counter::InboundNoListenerRefused,
         Counter::InboundListenerRegistered,
+        Counter::DirectExcludedInterface,
+        Counter::DirectOwnerGroup,
     ];
 
     /// The name user space reports (status, metrics).
@@ -97,6 +103,8 @@ impl Counter {
             Counter::InboundNoListenerOpen => "inbound_no_listener_passed",
             Counter::InboundNoListenerRefused => "inbound_no_listener_refused",
             Counter::InboundListenerRegistered => "inbound_listener_registered",
+            Counter::DirectExcludedInterface => "direct_excluded_interface",
+            Counter::DirectOwnerGroup => "direct_owner_group",
         }
     }
 

@@ -15,12 +15,13 @@ use crate::{
         TargetArgs,
     },
     config::{IdResolver, InterceptConfig, defaults},
-    dns::{self, DnsCapture},
+    dns::DnsCapture,
     error::{ConfigError, RemoteError},
     iptables,
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
     node::{AddPod, PodSelector},
+    resolv_conf,
     rules::MapPlan,
     sys,
 };
@@ -74,6 +75,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
 }
 
 fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
+    cfg.check_ebpf_support()?;
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
@@ -135,7 +137,7 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
 /// What `--redirect-dns` captures for this pod, from its resolv.conf.
 fn dns_capture(cfg: &InterceptConfig, resolv_conf: &Path) -> anyhow::Result<DnsCapture> {
     let servers = if cfg.redirect_dns && !cfg.capture_all_dns {
-        dns::nameservers(resolv_conf)?
+        resolv_conf::nameservers(resolv_conf)?
     } else {
         Vec::new()
     };

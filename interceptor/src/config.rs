@@ -166,6 +166,29 @@ impl InterceptConfig {
         matches!(&self.outbound_include, OutboundInclude::Cidrs(c) if c.iter().any(Cidr::is_loopback))
     }
 
+    /// Refuses what the eBPF backend cannot honour (the iptables backend can), naming the option.
+    pub fn check_ebpf_support(&self) -> Result<(), ConfigError> {
+        if !self.kube_virt_interfaces.is_empty() {
+            return Err(ConfigError::Unsupported {
+                flag: "-k/--kube-virt-interfaces",
+                reason: "the eBPF backend decides per socket of the pod; a KubeVirt VM's traffic \
+                         enters on these interfaces as forwarded packets, which no socket hook \
+                         sees: use --backend iptables for KubeVirt pods"
+                    .to_string(),
+            });
+        }
+        if self.drop_invalid {
+            return Err(ConfigError::Unsupported {
+                flag: "--drop-invalid (DROP_INVALID, INVALID_DROP)",
+                reason: "the eBPF backend rewrites no packet, so there is no conntrack-INVALID \
+                         packet that could escape NAT and nothing for this rule to drop: leave \
+                         it unset, or use --backend iptables"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Options this build accepts and validates but does not enforce yet, one line each.
     pub fn not_enforced(&self) -> Vec<String> {
         let mut notes = Vec::new();
@@ -175,37 +198,6 @@ impl InterceptConfig {
                  directly"
                     .to_string(),
             );
-        }
-        if !self.exclude_interfaces.is_empty() {
-            notes.push(
-                "-c is enforced for inbound connections only: outbound connections leaving \
-                 through these interfaces are still redirected when -i/-q select them"
-                    .to_string(),
-            );
-        }
-        if !self.kube_virt_interfaces.is_empty() {
-            notes.push(
-                "-k is not enforced: inbound traffic of these interfaces is not treated as \
-                 outbound"
-                    .to_string(),
-            );
-        }
-        if self.drop_invalid {
-            notes.push("--drop-invalid has no effect: no conntrack state is involved".to_string());
-        }
-        if self.owner_groups != OwnerGroups::AllExcept(Vec::new()) {
-            notes.push(
-                "ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE] are not enforced yet: every group's \
-                 connections are captured"
-                    .to_string(),
-            );
-        }
-        if self.ipv4_loopback_cidr != defaults::ipv4_loopback_cidr() {
-            notes.push(format!(
-                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR={} is not enforced yet: 127.0.0.1/32 is the \
-                 localhost that stays direct",
-                self.ipv4_loopback_cidr
-            ));
         }
         notes
     }
@@ -291,6 +283,14 @@ impl RawOptions {
             "redirect-dns" => self.redirect_dns = boolean()?,
             "capture-all-dns" => self.capture_all_dns = boolean()?,
             "drop-invalid" => self.drop_invalid = boolean()?,
+            "istio-inbound-tproxy-mark" => self.tproxy_mark = text,
+            "istio-inbound-tproxy-route-table" => self.tproxy_route_table = text,
+            "dual-stack" => self.dual_stack = boolean()?,
+            // istio-iptables reads these from the environment only; here they are named by
+            // the variable's name in lower case with dashes.
+            "istio-outbound-owner-groups" => self.owner_groups_include = text,
+            "istio-outbound-owner-groups-exclude" => self.owner_groups_exclude = text,
+            "istio-outbound-ipv4-loopback-cidr" => self.ipv4_loopback_cidr = text,
             _ => return Err(OptionError::Unknown(name.to_string())),
         }
         Ok(())
@@ -713,12 +713,9 @@ mod tests {
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
         assert_eq!(cfg.inbound_fail, InboundFail::Closed);
         assert_eq!(cfg.exclude_interfaces, vec!["eth1", "eth2"]);
-        let notes = cfg.not_enforced().join("\n");
-        assert!(
-            notes.contains("-c is enforced for inbound connections only"),
-            "{notes}"
-        );
-        assert!(notes.contains("-k is not enforced"), "{notes}");
+        // -k is refused by the eBPF backend (the iptables backend writes its rules).
+        let err = cfg.check_ebpf_support().unwrap_err().to_string();
+        assert!(err.starts_with("-k/--kube-virt-interfaces: "), "{err}");
     }
 
     #[test]

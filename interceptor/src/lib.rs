@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod resolv_conf;
+pub mod routes;
 pub mod rules;
 pub mod sys;

@@ -22,7 +22,7 @@ use crate::{
     cgroup::Cgroup,
     commands::SystemIds,
     config::{RawOptions, defaults},
-    dns::{self, DnsCapture},
+    dns::DnsCapture,
     error::TargetError,
     loader::{
         self, Existing, InstanceMode, InstanceRecord, LoadOptions, Maps, ProgramStats, Target,
@@ -368,7 +368,9 @@ impl Node {
         let netns = Netns::open(&req.netns)?;
         let info = netns.inspect()?;
         let servers = match &req.resolv_conf {
-            Some(path) if cfg.redirect_dns && !cfg.capture_all_dns => dns::nameservers(path)?,
+            Some(path) if cfg.redirect_dns && !cfg.capture_all_dns => {
+                crate::resolv_conf::nameservers(path)?
+            }
             _ => Vec::new(),
         };
         let (dns, dns_warning) = DnsCapture::resolve(&cfg, servers);
