@@ -253,6 +253,9 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
+            if let Some(name) = &pod.pod {
+                println!("  pod:      {name} (netns cookie {})", pod.netns_cookie);
+            }
             println!("  counters: {}", counters.join(" "));
         }
     }

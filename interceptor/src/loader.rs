@@ -864,6 +864,9 @@ pub(crate) fn program_stats(dir: &Path) -> anyhow::Result<Vec<ProgramStats>> {
 #[derive(Debug, Serialize)]
 pub struct PodStatus {
     pub netns_cookie: u64,
+    /// Node mode: the pod as the daemon registered it (`namespace/name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub rules: u32,
     pub counters: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -911,6 +914,26 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
         HashMap::try_from(open_pinned(dir, map_names::POD_CONFIG)?)?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(open_pinned(dir, map_names::COUNTERS)?)?;
+    // Node mode keeps a record of each pod; `init`'s instances have none.
+    let names: std::collections::BTreeMap<u64, String> =
+        if dir.join(map_names::POD_RECORDS).exists() {
+            let records: HashMap<MapData, u64, PodRecordBlob> =
+                HashMap::try_from(open_pinned(dir, map_names::POD_RECORDS)?)?;
+            records
+                .iter()
+                .filter_map(Result::ok)
+                .filter_map(|(cookie, blob)| {
+                    let json = &blob.json[..(blob.len as usize).min(POD_RECORD_SIZE)];
+                    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+                    Some((
+                        cookie,
+                        format!("{}/{}", v["namespace"].as_str()?, v["name"].as_str()?),
+                    ))
+                })
+                .collect()
+        } else {
+            Default::default()
+        };
     let mut pods = Vec::new();
     for item in pods_map.iter() {
         let (cookie, cfg) = item?;
@@ -921,6 +944,7 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
         }
         pods.push(PodStatus {
             netns_cookie: cookie,
+            pod: names.get(&cookie).cloned(),
             rules: cfg.rules,
             counters: values,
         });

@@ -198,6 +198,7 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
     wait_growth(&node, cookie_a, "redirected", after_restart, 50)?;
     let after_upgrade = program_ids(&node)?;
     let summary = stop_loop(looping)?;
+    eprintln!("connection loop through kill -9, restart and upgrade: {summary:?}");
     assert!(summary.stopped_by_stdin, "{summary:?}");
     assert_eq!(
         summary.failures, 0,
@@ -224,6 +225,14 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
     assert_eq!(route_of(&r), Route::Direct(gw(8081)), "{r:?}");
     let r = node.probe(&b, gw(8080))?;
     assert_eq!(sidecar_port(&r), Some(15002), "{r:?}");
+
+    let status = node.status()?;
+    assert!(
+        status["pods"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["pod"] == "shop/a")),
+        "status names the daemon's pods: {status}"
+    );
 
     // Metrics: per-pod counters by name, program statistics, map occupancy.
     let (code, metrics) = node.http_get("/metrics")?;
