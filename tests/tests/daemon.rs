@@ -354,6 +354,20 @@ fn the_daemon_refuses_what_it_cannot_do_and_drops_vanished_pods() -> Result<()> 
     assert!(ok && out.is_null(), "{out}");
 
     let mut daemon = node.start_daemon(&interceptor_bin())?;
+    // Root only: another user cannot use the API.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(interceptor_bin())
+        .args(["pod", "--socket"])
+        .arg(&node.socket)
+        .arg("list")
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A bad option value is the caller's mistake: exit 2 naming the flag, nothing registered.
     let netns_arg = ["add", "--netns", netns.as_str(), "--name", "a"];
     let out = node.pod_cli(&[&netns_arg[..], &["-p", "99999"]].concat());
