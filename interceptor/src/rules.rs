@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use interceptor_ebpf::{
     CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_DNS_SERVERS4,
-    MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
+    MAX_DNS_SERVERS6, MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
     wire::{ipv6_octets, raw_ipv4, raw_ipv6},
 };
 use serde::Serialize;
@@ -85,24 +85,31 @@ impl MapPlan {
             DnsCapture::All => pod.flags |= flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS,
             DnsCapture::Servers(servers) => {
                 pod.flags |= flags::REDIRECT_DNS;
-                let v4: Vec<_> = servers
-                    .iter()
-                    .filter_map(|s| match s {
-                        IpAddr::V4(a) => Some(*a),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect();
-                if v4.len() > MAX_DNS_SERVERS4 {
-                    anyhow::bail!(
-                        "the pod's resolv.conf names {} IPv4 name servers; at most \
-                         {MAX_DNS_SERVERS4} are supported",
-                        v4.len()
-                    );
+                // Split by family as istio-iptables does: an IPv4-mapped server is an IPv6
+                // rule there, which never matches (such connections are IPv4), and so here.
+                let mut v4 = Vec::new();
+                let mut v6 = Vec::new();
+                for s in servers {
+                    match s {
+                        IpAddr::V4(a) => v4.push(raw_ipv4(a.octets())),
+                        IpAddr::V6(a) => v6.push(raw_ipv6(a.octets())),
+                    }
+                }
+                for (n, max, family) in [
+                    (v4.len(), MAX_DNS_SERVERS4, "IPv4"),
+                    (v6.len(), MAX_DNS_SERVERS6, "IPv6"),
+                ] {
+                    if n > max {
+                        anyhow::bail!(
+                            "the pod's resolv.conf names {n} {family} name servers; at most \
+                             {max} are supported"
+                        );
+                    }
                 }
                 pod.n_dns4 = v4.len() as u8;
-                for (slot, a) in pod.dns4.iter_mut().zip(&v4) {
-                    *slot = raw_ipv4(a.octets());
-                }
+                pod.dns4[..v4.len()].copy_from_slice(&v4);
+                pod.n_dns6 = v6.len() as u8;
+                pod.dns6[..v6.len()].copy_from_slice(&v6);
             }
         }
 
@@ -240,6 +247,10 @@ impl MapPlan {
                 dns_servers4: p.dns4[..p.n_dns4 as usize]
                     .iter()
                     .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
+                    .collect(),
+                dns_servers6: p.dns6[..p.n_dns6 as usize]
+                    .iter()
+                    .map(|a| std::net::Ipv6Addr::from(ipv6_octets(*a)).to_string())
                     .collect(),
                 inbound_exclude_ifindexes: p.exclude_ifindex[..p.n_exclude_ifindex as usize]
                     .to_vec(),
@@ -379,6 +390,7 @@ pub struct PodConfigView {
     pub gids: Vec<u32>,
     pub local_addrs4: Vec<String>,
     pub dns_servers4: Vec<String>,
+    pub dns_servers6: Vec<String>,
     pub inbound_exclude_ifindexes: Vec<u32>,
     pub local_addrs6: Vec<String>,
 }
@@ -606,5 +618,33 @@ mod tests {
                 value: "eth9".into()
             })
         );
+    }
+
+    #[test]
+    fn name_servers_of_both_families_are_captured_each_in_its_own_list() {
+        let cfg = RawOptions {
+            redirect_dns: true,
+            ..Default::default()
+        }
+        .resolve(&NoUsers, "istio-proxy")
+        .unwrap();
+        let servers: Vec<IpAddr> = ["10.96.0.10", "fd00:96::10", "::ffff:10.96.0.11"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Servers(servers), 1, 0).unwrap();
+        assert_ne!(plan.pod.flags & flags::REDIRECT_DNS, 0);
+        let view = plan.describe().pod_config;
+        assert_eq!(view.dns_servers4, vec!["10.96.0.10"]);
+        // The mapped one is an IPv6 rule, as in istio-iptables (it never matches).
+        assert_eq!(view.dns_servers6, vec!["fd00:96::10", "::ffff:10.96.0.11"]);
+
+        let too_many: Vec<IpAddr> = (1..=9u16)
+            .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i)))
+            .collect();
+        let err = MapPlan::build(&cfg, &netns(), &DnsCapture::Servers(too_many), 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("9 IPv6 name servers"), "{err}");
     }
 }

@@ -95,11 +95,12 @@ fn the_seed_inbound_port_reaches_the_sidecar_with_its_destination_then_the_app()
     assert_eq!(r.server_line().unwrap().peer.ip(), IpAddr::V4(t.server_ip));
 
     let c = p.counters()?;
-    assert_eq!(c["inbound_listener_registered"], 1, "{c}");
+    // The sidecar listens on 0.0.0.0:15006 and [::]:15006: one listener per family.
+    assert_eq!(c["inbound_listener_registered"], 2, "{c}");
     assert_eq!(c["inbound_steered"], 1, "{c}");
     assert_eq!(c["inbound_direct_port"], 1, "{c}");
     assert_eq!(c["original_dst_hits"], 1, "{c}");
-    assert_eq!(p.status()?["inbound_listeners"], 1);
+    assert_eq!(p.status()?["inbound_listeners"], 2);
     Ok(())
 }
 
@@ -176,7 +177,7 @@ fn a_restarted_sidecar_registers_again_and_fail_open_passes_meanwhile() -> Resul
 
     let _second = sidecar(t)?;
     assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 2);
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 4);
     Ok(())
 }
 
@@ -250,7 +251,7 @@ fn reinit_applies_new_ports_and_keeps_the_registered_listener() -> Result<()> {
     p.init(&["-b", "*", "-d", "9080"])?;
     assert_eq!(inbound_path(&from_outside(t, a)?), Inbound::App(a));
     assert_eq!(inbound_path(&from_outside(t, b)?), steered(b));
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 1);
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 2);
     // And -b "" turns inbound capture off.
     p.init(&["-b", ""])?;
     assert_eq!(inbound_path(&from_outside(t, b)?), Inbound::App(b));

@@ -271,9 +271,15 @@ fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
     let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
     let dir = instance_dir(&t.pod_cgroup);
 
-    // What a build without IPv6 support leaves: no connect6 and getpeername6 links.
+    // What a build without IPv6 support leaves: none of the IPv6 programs' links.
     // (Unpinning a link nothing else holds detaches its program.)
-    for link in ["link_redirect_connect6", "link_restore_peer_name6"] {
+    for link in [
+        "link_redirect_connect6",
+        "link_restore_peer_name6",
+        "link_redirect_sendmsg6",
+        "link_restore_dns_reply_source6",
+        "link_mark_capture_listener6",
+    ] {
         std::fs::remove_file(dir.join(link))?;
     }
     assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Direct(v6));
@@ -286,7 +292,7 @@ fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
     assert_eq!(route_of(&r), Route::Sidecar(v6));
     assert_eq!(r.peer_name, Some(v6), "getpeername6 is back too");
     assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
-    assert_eq!(links(&dir)?, 10, "one link per program");
+    assert_eq!(links(&dir)?, PROGRAMS, "one link per program");
     assert_eq!(p.counters()?["redirected"], 3);
     Ok(())
 }
@@ -311,7 +317,7 @@ fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()>
     p.init(&["-i", "*"])?;
     assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Sidecar(v6));
     assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
-    assert_eq!(links(&dir)?, 10, "one link per program");
+    assert_eq!(links(&dir)?, PROGRAMS, "one link per program");
     let mut staging = dir.clone().into_os_string();
     staging.push("-new");
     assert!(!std::path::Path::new(&staging).exists());
@@ -328,6 +334,9 @@ fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()>
     );
     Ok(())
 }
+
+/// The programs an instance attaches (`interceptor_ebpf::program_names::ALL`).
+const PROGRAMS: usize = 13;
 
 fn links(dir: &std::path::Path) -> Result<usize> {
     Ok(std::fs::read_dir(dir)?
