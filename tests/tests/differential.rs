@@ -108,7 +108,7 @@ fn build_pod(tag: &str, backend: Backend, flags: &[&str]) -> Result<(Intercepted
         processes.push(topo.spawn_dns_responder(
             &Place::Server,
             Identity::ROOT,
-            ip,
+            ip.into(),
             53,
             VIA_SERVER,
         )?);
@@ -116,7 +116,7 @@ fn build_pod(tag: &str, backend: Backend, flags: &[&str]) -> Result<(Intercepted
     processes.push(topo.spawn_dns_responder(
         &Place::Pod,
         PROXY,
-        Ipv4Addr::LOCALHOST,
+        Ipv4Addr::LOCALHOST.into(),
         15053,
         VIA_PROXY,
     )?);
