@@ -46,10 +46,13 @@ pub enum Counter {
     InboundNoListenerRefused,
     /// The proxy started listening on the capture port and was registered.
     InboundListenerRegistered,
+    /// Direct: IPv6, and IPv6 is not captured in this pod (no `--dual-stack`, and the pod's
+    /// first address is IPv4), as istio-iptables would write no ip6tables rules.
+    DirectIpv6Disabled,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -72,6 +75,7 @@ impl Counter {
         Counter::InboundNoListenerOpen,
         Counter::InboundNoListenerRefused,
         Counter::InboundListenerRegistered,
+        Counter::DirectIpv6Disabled,
     ];
 
     /// The name user space reports (status, metrics).
@@ -97,6 +101,7 @@ impl Counter {
             Counter::InboundNoListenerOpen => "inbound_no_listener_passed",
             Counter::InboundNoListenerRefused => "inbound_no_listener_refused",
             Counter::InboundListenerRegistered => "inbound_listener_registered",
+            Counter::DirectIpv6Disabled => "direct_ipv6_disabled",
         }
     }
 

@@ -68,6 +68,8 @@ pub trait Family {
     const UNSPECIFIED: Self::Addr;
     const HAS_INCLUDE_CIDRS: u32;
     const HAS_EXCLUDE_CIDRS: u32;
+    /// The flag without which this family is not captured at all (0: always captured).
+    const ENABLED_BY: u32;
     /// Whether a connection to `addr` leaves through lo (istio's `-o lo`).
     fn is_local(cfg: &PodConfig, addr: Self::Addr) -> bool;
     fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: Self::Addr) -> bool;
@@ -87,6 +89,7 @@ impl Family for V4 {
     const UNSPECIFIED: RawIpv4 = UNSPECIFIED4;
     const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS;
     const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS;
+    const ENABLED_BY: u32 = 0;
     #[inline(always)]
     fn is_local(cfg: &PodConfig, addr: RawIpv4) -> bool {
         cfg.is_local4(addr)
@@ -108,6 +111,7 @@ impl Family for V6 {
     const UNSPECIFIED: RawIpv6 = UNSPECIFIED6;
     const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS6;
     const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS6;
+    const ENABLED_BY: u32 = flags::IPV6;
     #[inline(always)]
     fn is_local(cfg: &PodConfig, addr: RawIpv6) -> bool {
         cfg.is_local6(addr)
@@ -142,7 +146,9 @@ enum Owner {
     Gid,
 }
 
-/// Decide an outbound connect or datagram. Rule order is istio-iptables' `ISTIO_OUTPUT` chain,
+/// Decide an outbound connect or datagram. IPv6 is decided only when the pod captures IPv6
+/// (`flags::IPV6`), as ip6tables rules exist only then. Rule order is istio-iptables'
+/// `ISTIO_OUTPUT` chain,
 /// walked literally (first match wins), so that its quirks come out the same (shown for IPv4;
 /// the IPv6 chain has `::1/128` and `::6/128` in their places):
 ///
@@ -173,6 +179,10 @@ pub fn decide_outbound<F: Family>(
     c: &Connect<F::Addr>,
     sets: &impl RuleSets,
 ) -> Verdict {
+    // No ip6tables rules at all (istio-iptables' EnableIPv6 off): IPv6 goes direct.
+    if F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY) {
+        return Verdict::Direct(Counter::DirectIpv6Disabled);
+    }
     let rules = cfg.rules;
     let tcp = c.proto == Proto::Tcp;
     let dns = cfg.has(flags::REDIRECT_DNS);
@@ -621,6 +631,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn without_ipv6_capture_every_ipv6_connection_goes_direct() {
+        // istio-iptables without --dual-stack in a pod whose first address is IPv4: no
+        // ip6tables rules, so nothing IPv6 is captured, not even DNS or the proxy's own pod.
+        let mut cfg = pod6(flags::INCLUDE_ALL | flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS);
+        cfg.flags &= !flags::IPV6;
+        let sets = Sets::default();
+        let off = Verdict::Direct(Counter::DirectIpv6Disabled);
+        for c in [
+            conn6(v6("fd00:200:1::1"), 80, APP, APP),
+            conn6(v6("fd00:200::2"), 9080, PROXY, PROXY),
+            udp6(v6("fd00:200:1::1"), 53, APP, APP),
+        ] {
+            assert_eq!(decide_outbound6(&cfg, &c, &sets), off, "{c:?}");
+        }
+        // IPv4 (also what a dual-stack socket dials as ::ffff:a.b.c.d) is decided as ever.
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([10, 2, 0, 1], 80, APP, APP), &sets),
+            OUT
+        );
+    }
+
     fn v6(s: &str) -> RawIpv6 {
         raw_ipv6(s.parse::<std::net::Ipv6Addr>().unwrap().octets())
     }
@@ -629,9 +661,9 @@ mod tests {
         s.parse::<std::net::Ipv6Addr>().unwrap().octets()
     }
 
-    /// `pod()` with IPv6 addresses: fd00:200::2 and a link-local one.
+    /// `pod()` with IPv6 addresses (fd00:200::2 and a link-local one), IPv6 captured.
     fn pod6(flags_: u32) -> PodConfig {
-        let mut cfg = pod(flags_);
+        let mut cfg = pod(flags_ | flags::IPV6);
         cfg.local6[0] = v6("fd00:200::2");
         cfg.local6[1] = v6("fe80::2");
         cfg.n_local6 = 2;

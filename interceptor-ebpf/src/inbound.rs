@@ -68,7 +68,8 @@ pub fn decide_inbound<F: Family>(
     c: &InboundLookup<F::Addr>,
     sets: &impl RuleSets,
 ) -> InboundVerdict {
-    if !cfg.has(flags::INBOUND_CAPTURE) {
+    // No inbound capture, or none for this family (no ip6tables rules without IPv6).
+    if !cfg.has(flags::INBOUND_CAPTURE) || (F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY)) {
         return InboundVerdict::Pass(None);
     }
     // Made inside the pod: from a local source (a packet from outside with a local source is a
@@ -226,7 +227,7 @@ mod tests {
     fn ipv6_follows_the_same_rules_with_its_own_local_addresses() {
         use crate::wire::{LOCALHOST6, PASSTHROUGH_SRC6, raw_ipv6};
         let v6 = |s: &str| raw_ipv6(s.parse::<core::net::Ipv6Addr>().unwrap().octets());
-        let mut c = cfg(flags::INBOUND_CAPTURE);
+        let mut c = cfg(flags::INBOUND_CAPTURE | flags::IPV6);
         c.local6[0] = v6("fd00:200::2");
         c.n_local6 = 1;
         let from = |remote, port, ifindex| InboundLookup6 {
@@ -261,6 +262,16 @@ mod tests {
         // The pod's IPv4 address in IPv4-compatible form is not the pod.
         assert_eq!(
             decide_inbound6(&c, &from([0, 0, 0, POD_IP], 9080, 2), &SEED),
+            InboundVerdict::Steer
+        );
+        // IPv6 not captured in this pod: never steered; IPv4 still is.
+        c.flags &= !flags::IPV6;
+        assert_eq!(
+            decide_inbound6(&c, &from(client, 9080, 2), &SEED),
+            InboundVerdict::Pass(None)
+        );
+        assert_eq!(
+            decide_inbound4(&c, &on(9080, 2), &SEED),
             InboundVerdict::Steer
         );
     }

@@ -116,6 +116,10 @@ pub mod flags {
     pub const HAS_INCLUDE_CIDRS6: u32 = 1 << 8;
     /// `-x` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Exclude`).
     pub const HAS_EXCLUDE_CIDRS6: u32 = 1 << 9;
+    /// IPv6 is captured (istio-iptables' `EnableIPv6`: the pod's first address is IPv6, or
+    /// `--dual-stack` and it has one). Without it IPv6 is left alone, as istio-iptables then
+    /// writes no ip6tables rules; IPv4-mapped connections are IPv4 and decided anyway.
+    pub const IPV6: u32 = 1 << 10;
 
     // Inbound (bits from 16 up).
     /// `-b` is not empty: connections arriving on the pod's interfaces may be steered.

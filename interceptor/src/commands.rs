@@ -100,6 +100,10 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
         config: serde_json::to_value(&cfg)?,
         dns_capture: serde_json::to_value(&dns)?,
     };
+    if info.ipv6_enabled(cfg.dual_stack) {
+        // As istio-iptables: Envoy's IPv6 inbound passthrough binds ::6.
+        crate::iptables::command::add_inbound_passthrough_v6(&netns)?;
+    }
     let opts = LoadOptions {
         bpffs_root: args.target.bpffs.clone(),
         max_connections: args.max_connections.max(1),

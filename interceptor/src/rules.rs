@@ -79,6 +79,9 @@ impl MapPlan {
         for (slot, a) in pod.local6.iter_mut().zip(&netns.addrs6) {
             *slot = raw_ipv6(a.octets());
         }
+        if netns.ipv6_enabled(cfg.dual_stack) {
+            pod.flags |= flags::IPV6;
+        }
 
         match dns {
             DnsCapture::Off => {}
@@ -362,6 +365,7 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
         (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
         (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
+        (flags::IPV6, "ipv6"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
@@ -646,5 +650,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("9 IPv6 name servers"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_is_captured_as_istio_iptables_enables_it() {
+        let plan = |dual_stack: bool, info: &NetnsInfo| {
+            let cfg = RawOptions {
+                dual_stack,
+                ..Default::default()
+            }
+            .resolve(&NoUsers, "istio-proxy")
+            .unwrap();
+            MapPlan::build(&cfg, info, &DnsCapture::Off, 1, 0)
+                .unwrap()
+                .pod
+                .flags
+                & flags::IPV6
+        };
+        // IPv4 first: IPv6 only with --dual-stack.
+        assert_eq!(plan(false, &netns()), 0);
+        assert_ne!(plan(true, &netns()), 0);
+        // IPv6 only (link-local ones do not count): IPv6 either way.
+        let v6_only = NetnsInfo {
+            addrs4: vec![],
+            ..netns()
+        };
+        assert_ne!(plan(false, &v6_only), 0);
+        let link_local_only = NetnsInfo {
+            addrs6: vec!["fe80::1".parse().unwrap()],
+            ..netns()
+        };
+        assert_eq!(plan(true, &link_local_only), 0);
     }
 }

@@ -65,9 +65,10 @@ struct Cli {
     #[arg(long)]
     log: bool,
     /// Bind upstream connections to this source when the original destination is a local
-    /// address (Envoy's inbound passthrough uses 127.0.0.6).
+    /// address of the same family (Envoy's inbound passthrough uses 127.0.0.6, and ::6 for
+    /// IPv6). Repeatable: one per family.
     #[arg(long)]
-    upstream_source: Option<IpAddr>,
+    upstream_source: Vec<IpAddr>,
 }
 
 #[tokio::main]
@@ -181,19 +182,23 @@ async fn forward(
         Ok(addr) => *addr,
         Err(errno) => anyhow::bail!("SO_ORIGINAL_DST: {errno}"),
     };
-    let mut upstream = timeout(CONNECT_TIMEOUT, connect_upstream(orig, cli.upstream_source))
-        .await
-        .context("connect timed out")?
-        .with_context(|| format!("connect {orig}"))?;
+    let mut upstream = timeout(
+        CONNECT_TIMEOUT,
+        connect_upstream(orig, &cli.upstream_source),
+    )
+    .await
+    .context("connect timed out")?
+    .with_context(|| format!("connect {orig}"))?;
     Ok(copy_bidirectional(client, &mut upstream).await?)
 }
 
-async fn connect_upstream(orig: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+async fn connect_upstream(orig: SocketAddr, sources: &[IpAddr]) -> io::Result<TcpStream> {
     let socket = match orig {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(source) = source
+    let source = sources.iter().find(|s| s.is_ipv4() == orig.is_ipv4());
+    if let Some(&source) = source
         && is_local_address(orig.ip())
     {
         socket.bind(SocketAddr::new(source, 0))?;
