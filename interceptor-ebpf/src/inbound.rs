@@ -125,6 +125,12 @@ mod tests {
         fn has_cidr6(&self, _: u32, _: CidrSet, _: crate::wire::RawIpv6) -> bool {
             false
         }
+        fn route_excluded4(&self, _: u32, _: RawIpv4) -> bool {
+            false
+        }
+        fn route_excluded6(&self, _: u32, _: crate::wire::RawIpv6) -> bool {
+            false
+        }
     }
 
     fn cfg(flags: u32) -> PodConfig {

@@ -75,6 +75,8 @@ pub const POD_NETNS_COOKIE_GLOBAL: &str = "POD_NETNS_COOKIE";
 pub const MAX_PROXY_IDS: usize = 8;
 /// Most IPv4 addresses of a pod's own interfaces the programs treat as local.
 pub const MAX_LOCAL_ADDRS4: usize = 8;
+/// Most groups `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]` may name for the eBPF backend.
+pub const MAX_OWNER_GROUPS: usize = 8;
 /// Most IPv4 name servers (the pod's resolv.conf) whose DNS traffic is captured. glibc uses
 /// the first three; istio-iptables writes rules for all of them.
 pub const MAX_DNS_SERVERS4: usize = 8;
@@ -116,10 +118,20 @@ pub mod flags {
     pub const HAS_INCLUDE_CIDRS6: u32 = 1 << 8;
     /// `-x` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Exclude`).
     pub const HAS_EXCLUDE_CIDRS6: u32 = 1 << 9;
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS` names groups: only processes of these (primary) groups are
+    /// captured (`owner_groups`).
+    pub const OWNER_GROUPS_ONLY: u32 = 1 << 10;
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE` names groups (with the include list `*`): processes
+    /// of these groups are not captured.
+    pub const OWNER_GROUPS_EXCEPT: u32 = 1 << 11;
+    /// `-c` and an IPv4 route through one of its interfaces: `CidrSet::Route` entries in `CIDR4`.
+    pub const HAS_EXCLUDED_ROUTES4: u32 = 1 << 12;
+    /// The same for IPv6 routes, in `CIDR6`.
+    pub const HAS_EXCLUDED_ROUTES6: u32 = 1 << 13;
     /// IPv6 is captured (istio-iptables' `EnableIPv6`: the pod's first address is IPv6, or
     /// `--dual-stack` and it has one). Without it IPv6 is left alone, as istio-iptables then
     /// writes no ip6tables rules; IPv4-mapped connections are IPv4 and decided anyway.
-    pub const IPV6: u32 = 1 << 10;
+    pub const IPV6: u32 = 1 << 14;
 
     // Inbound (bits from 16 up).
     /// `-b` is not empty: connections arriving on the pod's interfaces may be steered.
@@ -169,6 +181,14 @@ pub struct PodConfig {
     pub n_local6: u8,
     pub n_dns6: u8,
     pub _pad6: [u8; 2],
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]` (see `flags::OWNER_GROUPS_*`).
+    pub owner_groups: [u32; MAX_OWNER_GROUPS],
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` (default 127.0.0.1/32): the IPv4 "localhost" of
+    /// istio's `-d`/`! -d` rules, as network and mask (network-order bytes).
+    pub loopback4_net: RawIpv4,
+    pub loopback4_mask: RawIpv4,
+    pub n_owner_groups: u8,
+    pub _pad7: [u8; 3],
     /// The pod's IPv6 name servers (DNS capture without `--capture-all-dns`).
     pub dns6: [RawIpv6; MAX_DNS_SERVERS6],
 }
@@ -198,8 +218,28 @@ impl PodConfig {
             n_local6: 0,
             n_dns6: 0,
             _pad6: [0; 2],
+            owner_groups: [0; MAX_OWNER_GROUPS],
+            loopback4_net: crate::wire::LOCALHOST4,
+            loopback4_mask: u32::MAX,
+            n_owner_groups: 0,
+            _pad7: [0; 3],
             dns6: [[0; 4]; MAX_DNS_SERVERS6],
         }
+    }
+
+    /// Whether `addr` is in the IPv4 "localhost" range (`ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`).
+    #[inline(always)]
+    pub const fn is_localhost4(&self, addr: RawIpv4) -> bool {
+        addr & self.loopback4_mask == self.loopback4_net
+    }
+
+    /// istio-iptables' owner-groups rule: whether a process of primary group `gid` is spared
+    /// (goes direct) by `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
+    #[inline(always)]
+    pub fn owner_group_spared(&self, gid: u32) -> bool {
+        let listed = contains(&self.owner_groups, self.n_owner_groups, gid);
+        (self.has(flags::OWNER_GROUPS_ONLY) && !listed)
+            || (self.has(flags::OWNER_GROUPS_EXCEPT) && listed)
     }
 
     #[inline(always)]
@@ -309,6 +349,10 @@ pub enum CidrSet {
     Include = 1,
     /// `-x`
     Exclude = 2,
+    /// The pod's routes (its main table at `init`), for `-c`: the trie's longest match is the
+    /// route a connection takes, and its value says whether that route's interface is in `-c`
+    /// (1) or not (0).
+    Route = 3,
 }
 
 /// Data of an LPM-trie key of `CIDR4`. The trie's prefix length counts the `rules` and `set`
@@ -447,7 +491,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(
             size_of::<PodConfig>(),
-            4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4 + 4 * 8 + 4 + 16 * 8 + 4 + 16 * 8
+            4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4 + 4 * 8 + 4 + 16 * 8 + 4 + 4 * 8 + 4 * 2 + 4 + 16 * 8
         );
         assert_eq!(size_of::<ListenerKey>(), 16);
         assert_eq!(size_of::<CaptureMark>(), 8);

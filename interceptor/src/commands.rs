@@ -69,15 +69,13 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
 }
 
 fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
+    cfg.check_ebpf_support()?;
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
     }
     let cgroup = resolve_cgroup(&args.target)?;
     let netns = Netns::open(&netns_path(&args.target))?;
-    for note in cfg.not_enforced() {
-        tracing::warn!("{note}");
-    }
     let info = netns.inspect()?;
     let dns = dns_capture(&cfg, &args.resolv_conf)?;
     // Everything that depends on the namespace (e.g. -c names) is checked before loading.
@@ -158,7 +156,6 @@ fn print_dry_run(
         "netns": netns.path,
         "config": cfg,
         "dns_capture": dns,
-        "not_enforced": cfg.not_enforced(),
         "maps": plan.describe(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

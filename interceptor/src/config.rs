@@ -166,41 +166,27 @@ impl InterceptConfig {
         matches!(&self.outbound_include, OutboundInclude::Cidrs(c) if c.iter().any(Cidr::is_loopback))
     }
 
-    /// Options this build accepts and validates but does not enforce yet, one line each.
-    pub fn not_enforced(&self) -> Vec<String> {
-        let mut notes = Vec::new();
-        if !self.exclude_interfaces.is_empty() {
-            notes.push(
-                "-c is enforced for inbound connections only: outbound connections leaving \
-                 through these interfaces are still redirected when -i/-q select them"
-                    .to_string(),
-            );
-        }
+    /// Refuses what the eBPF backend cannot honour (the iptables backend can), naming the option.
+    pub fn check_ebpf_support(&self) -> Result<(), ConfigError> {
         if !self.kube_virt_interfaces.is_empty() {
-            notes.push(
-                "-k is not enforced: inbound traffic of these interfaces is not treated as \
-                 outbound"
+            return Err(ConfigError::Unsupported {
+                flag: "-k/--kube-virt-interfaces",
+                reason: "the eBPF backend decides per socket of the pod; a KubeVirt VM's traffic \
+                         enters on these interfaces as forwarded packets, which no socket hook \
+                         sees: use --backend iptables for KubeVirt pods"
                     .to_string(),
-            );
+            });
         }
         if self.drop_invalid {
-            notes.push("--drop-invalid has no effect: no conntrack state is involved".to_string());
-        }
-        if self.owner_groups != OwnerGroups::AllExcept(Vec::new()) {
-            notes.push(
-                "ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE] are not enforced yet: every group's \
-                 connections are captured"
+            return Err(ConfigError::Unsupported {
+                flag: "--drop-invalid (DROP_INVALID, INVALID_DROP)",
+                reason: "the eBPF backend rewrites no packet, so there is no conntrack-INVALID \
+                         packet that could escape NAT and nothing for this rule to drop: leave \
+                         it unset, or use --backend iptables"
                     .to_string(),
-            );
+            });
         }
-        if self.ipv4_loopback_cidr != defaults::ipv4_loopback_cidr() {
-            notes.push(format!(
-                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR={} is not enforced yet: 127.0.0.1/32 is the \
-                 localhost that stays direct",
-                self.ipv4_loopback_cidr
-            ));
-        }
-        notes
+        Ok(())
     }
 }
 
@@ -634,7 +620,6 @@ mod tests {
         assert_eq!(cfg.inbound_tunnel_port, 15008);
         assert_eq!(cfg.inbound_mode, InterceptionMode::Redirect);
         assert_eq!(cfg.inbound_fail, InboundFail::Open);
-        assert!(cfg.not_enforced().is_empty(), "{:?}", cfg.not_enforced());
     }
 
     #[test]
@@ -648,12 +633,9 @@ mod tests {
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
         assert_eq!(cfg.inbound_fail, InboundFail::Closed);
         assert_eq!(cfg.exclude_interfaces, vec!["eth1", "eth2"]);
-        let notes = cfg.not_enforced().join("\n");
-        assert!(
-            notes.contains("-c is enforced for inbound connections only"),
-            "{notes}"
-        );
-        assert!(notes.contains("-k is not enforced"), "{notes}");
+        // -k is refused by the eBPF backend (the iptables backend writes its rules).
+        let err = cfg.check_ebpf_support().unwrap_err().to_string();
+        assert!(err.starts_with("-k/--kube-virt-interfaces: "), "{err}");
     }
 
     #[test]

@@ -14,5 +14,6 @@ pub mod listeners;
 pub mod loader;
 pub mod netns;
 pub mod resolv_conf;
+pub mod routes;
 pub mod rules;
 pub mod sys;

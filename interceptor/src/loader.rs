@@ -524,13 +524,13 @@ impl Writer {
         for e in &plan.cidrs4 {
             self.0
                 .cidr4
-                .insert(&LpmKey::new(e.prefix_len, e.key), 1, 0)
+                .insert(&LpmKey::new(e.prefix_len, e.key), e.value, 0)
                 .with_context(|| format!("writing a CIDR to {}", map_names::CIDR4))?;
         }
         for e in &plan.cidrs6 {
             self.0
                 .cidr6
-                .insert(&LpmKey::new(e.prefix_len, e.key), 1, 0)
+                .insert(&LpmKey::new(e.prefix_len, e.key), e.value, 0)
                 .with_context(|| format!("writing a CIDR to {}", map_names::CIDR6))?;
         }
         Ok(())

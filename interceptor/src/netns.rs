@@ -35,6 +35,8 @@ pub struct NetnsInfo {
     pub interfaces: Vec<(String, u32)>,
     /// The namespace's own IPv6 addresses (link-local ones too), `::1` excluded.
     pub addrs6: Vec<Ipv6Addr>,
+    /// Its routes (main table), for `-c` on outbound connections.
+    pub routes: Vec<crate::routes::Route>,
 }
 
 impl NetnsInfo {
@@ -111,6 +113,7 @@ impl Netns {
                 interfaces: sys::interfaces().context("listing the namespace's interfaces")?,
                 addrs6: sys::interface_addrs6()
                     .context("listing the namespace's IPv6 addresses")?,
+                routes: crate::routes::read_current().context("reading the namespace's routes")?,
             })
         })
     }

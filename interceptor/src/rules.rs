@@ -4,16 +4,18 @@ use std::net::IpAddr;
 
 use interceptor_ebpf::{
     CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_DNS_SERVERS4,
-    MAX_DNS_SERVERS6, MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
+    MAX_DNS_SERVERS6, MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, MAX_OWNER_GROUPS, PodConfig, PortKey,
+    PortSet, flags,
     wire::{ipv6_octets, raw_ipv4, raw_ipv6},
 };
 use serde::Serialize;
 
 use crate::{
-    config::{Cidr, InboundFail, InboundPorts, InterceptConfig, OutboundInclude},
+    config::{Cidr, InboundFail, InboundPorts, InterceptConfig, OutboundInclude, OwnerGroups},
     dns::DnsCapture,
     error::ConfigError,
     netns::NetnsInfo,
+    routes,
 };
 
 /// One LPM-trie entry of `CIDR4`.
@@ -21,6 +23,8 @@ use crate::{
 pub struct CidrEntry {
     pub prefix_len: u32,
     pub key: Cidr4Key,
+    /// 1 for `-i`/`-x` ranges; for `CidrSet::Route`, whether the route's interface is in `-c`.
+    pub value: u8,
 }
 
 /// One LPM-trie entry of `CIDR6`.
@@ -28,6 +32,8 @@ pub struct CidrEntry {
 pub struct Cidr6Entry {
     pub prefix_len: u32,
     pub key: Cidr6Key,
+    /// As `CidrEntry::value`.
+    pub value: u8,
 }
 
 /// Everything one pod's configuration puts into the maps.
@@ -220,6 +226,70 @@ impl MapPlan {
         if cidrs6.len() > before {
             pod.flags |= flags::HAS_EXCLUDE_CIDRS6;
         }
+
+        // -c on outbound: the pod's routes, each marked with whether it leaves through an
+        // excluded interface (see routes.rs).
+        for (dst, len, excluded) in
+            routes::excluded_route_marks(&netns.routes, &cfg.exclude_interfaces)
+        {
+            let value = u8::from(excluded);
+            match dst {
+                IpAddr::V4(a) => {
+                    pod.flags |= flags::HAS_EXCLUDED_ROUTES4;
+                    cidrs4.push(CidrEntry {
+                        prefix_len: CIDR4_KEY_PREFIX_BITS + u32::from(len),
+                        key: Cidr4Key {
+                            rules,
+                            set: CidrSet::Route as u32,
+                            addr: raw_ipv4(a.octets()),
+                        },
+                        value,
+                    });
+                }
+                IpAddr::V6(a) => {
+                    pod.flags |= flags::HAS_EXCLUDED_ROUTES6;
+                    cidrs6.push(Cidr6Entry {
+                        prefix_len: CIDR6_KEY_PREFIX_BITS + u32::from(len),
+                        key: Cidr6Key {
+                            rules,
+                            set: CidrSet::Route as u32,
+                            addr: raw_ipv6(a.octets()),
+                        },
+                        value,
+                    });
+                }
+            }
+        }
+
+        // ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE].
+        let (groups, flag) = match &cfg.owner_groups {
+            OwnerGroups::AllExcept(g) => (g, flags::OWNER_GROUPS_EXCEPT),
+            OwnerGroups::Only(g) => (g, flags::OWNER_GROUPS_ONLY),
+        };
+        if groups.len() > MAX_OWNER_GROUPS {
+            return Err(ConfigError::Unsupported {
+                flag: "ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]",
+                reason: format!(
+                    "{} groups; the eBPF backend takes at most {MAX_OWNER_GROUPS}",
+                    groups.len()
+                ),
+            }
+            .into());
+        }
+        if !groups.is_empty() || matches!(cfg.owner_groups, OwnerGroups::Only(_)) {
+            pod.flags |= flag;
+        }
+        pod.n_owner_groups = groups.len() as u8;
+        pod.owner_groups[..groups.len()].copy_from_slice(groups);
+
+        // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR (validated as an IPv4 loopback range).
+        if let IpAddr::V4(net) = cfg.ipv4_loopback_cidr.network() {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(cfg.ipv4_loopback_cidr.prefix_len))
+                .unwrap_or(0);
+            pod.loopback4_net = raw_ipv4(net.octets());
+            pod.loopback4_mask = raw_ipv4(mask.to_be_bytes());
+        }
         Ok(MapPlan {
             netns_cookie: netns.cookie,
             pod,
@@ -280,11 +350,12 @@ impl MapPlan {
                 .iter()
                 .map(|e| {
                     format!(
-                        "rules={} {} {}/{}",
+                        "rules={} {} {}/{}{}",
                         e.key.rules,
                         set_name(e.key.set),
                         std::net::Ipv4Addr::from(e.key.addr.to_ne_bytes()),
-                        e.prefix_len - CIDR4_KEY_PREFIX_BITS
+                        e.prefix_len - CIDR4_KEY_PREFIX_BITS,
+                        route_mark(e.key.set, e.value)
                     )
                 })
                 .collect(),
@@ -293,11 +364,12 @@ impl MapPlan {
                 .iter()
                 .map(|e| {
                     format!(
-                        "rules={} {} {}/{}",
+                        "rules={} {} {}/{}{}",
                         e.key.rules,
                         set_name(e.key.set),
                         std::net::Ipv6Addr::from(ipv6_octets(e.key.addr)),
-                        e.prefix_len - CIDR6_KEY_PREFIX_BITS
+                        e.prefix_len - CIDR6_KEY_PREFIX_BITS,
+                        route_mark(e.key.set, e.value)
                     )
                 })
                 .collect(),
@@ -306,10 +378,19 @@ impl MapPlan {
 }
 
 fn set_name(set: u32) -> &'static str {
-    if set == CidrSet::Include as u32 {
-        "include"
+    match set {
+        s if s == CidrSet::Include as u32 => "include",
+        s if s == CidrSet::Exclude as u32 => "exclude",
+        _ => "route",
+    }
+}
+
+/// ` via excluded interface` for a route entry that goes through a `-c` interface.
+fn route_mark(set: u32, value: u8) -> &'static str {
+    if set == CidrSet::Route as u32 && value == 1 {
+        " via excluded interface"
     } else {
-        "exclude"
+        ""
     }
 }
 
@@ -326,6 +407,7 @@ fn cidr_entries<'a>(
                 set: set as u32,
                 addr: raw_ipv4(net.octets()),
             },
+            value: 1,
         }),
         IpAddr::V6(_) => None, // in CIDR6 (cidr6_entries)
     })
@@ -344,6 +426,7 @@ fn cidr6_entries<'a>(
                 set: set as u32,
                 addr: raw_ipv6(net.octets()),
             },
+            value: 1,
         }),
         IpAddr::V4(_) => None, // in CIDR4 (cidr_entries)
     })
@@ -357,6 +440,10 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::HAS_OUTBOUND_PORTS_EXCLUDE, "outbound_ports_exclude"),
         (flags::HAS_OUTBOUND_PORTS_INCLUDE, "outbound_ports_include"),
         (flags::LOOPBACK_INCLUDED, "loopback_included"),
+        (flags::OWNER_GROUPS_ONLY, "owner_groups_only"),
+        (flags::OWNER_GROUPS_EXCEPT, "owner_groups_except"),
+        (flags::HAS_EXCLUDED_ROUTES4, "excluded_interface_routes4"),
+        (flags::HAS_EXCLUDED_ROUTES6, "excluded_interface_routes6"),
         (flags::REDIRECT_DNS, "redirect_dns"),
         (flags::CAPTURE_ALL_DNS, "capture_all_dns"),
         (flags::INBOUND_CAPTURE, "inbound_capture"),
@@ -420,6 +507,7 @@ mod tests {
             addrs4: vec!["10.1.0.2".parse().unwrap()],
             interfaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("eth1".into(), 5)],
             addrs6: vec!["fd00:1::2".parse().unwrap(), "fe80::1".parse().unwrap()],
+            routes: Vec::new(),
         }
     }
 
@@ -444,7 +532,8 @@ mod tests {
                         rules: 7,
                         set: CidrSet::Include as u32,
                         addr: raw_ipv4([10, 96, 0, 0])
-                    }
+                    },
+                    value: 1,
                 },
                 CidrEntry {
                     prefix_len: 64 + 24,
@@ -452,7 +541,8 @@ mod tests {
                         rules: 7,
                         set: CidrSet::Exclude as u32,
                         addr: raw_ipv4([10, 96, 5, 0])
-                    }
+                    },
+                    value: 1,
                 },
             ],
             "the IPv6 range goes elsewhere and host bits are cleared"
@@ -465,7 +555,8 @@ mod tests {
                     rules: 7,
                     set: CidrSet::Include as u32,
                     addr: raw_ipv6("fd00::".parse::<std::net::Ipv6Addr>().unwrap().octets())
-                }
+                },
+                value: 1,
             }]
         );
         assert_eq!(

@@ -46,8 +46,9 @@ const IDENTITIES: [(&str, Identity); 4] = [
 
 /// The flag sets. In the address plan, 10.200.0.1 and fd00:200::1 are the server (and the
 /// pod's name servers), 10.200.1.1, 10.200.2.1, fd00:200:1::1 and fd00:200:2::1 are further
-/// server addresses, 10.200.0.2 and fd00:200::2 are the pod.
-const FLAG_SETS: [&[&str]; 13] = [
+/// server addresses, 10.200.0.2 and fd00:200::2 are the pod, and 10.200.101.1 is the server
+/// reached through the pod's second interface, eth1.
+const FLAG_SETS: [&[&str]; 16] = [
     // The seed's invocation (no --dual-stack: IPv6 is left alone by both).
     &[
         "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
@@ -132,12 +133,48 @@ const FLAG_SETS: [&[&str]; 13] = [
         "-e",
         "3306",
     ],
+    // An excluded interface: connections routed through it are never captured.
+    &["--dual-stack", "-i", "*", "-c", "eth1", "-q", "8080"],
+    // Owner groups (environment only): group 3000 is spared.
+    &[
+        "--dual-stack",
+        "ENV",
+        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=3000",
+        "-i",
+        "*",
+    ],
+    // Only group 1000 captured, and a wider IPv4 localhost.
+    &[
+        "ENV",
+        "ISTIO_OUTBOUND_OWNER_GROUPS=1000",
+        "ENV",
+        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8",
+        "--dual-stack",
+        "-i",
+        "127.0.0.0/8,10.200.2.0/24,fd00:200:2::/64",
+    ],
 ];
+
+/// Splits a flag set into flags and `ENV NAME=VALUE` pairs.
+fn flags_and_env<'a>(set: &[&'a str]) -> (Vec<&'a str>, Vec<(&'a str, &'a str)>) {
+    let (mut flags, mut env) = (Vec::new(), Vec::new());
+    let mut it = set.iter();
+    while let Some(&f) = it.next() {
+        if f == "ENV" {
+            let kv = it.next().expect("ENV NAME=VALUE");
+            env.push(kv.split_once('=').expect("NAME=VALUE"));
+        } else {
+            flags.push(f);
+        }
+    }
+    (flags, env)
+}
 
 /// A pod with the test's peers (servers run as root for port 53): servers on every port in the server namespace and in the pod,
 /// the sidecar on the outbound, inbound and DNS ports, a DNS responder on each side.
-fn build_pod(tag: &str, backend: Backend, flags: &[&str]) -> Result<(Intercepted, Peers)> {
-    let topo = Topology::new(tag)?;
+fn build_pod(tag: &str, backend: Backend, flag_set: &[&str]) -> Result<(Intercepted, Peers)> {
+    let mut topo = Topology::new(tag)?;
+    topo.add_pod_interface()?;
     let resolv_conf = TempFile::new(
         &format!("{}-resolv.conf", topo.name),
         &format!(
@@ -183,9 +220,10 @@ fn build_pod(tag: &str, backend: Backend, flags: &[&str]) -> Result<(Intercepted
         ],
     )?);
     let pod = Intercepted { topo, backend };
+    let (flags, env) = flags_and_env(flag_set);
     let mut all = vec!["--resolv-conf", resolv_conf.path_str()];
     all.extend(flags);
-    pod.init(&all)?;
+    pod.init_env(&all, &env)?;
     Ok((
         pod,
         Peers {
@@ -226,12 +264,14 @@ fn answered(q: &interceptor_tests::dns::DnsQueryResult) -> String {
 /// Runs the matrix in one pod: case label -> outcome.
 fn record(pod: &Intercepted) -> Result<BTreeMap<String, String>> {
     let t = &pod.topo;
-    let dests: [(&str, IpAddr); 10] = [
+    let dests: [(&str, IpAddr); 12] = [
         ("server", t.server_ip.into()),
         ("10.200.1.1", t.server_extra_ips[0].into()),
         ("10.200.2.1", t.server_extra_ips[1].into()),
         ("localhost", Ipv4Addr::LOCALHOST.into()),
+        ("127.0.0.5", Ipv4Addr::new(127, 0, 0, 5).into()),
         ("pod-ip", t.pod_ip.into()),
+        ("eth1-server", t.pod_interfaces[0].server_ip.into()),
         ("server6", t.server_ip6.into()),
         ("fd00:200:1::1", t.server_extra_ips6[0].into()),
         ("fd00:200:2::1", t.server_extra_ips6[1].into()),
@@ -384,6 +424,9 @@ flag_set_tests! {
     dns_capture_of_the_name_servers = 10;
     dns_capture_of_every_server = 11;
     dns_capture_with_gids_and_other_ports = 12;
+    excluded_interface = 13;
+    owner_groups_exclude = 14;
+    owner_groups_include_and_wider_localhost = 15;
 }
 
 #[test]

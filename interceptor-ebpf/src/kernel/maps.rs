@@ -210,6 +210,36 @@ impl RuleSets for MapSets {
         );
         CIDR6.get(&key).is_some()
     }
+
+    #[inline(always)]
+    fn route_excluded4(&self, rules: u32, addr: RawIpv4) -> bool {
+        let key = Key::new(
+            CIDR4_KEY_PREFIX_BITS + 32,
+            Cidr4Key {
+                rules,
+                set: CidrSet::Route as u32,
+                addr,
+            },
+        );
+        CIDR4
+            .get(&key)
+            .is_some_and(|via_excluded| *via_excluded == 1)
+    }
+
+    #[inline(always)]
+    fn route_excluded6(&self, rules: u32, addr: RawIpv6) -> bool {
+        let key = Key::new(
+            CIDR6_KEY_PREFIX_BITS + 128,
+            Cidr6Key {
+                rules,
+                set: CidrSet::Route as u32,
+                addr,
+            },
+        );
+        CIDR6
+            .get(&key)
+            .is_some_and(|via_excluded| *via_excluded == 1)
+    }
 }
 
 /// Connection key from a `bpf_sock` seen on the client's side (src = client).

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     cli::{CleanArgs, InitArgs, IptablesMode, TargetArgs},
-    config::{InterceptConfig, InterceptionMode},
+    config::{InboundFail, InterceptConfig, InterceptionMode},
     error::ConfigError,
     netns::Netns,
     resolv_conf, sys,
@@ -56,6 +56,17 @@ pub fn init(args: &InitArgs, cfg: &InterceptConfig) -> anyhow::Result<()> {
             flag: "-m/--istio-inbound-interception-mode",
             reason: "TPROXY is not supported by the iptables backend (REDIRECT is); --dry-run \
                      prints the rules istio-iptables would write"
+                .into(),
+        }
+        .into());
+    }
+    // REDIRECT to a port nobody listens on is refused by the kernel: "closed" is what the rules
+    // do, and "open" cannot be had from them.
+    if cfg.inbound_fail == InboundFail::Open && args.inbound_fail.is_some() {
+        return Err(ConfigError::Unsupported {
+            flag: "--inbound-fail",
+            reason: "open is not possible with the iptables backend: REDIRECT refuses captured \
+                     connections while nothing listens on -z (that is `closed`)"
                 .into(),
         }
         .into());
