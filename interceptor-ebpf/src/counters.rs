@@ -50,10 +50,13 @@ pub enum Counter {
     DirectExcludedInterface,
     /// Direct: spared by `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
     DirectOwnerGroup,
+    /// Direct: IPv6, and IPv6 is not captured in this pod (no `--dual-stack`, and the pod's
+    /// first address is IPv4), as istio-iptables would write no ip6tables rules.
+    DirectIpv6Disabled,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -78,6 +81,7 @@ impl Counter {
         Counter::InboundListenerRegistered,
         Counter::DirectExcludedInterface,
         Counter::DirectOwnerGroup,
+        Counter::DirectIpv6Disabled,
     ];
 
     /// The name user space reports (status, metrics).
@@ -105,6 +109,7 @@ impl Counter {
             Counter::InboundListenerRegistered => "inbound_listener_registered",
             Counter::DirectExcludedInterface => "direct_excluded_interface",
             Counter::DirectOwnerGroup => "direct_owner_group",
+            Counter::DirectIpv6Disabled => "direct_ipv6_disabled",
         }
     }
 

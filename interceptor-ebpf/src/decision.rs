@@ -72,6 +72,8 @@ pub trait Family {
     const UNSPECIFIED: Self::Addr;
     const HAS_INCLUDE_CIDRS: u32;
     const HAS_EXCLUDE_CIDRS: u32;
+    /// The flag without which this family is not captured at all (0: always captured).
+    const ENABLED_BY: u32;
     const HAS_EXCLUDED_ROUTES: u32;
     /// istio's localhost (`-d <localhost>`): `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` / `::1/128`.
     fn is_localhost(cfg: &PodConfig, addr: Self::Addr) -> bool;
@@ -95,6 +97,7 @@ impl Family for V4 {
     const UNSPECIFIED: RawIpv4 = UNSPECIFIED4;
     const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS;
     const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS;
+    const ENABLED_BY: u32 = 0;
     const HAS_EXCLUDED_ROUTES: u32 = flags::HAS_EXCLUDED_ROUTES4;
     #[inline(always)]
     fn is_localhost(cfg: &PodConfig, addr: RawIpv4) -> bool {
@@ -125,6 +128,7 @@ impl Family for V6 {
     const UNSPECIFIED: RawIpv6 = UNSPECIFIED6;
     const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS6;
     const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS6;
+    const ENABLED_BY: u32 = flags::IPV6;
     const HAS_EXCLUDED_ROUTES: u32 = flags::HAS_EXCLUDED_ROUTES6;
     #[inline(always)]
     fn is_localhost(_: &PodConfig, addr: RawIpv6) -> bool {
@@ -142,11 +146,9 @@ impl Family for V6 {
     fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
         sets.has_cidr6(rules, set, addr)
     }
-    /// IPv6 DNS capture (ip6tables' `ISTIO_OUTPUT_DNS`) is not implemented: IPv6 name servers
-    /// are not recorded and there are no `sendmsg6`/`recvmsg6` programs yet.
     #[inline(always)]
-    fn is_captured_dns_server(_: &PodConfig, _: RawIpv6) -> bool {
-        false
+    fn is_captured_dns_server(cfg: &PodConfig, addr: RawIpv6) -> bool {
+        cfg.is_captured_dns_server6(addr)
     }
 }
 
@@ -170,7 +172,9 @@ enum Owner {
     Gid,
 }
 
-/// Decide an outbound connect or datagram. Rule order is istio-iptables' `ISTIO_OUTPUT` chain,
+/// Decide an outbound connect or datagram. IPv6 is decided only when the pod captures IPv6
+/// (`flags::IPV6`), as ip6tables rules exist only then. Rule order is istio-iptables'
+/// `ISTIO_OUTPUT` chain,
 /// walked literally (first match wins), so that its quirks come out the same (shown for IPv4;
 /// the IPv6 chain has `::1/128` and `::6/128` in their places):
 ///
@@ -204,6 +208,10 @@ pub fn decide_outbound<F: Family>(
     c: &Connect<F::Addr>,
     sets: &impl RuleSets,
 ) -> Verdict {
+    // No ip6tables rules at all (istio-iptables' EnableIPv6 off): IPv6 goes direct.
+    if F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY) {
+        return Verdict::Direct(Counter::DirectIpv6Disabled);
+    }
     let rules = cfg.rules;
     let tcp = c.proto == Proto::Tcp;
     let dns = cfg.has(flags::REDIRECT_DNS);
@@ -675,6 +683,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn without_ipv6_capture_every_ipv6_connection_goes_direct() {
+        // istio-iptables without --dual-stack in a pod whose first address is IPv4: no
+        // ip6tables rules, so nothing IPv6 is captured, not even DNS or the proxy's own pod.
+        let mut cfg = pod6(flags::INCLUDE_ALL | flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS);
+        cfg.flags &= !flags::IPV6;
+        let sets = Sets::default();
+        let off = Verdict::Direct(Counter::DirectIpv6Disabled);
+        for c in [
+            conn6(v6("fd00:200:1::1"), 80, APP, APP),
+            conn6(v6("fd00:200::2"), 9080, PROXY, PROXY),
+            udp6(v6("fd00:200:1::1"), 53, APP, APP),
+        ] {
+            assert_eq!(decide_outbound6(&cfg, &c, &sets), off, "{c:?}");
+        }
+        // IPv4 (also what a dual-stack socket dials as ::ffff:a.b.c.d) is decided as ever.
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([10, 2, 0, 1], 80, APP, APP), &sets),
+            OUT
+        );
+    }
+
     fn v6(s: &str) -> RawIpv6 {
         raw_ipv6(s.parse::<std::net::Ipv6Addr>().unwrap().octets())
     }
@@ -683,9 +713,9 @@ mod tests {
         s.parse::<std::net::Ipv6Addr>().unwrap().octets()
     }
 
-    /// `pod()` with IPv6 addresses: fd00:200::2 and a link-local one.
+    /// `pod()` with IPv6 addresses (fd00:200::2 and a link-local one), IPv6 captured.
     fn pod6(flags_: u32) -> PodConfig {
-        let mut cfg = pod(flags_);
+        let mut cfg = pod(flags_ | flags::IPV6);
         cfg.local6[0] = v6("fd00:200::2");
         cfg.local6[1] = v6("fe80::2");
         cfg.n_local6 = 2;
@@ -831,16 +861,88 @@ mod tests {
         );
     }
 
+    fn dns6_pod(extra: u32, servers: &[&str]) -> PodConfig {
+        let mut cfg = pod6(flags::REDIRECT_DNS | extra);
+        for (i, s) in servers.iter().enumerate() {
+            cfg.dns6[i] = v6(s);
+        }
+        cfg.n_dns6 = servers.len() as u8;
+        cfg
+    }
+
+    fn udp6(dst: RawIpv6, port: u16, uid: u32, gid: u32) -> Connect6 {
+        Connect6 {
+            proto: Proto::Udp,
+            ..conn6(dst, port, uid, gid)
+        }
+    }
+
     #[test]
-    fn ipv6_dns_is_not_captured_yet_but_the_owner_rules_keep_their_dns_form() {
-        let cfg = pod6(flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS | flags::INCLUDE_ALL);
+    fn ipv6_dns_to_the_name_servers_is_captured_as_ip6tables_does() {
+        let cfg = dns6_pod(
+            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS6,
+            &["fd00:96::10"],
+        );
+        let mut sets = Sets::default();
+        // -x naming the name server does not stop DNS capture: the DNS rules come first.
+        sets.cidrs6
+            .push((1, CidrSet::Exclude as u32, prefix6("fd00:96::"), 64));
+        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
+        use Counter::*;
+        let ns = v6("fd00:96::10");
+        let other = v6("fd00:97::10");
+        let cases = [
+            (udp6(ns, 53, APP, APP), DNS),
+            (conn6(ns, 53, APP, APP), DNS),
+            (udp6(ns, 53, PROXY, PROXY), Verdict::Direct(DirectProxy)),
+            (conn6(ns, 53, APP, PROXY), Verdict::Direct(DirectProxy)),
+            // Not a name server: UDP goes direct, TCP follows the other rules (-i '*').
+            (
+                udp6(other, 53, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            (conn6(other, 53, APP, APP), OUT),
+            (
+                udp6(ns, 5353, APP, APP),
+                Verdict::Direct(DirectExcludedCidr),
+            ),
+            // The proxy's TCP to its own pod on 53: spared by the uid rule under DNS capture.
+            (
+                conn6(v6("fd00:200::2"), 53, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (conn6(v6("fd00:200::2"), 53, APP, PROXY), IN),
+        ];
+        for (c, want) in cases {
+            assert_eq!(d(c), want, "{c:?}");
+        }
+        // An IPv4 name server says nothing about IPv6 (and an IPv6 one nothing about IPv4).
+        let mut v4_only = cfg;
+        v4_only.n_dns6 = 0;
+        v4_only.dns4[0] = raw_ipv4([10, 96, 0, 10]);
+        v4_only.n_dns4 = 1;
+        assert_eq!(
+            decide_outbound6(&v4_only, &udp6(ns, 53, APP, APP), &sets),
+            Verdict::Direct(DirectExcludedCidr)
+        );
+        assert_eq!(
+            decide_outbound4(&cfg, &udp([10, 96, 0, 10], 53, APP, APP), &sets),
+            Verdict::Direct(DirectNotIncluded)
+        );
+    }
+
+    #[test]
+    fn ipv6_capture_all_dns_takes_every_server_and_localhost() {
+        let cfg = dns6_pod(flags::CAPTURE_ALL_DNS, &[]);
         let sets = Sets::default();
         let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
-        // TCP to port 53 follows the other rules (-i '*').
-        assert_eq!(d(conn6(v6("fd00:96::10"), 53, APP, APP)), OUT);
-        // The proxy's own pod on 53: the uid rule spares port 53 under DNS capture.
+        assert_eq!(d(udp6(v6("fd00:97::10"), 53, APP, APP)), DNS);
+        assert_eq!(d(udp6(LOCALHOST6, 53, APP, APP)), DNS);
+        assert_eq!(d(conn6(v6("2001:db8::53"), 53, APP, APP)), DNS);
+        // TCP/53 over lo by the application: the "others over lo" rule spares port 53.
+        assert_eq!(d(conn6(v6("fd00:200::2"), 53, APP, APP)), DNS);
         assert_eq!(
-            d(conn6(v6("fd00:200::2"), 53, PROXY, PROXY)),
+            d(udp6(v6("fd00:97::10"), 53, PROXY, PROXY)),
             Verdict::Direct(Counter::DirectProxy)
         );
     }

@@ -82,9 +82,6 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
     }
     let cgroup = resolve_cgroup(&args.target)?;
     let netns = Netns::open(&netns_path(&args.target))?;
-    for note in cfg.not_enforced() {
-        tracing::warn!("{note}");
-    }
     let info = netns.inspect()?;
     let dns = dns_capture(&cfg, &args.resolv_conf)?;
     // Everything that depends on the namespace (e.g. -c names) is checked before loading.
@@ -108,6 +105,10 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
         config: serde_json::to_value(&cfg)?,
         dns_capture: serde_json::to_value(&dns)?,
     };
+    if info.ipv6_enabled(cfg.dual_stack) {
+        // As istio-iptables: Envoy's IPv6 inbound passthrough binds ::6.
+        crate::iptables::command::add_inbound_passthrough_v6(&netns)?;
+    }
     let opts = LoadOptions {
         bpffs_root: args.target.bpffs.clone(),
         max_connections: args.max_connections.max(1),
@@ -162,7 +163,6 @@ fn print_dry_run(
         "netns": netns.path,
         "config": cfg,
         "dns_capture": dns,
-        "not_enforced": cfg.not_enforced(),
         "maps": plan.describe(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -188,19 +188,6 @@ impl InterceptConfig {
         }
         Ok(())
     }
-
-    /// Options this build accepts and validates but does not enforce yet, one line each.
-    pub fn not_enforced(&self) -> Vec<String> {
-        let mut notes = Vec::new();
-        if self.inbound_ports != InboundPorts::Ports(Vec::new()) {
-            notes.push(
-                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
-                 directly"
-                    .to_string(),
-            );
-        }
-        notes
-    }
 }
 
 /// Raw option values, as strings, after the flag-over-environment precedence is applied.
@@ -693,13 +680,6 @@ mod tests {
         assert_eq!(cfg.inbound_tunnel_port, 15008);
         assert_eq!(cfg.inbound_mode, InterceptionMode::Redirect);
         assert_eq!(cfg.inbound_fail, InboundFail::Open);
-        assert_eq!(
-            cfg.not_enforced(),
-            vec![
-                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
-                 directly"
-            ]
-        );
     }
 
     #[test]

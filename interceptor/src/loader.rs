@@ -35,7 +35,7 @@ static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// Maps that live in the instance directory and survive re-runs and program upgrades.
-const PERSISTENT_MAPS: [&str; 14] = [
+const PERSISTENT_MAPS: [&str; 15] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -50,6 +50,7 @@ const PERSISTENT_MAPS: [&str; 14] = [
     map_names::ORIG_DST6_BY_COOKIE,
     map_names::ORIG_DST6_BY_TUPLE,
     map_names::POD_RECORDS,
+    map_names::UDP_ORIG_DST6,
 ];
 
 /// The programs attached to a cgroup (all but `sk_lookup`, which goes to a network
@@ -61,7 +62,10 @@ pub fn cgroup_programs() -> Vec<&'static str> {
         .collect()
 }
 
+/// Address families of `ListenerKey`.
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
 /// `bpf_map_update_elem` flag: fail with EEXIST when the key is present.
 const BPF_NOEXIST: u64 = 1;
 
@@ -339,36 +343,48 @@ fn load_and_apply(
     })
 }
 
-/// Registers a capture listener the proxy opened before the programs were attached. Best
-/// effort: without it, inbound capture starts when the proxy next listens.
+/// Registers the capture listeners (one per address family) the proxy opened before the
+/// programs were attached. Best effort: without it, inbound capture starts when the proxy next
+/// listens.
 pub(crate) fn register_existing_listener(writer: &mut Maps, netns: &Netns, plan: &MapPlan) {
     let pod = plan.pod;
     let found = listeners::find_existing(netns, pod.inbound_capture_port, |uid, gid| {
         pod.is_proxy_uid(uid) || gid.is_some_and(|g| pod.is_proxy_gid(g))
     });
-    match found {
-        Ok(Some(l)) => match writer.register_listener(plan.netns_cookie, &l.fd) {
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot look for an existing inbound listener"
+            );
+            return;
+        }
+    };
+    if found.is_empty() {
+        tracing::debug!(
+            port = pod.inbound_capture_port,
+            "no proxy listener yet: it registers when it listens"
+        );
+    }
+    for l in found {
+        let family = l.socket.family;
+        match writer.register_listener(plan.netns_cookie, family, &l.fd) {
             Ok(true) => tracing::info!(
                 pid = l.pid,
                 uid = l.socket.uid,
                 port = pod.inbound_capture_port,
+                family = family.name(),
                 "registered the proxy's existing inbound listener"
             ),
             Ok(false) => {} // the kernel registered one already
             Err(e) => tracing::warn!(
                 pid = l.pid,
+                family = family.name(),
                 error = %format!("{e:#}"),
                 "cannot register the proxy's existing inbound listener"
             ),
-        },
-        Ok(None) => tracing::debug!(
-            port = pod.inbound_capture_port,
-            "no proxy listener yet: it registers when it listens"
-        ),
-        Err(e) => tracing::warn!(
-            error = %format!("{e:#}"),
-            "cannot look for an existing inbound listener"
-        ),
+        }
     }
 }
 
@@ -476,10 +492,13 @@ fn attach_type(program: &str) -> u32 {
         program_names::GETPEERNAME4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
         program_names::GETPEERNAME6 => 30, // BPF_CGROUP_INET6_GETPEERNAME
         program_names::RECVMSG4 => 19,     // BPF_CGROUP_UDP4_RECVMSG
+        program_names::RECVMSG6 => 20,     // BPF_CGROUP_UDP6_RECVMSG
         program_names::SENDMSG4 => 14,     // BPF_CGROUP_UDP4_SENDMSG
+        program_names::SENDMSG6 => 15,     // BPF_CGROUP_UDP6_SENDMSG
         program_names::CONNECT4 => 10,     // BPF_CGROUP_INET4_CONNECT
         program_names::CONNECT6 => 11,     // BPF_CGROUP_INET6_CONNECT
         program_names::POST_BIND4 => 12,   // BPF_CGROUP_INET4_POST_BIND
+        program_names::POST_BIND6 => 13,   // BPF_CGROUP_INET6_POST_BIND
         program_names::SK_LOOKUP => 36,    // BPF_SK_LOOKUP (a network namespace)
         other => unreachable!("no attach type for {other}"),
     }
@@ -656,7 +675,7 @@ impl Maps {
 
     /// Forgets a pod's registered capture listener (IPv4 and IPv6 keys).
     pub(crate) fn remove_listeners(&mut self, cookie: u64) {
-        for family in [AF_INET, 10] {
+        for family in [AF_INET, AF_INET6] {
             let _ = self.listeners.remove(&ListenerKey {
                 netns: cookie,
                 family,
@@ -757,11 +776,16 @@ impl Maps {
 
     /// Marks `socket` as the pod's capture listener and registers it, unless one is registered
     /// already (the kernel's registration of a newer listener wins). True when registered.
-    fn register_listener(&mut self, netns_cookie: u64, socket: &OwnedFd) -> anyhow::Result<bool> {
+    fn register_listener(
+        &mut self,
+        netns_cookie: u64,
+        family: listeners::Family,
+        socket: &OwnedFd,
+    ) -> anyhow::Result<bool> {
         use std::os::fd::AsRawFd as _;
         let key = ListenerKey {
             netns: netns_cookie,
-            family: AF_INET,
+            family: family.af(),
             _pad: 0,
         };
         if self.listeners.get(&key, 0).is_ok() {

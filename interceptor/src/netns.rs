@@ -39,6 +39,20 @@ pub struct NetnsInfo {
     pub routes: Vec<crate::routes::Route>,
 }
 
+impl NetnsInfo {
+    /// Whether IPv6 is captured in this namespace, as istio-iptables decides it (its
+    /// `EnableIPv6`; see `iptables::facts::ipv6_enabled`). The kernel lists every IPv4 address
+    /// before any IPv6 one (`sys::interface_addrs`), so these lists give the order istio-iptables
+    /// sees. A namespace
+    /// without a usable address (istio-iptables refuses it) captures IPv4 only.
+    pub fn ipv6_enabled(&self, dual_stack: bool) -> bool {
+        let addrs: Vec<IpAddr> = (self.addrs4.iter().map(|a| IpAddr::V4(*a)))
+            .chain(self.addrs6.iter().map(|a| IpAddr::V6(*a)))
+            .collect();
+        crate::iptables::facts::ipv6_enabled(&addrs, dual_stack).unwrap_or(false)
+    }
+}
+
 impl Netns {
     pub fn open(path: &Path) -> Result<Self, TargetError> {
         let err = |reason: String| TargetError::Netns {

@@ -365,6 +365,7 @@ impl Node {
         let envoy_user =
             std::env::var("ENVOY_USER").unwrap_or_else(|_| defaults::ENVOY_USER.into());
         let cfg = req.options.resolve(&SystemIds, &envoy_user)?;
+        cfg.check_ebpf_support()?;
         let netns = Netns::open(&req.netns)?;
         let info = netns.inspect()?;
         let servers = match &req.resolv_conf {
@@ -374,8 +375,7 @@ impl Node {
             _ => Vec::new(),
         };
         let (dns, dns_warning) = DnsCapture::resolve(&cfg, servers);
-        let mut warnings = cfg.not_enforced();
-        warnings.extend(dns_warning);
+        let warnings: Vec<String> = dns_warning.into_iter().collect();
         // Validate everything that depends on the namespace before touching the maps.
         MapPlan::build(&cfg, &info, &dns, 1, 0)?;
 
@@ -401,6 +401,10 @@ impl Node {
             .find(|r| !configs.iter().any(|(_, c)| c.rules == *r))
             .expect("fewer pods than rule ids");
         let plan = MapPlan::build(&cfg, &info, &dns, rules, pod_index)?;
+        if info.ipv6_enabled(cfg.dual_stack) {
+            // As istio-iptables: Envoy's IPv6 inbound passthrough binds ::6.
+            crate::iptables::command::add_inbound_passthrough_v6(&netns)?;
+        }
         let record = PodRecord {
             name: req.name.clone(),
             namespace: req.namespace.clone(),

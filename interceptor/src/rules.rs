@@ -4,7 +4,8 @@ use std::net::IpAddr;
 
 use interceptor_ebpf::{
     CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_DNS_SERVERS4,
-    MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, MAX_OWNER_GROUPS, PodConfig, PortKey, PortSet, flags,
+    MAX_DNS_SERVERS6, MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, MAX_OWNER_GROUPS, PodConfig, PortKey,
+    PortSet, flags,
     wire::{ipv6_octets, raw_ipv4, raw_ipv6},
 };
 use serde::Serialize;
@@ -84,30 +85,40 @@ impl MapPlan {
         for (slot, a) in pod.local6.iter_mut().zip(&netns.addrs6) {
             *slot = raw_ipv6(a.octets());
         }
+        if netns.ipv6_enabled(cfg.dual_stack) {
+            pod.flags |= flags::IPV6;
+        }
 
         match dns {
             DnsCapture::Off => {}
             DnsCapture::All => pod.flags |= flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS,
             DnsCapture::Servers(servers) => {
                 pod.flags |= flags::REDIRECT_DNS;
-                let v4: Vec<_> = servers
-                    .iter()
-                    .filter_map(|s| match s {
-                        IpAddr::V4(a) => Some(*a),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect();
-                if v4.len() > MAX_DNS_SERVERS4 {
-                    anyhow::bail!(
-                        "the pod's resolv.conf names {} IPv4 name servers; at most \
-                         {MAX_DNS_SERVERS4} are supported",
-                        v4.len()
-                    );
+                // Split by family as istio-iptables does: an IPv4-mapped server is an IPv6
+                // rule there, which never matches (such connections are IPv4), and so here.
+                let mut v4 = Vec::new();
+                let mut v6 = Vec::new();
+                for s in servers {
+                    match s {
+                        IpAddr::V4(a) => v4.push(raw_ipv4(a.octets())),
+                        IpAddr::V6(a) => v6.push(raw_ipv6(a.octets())),
+                    }
+                }
+                for (n, max, family) in [
+                    (v4.len(), MAX_DNS_SERVERS4, "IPv4"),
+                    (v6.len(), MAX_DNS_SERVERS6, "IPv6"),
+                ] {
+                    if n > max {
+                        anyhow::bail!(
+                            "the pod's resolv.conf names {n} {family} name servers; at most \
+                             {max} are supported"
+                        );
+                    }
                 }
                 pod.n_dns4 = v4.len() as u8;
-                for (slot, a) in pod.dns4.iter_mut().zip(&v4) {
-                    *slot = raw_ipv4(a.octets());
-                }
+                pod.dns4[..v4.len()].copy_from_slice(&v4);
+                pod.n_dns6 = v6.len() as u8;
+                pod.dns6[..v6.len()].copy_from_slice(&v6);
             }
         }
 
@@ -310,6 +321,10 @@ impl MapPlan {
                     .iter()
                     .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
                     .collect(),
+                dns_servers6: p.dns6[..p.n_dns6 as usize]
+                    .iter()
+                    .map(|a| std::net::Ipv6Addr::from(ipv6_octets(*a)).to_string())
+                    .collect(),
                 inbound_exclude_ifindexes: p.exclude_ifindex[..p.n_exclude_ifindex as usize]
                     .to_vec(),
                 local_addrs6: p.local6[..p.n_local6 as usize]
@@ -437,6 +452,7 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
         (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
         (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
+        (flags::IPV6, "ipv6"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
@@ -465,6 +481,7 @@ pub struct PodConfigView {
     pub gids: Vec<u32>,
     pub local_addrs4: Vec<String>,
     pub dns_servers4: Vec<String>,
+    pub dns_servers6: Vec<String>,
     pub inbound_exclude_ifindexes: Vec<u32>,
     pub local_addrs6: Vec<String>,
 }
@@ -696,5 +713,64 @@ mod tests {
                 value: "eth9".into()
             })
         );
+    }
+
+    #[test]
+    fn name_servers_of_both_families_are_captured_each_in_its_own_list() {
+        let cfg = RawOptions {
+            redirect_dns: true,
+            ..Default::default()
+        }
+        .resolve(&NoUsers, "istio-proxy")
+        .unwrap();
+        let servers: Vec<IpAddr> = ["10.96.0.10", "fd00:96::10", "::ffff:10.96.0.11"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Servers(servers), 1, 0).unwrap();
+        assert_ne!(plan.pod.flags & flags::REDIRECT_DNS, 0);
+        let view = plan.describe().pod_config;
+        assert_eq!(view.dns_servers4, vec!["10.96.0.10"]);
+        // The mapped one is an IPv6 rule, as in istio-iptables (it never matches).
+        assert_eq!(view.dns_servers6, vec!["fd00:96::10", "::ffff:10.96.0.11"]);
+
+        let too_many: Vec<IpAddr> = (1..=9u16)
+            .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i)))
+            .collect();
+        let err = MapPlan::build(&cfg, &netns(), &DnsCapture::Servers(too_many), 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("9 IPv6 name servers"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_is_captured_as_istio_iptables_enables_it() {
+        let plan = |dual_stack: bool, info: &NetnsInfo| {
+            let cfg = RawOptions {
+                dual_stack,
+                ..Default::default()
+            }
+            .resolve(&NoUsers, "istio-proxy")
+            .unwrap();
+            MapPlan::build(&cfg, info, &DnsCapture::Off, 1, 0)
+                .unwrap()
+                .pod
+                .flags
+                & flags::IPV6
+        };
+        // IPv4 first: IPv6 only with --dual-stack.
+        assert_eq!(plan(false, &netns()), 0);
+        assert_ne!(plan(true, &netns()), 0);
+        // IPv6 only (link-local ones do not count): IPv6 either way.
+        let v6_only = NetnsInfo {
+            addrs4: vec![],
+            ..netns()
+        };
+        assert_ne!(plan(false, &v6_only), 0);
+        let link_local_only = NetnsInfo {
+            addrs6: vec!["fe80::1".parse().unwrap()],
+            ..netns()
+        };
+        assert_eq!(plan(true, &link_local_only), 0);
     }
 }

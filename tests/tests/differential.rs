@@ -7,17 +7,23 @@
 //! server, an address the flags exclude, one they include, 127.0.0.1, the pod's own address)
 //! x ports (an ordinary one, one some flag sets exclude with -o, the tunnel port 15008, 53),
 //! plus connections bound to 127.0.0.6 and UDP DNS queries to a name server and to another
-//! address. Each is recorded as "sidecar port P, original destination D", "direct to D", or
-//! "failed"; DNS as who answered and from which address the answer appeared to come.
+//! address. The same over IPv6 (the server's IPv6 address, an excluded and an included range,
+//! ::1, the pod's IPv6 address, from ::6, DNS to the IPv6 name server), and IPv4 dialled from
+//! dual-stack sockets (`::ffff:a.b.c.d`, TCP and DNS). Each is recorded as "sidecar port P,
+//! original destination D", "direct to D", or "failed"; DNS as who answered and from which
+//! address the answer appeared to come.
+//!
+//! The pods' first address is IPv4: as with istio-iptables, IPv6 is captured only by the flag
+//! sets with `--dual-stack`, which the IPv6 part of the matrix compares too.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::thread;
 
 use anyhow::{Context as _, Result};
 use interceptor_tests::{
     Backend, DnsTransport, Identity, Intercepted, IptablesMode, Place, ProbeOptions, ProbeResult,
-    TempFile, Topology, addr, any,
+    TempFile, Topology, addr, addr6, any, any6,
 };
 
 const VIA_PROXY: Ipv4Addr = Ipv4Addr::new(10, 200, 9, 9);
@@ -38,28 +44,50 @@ const IDENTITIES: [(&str, Identity); 4] = [
     ("other", OTHER),
 ];
 
-/// The flag sets. In the address plan, 10.200.0.1 is the server (and the pod's name server),
-/// 10.200.1.1 and 10.200.2.1 are further server addresses, 10.200.0.2 is the pod, and
-/// 10.200.101.1 is the server reached through the pod's second interface, eth1.
-const FLAG_SETS: [&[&str]; 15] = [
-    // The seed's invocation.
+/// The flag sets. In the address plan, 10.200.0.1 and fd00:200::1 are the server (and the
+/// pod's name servers), 10.200.1.1, 10.200.2.1, fd00:200:1::1 and fd00:200:2::1 are further
+/// server addresses, 10.200.0.2 and fd00:200::2 are the pod, and 10.200.101.1 is the server
+/// reached through the pod's second interface, eth1.
+const FLAG_SETS: [&[&str]; 16] = [
+    // The seed's invocation (no --dual-stack: IPv6 is left alone by both).
     &[
         "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
     ],
-    // Include everything but a range; current istio defaults for the rest.
-    &["-i", "*", "-x", "10.200.1.0/24"],
+    // Include everything but a range of each family; current istio defaults for the rest.
+    &[
+        "--dual-stack",
+        "-i",
+        "*",
+        "-x",
+        "10.200.1.0/24,fd00:200:1::/64",
+    ],
     // An explicit include list, one address inside an included range excluded.
-    &["-i", "10.200.0.0/24,10.200.2.0/24", "-x", "10.200.0.1/32"],
+    &[
+        "--dual-stack",
+        "-i",
+        "10.200.0.0/24,10.200.2.0/24,fd00:200::/64,fd00:200:2::/64",
+        "-x",
+        "10.200.0.1/32,fd00:200::1/128",
+    ],
     // -q adds ports whatever the destination; -x still wins over it.
-    &["-i", "10.200.2.0/24", "-q", "8080", "-x", "10.200.1.1/32"],
+    &[
+        "--dual-stack",
+        "-i",
+        "fd00:200:2::/64,10.200.2.0/24",
+        "-q",
+        "8080",
+        "-x",
+        "10.200.1.1/32,fd00:200:1::1/128",
+    ],
     // Only -q ports.
-    &["-i", "", "-q", "3306,53"],
+    &["--dual-stack", "-i", "", "-q", "3306,53"],
     // -o ports never go to the sidecar, not even the proxy's.
-    &["-i", "*", "-o", "3306,15008"],
+    &["--dual-stack", "-i", "*", "-o", "3306,15008"],
     // Several proxy uids: only the first one decides over lo.
-    &["-u", "1337,2000", "-g", "1337", "-i", "*"],
+    &["--dual-stack", "-u", "1337,2000", "-g", "1337", "-i", "*"],
     // Several proxy gids.
     &[
+        "--dual-stack",
         "-u",
         "1337",
         "-g",
@@ -67,16 +95,32 @@ const FLAG_SETS: [&[&str]; 15] = [
         "-i",
         "*",
         "-x",
-        "10.200.2.0/24",
+        "10.200.2.0/24,fd00:200:2::/64",
     ],
     // A loopback range in -i: the "application over lo goes direct" rules are left out.
-    &["-i", "127.0.0.0/8,10.200.2.0/24"],
+    &["--dual-stack", "-i", "127.0.0.0/8,10.200.2.0/24"],
+    // The same with an IPv6 loopback range (it changes the IPv4 table too).
+    &["--dual-stack", "-i", "::1/128,fd00:200:2::/64"],
     // DNS capture of the pod's name servers.
-    &["--redirect-dns", "-i", "*", "-x", "10.200.1.0/24"],
+    &[
+        "--dual-stack",
+        "--redirect-dns",
+        "-i",
+        "*",
+        "-x",
+        "10.200.1.0/24,fd00:200:1::/64",
+    ],
     // DNS capture of every server, with an include list.
-    &["--redirect-dns", "--capture-all-dns", "-i", "10.200.2.0/24"],
+    &[
+        "--dual-stack",
+        "--redirect-dns",
+        "--capture-all-dns",
+        "-i",
+        "10.200.2.0/24,fd00:200:2::/64",
+    ],
     // DNS capture with several gids and non-default ports.
     &[
+        "--dual-stack",
         "--redirect-dns",
         "-u",
         "1337",
@@ -90,17 +134,24 @@ const FLAG_SETS: [&[&str]; 15] = [
         "3306",
     ],
     // An excluded interface: connections routed through it are never captured.
-    &["-i", "*", "-c", "eth1", "-q", "8080"],
+    &["--dual-stack", "-i", "*", "-c", "eth1", "-q", "8080"],
     // Owner groups (environment only): group 3000 is spared.
-    &["ENV", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=3000", "-i", "*"],
+    &[
+        "--dual-stack",
+        "ENV",
+        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=3000",
+        "-i",
+        "*",
+    ],
     // Only group 1000 captured, and a wider IPv4 localhost.
     &[
         "ENV",
         "ISTIO_OUTBOUND_OWNER_GROUPS=1000",
         "ENV",
         "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8",
+        "--dual-stack",
         "-i",
-        "127.0.0.0/8,10.200.2.0/24",
+        "127.0.0.0/8,10.200.2.0/24,fd00:200:2::/64",
     ],
 ];
 
@@ -126,15 +177,24 @@ fn build_pod(tag: &str, backend: Backend, flag_set: &[&str]) -> Result<(Intercep
     topo.add_pod_interface()?;
     let resolv_conf = TempFile::new(
         &format!("{}-resolv.conf", topo.name),
-        &format!("nameserver {}\n", topo.server_ip),
+        &format!(
+            "nameserver {}\nnameserver {}\n",
+            topo.server_ip, topo.server_ip6
+        ),
     )?;
-    let tcp: Vec<SocketAddr> = PORTS.iter().map(|&p| any(p)).collect();
+    let tcp: Vec<SocketAddr> = PORTS.iter().flat_map(|&p| [any(p), any6(p)]).collect();
     let mut processes = vec![
         topo.spawn_server(&Place::Server, Identity::ROOT, &tcp, &[])?,
         topo.spawn_server(&Place::Pod, Identity::ROOT, &tcp, &[])?,
     ];
     // One responder per address: a reply must come from the address that was asked.
-    for ip in [topo.server_ip, topo.server_extra_ips[0]] {
+    let name_servers: [IpAddr; 4] = [
+        topo.server_ip.into(),
+        topo.server_extra_ips[0].into(),
+        topo.server_ip6.into(),
+        topo.server_extra_ips6[0].into(),
+    ];
+    for ip in name_servers {
         processes.push(topo.spawn_dns_responder(
             &Place::Server,
             Identity::ROOT,
@@ -143,16 +203,21 @@ fn build_pod(tag: &str, backend: Backend, flag_set: &[&str]) -> Result<(Intercep
             VIA_SERVER,
         )?);
     }
-    processes.push(topo.spawn_dns_responder(
-        &Place::Pod,
-        PROXY,
-        Ipv4Addr::LOCALHOST,
-        15053,
-        VIA_PROXY,
-    )?);
+    for ip in [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ] {
+        processes.push(topo.spawn_dns_responder(&Place::Pod, PROXY, ip, 15053, VIA_PROXY)?);
+    }
     processes.push(topo.spawn_sidecar(
         &[15001, 15006, 15007, 15053],
-        &["--announce", "--upstream-source", "127.0.0.6"],
+        &[
+            "--announce",
+            "--upstream-source",
+            "127.0.0.6",
+            "--upstream-source",
+            "::6",
+        ],
     )?);
     let pod = Intercepted { topo, backend };
     let (flags, env) = flags_and_env(flag_set);
@@ -187,51 +252,95 @@ fn outcome(r: &ProbeResult) -> String {
     }
 }
 
+fn answered(q: &interceptor_tests::dns::DnsQueryResult) -> String {
+    let who = match q.addresses.first() {
+        Some(&a) if a == VIA_PROXY => "dns proxy",
+        Some(&a) if a == VIA_SERVER => "server",
+        _ => "nobody",
+    };
+    format!("{who}, from {}", q.from.as_deref().unwrap_or("-"))
+}
+
 /// Runs the matrix in one pod: case label -> outcome.
 fn record(pod: &Intercepted) -> Result<BTreeMap<String, String>> {
     let t = &pod.topo;
-    let dests = [
+    let dests: [(&str, IpAddr); 12] = [
+        ("server", t.server_ip.into()),
+        ("10.200.1.1", t.server_extra_ips[0].into()),
+        ("10.200.2.1", t.server_extra_ips[1].into()),
+        ("localhost", Ipv4Addr::LOCALHOST.into()),
+        ("127.0.0.5", Ipv4Addr::new(127, 0, 0, 5).into()),
+        ("pod-ip", t.pod_ip.into()),
+        ("eth1-server", t.pod_interfaces[0].server_ip.into()),
+        ("server6", t.server_ip6.into()),
+        ("fd00:200:1::1", t.server_extra_ips6[0].into()),
+        ("fd00:200:2::1", t.server_extra_ips6[1].into()),
+        ("::1", Ipv6Addr::LOCALHOST.into()),
+        ("pod-ip6", t.pod_ip6.into()),
+    ];
+    // IPv4 from dual-stack sockets: decided by the IPv4 rules under both backends.
+    let mapped: [(&str, Ipv4Addr); 3] = [
         ("server", t.server_ip),
         ("10.200.1.1", t.server_extra_ips[0]),
-        ("10.200.2.1", t.server_extra_ips[1]),
-        ("localhost", Ipv4Addr::LOCALHOST),
-        ("127.0.0.5", Ipv4Addr::new(127, 0, 0, 5)),
         ("pod-ip", t.pod_ip),
-        ("eth1-server", t.pod_interfaces[0].server_ip),
+    ];
+    let name_servers: [(&str, IpAddr); 4] = [
+        ("server", t.server_ip.into()),
+        ("10.200.1.1", t.server_extra_ips[0].into()),
+        ("server6", t.server_ip6.into()),
+        ("fd00:200:1::1", t.server_extra_ips6[0].into()),
     ];
     let mut out = BTreeMap::new();
     for (who_name, who) in IDENTITIES {
         for (dest_name, ip) in dests {
             for port in PORTS {
-                let r = t.probe(who, addr(ip, port), &ProbeOptions::default())?;
+                let r = t.probe(who, SocketAddr::new(ip, port), &ProbeOptions::default())?;
                 out.insert(format!("{who_name} tcp {dest_name}:{port}"), outcome(&r));
             }
         }
-        let from_passthrough = ProbeOptions {
-            bind: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6))),
-            ..Default::default()
-        };
-        let r = t.probe(who, addr(t.pod_ip, 8080), &from_passthrough)?;
-        out.insert(
-            format!("{who_name} tcp 127.0.0.6 -> pod-ip:8080"),
-            outcome(&r),
-        );
-        for (dest_name, ip) in [
-            ("server", t.server_ip),
-            ("10.200.1.1", t.server_extra_ips[0]),
+        for (dest_name, ip) in mapped {
+            let to = addr6(ip.to_ipv6_mapped(), 8080);
+            let r = t.probe(who, to, &ProbeOptions::default())?;
+            out.insert(
+                format!("{who_name} tcp ::ffff:{dest_name}:8080"),
+                outcome(&r),
+            );
+        }
+        for (source, to) in [
+            (
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)),
+                addr(t.pod_ip, 8080),
+            ),
+            (
+                IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6)),
+                addr6(t.pod_ip6, 8080),
+            ),
         ] {
-            for transport in [DnsTransport::Udp, DnsTransport::UdpConnected] {
-                let q = t.dns_query(who, SocketAddr::from((ip, 53)), "x.mesh.test", transport)?;
-                let answered = match q.addresses.first() {
-                    Some(&a) if a == VIA_PROXY => "dns proxy",
-                    Some(&a) if a == VIA_SERVER => "server",
-                    _ => "nobody",
-                };
+            let from_passthrough = ProbeOptions {
+                bind: Some(source),
+                ..Default::default()
+            };
+            let r = t.probe(who, to, &from_passthrough)?;
+            out.insert(format!("{who_name} tcp {source} -> {to}"), outcome(&r));
+        }
+        for transport in [DnsTransport::Udp, DnsTransport::UdpConnected] {
+            for (dest_name, ip) in name_servers {
+                let q = t.dns_query(who, SocketAddr::new(ip, 53), "x.mesh.test", transport)?;
                 out.insert(
                     format!("{who_name} {transport:?} dns {dest_name}:53"),
-                    format!("{answered}, from {}", q.from.as_deref().unwrap_or("-")),
+                    answered(&q),
                 );
             }
+            let q = t.dns_query_dual_stack(
+                who,
+                SocketAddrV4::new(t.server_ip, 53),
+                "x.mesh.test",
+                transport,
+            )?;
+            out.insert(
+                format!("{who_name} {transport:?} dns ::ffff:server:53"),
+                answered(&q),
+            );
         }
     }
     Ok(out)
@@ -311,12 +420,13 @@ flag_set_tests! {
     several_proxy_uids = 6;
     several_proxy_gids = 7;
     loopback_range_in_include = 8;
-    dns_capture_of_the_name_servers = 9;
-    dns_capture_of_every_server = 10;
-    dns_capture_with_gids_and_other_ports = 11;
-    excluded_interface = 12;
-    owner_groups_exclude = 13;
-    owner_groups_include_and_wider_localhost = 14;
+    ipv6_loopback_range_in_include = 9;
+    dns_capture_of_the_name_servers = 10;
+    dns_capture_of_every_server = 11;
+    dns_capture_with_gids_and_other_ports = 12;
+    excluded_interface = 13;
+    owner_groups_exclude = 14;
+    owner_groups_include_and_wider_localhost = 15;
 }
 
 #[test]
@@ -347,10 +457,66 @@ fn the_seed_invocation_sends_the_application_through_the_sidecar() -> Result<()>
             "direct to 127.0.0.1:8080".to_string(),
         ),
         (
-            "proxy tcp 127.0.0.6 -> pod-ip:8080",
+            "proxy tcp 127.0.0.6 -> 10.200.0.2:8080",
             format!("direct to {pod_ip}:8080"),
         ),
         ("app Udp dns server:53", format!("server, from {server}:53")),
+        // No --dual-stack: IPv6 is not captured; IPv4 from a dual-stack socket is.
+        (
+            "app tcp server6:8080",
+            format!("direct to {}", addr6(pod.topo.server_ip6, 8080)),
+        ),
+        (
+            "app tcp ::ffff:server:8080",
+            format!("sidecar:15001 orig={server}:8080"),
+        ),
+    ] {
+        assert_eq!(rec.get(case), Some(&want), "{case}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_dual_stack_sets_capture_ipv6_and_its_dns() -> Result<()> {
+    // The IPv6 anchor: with --dual-stack, IPv6 rows are captured (not only equal).
+    let (pod, _peers) = build_pod("dfanchor6", Backend::Ebpf, FLAG_SETS[10])?;
+    let rec = record(&pod)?;
+    let t = &pod.topo;
+    let (server6, pod6) = (addr6(t.server_ip6, 8080), addr6(t.pod_ip6, 8080));
+    for (case, want) in [
+        (
+            "app tcp server6:8080",
+            format!("sidecar:15001 orig={server6}"),
+        ),
+        (
+            "app tcp fd00:200:1::1:8080",
+            format!("direct to {}", addr6(t.server_extra_ips6[0], 8080)),
+        ),
+        ("proxy tcp server6:8080", format!("direct to {server6}")),
+        (
+            "proxy tcp pod-ip6:8080",
+            format!("sidecar:15006 orig={pod6}"),
+        ),
+        ("app tcp pod-ip6:8080", format!("direct to {pod6}")),
+        (
+            "app Udp dns server6:53",
+            format!("dns proxy, from {}", addr6(t.server_ip6, 53)),
+        ),
+        (
+            "app UdpConnected dns ::ffff:server:53",
+            format!(
+                "dns proxy, from {}",
+                addr6(t.server_ip.to_ipv6_mapped(), 53)
+            ),
+        ),
+        (
+            "proxy Udp dns server6:53",
+            format!("server, from {}", addr6(t.server_ip6, 53)),
+        ),
+        (
+            "app Udp dns fd00:200:1::1:53",
+            format!("server, from {}", addr6(t.server_extra_ips6[0], 53)),
+        ),
     ] {
         assert_eq!(rec.get(case), Some(&want), "{case}");
     }

@@ -207,9 +207,9 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
         .collect();
-    // sockops, getsockopt, getpeername4/6, recvmsg4, sendmsg4, post_bind4, sk_lookup,
+    // sockops, getsockopt, getpeername4/6, recvmsg4/6, sendmsg4/6, post_bind4/6, sk_lookup,
     // connect4/6.
-    assert_eq!(links.len(), 10, "one link per program");
+    assert_eq!(links.len(), 13, "one link per program");
 
     let out = p.clean();
     assert!(out.status.success());

@@ -9,6 +9,7 @@ use aya_ebpf::{
     helpers::generated::bpf_sk_storage_get,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
+    programs::SockAddrContext,
 };
 use interceptor_ebpf::{
     CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrSet,
@@ -52,9 +53,43 @@ pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> = LruHashMap::with_max
 pub static ORIG_DST6_BY_TUPLE: LruHashMap<SockTuple6, OrigDst6> =
     LruHashMap::with_max_entries(65536, 0);
 /// A redirected UDP socket's original destination (DNS capture), stored on the socket and
-/// freed with it: UDP has no close callback that could clean a hash map.
+/// freed with it: UDP has no close callback that could clean a hash map. IPv4 destinations,
+/// also those a dual-stack socket dialled as `::ffff:a.b.c.d`.
 #[btf_map]
 pub static UDP_ORIG_DST: SkStorage<OrigDst4> = SkStorage::new();
+
+/// The same for IPv6 destinations.
+#[btf_map]
+pub static UDP_ORIG_DST6: SkStorage<OrigDst6> = SkStorage::new();
+
+/// Stores `value` on the socket of `ctx` (a new entry, or over the previous one); false when
+/// the kernel could not store it.
+#[inline(always)]
+pub fn store_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext, mut value: T) -> bool {
+    // SAFETY: the context's socket is valid for the program's run; the kernel copies `value`
+    // into a new entry, and an existing entry is overwritten through the returned pointer.
+    let slot = unsafe { map.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
+    if slot.is_null() {
+        return false;
+    }
+    // A plain `*slot = value` may become a call to `memmove` (the helper saw `value`'s
+    // address), whose pointer subtraction the verifier only allows with CAP_PERFMON: copy as
+    // non-overlapping, which is inlined into loads and stores.
+    unsafe { core::ptr::copy_nonoverlapping(&value, slot, 1) };
+    true
+}
+
+/// The value stored on the socket of `ctx`, if any.
+#[inline(always)]
+pub fn stored_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext) -> Option<T> {
+    // SAFETY: as above; null or a valid entry back.
+    let slot = unsafe { map.get_ptr_mut(ctx) };
+    if slot.is_null() {
+        None
+    } else {
+        Some(unsafe { *slot })
+    }
+}
 
 /// `pod_index * Counter::COUNT + counter` -> count, per CPU.
 #[map]

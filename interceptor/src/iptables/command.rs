@@ -105,8 +105,8 @@ pub fn init(args: &InitArgs, cfg: &InterceptConfig) -> anyhow::Result<()> {
 }
 
 /// istio-iptables puts `::6/128` on `lo` when IPv6 is enabled: Envoy's inbound passthrough
-/// binds it (IPv6 `lo` holds only `::1`, unlike IPv4's 127/8).
-fn add_inbound_passthrough_v6(netns: &Netns) -> anyhow::Result<()> {
+/// binds it (IPv6 `lo` holds only `::1`, unlike IPv4's 127/8). The eBPF backend does too.
+pub(crate) fn add_inbound_passthrough_v6(netns: &Netns) -> anyhow::Result<()> {
     let out = exec::run(
         netns,
         "ip",
