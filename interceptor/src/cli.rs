@@ -106,6 +106,14 @@ pub struct PodAddArgs {
     /// The pod's resolv.conf (for --redirect-dns without --capture-all-dns).
     #[arg(long, value_name = "PATH")]
     pub resolv_conf: Option<PathBuf>,
+    /// The pod's name servers, instead of a resolv.conf (e.g. the cluster DNS address).
+    #[arg(
+        long,
+        value_name = "IP,...",
+        value_delimiter = ',',
+        conflicts_with = "resolv_conf"
+    )]
+    pub dns_servers: Vec<std::net::IpAddr>,
     /// Only `ebpf`: the daemon attaches eBPF programs (use `init --backend iptables` per pod).
     #[arg(long, value_enum, default_value = "ebpf")]
     pub backend: Backend,

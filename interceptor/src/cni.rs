@@ -106,6 +106,10 @@ struct NetConf {
     exclude_namespaces: Vec<String>,
     #[serde(rename = "daemonWaitSeconds", default)]
     daemon_wait_seconds: Option<u64>,
+    /// The pods' name servers for `redirect-dns` (the cluster DNS service address): a pod's
+    /// resolv.conf is written after the CNI ADD.
+    #[serde(rename = "dnsServers", default)]
+    dns_servers: Vec<std::net::IpAddr>,
     #[serde(rename = "runtimeConfig", default)]
     runtime_config: RuntimeConfig,
 }
@@ -270,6 +274,7 @@ fn run_with(env: &Env, conf: &NetConf) -> Result<Option<String>, CniError> {
                     container_id: env.container_id.clone(),
                     options,
                     resolv_conf: None,
+                    dns_servers: conf.dns_servers.clone(),
                 }));
                 let response = call(&socket, &request, wait)?;
                 if let Some(e) = response.error {
@@ -392,6 +397,14 @@ mod tests {
         assert_eq!(raw.service_cidr.as_deref(), Some("10.0.0.0/8,10.1.0.0/16"));
         assert!(raw.redirect_dns);
         assert_eq!(arg(&args, "K8S_POD_NAME"), "web");
+        let c = conf(r#"{"cniVersion":"1.0.0","dnsServers":["10.96.0.10","fd00:10::a"]}"#);
+        assert_eq!(
+            c.dns_servers,
+            vec![
+                "10.96.0.10".parse::<std::net::IpAddr>().unwrap(),
+                "fd00:10::a".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

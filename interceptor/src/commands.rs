@@ -373,6 +373,7 @@ fn pod_add(socket: &Path, add: &PodAddArgs) -> anyhow::Result<()> {
         container_id: add.container_id.clone(),
         options,
         resolv_conf: add.resolv_conf.as_deref().map(absolute).transpose()?,
+        dns_servers: add.dns_servers.clone(),
     }));
     let response = ask(socket, &request)?;
     let added = response

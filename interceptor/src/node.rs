@@ -53,6 +53,10 @@ pub struct AddPod {
     pub options: RawOptions,
     /// The pod's resolv.conf, for `--redirect-dns` without `--capture-all-dns`.
     pub resolv_conf: Option<PathBuf>,
+    /// The pod's name servers, given directly (wins over `resolv_conf`): on Kubernetes the
+    /// cluster DNS service address kubelet writes into every ClusterFirst pod's resolv.conf,
+    /// which does not exist yet when the CNI plugin runs.
+    pub dns_servers: Vec<std::net::IpAddr>,
 }
 
 /// Which registered pods to remove (any field given must match).
@@ -369,6 +373,7 @@ impl Node {
         let netns = Netns::open(&req.netns)?;
         let info = netns.inspect()?;
         let servers = match &req.resolv_conf {
+            _ if !req.dns_servers.is_empty() => req.dns_servers.clone(),
             Some(path) if cfg.redirect_dns && !cfg.capture_all_dns => {
                 crate::resolv_conf::nameservers(path)?
             }
