@@ -4,7 +4,8 @@
 //!   rebuilt when it no longer runs (a nightly update removes the library it links);
 //! - `iproute2` (`ip`), which the demo and tests use to make namespaces and veth pairs;
 //! - `iptables` (both `iptables-legacy` and `iptables-nft`), for the iptables backend and the
-//!   differential tests; `dnsutils` (`dig`), a real resolver client for the DNS tests.
+//!   differential tests; `dnsutils` (`dig`), a real resolver client for the DNS tests;
+//! - for `cargo xtask bench` only: `nginx`, `wrk`, `iperf3`.
 
 use std::{
     ffi::OsString,
@@ -16,6 +17,15 @@ use anyhow::{Context as _, bail};
 
 /// bpf-linker release known to build against rustc's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What `cargo xtask bench` runs besides this workspace's binaries: the HTTP server (nginx),
+/// the load generators (wrk, iperf3).
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    for (command, package) in crate::bench::TOOLS {
+        ensure_command(command, package)?;
+    }
+    Ok(())
+}
 
 pub fn ensure_all() -> anyhow::Result<()> {
     ensure_rust_src()?;

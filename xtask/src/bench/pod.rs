@@ -1,0 +1,347 @@
+//! One measured set-up: a fresh pod and server (the tests' [`Topology`]) with nginx and an iperf3
+//! server, the sidecar, and the mode's interception. A fresh one per mode and round, so that no
+//! mode runs in a namespace another mode touched (a nat table, once loaded, leaves conntrack
+//! hooks registered in its namespace).
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use interceptor_tests::{Identity, Place, ProbeOptions, Process, Side, Topology};
+
+use super::modes::{self, Mode};
+use super::results::CpuFigures;
+
+/// Bound for a server or the sidecar to listen, and for `interceptor` to finish.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const INTERCEPTOR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The binaries and the files every pod shares.
+#[derive(Debug)]
+pub struct Tools {
+    pub interceptor: PathBuf,
+    pub sidecar: PathBuf,
+    pub probe: PathBuf,
+    /// nginx.conf, the wrk script, the large response: readable by the unprivileged client and
+    /// nginx workers.
+    pub workdir: PathBuf,
+}
+
+impl Tools {
+    pub fn nginx_conf(&self) -> PathBuf {
+        self.workdir.join("nginx.conf")
+    }
+
+    pub fn wrk_script(&self) -> PathBuf {
+        self.workdir.join("report.lua")
+    }
+
+    /// Runs `interceptor <args>` (bounded), failing with its stderr; returns its stdout and
+    /// its wall time, start to exit.
+    pub fn interceptor(&self, args: &[String]) -> Result<(String, Duration)> {
+        let mut cmd = Command::new(&self.interceptor);
+        cmd.args(args)
+            .env("INTERCEPTOR_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut process = Process::spawn_unowned(&mut cmd)?;
+        // Polled finely (Process::wait polls every 2 ms): this is the set-up cost figure.
+        while process.try_status()?.is_none() && start.elapsed() < INTERCEPTOR_TIMEOUT {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let elapsed = start.elapsed();
+        let finished = process
+            .wait(Duration::ZERO)
+            .with_context(|| format!("interceptor {}", args.first().map_or("", |s| s.as_str())))?;
+        if !finished.status.success() {
+            bail!(
+                "`interceptor {}` failed ({}): {}",
+                shorten(&args.join(" ")),
+                finished.status,
+                finished.stderr.trim()
+            );
+        }
+        Ok((finished.stdout, elapsed))
+    }
+}
+
+/// A command line with 10,000 CIDRs is unreadable in an error message.
+fn shorten(text: &str) -> String {
+    if text.len() <= 300 {
+        return text.to_owned();
+    }
+    let mut end = 300;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
+}
+
+pub struct BenchPod<'t> {
+    pub mode: Mode,
+    pub cidrs: u32,
+    /// Wall time of `interceptor init`, when the mode has one.
+    pub init_ms: Option<f64>,
+    tools: &'t Tools,
+    server_cgroup: PathBuf,
+    /// `interceptor clean` must run before the cgroup goes: the pins outlive it.
+    attached_ebpf: bool,
+    /// Killed before the topology is dropped (fields drop in order).
+    processes: Vec<Process>,
+    topo: Topology,
+}
+
+impl<'t> BenchPod<'t> {
+    pub fn new(mode: Mode, cidrs: u32, tools: &'t Tools) -> Result<Self> {
+        let topo = Topology::new(mode.tag())?;
+        let server_cgroup = topo.create_cgroup("server")?;
+        let mut pod = Self {
+            mode,
+            cidrs,
+            init_ms: None,
+            tools,
+            server_cgroup,
+            attached_ebpf: false,
+            processes: Vec::new(),
+            topo,
+        };
+        pod.set_up()
+            .with_context(|| format!("setting up {mode} with {cidrs} excluded CIDRs"))?;
+        Ok(pod)
+    }
+
+    fn set_up(&mut self) -> Result<()> {
+        for side in [Side::Pod, Side::Server] {
+            self.topo.run_in(side, tune_netns)??;
+        }
+        let server = Place::ServerNetns {
+            cgroup: self.server_cgroup.clone(),
+        };
+        let server_ip = self.topo.server_ip;
+
+        let pid_file = self
+            .tools
+            .workdir
+            .join(format!("{}.nginx.pid", self.topo.name));
+        let mut cmd = self.topo.command(&server, Identity::ROOT, "nginx")?;
+        cmd.arg("-c")
+            .arg(self.tools.nginx_conf())
+            .arg("-p")
+            .arg(&self.tools.workdir)
+            .arg("-g")
+            .arg(format!("pid {};", pid_file.display()))
+            .stderr(Stdio::piped());
+        self.start(cmd, &[SocketAddr::from(([0, 0, 0, 0], modes::HTTP_PORT))])?;
+
+        let mut cmd = self.topo.command(&server, Identity::ROOT, "iperf3")?;
+        cmd.args([
+            "-s",
+            "-p",
+            &modes::IPERF_PORT.to_string(),
+            "-B",
+            &server_ip.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        self.start(cmd, &[SocketAddr::from((server_ip, modes::IPERF_PORT))])?;
+
+        if self.mode.has_sidecar() {
+            let mut cmd = self
+                .topo
+                .command(&Place::Pod, Identity::PROXY, &self.tools.sidecar)?;
+            let ports = [
+                modes::CAPTURE_PORT,
+                modes::EXPLICIT_HTTP_PORT,
+                modes::EXPLICIT_IPERF_PORT,
+            ];
+            for port in ports {
+                cmd.args(["--listen", &port.to_string()]);
+            }
+            cmd.args([
+                "--upstream",
+                &format!(
+                    "{}={server_ip}:{}",
+                    modes::EXPLICIT_HTTP_PORT,
+                    modes::HTTP_PORT
+                ),
+                "--upstream",
+                &format!(
+                    "{}={server_ip}:{}",
+                    modes::EXPLICIT_IPERF_PORT,
+                    modes::IPERF_PORT
+                ),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+            let addrs: Vec<SocketAddr> = ports
+                .iter()
+                .map(|&p| SocketAddr::from(([0, 0, 0, 0], p)))
+                .collect();
+            self.start(cmd, &addrs)?;
+        }
+
+        let cidr_list = modes::excluded_cidrs(self.cidrs);
+        let netns = self.topo.netns_path(Side::Pod);
+        if let Some(args) = self
+            .mode
+            .init_args(&self.topo.pod_cgroup, &netns, &cidr_list)
+        {
+            self.attached_ebpf = self.mode == Mode::Ebpf;
+            let (_, elapsed) = self.tools.interceptor(&args)?;
+            self.init_ms = Some(elapsed.as_secs_f64() * 1e3);
+        }
+        self.check_path()
+    }
+
+    fn start(&mut self, mut cmd: Command, listening: &[SocketAddr]) -> Result<()> {
+        let mut process = self.topo.spawn(&mut cmd)?;
+        for &addr in listening {
+            if let Err(e) = process.wait_listening(addr, START_TIMEOUT) {
+                let stderr = process.wait(Duration::from_millis(100)).map(|f| f.stderr);
+                bail!("{e:#}: {}", stderr.unwrap_or_default().trim());
+            }
+        }
+        self.processes.push(process);
+        Ok(())
+    }
+
+    /// One request to nginx's `/whoami` (which answers the client address it saw) proves the
+    /// mode's path: `direct` shows the client's own port; every other mode shows the sidecar's.
+    fn check_path(&self) -> Result<()> {
+        let target = self.mode.http_target(self.topo.server_ip);
+        let options = ProbeOptions {
+            send: Some(format!("GET /whoami HTTP/1.0\r\nHost: {target}\r\n\r\n")),
+            timeout: Duration::from_secs(5),
+            ..ProbeOptions::default()
+        };
+        let mut cmd = self
+            .topo
+            .command(&Place::Pod, Identity::APP, &self.tools.probe)?;
+        cmd.args(options.args(target))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let finished = self.topo.spawn(&mut cmd)?.wait(Duration::from_secs(10))?;
+        let result = interceptor_tests::ProbeResult::parse(&finished.stdout)?;
+        let seen: SocketAddr = result
+            .lines
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .with_context(|| format!("no answer from nginx through {}: {result:?}", self.mode))?;
+        let local = result.local.context("the probe's own address")?;
+        ensure!(
+            seen.ip() == self.topo.pod_ip,
+            "{}: nginx saw {seen}, not the pod",
+            self.mode
+        );
+        let via_sidecar = seen.port() != local.port();
+        ensure!(
+            via_sidecar == self.mode.has_sidecar(),
+            "{}: the connection {} the sidecar (probe {local}, nginx saw {seen})",
+            self.mode,
+            if via_sidecar {
+                "went through"
+            } else {
+                "bypassed"
+            }
+        );
+        Ok(())
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    /// CPU time used so far by the pod's and the server's cgroups.
+    pub fn cpu(&self) -> Result<CpuFigures> {
+        let (pod_user_us, pod_system_us) = cpu_stat(&self.topo.pod_cgroup)?;
+        let (server_user_us, server_system_us) = cpu_stat(&self.server_cgroup)?;
+        Ok(CpuFigures {
+            pod_user_us,
+            pod_system_us,
+            server_user_us,
+            server_system_us,
+        })
+    }
+
+    /// The `interceptor status` name of this pod's eBPF instance.
+    pub fn instance_name(&self) -> Result<String> {
+        let ino = fs::metadata(&self.topo.pod_cgroup)?.ino();
+        Ok(format!("cgroup-{ino}"))
+    }
+}
+
+impl Drop for BenchPod<'_> {
+    fn drop(&mut self) {
+        if self.attached_ebpf {
+            let args = vec![
+                "clean".to_owned(),
+                "--cgroup".to_owned(),
+                self.topo.pod_cgroup.display().to_string(),
+            ];
+            if let Err(e) = self.tools.interceptor(&args) {
+                eprintln!("bench: {e:#}");
+            }
+        }
+    }
+}
+
+/// Identical in both namespaces and every mode: a new-connection-per-request load reuses
+/// ports faster than TIME_WAIT frees them.
+fn tune_netns() -> Result<()> {
+    for (key, value) in [
+        ("net/ipv4/tcp_tw_reuse", "1"),
+        ("net/ipv4/ip_local_port_range", "1024 65000"),
+    ] {
+        let path = Path::new("/proc/sys").join(key);
+        fs::write(&path, value).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `(user_usec, system_usec)` from a cgroup's cpu.stat.
+pub fn cpu_stat(cgroup: &Path) -> Result<(u64, u64)> {
+    let path = cgroup.join("cpu.stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    parse_cpu_stat(&text).with_context(|| format!("{}: no user_usec/system_usec", path.display()))
+}
+
+fn parse_cpu_stat(text: &str) -> Option<(u64, u64)> {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse().ok()).flatten()
+        })
+    };
+    Some((field("user_usec")?, field("system_usec")?))
+}
+
+impl CpuFigures {
+    pub fn since(self, before: CpuFigures) -> CpuFigures {
+        CpuFigures {
+            pod_user_us: self.pod_user_us.saturating_sub(before.pod_user_us),
+            pod_system_us: self.pod_system_us.saturating_sub(before.pod_system_us),
+            server_user_us: self.server_user_us.saturating_sub(before.server_user_us),
+            server_system_us: self
+                .server_system_us
+                .saturating_sub(before.server_system_us),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_stat() {
+        let text = "usage_usec 1035\nuser_usec 830\nsystem_usec 204\nnr_periods 0\n";
+        assert_eq!(parse_cpu_stat(text), Some((830, 204)));
+        assert_eq!(parse_cpu_stat("usage_usec 1\n"), None);
+    }
+}
