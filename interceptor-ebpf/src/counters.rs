@@ -28,10 +28,14 @@ pub enum Counter {
     /// A redirected connection reached established without its recorded destination
     /// (the cookie map evicted it) or an insert into a connection map failed.
     OrigDstLost,
+    /// DNS (UDP datagram or TCP connect to port 53) sent to 127.0.0.1:15053.
+    DnsCaptured,
+    /// A reply on a redirected UDP socket shown as coming from the server the application asked.
+    DnsReplyRestored,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -46,6 +50,8 @@ impl Counter {
         Counter::OrigDstMiss,
         Counter::PeerNameRestored,
         Counter::OrigDstLost,
+        Counter::DnsCaptured,
+        Counter::DnsReplyRestored,
     ];
 
     /// The name user space reports (status, metrics).
@@ -63,6 +69,8 @@ impl Counter {
             Counter::OrigDstMiss => "original_dst_misses",
             Counter::PeerNameRestored => "peer_name_restored",
             Counter::OrigDstLost => "original_dst_lost",
+            Counter::DnsCaptured => "dns_captured",
+            Counter::DnsReplyRestored => "dns_reply_source_restored",
         }
     }
 

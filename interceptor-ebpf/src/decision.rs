@@ -4,13 +4,22 @@
 
 use crate::{
     counters::Counter,
-    model::{CidrSet, PodConfig, PortSet, flags},
+    model::{CidrSet, DNS_CAPTURE_PORT, DNS_PORT, PodConfig, PortSet, flags},
     wire::{LOCALHOST4, PASSTHROUGH_SRC4, RawIpv4},
 };
 
-/// A TCP connect as `connect4` sees it.
+/// The transport of a connect or datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    /// Only DNS is ever redirected for UDP (istio's `ISTIO_REDIRECT` matches TCP only).
+    Udp,
+}
+
+/// A TCP connect, a UDP connect or a UDP `sendto()`, as the cgroup hooks see it.
 #[derive(Clone, Copy, Debug)]
 pub struct Connect4 {
+    pub proto: Proto,
     /// Destination the application asked for.
     pub dst: RawIpv4,
     /// Host order.
@@ -27,7 +36,7 @@ pub enum Verdict {
     /// Leave it alone; the counter says why.
     Direct(Counter),
     /// Send it to 127.0.0.1:`port`, remembering the original destination; the counter says
-    /// which capture it is (outbound or the proxy's inbound capture).
+    /// which capture it is (outbound, the proxy's inbound capture, or DNS).
     Redirect { port: u16, counter: Counter },
 }
 
@@ -37,22 +46,40 @@ pub trait RuleSets {
     fn has_cidr4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> bool;
 }
 
-/// Decide an outbound TCP connect. Rule order mirrors istio-iptables' `ISTIO_OUTPUT` chain:
+/// Which owner rule group is being walked: istio-iptables writes the same three rules per uid
+/// and per gid, with one difference under DNS capture (below).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Uid,
+    Gid,
+}
+
+/// Decide an outbound connect or datagram. Rule order is istio-iptables' `ISTIO_OUTPUT` chain,
+/// walked literally (first match wins), so that its quirks come out the same:
 ///
-/// 1. `-p tcp --dport <-o port> -j RETURN`
+/// 1. `-p tcp|udp --dport <-o port> -j RETURN`
 /// 2. `-o lo -s 127.0.0.6/32 -j RETURN`
-/// 3. per proxy uid, then per proxy gid (owner match):
-///    `-o lo ! -d 127.0.0.1/32 [! --dport <-e>] --owner X -j ISTIO_IN_REDIRECT`,
-///    `-o lo ! --owner X -j RETURN` (left out when an `-i` range holds a loopback address),
-///    `--owner X -j RETURN`
-/// 4. `-d 127.0.0.1/32 -j RETURN`
-/// 5. `-d <-x cidr> -j RETURN`
-/// 6. `-p tcp --dport <-q port> -j ISTIO_REDIRECT`
-/// 7. `-i '*'`: `-j ISTIO_REDIRECT`; else `-d <-i cidr> -j ISTIO_REDIRECT`
-/// 8. otherwise the chain ends: direct.
+/// 3. per proxy uid U, then per proxy gid G (owner match `X`):
+///    a. `-o lo ! -d 127.0.0.1/32 -p tcp ! --dport <-e> -m owner X -j ISTIO_IN_REDIRECT`
+///    (with DNS capture, the uid form is `-m multiport ! --dports 53,<-e>`; the gid form is not);
+///    b. `-o lo -m owner ! X -j RETURN` (with DNS capture: `-o lo -p tcp ! --dport 53 ...`;
+///    left out when an `-i` range holds a loopback address);
+///    c. `-m owner X -j RETURN`
+/// 4. DNS capture: `-p tcp|udp --dport 53 [-d <name server>] -j REDIRECT --to-ports 15053`
+/// 5. `-d 127.0.0.1/32 -j RETURN`
+/// 6. `-d <-x cidr> -j RETURN`
+/// 7. `-p tcp --dport <-q port> -j ISTIO_REDIRECT`
+/// 8. `-i '*'`: `-j ISTIO_REDIRECT`; else `-d <-i cidr> -j ISTIO_REDIRECT`
+///    (`ISTIO_REDIRECT` only redirects TCP: UDP that gets here goes direct)
+/// 9. otherwise the chain ends: direct.
+///
+/// Over lo, rule 3b of the first uid settles every connection that is not the proxy's, so
+/// later uids and the gids only matter for traffic leaving the pod, as under istio-iptables.
 #[inline(always)]
 pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> Verdict {
     let rules = cfg.rules;
+    let tcp = c.proto == Proto::Tcp;
+    let dns = cfg.has(flags::REDIRECT_DNS);
     if cfg.has(flags::HAS_OUTBOUND_PORTS_EXCLUDE)
         && sets.has_port(rules, PortSet::OutboundExclude, c.dst_port)
     {
@@ -64,47 +91,18 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
         return Verdict::Direct(Counter::DirectPassthrough);
     }
 
-    // The proxy's own traffic. Over lo, to a local address other than 127.0.0.1, it is the
-    // proxy calling its own pod: capture it on the inbound side (app -> proxy -> proxy -> app).
-    let inbound_capture = Verdict::Redirect {
-        port: cfg.inbound_capture_port,
-        counter: Counter::InboundCaptured,
-    };
-    let capturable_over_lo =
-        over_lo && c.dst != LOCALHOST4 && c.dst_port != cfg.inbound_tunnel_port;
-    let loopback_included = cfg.has(flags::LOOPBACK_INCLUDED);
-    if over_lo && !loopback_included {
-        // istio-iptables writes, for the first proxy uid U, "-o lo ! --uid-owner U -j RETURN"
-        // right after U's own rules: every connection over lo is settled by that point, so
-        // only the first uid is ever captured over lo. (Later uids and the gids only matter for
-        // connections leaving the pod.)
-        if cfg.n_uids > 0 {
-            if c.uid == cfg.uids[0] && capturable_over_lo {
-                return inbound_capture;
-            }
-            return if c.uid == cfg.uids[0] {
-                Verdict::Direct(Counter::DirectProxy)
-            } else {
-                Verdict::Direct(Counter::DirectLocal)
-            };
-        }
-        // No uids at all: the gid loop plays the same part.
-        if cfg.n_gids > 0 {
-            if c.gid == cfg.gids[0] && capturable_over_lo {
-                return inbound_capture;
-            }
-            return if c.gid == cfg.gids[0] {
-                Verdict::Direct(Counter::DirectProxy)
-            } else {
-                Verdict::Direct(Counter::DirectLocal)
-            };
-        }
+    if let Some(v) = owner_rules(cfg, c, Owner::Uid, over_lo, tcp, dns) {
+        return v;
     }
-    if cfg.is_proxy_uid(c.uid) || cfg.is_proxy_gid(c.gid) {
-        if capturable_over_lo {
-            return inbound_capture;
-        }
-        return Verdict::Direct(Counter::DirectProxy);
+    if let Some(v) = owner_rules(cfg, c, Owner::Gid, over_lo, tcp, dns) {
+        return v;
+    }
+
+    if c.dst_port == DNS_PORT && cfg.is_captured_dns_server4(c.dst) {
+        return Verdict::Redirect {
+            port: DNS_CAPTURE_PORT,
+            counter: Counter::DnsCaptured,
+        };
     }
 
     if c.dst == LOCALHOST4 {
@@ -112,6 +110,9 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
     }
     if cfg.has(flags::HAS_EXCLUDE_CIDRS) && sets.has_cidr4(rules, CidrSet::Exclude, c.dst) {
         return Verdict::Direct(Counter::DirectExcludedCidr);
+    }
+    if !tcp {
+        return Verdict::Direct(Counter::DirectNotIncluded);
     }
     let redirect = Verdict::Redirect {
         port: cfg.proxy_port,
@@ -128,6 +129,53 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
         return redirect;
     }
     Verdict::Direct(Counter::DirectNotIncluded)
+}
+
+/// Rules 3a-3c for every uid (or gid) in order. `None`: no rule matched, walk on.
+#[inline(always)]
+fn owner_rules(
+    cfg: &PodConfig,
+    c: &Connect4,
+    owner: Owner,
+    over_lo: bool,
+    tcp: bool,
+    dns: bool,
+) -> Option<Verdict> {
+    let (ids, n, id) = match owner {
+        Owner::Uid => (&cfg.uids, cfg.n_uids, c.uid),
+        Owner::Gid => (&cfg.gids, cfg.n_gids, c.gid),
+    };
+    // The proxy calling its own pod (over lo, not localhost): capture it on the inbound side
+    // (app -> proxy -> proxy -> app). Under DNS capture the uid rule spares port 53 too.
+    let capturable = tcp
+        && over_lo
+        && c.dst != LOCALHOST4
+        && c.dst_port != cfg.inbound_tunnel_port
+        && !(dns && owner == Owner::Uid && c.dst_port == DNS_PORT);
+    // "Everyone else over lo goes direct"; under DNS capture only for TCP other than port 53.
+    let others_direct =
+        over_lo && !cfg.has(flags::LOOPBACK_INCLUDED) && (!dns || (tcp && c.dst_port != DNS_PORT));
+    let mut i = 0;
+    while i < ids.len() {
+        if i >= n as usize {
+            break;
+        }
+        let mine = ids[i] == id;
+        if mine && capturable {
+            return Some(Verdict::Redirect {
+                port: cfg.inbound_capture_port,
+                counter: Counter::InboundCaptured,
+            });
+        }
+        if !mine && others_direct {
+            return Some(Verdict::Direct(Counter::DirectLocal));
+        }
+        if mine {
+            return Some(Verdict::Direct(Counter::DirectProxy));
+        }
+        i += 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -180,6 +228,7 @@ mod tests {
 
     fn conn(dst: [u8; 4], port: u16, uid: u32, gid: u32) -> Connect4 {
         Connect4 {
+            proto: Proto::Tcp,
             dst: raw_ipv4(dst),
             dst_port: port,
             src: 0,
@@ -328,6 +377,117 @@ mod tests {
         assert_eq!(
             decide_outbound4(&cfg, &conn([10, 2, 0, 1], 80, 1338, 1338), &sets),
             Verdict::Direct(Counter::DirectProxy)
+        );
+    }
+
+    fn udp(dst: [u8; 4], port: u16, uid: u32, gid: u32) -> Connect4 {
+        Connect4 {
+            proto: Proto::Udp,
+            ..conn(dst, port, uid, gid)
+        }
+    }
+
+    const DNS: Verdict = Verdict::Redirect {
+        port: 15053,
+        counter: Counter::DnsCaptured,
+    };
+
+    fn dns_pod(extra: u32, servers: &[[u8; 4]]) -> PodConfig {
+        let mut cfg = pod(flags::REDIRECT_DNS | extra);
+        for (i, s) in servers.iter().enumerate() {
+            cfg.dns4[i] = raw_ipv4(*s);
+        }
+        cfg.n_dns4 = servers.len() as u8;
+        cfg
+    }
+
+    #[test]
+    fn dns_to_the_name_servers_is_captured_except_for_the_proxy() {
+        let cfg = dns_pod(
+            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS,
+            &[[10, 96, 0, 10], [127, 0, 0, 53]],
+        );
+        let mut sets = Sets::default();
+        // -x naming the name server does not stop DNS capture: the DNS rules come first.
+        sets.cidrs
+            .push((1, CidrSet::Exclude as u32, [10, 96, 0, 0], 16));
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        use Counter::*;
+        let cases = [
+            (udp([10, 96, 0, 10], 53, APP, APP), DNS),
+            (conn([10, 96, 0, 10], 53, APP, APP), DNS),
+            // A local stub resolver: over lo, UDP and TCP/53 escape the "lo goes direct" rules.
+            (udp([127, 0, 0, 53], 53, APP, APP), DNS),
+            (conn([127, 0, 0, 53], 53, APP, APP), DNS),
+            (
+                udp([10, 96, 0, 10], 53, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (
+                conn([10, 96, 0, 10], 53, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            // Not a name server: UDP goes direct, TCP follows the other rules (-i '*').
+            (
+                udp([192, 0, 2, 1], 53, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            (conn([192, 0, 2, 1], 53, APP, APP), OUT),
+            // Other UDP is never redirected.
+            (
+                udp([192, 0, 2, 1], 5353, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            // The proxy's TCP to its own pod on 53 is not captured inbound (uid rule)...
+            (conn(POD_IP, 53, PROXY, PROXY), Verdict::Direct(DirectProxy)),
+            // ...but a gid-only proxy process is (the gid rule spares only -e).
+            (conn(POD_IP, 53, APP, PROXY), IN),
+            // The application's UDP to its own pod is no longer settled by the lo rule.
+            (
+                udp(POD_IP, 9999, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            (conn(POD_IP, 9080, APP, APP), Verdict::Direct(DirectLocal)),
+        ];
+        for (c, want) in cases {
+            assert_eq!(d(c), want, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn capture_all_dns_and_port_excludes() {
+        let cfg = dns_pod(
+            flags::CAPTURE_ALL_DNS | flags::HAS_OUTBOUND_PORTS_EXCLUDE,
+            &[],
+        );
+        let mut sets = Sets::default();
+        sets.ports.insert((1, PortSet::OutboundExclude as u16, 53));
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        // -o 53 is checked first, for UDP as for TCP.
+        assert_eq!(
+            d(udp([192, 0, 2, 1], 53, APP, APP)),
+            Verdict::Direct(Counter::DirectExcludedPort)
+        );
+        let cfg = dns_pod(flags::CAPTURE_ALL_DNS, &[]);
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        assert_eq!(d(udp([192, 0, 2, 1], 53, APP, APP)), DNS);
+        assert_eq!(d(udp([127, 0, 0, 1], 53, APP, APP)), DNS);
+        assert_eq!(d(conn([198, 51, 100, 7], 53, APP, APP)), DNS);
+    }
+
+    #[test]
+    fn without_dns_capture_udp_is_left_alone() {
+        let cfg = pod(flags::INCLUDE_ALL);
+        let sets = Sets::default();
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        assert_eq!(
+            d(udp([10, 96, 0, 10], 53, APP, APP)),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+        // Over lo the "everyone else goes direct" rule matches every protocol.
+        assert_eq!(
+            d(udp(POD_IP, 53, APP, APP)),
+            Verdict::Direct(Counter::DirectLocal)
         );
     }
 }

@@ -12,6 +12,7 @@ pub mod map_names {
     pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
     pub const COUNTERS: &str = "COUNTERS";
     pub const INSTANCE_META: &str = "INSTANCE_META";
+    pub const UDP_ORIG_DST: &str = "UDP_ORIG_DST";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -22,14 +23,32 @@ pub mod program_names {
     pub const SOCKOPS: &str = "track_redirected_sockets";
     pub const GETSOCKOPT: &str = "answer_original_dst";
     pub const GETPEERNAME4: &str = "restore_peer_name4";
+    /// DNS replies on a redirected UDP socket appear to come from the server it asked.
+    pub const RECVMSG4: &str = "restore_dns_reply_source4";
+    /// Unconnected UDP `sendto()` (DNS capture).
+    pub const SENDMSG4: &str = "redirect_sendmsg4";
     pub const CONNECT4: &str = "redirect_connect4";
-    pub const ALL: [&str; 4] = [SOCKOPS, GETSOCKOPT, GETPEERNAME4, CONNECT4];
+    pub const ALL: [&str; 6] = [
+        SOCKOPS,
+        GETSOCKOPT,
+        GETPEERNAME4,
+        RECVMSG4,
+        SENDMSG4,
+        CONNECT4,
+    ];
 }
 
 /// Most proxy uids, and separately gids, one pod can name (`-u`, `-g`).
 pub const MAX_PROXY_IDS: usize = 8;
 /// Most IPv4 addresses of a pod's own interfaces the programs treat as local.
 pub const MAX_LOCAL_ADDRS4: usize = 8;
+/// Most IPv4 name servers (the pod's resolv.conf) whose DNS traffic is captured. glibc uses
+/// the first three; istio-iptables writes rules for all of them.
+pub const MAX_DNS_SERVERS4: usize = 8;
+/// Where captured DNS goes (on 127.0.0.1): istio-agent's DNS proxy; istio-iptables fixes it too.
+pub const DNS_CAPTURE_PORT: u16 = 15053;
+/// The DNS port.
+pub const DNS_PORT: u16 = 53;
 
 /// `PodConfig::flags` bits.
 pub mod flags {
@@ -46,6 +65,11 @@ pub mod flags {
     /// An `-i` range contains a loopback address: istio-iptables then leaves out its
     /// "the application calling its own pod over lo goes direct" rules.
     pub const LOOPBACK_INCLUDED: u32 = 1 << 5;
+    /// `--redirect-dns` (with name servers to capture, or `--capture-all-dns`): UDP and TCP to
+    /// port 53 go to 127.0.0.1:15053, and the proxy rules over lo spare port 53.
+    pub const REDIRECT_DNS: u32 = 1 << 6;
+    /// `--capture-all-dns`: port 53 to any address, not only to the pod's name servers.
+    pub const CAPTURE_ALL_DNS: u32 = 1 << 7;
 }
 
 /// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).
@@ -68,11 +92,14 @@ pub struct PodConfig {
     pub n_uids: u8,
     pub n_gids: u8,
     pub n_local4: u8,
-    pub _pad: [u8; 3],
+    pub n_dns4: u8,
+    pub _pad: [u8; 2],
     pub uids: [u32; MAX_PROXY_IDS],
     pub gids: [u32; MAX_PROXY_IDS],
     /// The pod's own IPv4 addresses (besides 127.0.0.0/8, which is always local).
     pub local4: [RawIpv4; MAX_LOCAL_ADDRS4],
+    /// The pod's IPv4 name servers (DNS capture without `--capture-all-dns`).
+    pub dns4: [RawIpv4; MAX_DNS_SERVERS4],
 }
 
 impl PodConfig {
@@ -87,10 +114,12 @@ impl PodConfig {
             n_uids: 0,
             n_gids: 0,
             n_local4: 0,
-            _pad: [0; 3],
+            n_dns4: 0,
+            _pad: [0; 2],
             uids: [0; MAX_PROXY_IDS],
             gids: [0; MAX_PROXY_IDS],
             local4: [0; MAX_LOCAL_ADDRS4],
+            dns4: [0; MAX_DNS_SERVERS4],
         }
     }
 
@@ -114,6 +143,13 @@ impl PodConfig {
     #[inline(always)]
     pub fn is_local4(&self, addr: RawIpv4) -> bool {
         crate::wire::is_loopback4(addr) || contains(&self.local4, self.n_local4, addr)
+    }
+
+    /// Whether DNS traffic to `addr` is captured (DNS capture on, and all servers or this one).
+    #[inline(always)]
+    pub fn is_captured_dns_server4(&self, addr: RawIpv4) -> bool {
+        self.has(flags::REDIRECT_DNS)
+            && (self.has(flags::CAPTURE_ALL_DNS) || contains(&self.dns4, self.n_dns4, addr))
     }
 }
 
@@ -231,7 +267,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<PodConfig>(), 4 * 3 + 2 * 3 + 3 + 3 + 4 * 8 * 3);
+        assert_eq!(size_of::<PodConfig>(), 4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<Cidr4Key>(), 12);
         assert_eq!(size_of::<OrigDst4>(), 8);

@@ -68,6 +68,10 @@ pub struct InitArgs {
     pub target: TargetArgs,
     #[command(flatten)]
     pub istio: IstioFlags,
+    /// The pod's resolv.conf: its name servers are what `--redirect-dns` captures (unless
+    /// `--capture-all-dns`). Default: this process's, as in an init container.
+    #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// Entries of each connection-tracking map (original destinations in flight).
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,

@@ -11,6 +11,7 @@ use crate::{
     cgroup::{self, Cgroup},
     cli::{CleanArgs, InitArgs, StatusArgs, TargetArgs},
     config::{IdResolver, InterceptConfig, defaults},
+    dns::{self, DnsCapture},
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
     rules::MapPlan,
@@ -67,8 +68,9 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         tracing::warn!("{note}");
     }
     let info = netns.inspect()?;
+    let dns = dns_capture(&cfg, &args.resolv_conf)?;
     if dry_run {
-        return print_dry_run(&cfg, &cgroup, &netns, &info);
+        return print_dry_run(&cfg, &dns, &cgroup, &netns, &info);
     }
 
     let record = InstanceRecord {
@@ -83,6 +85,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         config: serde_json::to_value(&cfg)?,
+        dns_capture: serde_json::to_value(&dns)?,
     };
     let opts = LoadOptions {
         bpffs_root: args.target.bpffs.clone(),
@@ -90,7 +93,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     };
     let applied = loader::apply(&cgroup, &record, &opts, |rules| {
-        MapPlan::build(&cfg, &info, rules, 0)
+        MapPlan::build(&cfg, &info, &dns, rules, 0)
     })?;
     tracing::info!(
         instance = %applied.instance_dir.display(),
@@ -104,18 +107,34 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `--redirect-dns` captures for this pod, from its resolv.conf.
+fn dns_capture(cfg: &InterceptConfig, resolv_conf: &Path) -> anyhow::Result<DnsCapture> {
+    let servers = if cfg.redirect_dns && !cfg.capture_all_dns {
+        dns::nameservers(resolv_conf)?
+    } else {
+        Vec::new()
+    };
+    let (capture, warning) = DnsCapture::resolve(cfg, servers);
+    if let Some(w) = warning {
+        tracing::warn!(resolv_conf = %resolv_conf.display(), "{w}");
+    }
+    Ok(capture)
+}
+
 fn print_dry_run(
     cfg: &InterceptConfig,
+    dns: &DnsCapture,
     cgroup: &Cgroup,
     netns: &Netns,
     info: &NetnsInfo,
 ) -> anyhow::Result<()> {
-    let plan = MapPlan::build(cfg, info, 1, 0)?;
+    let plan = MapPlan::build(cfg, info, dns, 1, 0)?;
     let out = serde_json::json!({
         "dry_run": true,
         "cgroup": cgroup.path,
         "netns": netns.path,
         "config": cfg,
+        "dns_capture": dns,
         "not_enforced": cfg.not_enforced(),
         "maps": plan.describe(),
     });

@@ -163,9 +163,6 @@ impl InterceptConfig {
                  intercepted"
             ));
         }
-        if self.redirect_dns {
-            notes.push("DNS capture (--redirect-dns) is not active yet".to_string());
-        }
         if self.drop_invalid {
             notes.push("--drop-invalid has no effect: no conntrack state is involved".to_string());
         }

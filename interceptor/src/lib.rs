@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod loader;
 pub mod netns;

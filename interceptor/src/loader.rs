@@ -26,7 +26,7 @@ static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// Maps that live in the instance directory and survive re-runs and program upgrades.
-const PERSISTENT_MAPS: [&str; 7] = [
+const PERSISTENT_MAPS: [&str; 8] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -34,6 +34,7 @@ const PERSISTENT_MAPS: [&str; 7] = [
     map_names::ORIG_DST_BY_TUPLE,
     map_names::COUNTERS,
     map_names::INSTANCE_META,
+    map_names::UDP_ORIG_DST,
 ];
 
 /// Rule-set ids alternate between these two in a single-pod instance.
@@ -63,6 +64,9 @@ pub struct InstanceRecord {
     pub updated_unix: u64,
     /// The effective configuration (CIDR lists are cut short when they would not fit).
     pub config: serde_json::Value,
+    /// What `--redirect-dns` captures (from the pod's resolv.conf).
+    #[serde(default)]
+    pub dns_capture: serde_json::Value,
 }
 
 /// The result of `init`.
@@ -136,7 +140,15 @@ fn load_and_apply(
     if existing {
         // Swap the programs in place: the links never detach, so no connection escapes.
         for name in program_names::ALL {
-            let link = sys::bpf_obj_get(&link_pin(dir, name))
+            let pin = link_pin(dir, name);
+            if !pin.exists() {
+                // An instance made by an earlier version without this hook: add it.
+                let link = attach(&ebpf, name, cgroup)?;
+                sys::bpf_obj_pin(&link, &pin)
+                    .with_context(|| format!("pinning the link of {name}"))?;
+                continue;
+            }
+            let link = sys::bpf_obj_get(&pin)
                 .with_context(|| format!("opening the pinned link of {name}"))?;
             let prog = ebpf
                 .program(name)
@@ -213,6 +225,8 @@ fn attach_type(program: &str) -> u32 {
         program_names::SOCKOPS => 3,       // BPF_CGROUP_SOCK_OPS
         program_names::GETSOCKOPT => 21,   // BPF_CGROUP_GETSOCKOPT
         program_names::GETPEERNAME4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
+        program_names::RECVMSG4 => 19,     // BPF_CGROUP_UDP4_RECVMSG
+        program_names::SENDMSG4 => 14,     // BPF_CGROUP_UDP4_SENDMSG
         program_names::CONNECT4 => 10,     // BPF_CGROUP_INET4_CONNECT
         other => unreachable!("no attach type for {other}"),
     }

@@ -3,13 +3,14 @@
 use std::net::IpAddr;
 
 use interceptor_ebpf::{
-    CIDR4_KEY_PREFIX_BITS, Cidr4Key, CidrSet, MAX_LOCAL_ADDRS4, PodConfig, PortKey, PortSet, flags,
-    wire::raw_ipv4,
+    CIDR4_KEY_PREFIX_BITS, Cidr4Key, CidrSet, MAX_DNS_SERVERS4, MAX_LOCAL_ADDRS4, PodConfig,
+    PortKey, PortSet, flags, wire::raw_ipv4,
 };
 use serde::Serialize;
 
 use crate::{
     config::{Cidr, InterceptConfig, OutboundInclude},
+    dns::DnsCapture,
     netns::NetnsInfo,
 };
 
@@ -33,6 +34,7 @@ impl MapPlan {
     pub fn build(
         cfg: &InterceptConfig,
         netns: &NetnsInfo,
+        dns: &DnsCapture,
         rules: u32,
         pod_index: u32,
     ) -> anyhow::Result<Self> {
@@ -55,6 +57,32 @@ impl MapPlan {
         pod.n_local4 = netns.addrs4.len() as u8;
         for (slot, a) in pod.local4.iter_mut().zip(&netns.addrs4) {
             *slot = raw_ipv4(a.octets());
+        }
+
+        match dns {
+            DnsCapture::Off => {}
+            DnsCapture::All => pod.flags |= flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS,
+            DnsCapture::Servers(servers) => {
+                pod.flags |= flags::REDIRECT_DNS;
+                let v4: Vec<_> = servers
+                    .iter()
+                    .filter_map(|s| match s {
+                        IpAddr::V4(a) => Some(*a),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                if v4.len() > MAX_DNS_SERVERS4 {
+                    anyhow::bail!(
+                        "the pod's resolv.conf names {} IPv4 name servers; at most \
+                         {MAX_DNS_SERVERS4} are supported",
+                        v4.len()
+                    );
+                }
+                pod.n_dns4 = v4.len() as u8;
+                for (slot, a) in pod.dns4.iter_mut().zip(&v4) {
+                    *slot = raw_ipv4(a.octets());
+                }
+            }
         }
 
         let mut ports = Vec::new();
@@ -125,6 +153,10 @@ impl MapPlan {
                     .iter()
                     .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
                     .collect(),
+                dns_servers4: p.dns4[..p.n_dns4 as usize]
+                    .iter()
+                    .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
+                    .collect(),
             },
             port_set: self
                 .ports
@@ -185,6 +217,8 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::HAS_OUTBOUND_PORTS_EXCLUDE, "outbound_ports_exclude"),
         (flags::HAS_OUTBOUND_PORTS_INCLUDE, "outbound_ports_include"),
         (flags::LOOPBACK_INCLUDED, "loopback_included"),
+        (flags::REDIRECT_DNS, "redirect_dns"),
+        (flags::CAPTURE_ALL_DNS, "capture_all_dns"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
@@ -211,6 +245,7 @@ pub struct PodConfigView {
     pub uids: Vec<u32>,
     pub gids: Vec<u32>,
     pub local_addrs4: Vec<String>,
+    pub dns_servers4: Vec<String>,
 }
 
 #[cfg(test)]
@@ -244,7 +279,7 @@ mod tests {
             ..Default::default()
         };
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
-        let plan = MapPlan::build(&cfg, &netns(), 7, 0).unwrap();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 7, 0).unwrap();
         assert_eq!(plan.netns_cookie, 4242);
         assert_eq!(plan.pod.rules, 7);
         assert_eq!(
@@ -298,7 +333,7 @@ mod tests {
             ..Default::default()
         };
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
-        let plan = MapPlan::build(&cfg, &netns(), 1, 3).unwrap();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 1, 3).unwrap();
         assert_eq!(plan.pod.flags, flags::INCLUDE_ALL);
         assert_eq!(plan.pod.pod_index, 3);
         assert_eq!(&plan.pod.uids[..2], &[1337, 1338]);

@@ -6,15 +6,21 @@
 //! topology is dropped. The test peers are binaries of this crate:
 //! - `interceptor-sidecar`: plays Envoy: forwards to `SO_ORIGINAL_DST`;
 //! - `interceptor-test-server`: announces the addresses it sees, then echoes or speaks HTTP;
-//! - `interceptor-probe`: the application: connects and reports what it saw as one JSON line.
+//! - `interceptor-probe`: the application: connects and reports what it saw as one JSON line;
+//! - `interceptor-dns-query`: a DNS client (unconnected or connected UDP, or TCP);
+//! - `interceptor-dns-proxy`: plays istio-agent's DNS proxy on 15053.
 //!
 //! Safety on a shared machine: everything is created under unique names (tag, pid, counter),
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
 mod cgroup;
+pub mod dns;
+mod dns_peers;
+mod intercepted;
 mod lines;
 mod netns;
 mod process;
+mod temp_file;
 mod topology;
 
 use std::env;
@@ -23,14 +29,22 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 pub use cgroup::cgroup2_mount;
+pub use dns_peers::DnsTransport;
+pub use intercepted::{
+    BPFFS, Backend, Intercepted, IptablesMode, Route, SEED_FLAGS, addr, any, instance_dir,
+    interceptor, interceptor_bin, route_of,
+};
 pub use lines::{ProbeOptions, ProbeResult, ServerLine, SidecarLine, errno_name};
 pub use netns::{is_listening, netns_path, run_in_netns};
 pub use process::{Finished, Identity, Process};
+pub use temp_file::TempFile;
 pub use topology::{Place, PodInterface, Side, Topology};
 
 pub const SIDECAR_BIN: &str = "interceptor-sidecar";
 pub const SERVER_BIN: &str = "interceptor-test-server";
 pub const PROBE_BIN: &str = "interceptor-probe";
+pub const DNS_QUERY_BIN: &str = "interceptor-dns-query";
+pub const DNS_PROXY_BIN: &str = "interceptor-dns-proxy";
 
 /// The path of a binary built with this workspace (the test peers, or `interceptor`).
 ///

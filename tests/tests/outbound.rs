@@ -2,144 +2,16 @@
 //! the test creates, and real connections from processes in the pod go where istio-iptables
 //! would send them.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::{Command, Output},
-};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{Context as _, Result};
-use interceptor_tests::{Identity, Place, ProbeOptions, ProbeResult, Side, Topology, bin_path};
-
-const BPFFS: &str = "/sys/fs/bpf";
-const SEED_FLAGS: [&str; 14] = [
-    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
-];
-
-fn interceptor_bin() -> PathBuf {
-    std::env::var_os("INTERCEPTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| bin_path("interceptor").expect("the interceptor binary is built"))
-}
-
-fn interceptor(args: &[&str]) -> Output {
-    Command::new(interceptor_bin())
-        .args(args)
-        .output()
-        .expect("running interceptor")
-}
-
-/// The instance directory `init` makes for a cgroup.
-fn instance_dir(cgroup: &Path) -> PathBuf {
-    use std::os::unix::fs::MetadataExt as _;
-    let id = std::fs::metadata(cgroup).expect("cgroup exists").ino();
-    Path::new(BPFFS).join(format!("interceptor/cgroup-{id}"))
-}
-
-/// A pod with interception attached; cleaned on drop (also when the test fails).
-struct Intercepted {
-    topo: Topology,
-}
-
-impl Intercepted {
-    fn new(tag: &str, flags: &[&str]) -> Result<Self> {
-        let topo = Topology::new(tag)?;
-        let me = Self { topo };
-        me.init(flags)?;
-        Ok(me)
-    }
-
-    fn target_args(&self) -> Vec<String> {
-        vec![
-            "--cgroup".into(),
-            self.topo.pod_cgroup.display().to_string(),
-            "--netns".into(),
-            self.topo.netns_path(Side::Pod).display().to_string(),
-        ]
-    }
-
-    fn init(&self, flags: &[&str]) -> Result<()> {
-        let mut args: Vec<String> = vec!["init".into()];
-        args.extend(self.target_args());
-        args.extend(flags.iter().map(|s| s.to_string()));
-        let out = interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        anyhow::ensure!(
-            out.status.success(),
-            "interceptor init {flags:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-
-    fn clean(&self) -> Output {
-        let mut args: Vec<String> = vec!["clean".into()];
-        args.extend(self.target_args());
-        interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    }
-
-    /// This instance's counters, from `interceptor status --json`.
-    fn counters(&self) -> Result<serde_json::Value> {
-        let out = interceptor(&["status", "--json"]);
-        anyhow::ensure!(out.status.success(), "status failed");
-        let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let name = instance_dir(&self.topo.pod_cgroup)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let inst = all
-            .as_array()
-            .context("status is a list")?
-            .iter()
-            .find(|i| i["instance"] == name.as_str())
-            .context("instance listed by status")?;
-        Ok(inst["pods"][0]["counters"].clone())
-    }
-}
-
-impl Drop for Intercepted {
-    fn drop(&mut self) {
-        let out = self.clean();
-        if !out.status.success() {
-            eprintln!("clean failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-}
-
-/// Where a connection ended up.
-#[derive(Debug, PartialEq, Eq)]
-enum Path_ {
-    /// Through the sidecar, which read this original destination.
-    Sidecar(SocketAddr),
-    /// Straight to the server, which accepted on this address.
-    Direct(SocketAddr),
-    /// Neither answered.
-    Failed(String),
-}
-
-fn path_of(r: &ProbeResult) -> Path_ {
-    if let Some(s) = r.sidecar_line() {
-        return match s.orig {
-            Ok(orig) => Path_::Sidecar(orig),
-            Err(e) => Path_::Failed(format!("sidecar without original destination: {e}")),
-        };
-    }
-    match r.server_line() {
-        Some(line) => Path_::Direct(line.local),
-        None => Path_::Failed(format!("{r:?}")),
-    }
-}
-
-fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(ip), port)
-}
-
-fn any(port: u16) -> SocketAddr {
-    addr(Ipv4Addr::UNSPECIFIED, port)
-}
+use interceptor_tests::{
+    Identity, Intercepted, Place, ProbeOptions, ProbeResult, Route, SEED_FLAGS, Side, Topology,
+    addr, any, instance_dir, interceptor, interceptor_bin, route_of,
+};
 
 fn probe(p: &Intercepted, who: Identity, to: SocketAddr) -> Result<ProbeResult> {
-    p.topo.probe(who, to, &ProbeOptions::default())
+    p.probe(who, to)
 }
 
 #[test]
@@ -151,7 +23,7 @@ fn seed_flags_send_the_application_through_the_sidecar() -> Result<()> {
     let target = addr(t.server_ip, 8080);
 
     let r = probe(&p, Identity::APP, target)?;
-    assert_eq!(path_of(&r), Path_::Sidecar(target), "{r:?}");
+    assert_eq!(route_of(&r), Route::Sidecar(target), "{r:?}");
     // The sidecar's own upstream connection reached the server directly (no loop).
     let upstream = r
         .server_line()
@@ -176,14 +48,14 @@ fn the_proxy_uid_or_gid_goes_direct_and_other_users_are_redirected() -> Result<(
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
     let target = addr(t.server_ip, 8080);
     for (who, want) in [
-        (Identity::PROXY, Path_::Direct(target)),
-        (Identity::new(1337, 1000), Path_::Direct(target)),
-        (Identity::new(1000, 1337), Path_::Direct(target)),
-        (Identity::new(2000, 2000), Path_::Sidecar(target)),
-        (Identity::ROOT, Path_::Sidecar(target)),
+        (Identity::PROXY, Route::Direct(target)),
+        (Identity::new(1337, 1000), Route::Direct(target)),
+        (Identity::new(1000, 1337), Route::Direct(target)),
+        (Identity::new(2000, 2000), Route::Sidecar(target)),
+        (Identity::ROOT, Route::Sidecar(target)),
     ] {
         let r = probe(&p, who, target)?;
-        assert_eq!(path_of(&r), want, "{who:?}: {r:?}");
+        assert_eq!(route_of(&r), want, "{who:?}: {r:?}");
     }
     Ok(())
 }
@@ -199,7 +71,7 @@ fn include_exclude_cidrs_and_ports_follow_the_decision_table() -> Result<()> {
     let include = format!("{}/24,{a}/24,{b}/24", topo.server_ip);
     // Host bits in a CIDR are ignored, as iptables does: b/28 is b's network /28.
     let exclude = format!("{a}/32,{b}/28");
-    let p = Intercepted { topo };
+    let p = Intercepted::bare(topo);
     p.init(&[
         "-i", &include, "-x", &exclude, "-o", "3306", "-q", "8443", "-u", "1337",
     ])?;
@@ -215,29 +87,29 @@ fn include_exclude_cidrs_and_ports_follow_the_decision_table() -> Result<()> {
     let s = t.server_ip;
     let table = [
         // included CIDR
-        (addr(s, 8080), Path_::Sidecar(addr(s, 8080))),
+        (addr(s, 8080), Route::Sidecar(addr(s, 8080))),
         // -o wins over everything
-        (addr(s, 3306), Path_::Direct(addr(s, 3306))),
+        (addr(s, 3306), Route::Direct(addr(s, 3306))),
         // excluded /32 inside an included /24
-        (addr(a, 8080), Path_::Direct(addr(a, 8080))),
+        (addr(a, 8080), Route::Direct(addr(a, 8080))),
         // excluded /28 inside an included /24
-        (addr(b, 8080), Path_::Direct(addr(b, 8080))),
+        (addr(b, 8080), Route::Direct(addr(b, 8080))),
         // not included at all
-        (addr(c, 8080), Path_::Direct(addr(c, 8080))),
+        (addr(c, 8080), Route::Direct(addr(c, 8080))),
         // -q redirects its port whatever the destination ...
-        (addr(c, 8443), Path_::Sidecar(addr(c, 8443))),
+        (addr(c, 8443), Route::Sidecar(addr(c, 8443))),
         // ... but not past -x
-        (addr(a, 8443), Path_::Direct(addr(a, 8443))),
+        (addr(a, 8443), Route::Direct(addr(a, 8443))),
         // localhost and the pod's own address stay local
         (
             addr(Ipv4Addr::LOCALHOST, 9080),
-            Path_::Direct(addr(Ipv4Addr::LOCALHOST, 9080)),
+            Route::Direct(addr(Ipv4Addr::LOCALHOST, 9080)),
         ),
-        (addr(t.pod_ip, 9080), Path_::Direct(addr(t.pod_ip, 9080))),
+        (addr(t.pod_ip, 9080), Route::Direct(addr(t.pod_ip, 9080))),
     ];
     for (to, want) in table {
         let r = probe(&p, Identity::APP, to)?;
-        assert_eq!(path_of(&r), want, "{to}: {r:?}");
+        assert_eq!(route_of(&r), want, "{to}: {r:?}");
     }
     Ok(())
 }
@@ -259,11 +131,11 @@ fn the_proxy_calling_its_own_pod_goes_to_inbound_capture_except_from_127_0_0_6()
         ..Default::default()
     };
     let r = t.probe(Identity::PROXY, app, &opts)?;
-    assert_eq!(path_of(&r), Path_::Direct(app), "{r:?}");
+    assert_eq!(route_of(&r), Route::Direct(app), "{r:?}");
     // The tunnel port is never captured.
     let _tunnel = t.spawn_server(&Place::Pod, Identity::APP, &[any(15008)], &[])?;
     let r = probe(&p, Identity::PROXY, addr(t.pod_ip, 15008))?;
-    assert_eq!(path_of(&r), Path_::Direct(addr(t.pod_ip, 15008)), "{r:?}");
+    assert_eq!(route_of(&r), Route::Direct(addr(t.pod_ip, 15008)), "{r:?}");
     Ok(())
 }
 
@@ -294,7 +166,7 @@ fn processes_outside_the_pod_cgroup_are_untouched() -> Result<()> {
         target,
         &ProbeOptions::default(),
     )?;
-    assert_eq!(path_of(&r), Path_::Direct(target), "{r:?}");
+    assert_eq!(route_of(&r), Route::Direct(target), "{r:?}");
     assert_eq!(r.peer_name, Some(target));
     Ok(())
 }
@@ -307,8 +179,8 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
     let target = addr(t.server_ip, 8080);
     assert_eq!(
-        path_of(&probe(&p, Identity::APP, target)?),
-        Path_::Sidecar(target)
+        route_of(&probe(&p, Identity::APP, target)?),
+        Route::Sidecar(target)
     );
 
     // New options take effect; the instance is updated, not stacked (a second copy of
@@ -316,14 +188,14 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
     let exclude = format!("{}/32", t.server_ip);
     p.init(&["-i", "*", "-x", &exclude])?;
     assert_eq!(
-        path_of(&probe(&p, Identity::APP, target)?),
-        Path_::Direct(target)
+        route_of(&probe(&p, Identity::APP, target)?),
+        Route::Direct(target)
     );
     p.init(&["-i", "*"])?;
     let before = p.counters()?;
     assert_eq!(
-        path_of(&probe(&p, Identity::APP, target)?),
-        Path_::Sidecar(target)
+        route_of(&probe(&p, Identity::APP, target)?),
+        Route::Sidecar(target)
     );
     let after = p.counters()?;
     let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
@@ -335,7 +207,8 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
         .collect();
-    assert_eq!(links.len(), 4, "one link per program");
+    // sockops, getsockopt, getpeername4, recvmsg4, sendmsg4, connect4.
+    assert_eq!(links.len(), 6, "one link per program");
 
     let out = p.clean();
     assert!(out.status.success());
@@ -344,8 +217,8 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
         "clean removes every pin"
     );
     assert_eq!(
-        path_of(&probe(&p, Identity::APP, target)?),
-        Path_::Direct(target)
+        route_of(&probe(&p, Identity::APP, target)?),
+        Route::Direct(target)
     );
     // Cleaning something absent is not an error.
     assert!(p.clean().status.success());
@@ -371,13 +244,13 @@ fn default_target_is_the_callers_parent_cgroup_and_netns() -> Result<()> {
     let out = topo
         .spawn(&mut cmd)?
         .wait(std::time::Duration::from_secs(20))?;
-    let p = Intercepted { topo };
+    let p = Intercepted::bare(topo);
     assert!(out.status.success(), "{}", out.stderr);
     assert!(instance_dir(&p.topo.pod_cgroup).exists());
     let target = addr(p.topo.server_ip, 8080);
     assert_eq!(
-        path_of(&probe(&p, Identity::APP, target)?),
-        Path_::Sidecar(target)
+        route_of(&probe(&p, Identity::APP, target)?),
+        Route::Sidecar(target)
     );
     Ok(())
 }

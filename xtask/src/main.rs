@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need: nightly rust-src, bpf-linker, iproute2, iptables,
-    /// dnsutils.
+    /// dnsutils, dnsmasq-base.
     Setup,
     /// Build every binary (kernel programs included).
     Build {

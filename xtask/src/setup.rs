@@ -4,7 +4,8 @@
 //!   rebuilt when it no longer runs (a nightly update removes the library it links);
 //! - `iproute2` (`ip`), which the demo and tests use to make namespaces and veth pairs;
 //! - `iptables` (both `iptables-legacy` and `iptables-nft`), for the iptables backend and the
-//!   differential tests; `dnsutils` (`dig`), a real resolver client for the DNS tests;
+//!   differential tests; `dnsutils` (`dig`) and `dnsmasq-base`, a real resolver client and a
+//!   real DNS server for the DNS-capture tests.
 //! - for `cargo xtask bench` only: `nginx`, `wrk`, `iperf3`.
 
 use std::{
@@ -34,6 +35,7 @@ pub fn ensure_all() -> anyhow::Result<()> {
     ensure_command("iptables-legacy", "iptables")?;
     ensure_command("iptables-nft", "iptables")?;
     ensure_command("dig", "dnsutils")?;
+    ensure_command("dnsmasq", "dnsmasq-base")?;
     Ok(())
 }
 

@@ -1,13 +1,15 @@
 //! `cgroup/getpeername4`: a redirected application asks who it is talking to and is told the
-//! address it dialled, not 127.0.0.1:15001.
+//! address it dialled, not 127.0.0.1:15001 (or 127.0.0.1:15053 for a connected DNS socket).
 
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use interceptor_ebpf::{Counter, wire::port_to_user_port};
+use interceptor_ebpf::{Counter, DNS_CAPTURE_PORT, OrigDst4, wire::port_to_user_port};
 
-use crate::maps::{ORIG_DST_BY_TUPLE, count, pod_config, tuple_from_client_side};
+use crate::maps::{ORIG_DST_BY_TUPLE, UDP_ORIG_DST, count, pod_config, tuple_from_client_side};
+
+const SOCK_DGRAM: u32 = 2;
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn restore_peer_name4(ctx: SockAddrContext) -> i32 {
@@ -19,7 +21,20 @@ pub fn restore_peer_name4(ctx: SockAddrContext) -> i32 {
             return 1;
         }
         let netns = bpf_get_netns_cookie(ctx.as_ptr());
-        if let Some(orig) = ORIG_DST_BY_TUPLE.get(&tuple_from_client_side(netns, &*sk)) {
+        let orig: Option<OrigDst4> = if sa.type_ == SOCK_DGRAM {
+            let p = UDP_ORIG_DST.get_ptr_mut(&ctx);
+            // Only while still connected to where we sent it.
+            if p.is_null() || sa.user_port != port_to_user_port(DNS_CAPTURE_PORT) {
+                None
+            } else {
+                Some(*p)
+            }
+        } else {
+            ORIG_DST_BY_TUPLE
+                .get(&tuple_from_client_side(netns, &*sk))
+                .copied()
+        };
+        if let Some(orig) = orig {
             sa.user_ip4 = orig.addr;
             sa.user_port = port_to_user_port(orig.port);
             if let Some(cfg) = pod_config(netns) {

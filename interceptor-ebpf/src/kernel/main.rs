@@ -6,6 +6,9 @@ mod connect4;
 mod getpeername4;
 mod getsockopt;
 mod maps;
+mod recvmsg4;
+mod redirect4;
+mod sendmsg4;
 mod sockops;
 
 #[cfg(not(test))]

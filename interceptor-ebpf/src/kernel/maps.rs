@@ -3,7 +3,8 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use interceptor_ebpf::{
@@ -31,6 +32,11 @@ pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst4> = LruHashMap::with_max_
 #[map]
 pub static ORIG_DST_BY_TUPLE: LruHashMap<SockTuple4, OrigDst4> =
     LruHashMap::with_max_entries(65536, 0);
+
+/// A redirected UDP socket's original destination (DNS capture), stored on the socket and
+/// freed with it: UDP has no close callback that could clean a hash map.
+#[btf_map]
+pub static UDP_ORIG_DST: SkStorage<OrigDst4> = SkStorage::new();
 
 /// `pod_index * Counter::COUNT + counter` -> count, per CPU.
 #[map]

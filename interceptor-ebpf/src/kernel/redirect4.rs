@@ -1,0 +1,98 @@
+//! The decide-and-rewrite step `connect4` and `sendmsg4` share: one decision per connect (TCP,
+//! or UDP DNS) or per unconnected datagram, then the destination is rewritten in place before
+//! the kernel routes it (no NAT, no per-packet work afterwards).
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_uid_gid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::debug;
+use interceptor_ebpf::{
+    Counter, OrigDst4,
+    decision::{Connect4, Proto, Verdict, decide_outbound4},
+    wire::{LOCALHOST4, port_from_user_port, port_to_user_port},
+};
+
+use crate::maps::{MapSets, ORIG_DST_BY_COOKIE, UDP_ORIG_DST, count, pod_config};
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+
+#[inline(always)]
+pub fn decide_and_rewrite(ctx: &SockAddrContext) {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let proto = match sa.type_ {
+        SOCK_STREAM => Proto::Tcp,
+        SOCK_DGRAM => Proto::Udp,
+        _ => return,
+    };
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let Some(cfg) = pod_config(netns) else {
+        return; // not a registered pod: untouched
+    };
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    let src = if sk.is_null() {
+        0
+    } else {
+        unsafe { (*sk).src_ip4 }
+    };
+    let uid_gid = bpf_get_current_uid_gid();
+    let conn = Connect4 {
+        proto,
+        dst: sa.user_ip4,
+        dst_port: port_from_user_port(sa.user_port),
+        src,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+    };
+    let (port, counter) = match decide_outbound4(cfg, &conn, &MapSets) {
+        Verdict::Direct(reason) => {
+            // Every UDP datagram comes through sendmsg4; count connections, not datagrams.
+            if proto == Proto::Tcp {
+                count(cfg, reason);
+            }
+            return;
+        }
+        Verdict::Redirect { port, counter } => (port, counter),
+    };
+    let mut orig = OrigDst4 {
+        addr: conn.dst,
+        port: conn.dst_port,
+        _pad: 0,
+    };
+    let recorded = match proto {
+        // Until established, by cookie; sockops moves it to the connection's 4-tuple.
+        Proto::Tcp => {
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_ok()
+        }
+        // On the socket itself, freed with it: recvmsg4 and getpeername4 read it back.
+        Proto::Udp => {
+            let slot = unsafe { UDP_ORIG_DST.get_or_insert_ptr_mut(ctx, Some(&mut orig)) };
+            if slot.is_null() {
+                false
+            } else {
+                unsafe { *slot = orig };
+                true
+            }
+        }
+    };
+    if !recorded {
+        count(cfg, Counter::OrigDstLost);
+    }
+    sa.user_ip4 = LOCALHOST4;
+    sa.user_port = port_to_user_port(port);
+    count(cfg, counter);
+    debug!(
+        ctx,
+        "redirect {:i}:{} -> 127.0.0.1:{}",
+        u32::from_be(conn.dst),
+        conn.dst_port,
+        port
+    );
+}

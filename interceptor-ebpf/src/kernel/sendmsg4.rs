@@ -1,0 +1,12 @@
+//! `cgroup/sendmsg4`: a UDP `sendto()` with an address (what a resolver does on an unconnected
+//! socket) is decided like a connect: DNS to a captured name server goes to 127.0.0.1:15053.
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+use crate::redirect4::decide_and_rewrite;
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn redirect_sendmsg4(ctx: SockAddrContext) -> i32 {
+    decide_and_rewrite(&ctx);
+    1 // always send (to the original or the rewritten address)
+}

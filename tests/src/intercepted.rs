@@ -1,0 +1,202 @@
+//! A test pod with interception attached by the real `interceptor` binary, under either backend,
+//! and the vocabulary the tests use to say where a connection went.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context as _, Result};
+
+use crate::{ProbeOptions, ProbeResult, Side, Topology, bin_path, process::Identity};
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// The seed document's `istio-init` invocation.
+pub const SEED_FLAGS: [&str; 14] = [
+    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
+];
+
+pub fn interceptor_bin() -> PathBuf {
+    std::env::var_os("INTERCEPTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_path("interceptor").expect("the interceptor binary is built"))
+}
+
+/// Runs `interceptor ARGS` to completion.
+pub fn interceptor(args: &[&str]) -> Output {
+    Command::new(interceptor_bin())
+        .args(args)
+        .output()
+        .expect("running interceptor")
+}
+
+/// The instance directory `init` makes for a cgroup (eBPF backend).
+pub fn instance_dir(cgroup: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = std::fs::metadata(cgroup).expect("cgroup exists").ino();
+    Path::new(BPFFS).join(format!("interceptor/cgroup-{id}"))
+}
+
+/// Which backend a pod is intercepted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Ebpf,
+    /// istio-style nat rules, applied with `iptables-<mode>-restore`.
+    Iptables(IptablesMode),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesMode {
+    Legacy,
+    Nft,
+}
+
+impl IptablesMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IptablesMode::Legacy => "legacy",
+            IptablesMode::Nft => "nft",
+        }
+    }
+}
+
+/// A pod with interception attached; cleaned on drop (also when the test fails).
+pub struct Intercepted {
+    pub topo: Topology,
+    pub backend: Backend,
+}
+
+impl Intercepted {
+    /// A new pod, intercepted by the eBPF backend with `flags`.
+    pub fn new(tag: &str, flags: &[&str]) -> Result<Self> {
+        Self::with_backend(tag, Backend::Ebpf, flags)
+    }
+
+    pub fn with_backend(tag: &str, backend: Backend, flags: &[&str]) -> Result<Self> {
+        let me = Self {
+            topo: Topology::new(tag)?,
+            backend,
+        };
+        me.init(flags)?;
+        Ok(me)
+    }
+
+    /// A pod not intercepted yet (call [`Intercepted::init`]).
+    pub fn bare(topo: Topology) -> Self {
+        Self {
+            topo,
+            backend: Backend::Ebpf,
+        }
+    }
+
+    /// The options naming this pod (and the backend) for `init` and `clean`.
+    pub fn target_args(&self) -> Vec<String> {
+        let netns = self.topo.netns_path(Side::Pod).display().to_string();
+        match self.backend {
+            Backend::Ebpf => vec![
+                "--cgroup".into(),
+                self.topo.pod_cgroup.display().to_string(),
+                "--netns".into(),
+                netns,
+            ],
+            Backend::Iptables(mode) => vec![
+                "--backend".into(),
+                "iptables".into(),
+                "--iptables-mode".into(),
+                mode.as_str().into(),
+                "--netns".into(),
+                netns,
+            ],
+        }
+    }
+
+    pub fn init(&self, flags: &[&str]) -> Result<()> {
+        let out = self.try_init(flags);
+        anyhow::ensure!(
+            out.status.success(),
+            "interceptor init {flags:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// `interceptor init` with this pod's target options and `flags`, whatever its outcome.
+    pub fn try_init(&self, flags: &[&str]) -> Output {
+        let mut args: Vec<String> = vec!["init".into()];
+        args.extend(self.target_args());
+        args.extend(flags.iter().map(|s| s.to_string()));
+        interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    pub fn clean(&self) -> Output {
+        let mut args: Vec<String> = vec!["clean".into()];
+        args.extend(self.target_args());
+        interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// This pod's counters, from `interceptor status --json` (eBPF backend).
+    pub fn counters(&self) -> Result<serde_json::Value> {
+        let out = interceptor(&["status", "--json"]);
+        anyhow::ensure!(out.status.success(), "status failed");
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let name = instance_dir(&self.topo.pod_cgroup)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let inst = all
+            .as_array()
+            .context("status is a list")?
+            .iter()
+            .find(|i| i["instance"] == name.as_str())
+            .context("instance listed by status")?;
+        Ok(inst["pods"][0]["counters"].clone())
+    }
+
+    /// A probe from the pod as `who` to `to`, with default options.
+    pub fn probe(&self, who: Identity, to: SocketAddr) -> Result<ProbeResult> {
+        self.topo.probe(who, to, &ProbeOptions::default())
+    }
+}
+
+impl Drop for Intercepted {
+    fn drop(&mut self) {
+        let out = self.clean();
+        if !out.status.success() {
+            eprintln!("clean failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// Where a connection ended up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Through the sidecar (on this port), which read this original destination.
+    Sidecar(SocketAddr),
+    /// Straight to the server, which accepted on this address.
+    Direct(SocketAddr),
+    /// Neither answered.
+    Failed(String),
+}
+
+pub fn route_of(r: &ProbeResult) -> Route {
+    if let Some(s) = r.sidecar_line() {
+        return match s.orig {
+            Ok(orig) => Route::Sidecar(orig),
+            Err(e) => Route::Failed(format!("sidecar without original destination: {e}")),
+        };
+    }
+    match r.server_line() {
+        Some(line) => Route::Direct(line.local),
+        None => Route::Failed(format!("{r:?}")),
+    }
+}
+
+pub fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), port)
+}
+
+/// The wildcard address on `port` (what the test servers listen on).
+pub fn any(port: u16) -> SocketAddr {
+    addr(Ipv4Addr::UNSPECIFIED, port)
+}
