@@ -5,7 +5,7 @@
 //! - `iproute2` (`ip`), which the demo and tests use to make namespaces and veth pairs;
 //! - `iptables` (both `iptables-legacy` and `iptables-nft`), for the iptables backend and the
 //!   differential tests; `dnsutils` (`dig`) and `dnsmasq-base`, a real resolver client and a
-//!   real DNS server for the DNS-capture tests.
+//!   real DNS server for the DNS-capture tests;
 //! - for `cargo xtask bench` only: `nginx`, `wrk`, `iperf3`.
 
 use std::{
