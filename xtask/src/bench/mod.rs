@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Modes to compare, comma-separated [default: all].
     #[arg(long, value_enum, value_delimiter = ',')]
     modes: Vec<Mode>,
+    /// Let the pod and the server run on any CPU (default: the pod's processes on the first
+    /// half of the CPUs, the server's on the other half, as if on two machines).
+    #[arg(long)]
+    no_pin: bool,
     /// The mode every ratio is taken against.
     #[arg(long, value_enum, default_value = "iptables-nft")]
     baseline: Mode,
@@ -56,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Only redraw report.md, the plots and performance-section.md from DIR/results.json.
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["quick", "rounds", "duration", "modes", "out"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["quick", "rounds", "duration", "modes", "out", "no_pin"])]
     report: Option<PathBuf>,
 }
 
@@ -84,6 +88,8 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
         sidecar: bin.join(interceptor_tests::SIDECAR_BIN),
         probe: bin.join(interceptor_tests::PROBE_BIN),
         workdir: workdir.clone(),
+        pod_cpus: settings.pod_cpus.clone(),
+        server_cpus: settings.server_cpus.clone(),
     };
     if settings
         .modes
@@ -163,6 +169,13 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         (1..=60).contains(&duration_s),
         "--duration {duration_s}: use 1 to 60 seconds"
     );
+    let cpus = pod::allowed_cpus();
+    let (pod_cpus, server_cpus) = if args.no_pin || cpus.len() < 2 {
+        (Vec::new(), Vec::new())
+    } else {
+        let (pod, server) = cpus.split_at(cpus.len().div_ceil(2));
+        (pod.to_vec(), server.to_vec())
+    };
     Ok(Settings {
         modes,
         baseline: args.baseline,
@@ -172,13 +185,20 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         keepalive_conns: vec![1, 32, 64],
         close_conns: 32,
         http_bulk_conns: 4,
-        wrk_threads: 2,
+        // One event loop per CPU the client may use.
+        wrk_threads: if pod_cpus.is_empty() {
+            cpus.len().max(1) as u32
+        } else {
+            pod_cpus.len() as u32
+        },
         cidr_counts: vec![0, 100, 1_000, 10_000],
         kernel_cost_cidrs: vec![0, 10_000],
         small_body_bytes: 64,
         large_body_bytes: 1 << 20,
         nginx_workers: 2,
         iperf_streams: 1,
+        pod_cpus,
+        server_cpus,
     })
 }
 
@@ -545,6 +565,7 @@ mod tests {
     fn rule_scaling_rounds_measure_only_new_connections() {
         let args = BenchArgs {
             quick: true,
+            no_pin: false,
             rounds: None,
             duration: None,
             modes: vec![],

@@ -99,11 +99,18 @@ fn latency(path: &Path, r: &Results, case: Case, title: &str) -> Result<bool> {
             Some((m, s?))
         })
         .collect();
+    // Log scale: p50 and p99 differ by orders of magnitude.
     let y_max = series
         .iter()
         .flat_map(|(_, s)| s.iter().map(|x| x.max / 1000.0))
         .fold(0.0, f64::max)
-        * 1.1;
+        * 1.5;
+    let y_min = series
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|x| x.min / 1000.0))
+        .fold(f64::INFINITY, f64::min)
+        .max(0.001)
+        / 1.5;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -111,7 +118,10 @@ fn latency(path: &Path, r: &Results, case: Case, title: &str) -> Result<bool> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.4f64..2.4f64, 0f64..y_max.max(0.001))
+        .build_cartesian_2d(
+            -0.4f64..2.4f64,
+            (y_min..y_max.max(y_min * 10.0)).log_scale(),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -125,14 +135,21 @@ fn latency(path: &Path, r: &Results, case: Case, title: &str) -> Result<bool> {
                 String::new()
             }
         })
-        .y_desc("latency (ms): median of rounds, bar = min–max")
+        .y_desc("latency (ms, log scale): median of rounds, bar = min–max")
+        .y_label_formatter(&|y| {
+            if *y >= 1.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y}")
+            }
+        })
         .draw()
         .map_err(err)?;
     let n = series.len() as f64;
     for (k, (mode, summaries)) in series.iter().enumerate() {
         let c = color(*mode);
         // Spread the modes a little around each percentile so that the bars do not overlap.
-        let dx = (k as f64 - (n - 1.0) / 2.0) * 0.06;
+        let dx = (k as f64 - (n - 1.0) / 2.0) * 0.08;
         let points: Vec<(f64, f64)> = summaries
             .iter()
             .enumerate()
@@ -232,6 +249,7 @@ fn cidr_scaling(path: &Path, r: &Results, title: &str) -> Result<bool> {
     let zero_label = zero_x;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("excluded CIDRs (-x), log scale")
         .y_desc("connections/s: median of rounds, bar = min–max")
         .x_label_formatter(&move |x| {

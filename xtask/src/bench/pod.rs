@@ -3,9 +3,11 @@
 //! mode runs in a namespace another mode touched (a nat table, once loaded, leaves conntrack
 //! hooks registered in its namespace).
 
+use std::ffi::OsStr;
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +31,9 @@ pub struct Tools {
     /// nginx.conf, the wrk script, the large response: readable by the unprivileged client and
     /// nginx workers.
     pub workdir: PathBuf,
+    /// CPUs the pod's processes (client, sidecar) and the server's run on; empty: anywhere.
+    pub pod_cpus: Vec<usize>,
+    pub server_cpus: Vec<usize>,
 }
 
 impl Tools {
@@ -120,16 +125,13 @@ impl<'t> BenchPod<'t> {
         for side in [Side::Pod, Side::Server] {
             self.topo.run_in(side, tune_netns)??;
         }
-        let server = Place::ServerNetns {
-            cgroup: self.server_cgroup.clone(),
-        };
         let server_ip = self.topo.server_ip;
 
         let pid_file = self
             .tools
             .workdir
             .join(format!("{}.nginx.pid", self.topo.name));
-        let mut cmd = self.topo.command(&server, Identity::ROOT, "nginx")?;
+        let mut cmd = self.command(Side::Server, Identity::ROOT, "nginx")?;
         cmd.arg("-c")
             .arg(self.tools.nginx_conf())
             .arg("-p")
@@ -139,7 +141,7 @@ impl<'t> BenchPod<'t> {
             .stderr(Stdio::piped());
         self.start(cmd, &[SocketAddr::from(([0, 0, 0, 0], modes::HTTP_PORT))])?;
 
-        let mut cmd = self.topo.command(&server, Identity::ROOT, "iperf3")?;
+        let mut cmd = self.command(Side::Server, Identity::ROOT, "iperf3")?;
         cmd.args([
             "-s",
             "-p",
@@ -200,7 +202,7 @@ impl<'t> BenchPod<'t> {
     }
 
     fn start(&mut self, mut cmd: Command, listening: &[SocketAddr]) -> Result<()> {
-        let mut process = self.topo.spawn(&mut cmd)?;
+        let mut process = self.spawn(&mut cmd)?;
         for &addr in listening {
             if let Err(e) = process.wait_listening(addr, START_TIMEOUT) {
                 let stderr = process.wait(Duration::from_millis(100)).map(|f| f.stderr);
@@ -226,7 +228,7 @@ impl<'t> BenchPod<'t> {
         cmd.args(options.args(target))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let finished = self.topo.spawn(&mut cmd)?.wait(Duration::from_secs(10))?;
+        let finished = self.spawn(&mut cmd)?.wait(Duration::from_secs(10))?;
         let result = interceptor_tests::ProbeResult::parse(&finished.stdout)?;
         let seen: SocketAddr = result
             .lines
@@ -255,6 +257,33 @@ impl<'t> BenchPod<'t> {
 
     pub fn topology(&self) -> &Topology {
         &self.topo
+    }
+
+    /// A command in the pod (its netns and cgroup) or on the server side (the server's netns
+    /// and cgroup), on that side's CPUs. Spawn it with [`BenchPod::spawn`].
+    pub fn command(
+        &self,
+        side: Side,
+        identity: Identity,
+        program: impl AsRef<OsStr>,
+    ) -> Result<Command> {
+        let (place, cpus) = match side {
+            Side::Pod => (Place::Pod, &self.tools.pod_cpus),
+            Side::Server => (
+                Place::ServerNetns {
+                    cgroup: self.server_cgroup.clone(),
+                },
+                &self.tools.server_cpus,
+            ),
+        };
+        let mut cmd = self.topo.command(&place, identity, program)?;
+        pin(&mut cmd, cpus);
+        Ok(cmd)
+    }
+
+    /// Spawns `cmd`; it is killed with the pod at the latest.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<Process> {
+        self.topo.spawn(cmd)
     }
 
     /// CPU time used so far by the pod's and the server's cgroups.
@@ -288,6 +317,43 @@ impl Drop for BenchPod<'_> {
                 eprintln!("bench: {e:#}");
             }
         }
+    }
+}
+
+/// Restricts `cmd` (and its threads and children) to `cpus`, in the child before exec.
+fn pin(cmd: &mut Command, cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET only sets bits in it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let hook = move || {
+        // SAFETY: plain syscall on the calling process with a set owned by the closure.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the hook makes one async-signal-safe syscall and allocates nothing.
+    unsafe { cmd.pre_exec(hook) };
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the zeroed set; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 

@@ -44,7 +44,7 @@ fn thousands(x: f64) -> String {
     let digits = n.abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -345,15 +345,15 @@ fn machine_and_method(o: &mut String, r: &Results) {
         .collect();
     let _ = writeln!(
         o,
-        "- Load average (1 min) at the start of each round: {}. Client, sidecar and server \
-         share these {} cores with each other and with whatever else runs on the machine.",
+        "- Load average (1 min) at the start of each round: {} (anything else running on the \
+         machine competes with the benchmark).",
         if loads.is_empty() {
             "–".into()
         } else {
             loads.join(", ")
-        },
-        m.cores
+        }
     );
+    let _ = writeln!(o, "- {}", placement(r));
     let tools: Vec<String> = r
         .meta
         .tools
@@ -404,10 +404,36 @@ fn machine_and_method(o: &mut String, r: &Results) {
     );
 }
 
+/// Where the pod and the server ran.
+fn placement(r: &Results) -> String {
+    let s = &r.settings;
+    let list = |c: &[usize]| {
+        c.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if s.pod_cpus.is_empty() {
+        format!(
+            "Not pinned: client, sidecar and server share the machine's {} cores.",
+            r.meta.machine.cores
+        )
+    } else {
+        format!(
+            "Pinned (sched_setaffinity), as if on two machines: the pod's processes (client and \
+             sidecar) on CPU {}, the server's on CPU {}; the client and the sidecar share \
+             theirs, so whatever the interception costs in the pod comes out of the same CPU \
+             time as the load.",
+            list(&s.pod_cpus),
+            list(&s.server_cpus)
+        )
+    }
+}
+
 fn bytes(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
         format!("{n}-byte")
@@ -642,11 +668,10 @@ fn notes(o: &mut String, r: &Results) {
     );
     let _ = writeln!(
         o,
-        "- The machine's {} cores run the client, the sidecar and the server together: a \
-         figure is what the whole path achieves on them, and anything else running at the \
-         time (see the load averages) lowers it. Round-to-round spread of 10–20% is usual \
-         here; the interleaving and round-by-round ratios are there to cancel that drift, \
-         the min–max shows what is left.",
+        "- A figure is what the whole path (client, sidecar, server) achieves on this \
+         machine's {} cores, and anything else running at the time (see the load averages) \
+         lowers it. Round-to-round spread of 10–20% is usual here; the interleaving and \
+         round-by-round ratios are there to cancel that drift, the min–max shows what is left.",
         r.meta.machine.cores
     );
     let _ = writeln!(
@@ -672,16 +697,16 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
     let _ = writeln!(
         o,
         "Measured with `cargo xtask bench` on {} ({} cores, {}, Linux {}), commit `{}`{}. \
-         Client (wrk, iperf3), sidecar and server (nginx) share the same {} cores, so these \
-         are figures of the whole path on a small machine, not of the interception alone; \
-         the ratios are what carries over.\n",
+         Client (wrk, iperf3), sidecar and server (nginx) run on the same small machine, so \
+         these are figures of the whole path, not of the interception alone; the ratios are \
+         what carries over. {}\n",
         &r.meta.started[..10],
         m.cores,
         m.cpu_model,
         m.kernel,
         r.meta.commit,
         if r.meta.quick { " (a quick run)" } else { "" },
-        m.cores
+        placement(r)
     );
     let _ = writeln!(
         o,

@@ -69,6 +69,11 @@ pub struct Settings {
     pub large_body_bytes: usize,
     pub nginx_workers: u32,
     pub iperf_streams: u32,
+    /// CPUs of the pod's processes (client, sidecar) and of the server's; empty: not pinned.
+    #[serde(default)]
+    pub pod_cpus: Vec<usize>,
+    #[serde(default)]
+    pub server_cpus: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use interceptor_tests::{Identity, Place};
+use interceptor_tests::{Identity, Side};
 use serde::Deserialize;
 
 use super::pod::BenchPod;
@@ -160,7 +160,7 @@ pub struct Http<'a> {
 pub fn run_wrk(pod: &BenchPod, load: Http, script: &Path) -> Result<(HttpFigures, CpuFigures)> {
     let topo = pod.topology();
     let target = pod.mode.http_target(topo.server_ip);
-    let mut cmd = topo.command(&Place::Pod, Identity::APP, "wrk")?;
+    let mut cmd = pod.command(Side::Pod, Identity::APP, "wrk")?;
     cmd.args([
         "-t",
         &load.threads.min(load.conns).to_string(),
@@ -181,7 +181,7 @@ pub fn run_wrk(pod: &BenchPod, load: Http, script: &Path) -> Result<(HttpFigures
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let before = pod.cpu()?;
-    let finished = topo
+    let finished = pod
         .spawn(&mut cmd)?
         .wait(Duration::from_secs(load.duration_s.into()) + RUN_SLACK)?;
     let cpu = pod.cpu()?.since(before);
@@ -206,7 +206,7 @@ pub fn run_wrk(pod: &BenchPod, load: Http, script: &Path) -> Result<(HttpFigures
 pub fn run_iperf3(pod: &BenchPod, duration_s: u32) -> Result<(IperfFigures, CpuFigures)> {
     let topo = pod.topology();
     let target = pod.mode.iperf_target(topo.server_ip);
-    let mut cmd = topo.command(&Place::Pod, Identity::APP, "iperf3")?;
+    let mut cmd = pod.command(Side::Pod, Identity::APP, "iperf3")?;
     cmd.args([
         "-c",
         &target.ip().to_string(),
@@ -219,7 +219,7 @@ pub fn run_iperf3(pod: &BenchPod, duration_s: u32) -> Result<(IperfFigures, CpuF
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let before = pod.cpu()?;
-    let finished = topo
+    let finished = pod
         .spawn(&mut cmd)?
         .wait(Duration::from_secs(duration_s.into()) + RUN_SLACK)?;
     let cpu = pod.cpu()?.since(before);
