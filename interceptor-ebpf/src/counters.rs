@@ -32,10 +32,24 @@ pub enum Counter {
     DnsCaptured,
     /// A reply on a redirected UDP socket shown as coming from the server the application asked.
     DnsReplyRestored,
+    /// Inbound: a connection arriving on a pod interface was steered to the proxy's listener.
+    InboundSteered,
+    /// Inbound: not steered: the port is not captured (`-b`, `-d`) or is the tunnel port `-e`.
+    InboundDirectPort,
+    /// Inbound: not steered: it arrived on an interface excluded by `-c`.
+    InboundDirectInterface,
+    /// Inbound: to be steered, but no listener is registered: passed to the application
+    /// (`--inbound-fail open`).
+    InboundNoListenerOpen,
+    /// Inbound: to be steered, but no listener is registered: refused
+    /// (`--inbound-fail closed`).
+    InboundNoListenerRefused,
+    /// The proxy started listening on the capture port and was registered.
+    InboundListenerRegistered,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -52,6 +66,12 @@ impl Counter {
         Counter::OrigDstLost,
         Counter::DnsCaptured,
         Counter::DnsReplyRestored,
+        Counter::InboundSteered,
+        Counter::InboundDirectPort,
+        Counter::InboundDirectInterface,
+        Counter::InboundNoListenerOpen,
+        Counter::InboundNoListenerRefused,
+        Counter::InboundListenerRegistered,
     ];
 
     /// The name user space reports (status, metrics).
@@ -71,6 +91,12 @@ impl Counter {
             Counter::OrigDstLost => "original_dst_lost",
             Counter::DnsCaptured => "dns_captured",
             Counter::DnsReplyRestored => "dns_reply_source_restored",
+            Counter::InboundSteered => "inbound_steered",
+            Counter::InboundDirectPort => "inbound_direct_port",
+            Counter::InboundDirectInterface => "inbound_direct_interface",
+            Counter::InboundNoListenerOpen => "inbound_no_listener_passed",
+            Counter::InboundNoListenerRefused => "inbound_no_listener_refused",
+            Counter::InboundListenerRegistered => "inbound_listener_registered",
         }
     }
 

@@ -1,11 +1,16 @@
-//! The outbound decision table, as one pure function that both the `connect4` program and the
-//! host's unit tests run. It follows the `ISTIO_OUTPUT` chain that istio-iptables writes,
-//! rule by rule, so that the same flags mean the same thing under either backend.
+//! The outbound decision table, as one pure function that the `connect4`/`connect6` and
+//! `sendmsg4` programs and the host's unit tests run. It follows the `ISTIO_OUTPUT` chain that
+//! istio-iptables writes, rule by rule, so that the same flags mean the same thing under either
+//! backend. One function serves both families (`Family`): istio-iptables writes the same chain
+//! into iptables and ip6tables, with only the loopback, passthrough and CIDR values differing.
 
 use crate::{
     counters::Counter,
     model::{CidrSet, DNS_CAPTURE_PORT, DNS_PORT, PodConfig, PortSet, flags},
-    wire::{LOCALHOST4, PASSTHROUGH_SRC4, RawIpv4},
+    wire::{
+        LOCALHOST4, LOCALHOST6, PASSTHROUGH_SRC4, PASSTHROUGH_SRC6, RawIpv4, RawIpv6, UNSPECIFIED4,
+        UNSPECIFIED6,
+    },
 };
 
 /// The transport of a connect or datagram.
@@ -18,25 +23,30 @@ pub enum Proto {
 
 /// A TCP connect, a UDP connect or a UDP `sendto()`, as the cgroup hooks see it.
 #[derive(Clone, Copy, Debug)]
-pub struct Connect4 {
+pub struct Connect<A> {
     pub proto: Proto,
     /// Destination the application asked for.
-    pub dst: RawIpv4,
+    pub dst: A,
     /// Host order.
     pub dst_port: u16,
-    /// Address the socket is bound to (0 when unbound).
-    pub src: RawIpv4,
+    /// Address the socket is bound to (unspecified when unbound).
+    pub src: A,
     pub uid: u32,
     pub gid: u32,
 }
+
+/// An IPv4 connect (also an IPv4-mapped one from a dual-stack socket, unmapped).
+pub type Connect4 = Connect<RawIpv4>;
+/// An IPv6 connect.
+pub type Connect6 = Connect<RawIpv6>;
 
 /// What to do with the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Leave it alone; the counter says why.
     Direct(Counter),
-    /// Send it to 127.0.0.1:`port`, remembering the original destination; the counter says
-    /// which capture it is (outbound, the proxy's inbound capture, or DNS).
+    /// Send it to localhost:`port` (127.0.0.1 or ::1), remembering the original destination;
+    /// the counter says which capture it is (outbound, the proxy's inbound capture, or DNS).
     Redirect { port: u16, counter: Counter },
 }
 
@@ -44,6 +54,86 @@ pub enum Verdict {
 pub trait RuleSets {
     fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool;
     fn has_cidr4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> bool;
+    fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool;
+}
+
+/// What differs between the iptables and the ip6tables chain.
+pub trait Family {
+    type Addr: Copy + PartialEq + core::fmt::Debug;
+    /// `127.0.0.1/32` / `::1/128` (istio's `-d <localhost> -j RETURN`).
+    const LOCALHOST: Self::Addr;
+    /// `127.0.0.6/32` / `::6/128` (`-o lo -s <passthrough> -j RETURN`).
+    const PASSTHROUGH_SRC: Self::Addr;
+    /// A connect to it goes to `LOCALHOST`, which is what netfilter sees.
+    const UNSPECIFIED: Self::Addr;
+    const HAS_INCLUDE_CIDRS: u32;
+    const HAS_EXCLUDE_CIDRS: u32;
+    /// Whether a connection to `addr` leaves through lo (istio's `-o lo`).
+    fn is_local(cfg: &PodConfig, addr: Self::Addr) -> bool;
+    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: Self::Addr) -> bool;
+    /// Whether DNS to `addr` is captured (`ISTIO_OUTPUT_DNS`).
+    fn is_captured_dns_server(cfg: &PodConfig, addr: Self::Addr) -> bool;
+}
+
+/// IPv4 (iptables).
+pub struct V4;
+/// IPv6 (ip6tables).
+pub struct V6;
+
+impl Family for V4 {
+    type Addr = RawIpv4;
+    const LOCALHOST: RawIpv4 = LOCALHOST4;
+    const PASSTHROUGH_SRC: RawIpv4 = PASSTHROUGH_SRC4;
+    const UNSPECIFIED: RawIpv4 = UNSPECIFIED4;
+    const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS;
+    const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS;
+    #[inline(always)]
+    fn is_local(cfg: &PodConfig, addr: RawIpv4) -> bool {
+        cfg.is_local4(addr)
+    }
+    #[inline(always)]
+    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv4) -> bool {
+        sets.has_cidr4(rules, set, addr)
+    }
+    #[inline(always)]
+    fn is_captured_dns_server(cfg: &PodConfig, addr: RawIpv4) -> bool {
+        cfg.is_captured_dns_server4(addr)
+    }
+}
+
+impl Family for V6 {
+    type Addr = RawIpv6;
+    const LOCALHOST: RawIpv6 = LOCALHOST6;
+    const PASSTHROUGH_SRC: RawIpv6 = PASSTHROUGH_SRC6;
+    const UNSPECIFIED: RawIpv6 = UNSPECIFIED6;
+    const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS6;
+    const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS6;
+    #[inline(always)]
+    fn is_local(cfg: &PodConfig, addr: RawIpv6) -> bool {
+        cfg.is_local6(addr)
+    }
+    #[inline(always)]
+    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
+        sets.has_cidr6(rules, set, addr)
+    }
+    /// IPv6 DNS capture (ip6tables' `ISTIO_OUTPUT_DNS`) is not implemented: IPv6 name servers
+    /// are not recorded and there are no `sendmsg6`/`recvmsg6` programs yet.
+    #[inline(always)]
+    fn is_captured_dns_server(_: &PodConfig, _: RawIpv6) -> bool {
+        false
+    }
+}
+
+/// `decide_outbound` for IPv4 (and IPv4-mapped) destinations.
+#[inline(always)]
+pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> Verdict {
+    decide_outbound::<V4>(cfg, c, sets)
+}
+
+/// `decide_outbound` for IPv6 destinations (not IPv4-mapped ones: those are IPv4).
+#[inline(always)]
+pub fn decide_outbound6(cfg: &PodConfig, c: &Connect6, sets: &impl RuleSets) -> Verdict {
+    decide_outbound::<V6>(cfg, c, sets)
 }
 
 /// Which owner rule group is being walked: istio-iptables writes the same three rules per uid
@@ -55,7 +145,8 @@ enum Owner {
 }
 
 /// Decide an outbound connect or datagram. Rule order is istio-iptables' `ISTIO_OUTPUT` chain,
-/// walked literally (first match wins), so that its quirks come out the same:
+/// walked literally (first match wins), so that its quirks come out the same (shown for IPv4;
+/// the IPv6 chain has `::1/128` and `::6/128` in their places):
 ///
 /// 1. `-p tcp|udp --dport <-o port> -j RETURN`
 /// 2. `-o lo -s 127.0.0.6/32 -j RETURN`
@@ -63,7 +154,7 @@ enum Owner {
 ///    a. `-o lo ! -d 127.0.0.1/32 -p tcp ! --dport <-e> -m owner X -j ISTIO_IN_REDIRECT`
 ///    (with DNS capture, the uid form is `-m multiport ! --dports 53,<-e>`; the gid form is not);
 ///    b. `-o lo -m owner ! X -j RETURN` (with DNS capture: `-o lo -p tcp ! --dport 53 ...`;
-///    left out when an `-i` range holds a loopback address);
+///    left out when an `-i` range holds a loopback address, of either family);
 ///    c. `-m owner X -j RETURN`
 /// 4. DNS capture: `-p tcp|udp --dport 53 [-d <name server>] -j REDIRECT --to-ports 15053`
 /// 5. `-d 127.0.0.1/32 -j RETURN`
@@ -75,8 +166,15 @@ enum Owner {
 ///
 /// Over lo, rule 3b of the first uid settles every connection that is not the proxy's, so
 /// later uids and the gids only matter for traffic leaving the pod, as under istio-iptables.
+/// A connect to 0.0.0.0 or `::` is decided as the localhost connection the kernel makes of it.
+/// At most four set lookups whatever the family (`-o`, `-x`, `-q`, `-i`), each only when its
+/// set is not empty.
 #[inline(always)]
-pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> Verdict {
+pub fn decide_outbound<F: Family>(
+    cfg: &PodConfig,
+    c: &Connect<F::Addr>,
+    sets: &impl RuleSets,
+) -> Verdict {
     let rules = cfg.rules;
     let tcp = c.proto == Proto::Tcp;
     let dns = cfg.has(flags::REDIRECT_DNS);
@@ -86,29 +184,34 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
         return Verdict::Direct(Counter::DirectExcludedPort);
     }
 
-    let over_lo = cfg.is_local4(c.dst);
-    if over_lo && c.src == PASSTHROUGH_SRC4 {
+    let dst = if c.dst == F::UNSPECIFIED {
+        F::LOCALHOST
+    } else {
+        c.dst
+    };
+    let over_lo = F::is_local(cfg, dst);
+    if over_lo && c.src == F::PASSTHROUGH_SRC {
         return Verdict::Direct(Counter::DirectPassthrough);
     }
 
-    if let Some(v) = owner_rules(cfg, c, Owner::Uid, over_lo, tcp, dns) {
+    if let Some(v) = owner_rules::<F>(cfg, c, dst, Owner::Uid, over_lo, tcp, dns) {
         return v;
     }
-    if let Some(v) = owner_rules(cfg, c, Owner::Gid, over_lo, tcp, dns) {
+    if let Some(v) = owner_rules::<F>(cfg, c, dst, Owner::Gid, over_lo, tcp, dns) {
         return v;
     }
 
-    if c.dst_port == DNS_PORT && cfg.is_captured_dns_server4(c.dst) {
+    if c.dst_port == DNS_PORT && F::is_captured_dns_server(cfg, dst) {
         return Verdict::Redirect {
             port: DNS_CAPTURE_PORT,
             counter: Counter::DnsCaptured,
         };
     }
 
-    if c.dst == LOCALHOST4 {
+    if dst == F::LOCALHOST {
         return Verdict::Direct(Counter::DirectLocal);
     }
-    if cfg.has(flags::HAS_EXCLUDE_CIDRS) && sets.has_cidr4(rules, CidrSet::Exclude, c.dst) {
+    if cfg.has(F::HAS_EXCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Exclude, dst) {
         return Verdict::Direct(Counter::DirectExcludedCidr);
     }
     if !tcp {
@@ -124,7 +227,7 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
         return redirect;
     }
     if cfg.has(flags::INCLUDE_ALL)
-        || (cfg.has(flags::HAS_INCLUDE_CIDRS) && sets.has_cidr4(rules, CidrSet::Include, c.dst))
+        || (cfg.has(F::HAS_INCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Include, dst))
     {
         return redirect;
     }
@@ -133,9 +236,10 @@ pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> 
 
 /// Rules 3a-3c for every uid (or gid) in order. `None`: no rule matched, walk on.
 #[inline(always)]
-fn owner_rules(
+fn owner_rules<F: Family>(
     cfg: &PodConfig,
-    c: &Connect4,
+    c: &Connect<F::Addr>,
+    dst: F::Addr,
     owner: Owner,
     over_lo: bool,
     tcp: bool,
@@ -149,7 +253,7 @@ fn owner_rules(
     // (app -> proxy -> proxy -> app). Under DNS capture the uid rule spares port 53 too.
     let capturable = tcp
         && over_lo
-        && c.dst != LOCALHOST4
+        && dst != F::LOCALHOST
         && c.dst_port != cfg.inbound_tunnel_port
         && !(dns && owner == Owner::Uid && c.dst_port == DNS_PORT);
     // "Everyone else over lo goes direct"; under DNS capture only for TCP other than port 53.
@@ -184,13 +288,14 @@ mod tests {
     use std::{collections::HashSet, vec::Vec};
 
     use super::*;
-    use crate::wire::raw_ipv4;
+    use crate::wire::{ipv6_octets, raw_ipv4, raw_ipv6};
 
     /// Sets held in std collections; CIDRs matched by linear scan (the kernel uses an LPM trie).
     #[derive(Default)]
     struct Sets {
         ports: HashSet<(u32, u16, u16)>,
         cidrs: Vec<(u32, u32, [u8; 4], u8)>,
+        cidrs6: Vec<(u32, u32, [u8; 16], u8)>,
     }
 
     impl RuleSets for Sets {
@@ -202,6 +307,13 @@ mod tests {
             self.cidrs.iter().any(|&(r, s, net, len)| {
                 let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
                 r == rules && s == set as u32 && a & mask == u32::from_be_bytes(net) & mask
+            })
+        }
+        fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
+            let a = u128::from_be_bytes(ipv6_octets(addr));
+            self.cidrs6.iter().any(|&(r, s, net, len)| {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                r == rules && s == set as u32 && a & mask == u128::from_be_bytes(net) & mask
             })
         }
     }
@@ -488,6 +600,196 @@ mod tests {
         assert_eq!(
             d(udp(POD_IP, 53, APP, APP)),
             Verdict::Direct(Counter::DirectLocal)
+        );
+    }
+
+    #[test]
+    fn unspecified_destination_is_localhost_as_the_kernel_makes_it() {
+        let cfg = pod(flags::INCLUDE_ALL);
+        let sets = Sets::default();
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([0, 0, 0, 0], 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectLocal)
+        );
+        // Not the proxy's inbound capture either: it is 127.0.0.1 by the time netfilter looks.
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([0, 0, 0, 0], 80, PROXY, PROXY), &sets),
+            Verdict::Direct(Counter::DirectProxy)
+        );
+        let c6 = conn6(UNSPECIFIED6, 80, APP, APP);
+        assert_eq!(
+            decide_outbound6(&pod6(flags::INCLUDE_ALL), &c6, &sets),
+            Verdict::Direct(Counter::DirectLocal)
+        );
+    }
+
+    fn v6(s: &str) -> RawIpv6 {
+        raw_ipv6(s.parse::<std::net::Ipv6Addr>().unwrap().octets())
+    }
+
+    fn prefix6(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    /// `pod()` with IPv6 addresses: fd00:200::2 and a link-local one.
+    fn pod6(flags_: u32) -> PodConfig {
+        let mut cfg = pod(flags_);
+        cfg.local6[0] = v6("fd00:200::2");
+        cfg.local6[1] = v6("fe80::2");
+        cfg.n_local6 = 2;
+        cfg
+    }
+
+    fn conn6(dst: RawIpv6, port: u16, uid: u32, gid: u32) -> Connect6 {
+        Connect6 {
+            proto: Proto::Tcp,
+            dst,
+            dst_port: port,
+            src: UNSPECIFIED6,
+            uid,
+            gid,
+        }
+    }
+
+    #[test]
+    fn ipv6_follows_the_ip6tables_chain() {
+        let cfg = pod6(
+            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS6 | flags::HAS_OUTBOUND_PORTS_EXCLUDE,
+        );
+        let mut sets = Sets::default();
+        sets.cidrs6
+            .push((1, CidrSet::Exclude as u32, prefix6("fd00:9::"), 32));
+        // An IPv4 exclude never applies to IPv6 (and vice versa).
+        sets.cidrs
+            .push((1, CidrSet::Exclude as u32, [0, 0, 0, 0], 0));
+        sets.ports
+            .insert((1, PortSet::OutboundExclude as u16, 3306));
+        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
+        use Counter::*;
+        let remote = v6("fd00:200:1::1");
+        let cases = [
+            (conn6(remote, 80, APP, APP), OUT),
+            (
+                conn6(v6("fd00:9:1::1"), 80, APP, APP),
+                Verdict::Direct(DirectExcludedCidr),
+            ),
+            (
+                conn6(remote, 3306, APP, APP),
+                Verdict::Direct(DirectExcludedPort),
+            ),
+            (
+                conn6(remote, 80, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (conn6(remote, 80, APP, PROXY), Verdict::Direct(DirectProxy)),
+            (
+                conn6(LOCALHOST6, 80, APP, APP),
+                Verdict::Direct(DirectLocal),
+            ),
+            (
+                conn6(v6("fd00:200::2"), 9080, APP, APP),
+                Verdict::Direct(DirectLocal),
+            ),
+            (
+                conn6(v6("fe80::2"), 9080, APP, APP),
+                Verdict::Direct(DirectLocal),
+            ),
+            // Another host on the pod's /64 is not local.
+            (conn6(v6("fd00:200::1"), 80, APP, APP), OUT),
+            // The proxy calling its own pod: inbound capture, except ::1 and -e.
+            (conn6(v6("fd00:200::2"), 9080, PROXY, PROXY), IN),
+            (
+                conn6(LOCALHOST6, 9080, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (
+                conn6(v6("fd00:200::2"), 15008, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            // 127.0.0.1 in IPv6 clothing is not ::1: an IPv4-compatible address is remote.
+            (conn6([0, 0, 0, LOCALHOST4], 80, APP, APP), OUT),
+        ];
+        for (c, want) in cases {
+            assert_eq!(d(c), want, "{c:?}");
+        }
+        // Bound to ::6 (Envoy's IPv6 inbound passthrough) and going to the pod: direct.
+        let mut c = conn6(v6("fd00:200::2"), 9080, PROXY, PROXY);
+        c.src = PASSTHROUGH_SRC6;
+        assert_eq!(d(c), Verdict::Direct(DirectPassthrough));
+        // Bound to ::6 but leaving the pod: the passthrough rule is "-o lo" only.
+        let mut c = conn6(remote, 80, APP, APP);
+        c.src = PASSTHROUGH_SRC6;
+        assert_eq!(d(c), OUT);
+    }
+
+    #[test]
+    fn mixed_include_lists_select_per_family() {
+        // -i 10.96.0.0/12,fd00:96::/64: each family sees only its own ranges.
+        let cfg = pod6(flags::HAS_INCLUDE_CIDRS | flags::HAS_INCLUDE_CIDRS6);
+        let mut sets = Sets::default();
+        sets.cidrs
+            .push((1, CidrSet::Include as u32, [10, 96, 0, 0], 12));
+        sets.cidrs6
+            .push((1, CidrSet::Include as u32, prefix6("fd00:96::"), 64));
+        sets.cidrs6
+            .push((2, CidrSet::Include as u32, prefix6("fd00:50::"), 64));
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:96::1"), 80, APP, APP), &sets),
+            OUT
+        );
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:97::1"), 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:50::1"), 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded),
+            "another rule set's range"
+        );
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([10, 100, 1, 1], 80, APP, APP), &sets),
+            OUT
+        );
+        // Only IPv6 ranges given: IPv4 destinations are not included (and the reverse).
+        let only6 = pod6(flags::HAS_INCLUDE_CIDRS6);
+        assert_eq!(
+            decide_outbound4(&only6, &conn([10, 100, 1, 1], 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+        let only4 = pod6(flags::HAS_INCLUDE_CIDRS);
+        assert_eq!(
+            decide_outbound6(&only4, &conn6(v6("fd00:96::1"), 80, APP, APP), &sets),
+            Verdict::Direct(Counter::DirectNotIncluded)
+        );
+    }
+
+    #[test]
+    fn a_loopback_range_in_either_family_changes_the_lo_rules_of_both() {
+        // -i ::1/128 sets LOOPBACK_INCLUDED, as istio-iptables drops the "-o lo ! --owner"
+        // RETURN rules from both tables when either family's -i has a loopback address.
+        let cfg = pod6(flags::HAS_INCLUDE_CIDRS6 | flags::LOOPBACK_INCLUDED);
+        let sets = Sets::default();
+        assert_eq!(
+            decide_outbound4(&cfg, &conn(POD_IP, 9080, APP, PROXY), &sets),
+            IN
+        );
+        assert_eq!(
+            decide_outbound6(&cfg, &conn6(v6("fd00:200::2"), 9080, APP, PROXY), &sets),
+            IN
+        );
+    }
+
+    #[test]
+    fn ipv6_dns_is_not_captured_yet_but_the_owner_rules_keep_their_dns_form() {
+        let cfg = pod6(flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS | flags::INCLUDE_ALL);
+        let sets = Sets::default();
+        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
+        // TCP to port 53 follows the other rules (-i '*').
+        assert_eq!(d(conn6(v6("fd00:96::10"), 53, APP, APP)), OUT);
+        // The proxy's own pod on 53: the uid rule spares port 53 under DNS capture.
+        assert_eq!(
+            d(conn6(v6("fd00:200::2"), 53, PROXY, PROXY)),
+            Verdict::Direct(Counter::DirectProxy)
         );
     }
 }

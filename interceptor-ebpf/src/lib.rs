@@ -1,6 +1,6 @@
 //! The data model shared by the kernel programs and user space: map keys and values
 //! (`#[repr(C)]`, no implicit padding), the counter layout, the byte-order conversions of the
-//! kernel's context fields, and the outbound decision table itself.
+//! kernel's context fields, and the outbound and inbound decision tables themselves.
 //!
 //! This crate is `no_std` and builds both for `bpfel-unknown-none` (the programs) and for the
 //! host (the loader and the unit tests), so the two sides cannot disagree on a layout or a rule.
@@ -8,6 +8,7 @@
 
 pub mod counters;
 pub mod decision;
+pub mod inbound;
 pub mod model;
 pub mod wire;
 

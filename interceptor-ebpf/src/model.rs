@@ -1,7 +1,7 @@
 //! Map names, keys and values. Every struct is `#[repr(C)]` with explicit padding so that
 //! its bytes are fully defined (the kernel hashes keys byte by byte).
 
-use crate::wire::RawIpv4;
+use crate::wire::{RawIpv4, RawIpv6};
 
 /// Map names, as the programs declare them and the loader pins them.
 pub mod map_names {
@@ -13,6 +13,13 @@ pub mod map_names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const INSTANCE_META: &str = "INSTANCE_META";
     pub const UDP_ORIG_DST: &str = "UDP_ORIG_DST";
+    /// Sockhash: each pod's inbound capture listener, keyed by `ListenerKey`.
+    pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+    /// Socket storage (cloned to accepted sockets): marks the proxy's capture listener.
+    pub const CAPTURE_SOCKETS: &str = "CAPTURE_SOCKETS";
+    pub const CIDR6: &str = "CIDR6";
+    pub const ORIG_DST6_BY_COOKIE: &str = "ORIG_DST6_BY_COOKIE";
+    pub const ORIG_DST6_BY_TUPLE: &str = "ORIG_DST6_BY_TUPLE";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -23,20 +30,36 @@ pub mod program_names {
     pub const SOCKOPS: &str = "track_redirected_sockets";
     pub const GETSOCKOPT: &str = "answer_original_dst";
     pub const GETPEERNAME4: &str = "restore_peer_name4";
+    pub const GETPEERNAME6: &str = "restore_peer_name6";
     /// DNS replies on a redirected UDP socket appear to come from the server it asked.
     pub const RECVMSG4: &str = "restore_dns_reply_source4";
     /// Unconnected UDP `sendto()` (DNS capture).
     pub const SENDMSG4: &str = "redirect_sendmsg4";
     pub const CONNECT4: &str = "redirect_connect4";
-    pub const ALL: [&str; 6] = [
+    pub const CONNECT6: &str = "redirect_connect6";
+    /// `cgroup/post_bind4`: marks the proxy's socket bound to the capture port.
+    pub const POST_BIND4: &str = "mark_capture_listener4";
+    /// `sk_lookup`, attached to the pod's network namespace (not its cgroup).
+    pub const SK_LOOKUP: &str = "steer_inbound";
+    /// Inbound steering comes after everything that registers and serves the listener.
+    pub const ALL: [&str; 10] = [
         SOCKOPS,
         GETSOCKOPT,
         GETPEERNAME4,
+        GETPEERNAME6,
         RECVMSG4,
         SENDMSG4,
+        POST_BIND4,
+        SK_LOOKUP,
         CONNECT4,
+        CONNECT6,
     ];
 }
+
+/// Name of the `sk_lookup` program's load-time constant: the network-namespace cookie of the
+/// pod it serves. `bpf_get_netns_cookie` is not available to `sk_lookup` programs (Linux 6.18),
+/// and the program is attached to one namespace anyway, so each pod's copy carries its key.
+pub const POD_NETNS_COOKIE_GLOBAL: &str = "POD_NETNS_COOKIE";
 
 /// Most proxy uids, and separately gids, one pod can name (`-u`, `-g`).
 pub const MAX_PROXY_IDS: usize = 8;
@@ -49,6 +72,12 @@ pub const MAX_DNS_SERVERS4: usize = 8;
 pub const DNS_CAPTURE_PORT: u16 = 15053;
 /// The DNS port.
 pub const DNS_PORT: u16 = 53;
+/// Most interfaces `-c` can exclude from inbound capture.
+pub const MAX_EXCLUDE_IFACES: usize = 8;
+/// The loopback device's index, the same in every network namespace.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+/// Most IPv6 addresses (link-local ones included) of a pod's own interfaces.
+pub const MAX_LOCAL_ADDRS6: usize = 8;
 
 /// `PodConfig::flags` bits.
 pub mod flags {
@@ -70,6 +99,20 @@ pub mod flags {
     pub const REDIRECT_DNS: u32 = 1 << 6;
     /// `--capture-all-dns`: port 53 to any address, not only to the pod's name servers.
     pub const CAPTURE_ALL_DNS: u32 = 1 << 7;
+    /// `-i` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Include`).
+    pub const HAS_INCLUDE_CIDRS6: u32 = 1 << 8;
+    /// `-x` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Exclude`).
+    pub const HAS_EXCLUDE_CIDRS6: u32 = 1 << 9;
+
+    // Inbound (bits from 16 up).
+    /// `-b` is not empty: connections arriving on the pod's interfaces may be steered.
+    pub const INBOUND_CAPTURE: u32 = 1 << 16;
+    /// `-b '*'`: every port, minus `-d` (`PortSet::InboundExclude`).
+    pub const INBOUND_ALL_PORTS: u32 = 1 << 17;
+    /// `-b '*'` with `-d` ports.
+    pub const HAS_INBOUND_PORTS_EXCLUDE: u32 = 1 << 18;
+    /// `--inbound-fail closed`: refuse captured connections while no listener is registered.
+    pub const INBOUND_FAIL_CLOSED: u32 = 1 << 19;
 }
 
 /// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).
@@ -100,6 +143,14 @@ pub struct PodConfig {
     pub local4: [RawIpv4; MAX_LOCAL_ADDRS4],
     /// The pod's IPv4 name servers (DNS capture without `--capture-all-dns`).
     pub dns4: [RawIpv4; MAX_DNS_SERVERS4],
+    /// `-c`: interface indexes (in the pod's namespace) whose inbound traffic is never steered.
+    pub exclude_ifindex: [u32; MAX_EXCLUDE_IFACES],
+    pub n_exclude_ifindex: u8,
+    pub _pad2: [u8; 3],
+    /// The pod's own IPv6 addresses (besides ::1, which is always local).
+    pub local6: [RawIpv6; MAX_LOCAL_ADDRS6],
+    pub n_local6: u8,
+    pub _pad6: [u8; 3],
 }
 
 impl PodConfig {
@@ -120,6 +171,12 @@ impl PodConfig {
             gids: [0; MAX_PROXY_IDS],
             local4: [0; MAX_LOCAL_ADDRS4],
             dns4: [0; MAX_DNS_SERVERS4],
+            exclude_ifindex: [0; MAX_EXCLUDE_IFACES],
+            n_exclude_ifindex: 0,
+            _pad2: [0; 3],
+            local6: [[0; 4]; MAX_LOCAL_ADDRS6],
+            n_local6: 0,
+            _pad6: [0; 3],
         }
     }
 
@@ -151,6 +208,28 @@ impl PodConfig {
         self.has(flags::REDIRECT_DNS)
             && (self.has(flags::CAPTURE_ALL_DNS) || contains(&self.dns4, self.n_dns4, addr))
     }
+
+    /// Whether `-c` excludes the interface with this index.
+    #[inline(always)]
+    pub fn is_excluded_interface(&self, ifindex: u32) -> bool {
+        contains(&self.exclude_ifindex, self.n_exclude_ifindex, ifindex)
+    }
+
+    /// Whether a connection to the IPv6 `addr` leaves through the loopback device.
+    #[inline(always)]
+    pub fn is_local6(&self, addr: RawIpv6) -> bool {
+        if addr == crate::wire::LOCALHOST6 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_LOCAL_ADDRS6 {
+            if i < self.n_local6 as usize && self.local6[i] == addr {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
 }
 
 /// Bounded scan (at most 8 steps, unrolled by the compiler) of the first `n` values.
@@ -174,6 +253,10 @@ pub enum PortSet {
     OutboundExclude = 1,
     /// `-q`: outbound ports that are always redirected.
     OutboundInclude = 2,
+    /// `-b PORT,...`: inbound ports that are captured.
+    InboundInclude = 3,
+    /// `-d` (with `-b '*'`): inbound ports that are not captured.
+    InboundExclude = 4,
 }
 
 /// Key of `PORT_SET` (a hash set; the value is a `u8` 1).
@@ -210,6 +293,19 @@ pub struct Cidr4Key {
 /// Bits of a `Cidr4Key` before the address.
 pub const CIDR4_KEY_PREFIX_BITS: u32 = 64;
 
+/// Data of an LPM-trie key of `CIDR6`, laid out as `Cidr4Key` with a 16-byte address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr6Key {
+    pub rules: u32,
+    pub set: u32,
+    /// Network order bytes.
+    pub addr: RawIpv6,
+}
+
+/// Bits of a `Cidr6Key` before the address.
+pub const CIDR6_KEY_PREFIX_BITS: u32 = 64;
+
 /// An original destination as the application dialled it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +324,51 @@ pub struct SockTuple4 {
     pub netns: u64,
     pub client_addr: RawIpv4,
     pub server_addr: RawIpv4,
+    /// Host order.
+    pub client_port: u16,
+    /// Host order.
+    pub server_port: u16,
+    pub _pad: u32,
+}
+
+/// Key of `INBOUND_LISTENERS`: the pod and the address family of its capture listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u64,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    pub _pad: u32,
+}
+
+/// Value of `CAPTURE_SOCKETS` (socket storage): set on the proxy's socket bound to the capture
+/// port, and cloned by the kernel to every socket accepted from it, so that
+/// `getsockopt(SO_ORIGINAL_DST)` can tell a steered connection from any other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureMark {
+    /// Cookie of the namespace the socket was marked in.
+    pub netns: u64,
+}
+
+/// An IPv6 original destination as the application dialled it. (An IPv4-mapped destination
+/// of a dual-stack socket is recorded as an `OrigDst4`: that connection is IPv4.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst6 {
+    pub addr: RawIpv6,
+    /// Host order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// An IPv6 TCP connection inside one network namespace, named from the client's side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockTuple6 {
+    pub netns: u64,
+    pub client_addr: RawIpv6,
+    pub server_addr: RawIpv6,
     /// Host order.
     pub client_port: u16,
     /// Host order.
@@ -258,6 +399,11 @@ mod pod {
     unsafe impl aya::Pod for OrigDst4 {}
     unsafe impl aya::Pod for SockTuple4 {}
     unsafe impl aya::Pod for InstanceMeta {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for CaptureMark {}
+    unsafe impl aya::Pod for Cidr6Key {}
+    unsafe impl aya::Pod for OrigDst6 {}
+    unsafe impl aya::Pod for SockTuple6 {}
 }
 
 #[cfg(test)]
@@ -267,7 +413,15 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<PodConfig>(), 4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4);
+        assert_eq!(
+            size_of::<PodConfig>(),
+            4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4 + 4 * 8 + 4 + 16 * 8 + 1 + 3
+        );
+        assert_eq!(size_of::<ListenerKey>(), 16);
+        assert_eq!(size_of::<CaptureMark>(), 8);
+        assert_eq!(size_of::<Cidr6Key>(), 24);
+        assert_eq!(size_of::<OrigDst6>(), 20);
+        assert_eq!(size_of::<SockTuple6>(), 48);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<Cidr4Key>(), 12);
         assert_eq!(size_of::<OrigDst4>(), 8);
@@ -289,5 +443,24 @@ mod tests {
         assert!(cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 2])));
         assert!(cfg.is_local4(crate::wire::raw_ipv4([127, 9, 9, 9])));
         assert!(!cfg.is_local4(crate::wire::raw_ipv4([10, 0, 0, 3])));
+        cfg.exclude_ifindex[0] = 3;
+        cfg.exclude_ifindex[1] = 4;
+        cfg.n_exclude_ifindex = 1;
+        assert!(cfg.is_excluded_interface(3));
+        assert!(
+            !cfg.is_excluded_interface(4),
+            "entries past the count are ignored"
+        );
+        assert!(!cfg.is_excluded_interface(0));
+
+        let pod6 = crate::wire::raw_ipv6([0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let other6 = crate::wire::raw_ipv6([0xfd, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+        cfg.local6[0] = pod6;
+        cfg.local6[1] = other6;
+        cfg.n_local6 = 1;
+        assert!(cfg.is_local6(pod6));
+        assert!(cfg.is_local6(crate::wire::LOCALHOST6));
+        assert!(!cfg.is_local6(other6), "entries past n_local6 are ignored");
+        assert!(!cfg.is_local6(crate::wire::UNSPECIFIED6));
     }
 }

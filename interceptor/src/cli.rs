@@ -62,10 +62,47 @@ impl KernelLogLevel {
     }
 }
 
+/// Which mechanism does the interception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// eBPF programs on the pod's cgroup (needs the pod's cgroup).
+    Ebpf,
+    /// istio-iptables' own rules, written into the pod's network namespace.
+    Iptables,
+}
+
+/// Which iptables flavour the iptables backend writes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IptablesMode {
+    /// The one the namespace already uses (more rules wins), else nft, else legacy.
+    Auto,
+    /// iptables-legacy (x_tables).
+    Legacy,
+    /// iptables-nft (nf_tables).
+    Nft,
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    /// Interception mechanism.
+    #[arg(long, value_enum, env = "INTERCEPTOR_BACKEND", default_value = "ebpf")]
+    pub backend: Backend,
+    /// iptables flavour for `--backend iptables`.
+    #[arg(
+        long,
+        value_enum,
+        env = "INTERCEPTOR_IPTABLES_MODE",
+        default_value = "auto"
+    )]
+    pub iptables_mode: IptablesMode,
+}
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     #[command(flatten)]
     pub istio: IstioFlags,
     /// The pod's resolv.conf: its name servers are what `--redirect-dns` captures (unless
@@ -78,6 +115,10 @@ pub struct InitArgs {
     /// Kernel-side debug messages (aya-log) the programs emit.
     #[arg(long, value_enum, default_value = "off")]
     pub kernel_log_level: KernelLogLevel,
+    /// Inbound connections to capture while the proxy has no listener: `open` (they reach
+    /// the application) or `closed` (refused).
+    #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
+    pub inbound_fail: Option<String>,
 }
 
 /// istio-iptables' options: same names, same environment variables, flag over environment.
@@ -152,6 +193,20 @@ pub struct IstioFlags {
         env = "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE"
     )]
     pub local_outbound_ports_exclude: Option<String>,
+    /// TPROXY mode: the mark of captured packets.
+    #[arg(
+        short = 't',
+        long = "istio-inbound-tproxy-mark",
+        env = "ISTIO_INBOUND_TPROXY_MARK"
+    )]
+    pub tproxy_mark: Option<String>,
+    /// TPROXY mode: the routing table of marked packets.
+    #[arg(
+        short = 'r',
+        long = "istio-inbound-tproxy-route-table",
+        env = "ISTIO_INBOUND_TPROXY_ROUTE_TABLE"
+    )]
+    pub tproxy_route_table: Option<String>,
     /// KubeVirt interfaces (comma list).
     #[arg(
         short = 'k',
@@ -171,11 +226,20 @@ pub struct IstioFlags {
     /// Drop packets conntrack marks INVALID (also env INVALID_DROP).
     #[arg(long = "drop-invalid", env = "DROP_INVALID")]
     pub drop_invalid: bool,
+    /// IPv6 rules when the pod has any IPv6 address, not only when its first address is IPv6
+    /// (also env ISTIO_DUAL_STACK).
+    #[arg(long = "dual-stack", env = "DUAL_STACK")]
+    pub dual_stack: bool,
 }
 
 /// Repeated list options add up; none given is "not given" (the default applies).
 fn joined(values: &[String]) -> Option<String> {
     (!values.is_empty()).then(|| values.join(","))
+}
+
+/// An env-only setting: set (even to "") or not.
+fn env_text(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
 }
 
 /// istio-iptables' boolean spellings.
@@ -202,10 +266,17 @@ impl IstioFlags {
             local_exclude_ports: self.local_exclude_ports.clone(),
             exclude_interfaces: self.exclude_interfaces.clone(),
             kube_virt_interfaces: self.kube_virt_interfaces.clone(),
+            inbound_fail: None, // not an istio-iptables option (InitArgs::inbound_fail)
             // The alias variables istio-iptables applies after the primary ones.
             redirect_dns: self.redirect_dns || env_bool("ISTIO_META_DNS_CAPTURE").unwrap_or(false),
             capture_all_dns: self.capture_all_dns,
             drop_invalid: self.drop_invalid || env_bool("INVALID_DROP").unwrap_or(false),
+            owner_groups_include: env_text("ISTIO_OUTBOUND_OWNER_GROUPS"),
+            owner_groups_exclude: env_text("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"),
+            ipv4_loopback_cidr: env_text("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"),
+            tproxy_mark: self.tproxy_mark.clone(),
+            tproxy_route_table: self.tproxy_route_table.clone(),
+            dual_stack: self.dual_stack || env_bool("ISTIO_DUAL_STACK").unwrap_or(false),
         }
     }
 }
@@ -214,6 +285,10 @@ impl IstioFlags {
 pub struct CleanArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+    /// `ebpf`: the instance of the cgroup. `iptables`: our chains and the rules jumping to
+    /// them in the network namespace (with `--iptables-mode auto`, in both flavours).
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Name of the instance to remove (as `status` shows it), instead of --cgroup.
     #[arg(long, conflicts_with = "cgroup")]
     pub instance: Option<String>,
@@ -297,6 +372,55 @@ mod tests {
         };
         assert!(init.istio.dry_run && init.istio.redirect_dns && init.istio.drop_invalid);
         assert_eq!(init.istio.kube_virt_interfaces.as_deref(), Some("vnet0"));
+    }
+
+    #[test]
+    fn backend_options_and_the_flags_only_the_iptables_backend_uses() {
+        let cli = parse(&[
+            "init",
+            "--backend",
+            "iptables",
+            "--iptables-mode",
+            "nft",
+            "--resolv-conf",
+            "/tmp/resolv.conf",
+            "-t",
+            "0x539",
+            "-r",
+            "134",
+            "--dual-stack",
+        ])
+        .unwrap();
+        let Command::Init(init) = cli.command else {
+            panic!("not init")
+        };
+        assert_eq!(init.backend.backend, Backend::Iptables);
+        assert_eq!(init.backend.iptables_mode, IptablesMode::Nft);
+        assert_eq!(init.resolv_conf, PathBuf::from("/tmp/resolv.conf"));
+        let raw = init.istio.raw();
+        assert_eq!(raw.tproxy_mark.as_deref(), Some("0x539"));
+        assert_eq!(raw.tproxy_route_table.as_deref(), Some("134"));
+        assert!(raw.dual_stack);
+
+        let Command::Init(init) = parse(&["init"]).unwrap().command else {
+            panic!("not init")
+        };
+        assert_eq!(
+            init.backend.backend,
+            Backend::Ebpf,
+            "eBPF stays the default"
+        );
+        assert_eq!(init.backend.iptables_mode, IptablesMode::Auto);
+        assert_eq!(init.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+
+        let err = parse(&["init", "--iptables-mode", "xtables"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("xtables"), "{err}");
+        let cli = parse(&["clean", "--backend", "iptables", "--netns", "/run/netns/x"]).unwrap();
+        let Command::Clean(clean) = cli.command else {
+            panic!("not clean")
+        };
+        assert_eq!(clean.backend.backend, Backend::Iptables);
     }
 
     #[test]

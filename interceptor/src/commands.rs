@@ -9,9 +9,10 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cgroup::{self, Cgroup},
-    cli::{CleanArgs, InitArgs, StatusArgs, TargetArgs},
+    cli::{Backend, CleanArgs, InitArgs, StatusArgs, TargetArgs},
     config::{IdResolver, InterceptConfig, defaults},
     dns::{self, DnsCapture},
+    iptables,
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
     rules::MapPlan,
@@ -57,7 +58,16 @@ fn netns_path(target: &TargetArgs) -> PathBuf {
 
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let envoy_user = std::env::var("ENVOY_USER").unwrap_or_else(|_| defaults::ENVOY_USER.into());
-    let cfg = args.istio.raw().resolve(&SystemIds, &envoy_user)?;
+    let mut raw = args.istio.raw();
+    raw.inbound_fail = args.inbound_fail.clone();
+    let cfg = raw.resolve(&SystemIds, &envoy_user)?;
+    match args.backend.backend {
+        Backend::Ebpf => init_ebpf(args, cfg),
+        Backend::Iptables => iptables::command::init(args, &cfg),
+    }
+}
+
+fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
@@ -69,6 +79,8 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     }
     let info = netns.inspect()?;
     let dns = dns_capture(&cfg, &args.resolv_conf)?;
+    // Everything that depends on the namespace (e.g. -c names) is checked before loading.
+    MapPlan::build(&cfg, &info, &dns, 1, 0)?;
     if dry_run {
         return print_dry_run(&cfg, &dns, &cgroup, &netns, &info);
     }
@@ -92,7 +104,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         max_connections: args.max_connections.max(1),
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     };
-    let applied = loader::apply(&cgroup, &record, &opts, |rules| {
+    let applied = loader::apply(&cgroup, &netns, &record, &opts, |rules| {
         MapPlan::build(&cfg, &info, &dns, rules, 0)
     })?;
     tracing::info!(
@@ -102,7 +114,13 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
         netns_cookie = info.cookie,
         rules = applied.rules,
         "interception {}",
-        if applied.replaced { "updated in place" } else { "active" }
+        if applied.rebuilt {
+            "active (the older instance was replaced)"
+        } else if applied.replaced {
+            "updated in place"
+        } else {
+            "active"
+        }
     );
     Ok(())
 }
@@ -143,6 +161,9 @@ fn print_dry_run(
 }
 
 pub fn clean(args: &CleanArgs) -> anyhow::Result<()> {
+    if args.backend.backend == Backend::Iptables {
+        return iptables::command::clean(args);
+    }
     require_root()?;
     let root = &args.target.bpffs;
     let removed = match &args.instance {
@@ -193,6 +214,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!(
             "  connections: {} being set up, {} established and tracked",
             inst.connections_pending, inst.connections_tracked
+        );
+        println!(
+            "  inbound:  {} capture listener(s) registered",
+            inst.inbound_listeners
         );
         let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
             .is_ok_and(|v| v.trim() != "0");

@@ -103,6 +103,29 @@ pub enum InterceptionMode {
     Tproxy,
 }
 
+/// `ISTIO_OUTBOUND_OWNER_GROUPS` / `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE`: which processes'
+/// outbound connections are captured, by group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerGroups {
+    /// Include `*` (the default): every group except these (the exclude list).
+    AllExcept(Vec<u32>),
+    /// Only these groups. Empty (the include variable set to ""): none.
+    Only(Vec<u32>),
+}
+
+/// `--inbound-fail`: what happens to a connection inbound capture selects while the proxy has
+/// no listener registered (not started yet, restarting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundFail {
+    /// It reaches the application directly, as if it were not captured.
+    #[default]
+    Open,
+    /// It is refused (the client gets a reset).
+    Closed,
+}
+
 /// A validated configuration: everything the backends need, nothing they must re-check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct InterceptConfig {
@@ -118,11 +141,23 @@ pub struct InterceptConfig {
     pub inbound_mode: InterceptionMode,
     pub inbound_ports: InboundPorts,
     pub inbound_ports_exclude: Vec<u16>,
+    pub inbound_fail: InboundFail,
     pub exclude_interfaces: Vec<String>,
     pub kube_virt_interfaces: Vec<String>,
     pub redirect_dns: bool,
     pub capture_all_dns: bool,
     pub drop_invalid: bool,
+    /// Env-only `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
+    pub owner_groups: OwnerGroups,
+    /// Env-only `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`: the IPv4 "localhost" (default 127.0.0.1/32).
+    pub ipv4_loopback_cidr: Cidr,
+    /// `-t`: the fwmark of TPROXY-captured packets.
+    pub tproxy_mark: u32,
+    /// `-r`: the routing table TPROXY-marked packets are looked up in.
+    pub tproxy_route_table: u32,
+    /// `--dual-stack`: IPv6 is enabled when the pod has any IPv6 address, not only when its
+    /// first address is one.
+    pub dual_stack: bool,
 }
 
 impl InterceptConfig {
@@ -136,35 +171,41 @@ impl InterceptConfig {
         let mut notes = Vec::new();
         if self.inbound_ports != InboundPorts::Ports(Vec::new()) {
             notes.push(
-                "inbound capture (-b/-d/-m) is not active yet: inbound connections reach the \
-                 application directly"
+                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
+                 directly"
                     .to_string(),
             );
         }
-        if !self.exclude_interfaces.is_empty() || !self.kube_virt_interfaces.is_empty() {
+        if !self.exclude_interfaces.is_empty() {
             notes.push(
-                "-c/-k interfaces are not enforced yet (they only matter for inbound capture \
-                 and for outbound traffic leaving through them)"
+                "-c is enforced for inbound connections only: outbound connections leaving \
+                 through these interfaces are still redirected when -i/-q select them"
                     .to_string(),
             );
         }
-        let v6 = self
-            .outbound_exclude
-            .iter()
-            .chain(match &self.outbound_include {
-                OutboundInclude::Cidrs(c) => c.as_slice(),
-                OutboundInclude::All => &[],
-            })
-            .filter(|c| !c.is_ipv4())
-            .count();
-        if v6 > 0 {
-            notes.push(format!(
-                "{v6} IPv6 range(s) in -i/-x are not enforced yet: IPv6 connections are not \
-                 intercepted"
-            ));
+        if !self.kube_virt_interfaces.is_empty() {
+            notes.push(
+                "-k is not enforced: inbound traffic of these interfaces is not treated as \
+                 outbound"
+                    .to_string(),
+            );
         }
         if self.drop_invalid {
             notes.push("--drop-invalid has no effect: no conntrack state is involved".to_string());
+        }
+        if self.owner_groups != OwnerGroups::AllExcept(Vec::new()) {
+            notes.push(
+                "ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE] are not enforced yet: every group's \
+                 connections are captured"
+                    .to_string(),
+            );
+        }
+        if self.ipv4_loopback_cidr != defaults::ipv4_loopback_cidr() {
+            notes.push(format!(
+                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR={} is not enforced yet: 127.0.0.1/32 is the \
+                 localhost that stays direct",
+                self.ipv4_loopback_cidr
+            ));
         }
         notes
     }
@@ -188,9 +229,20 @@ pub struct RawOptions {
     pub local_exclude_ports: Option<String>,
     pub exclude_interfaces: Option<String>,
     pub kube_virt_interfaces: Option<String>,
+    /// `--inbound-fail` (interceptor's own option): `open` or `closed`.
+    pub inbound_fail: Option<String>,
     pub redirect_dns: bool,
     pub capture_all_dns: bool,
     pub drop_invalid: bool,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS` (env only; `None`: unset, i.e. `*`).
+    pub owner_groups_include: Option<String>,
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE` (env only).
+    pub owner_groups_exclude: Option<String>,
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` (env only).
+    pub ipv4_loopback_cidr: Option<String>,
+    pub tproxy_mark: Option<String>,
+    pub tproxy_route_table: Option<String>,
+    pub dual_stack: bool,
 }
 
 /// Resolves user and group names (`-u istio-proxy`) to ids.
@@ -207,6 +259,18 @@ pub mod defaults {
     pub const PROXY_UID: u32 = 1337;
     /// The user whose uid is the default `-u` when it exists (env `ENVOY_USER` overrides).
     pub const ENVOY_USER: &str = "istio-proxy";
+    pub const TPROXY_MARK: u32 = 1337;
+    pub const TPROXY_ROUTE_TABLE: u32 = 133;
+    /// istio-iptables' limit: all included groups become one rule of N matches.
+    pub const MAX_OWNER_GROUPS_INCLUDE: usize = 64;
+
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`'s default.
+    pub fn ipv4_loopback_cidr() -> super::Cidr {
+        super::Cidr {
+            addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            prefix_len: 32,
+        }
+    }
 }
 
 /// Splits a comma list as istio-iptables does: commas only, empty elements dropped
@@ -298,6 +362,86 @@ fn parse_interfaces(flag: &'static str, s: Option<&str>) -> Result<Vec<String>, 
         .collect()
 }
 
+/// A decimal number, or hexadecimal with `0x` (as iptables takes marks).
+fn parse_u32(flag: &'static str, s: &str) -> Result<u32, ConfigError> {
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    parsed.map_err(|_| ConfigError::Invalid {
+        flag,
+        value: s.to_string(),
+        reason: "not a number from 0 to 4294967295".into(),
+    })
+}
+
+fn parse_owner_groups(
+    include: Option<&str>,
+    exclude: Option<&str>,
+    ids: &impl IdResolver,
+) -> Result<OwnerGroups, ConfigError> {
+    const INCLUDE: &str = "ISTIO_OUTBOUND_OWNER_GROUPS";
+    const EXCLUDE: &str = "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE";
+    let groups = |flag: &'static str, s: &str| -> Result<Vec<u32>, ConfigError> {
+        let mut gids = Vec::new();
+        for g in split_list(s) {
+            let gid = match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => ids.gid_of(g).ok_or_else(|| ConfigError::UnknownId {
+                    flag,
+                    value: g.to_string(),
+                })?,
+            };
+            if !gids.contains(&gid) {
+                gids.push(gid);
+            }
+        }
+        Ok(gids)
+    };
+    // Unset is `*`; set to "" is an empty include list (nothing captured by group).
+    match include.map(str::trim) {
+        None | Some("*") => Ok(OwnerGroups::AllExcept(groups(
+            EXCLUDE,
+            exclude.unwrap_or(""),
+        )?)),
+        Some(list) => {
+            let gids = groups(INCLUDE, list)?;
+            if gids.len() > defaults::MAX_OWNER_GROUPS_INCLUDE {
+                return Err(ConfigError::Invalid {
+                    flag: INCLUDE,
+                    value: list.to_string(),
+                    reason: format!(
+                        "at most {} groups (they become one rule)",
+                        defaults::MAX_OWNER_GROUPS_INCLUDE
+                    ),
+                });
+            }
+            Ok(OwnerGroups::Only(gids))
+        }
+    }
+}
+
+fn parse_loopback_cidr(s: Option<&str>) -> Result<Cidr, ConfigError> {
+    const FLAG: &str = "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR";
+    let Some(s) = s else {
+        return Ok(defaults::ipv4_loopback_cidr());
+    };
+    let cidr: Cidr = s.trim().parse().map_err(|reason| ConfigError::Cidr {
+        flag: FLAG,
+        value: s.to_string(),
+        reason,
+    })?;
+    if !cidr.is_ipv4() || !cidr.is_loopback() || !(8..=32).contains(&cidr.prefix_len) {
+        return Err(ConfigError::Cidr {
+            flag: FLAG,
+            value: s.to_string(),
+            reason: "must be an IPv4 loopback address with a prefix length from 8 to 32".into(),
+        });
+    }
+    Ok(cidr)
+}
+
 impl RawOptions {
     /// Validates every option; the first bad value is the error, naming flag and value.
     pub fn resolve(
@@ -376,6 +520,26 @@ impl RawOptions {
             other => InboundPorts::Ports(parse_ports("-b/--istio-inbound-ports", other)?),
         };
 
+        let inbound_fail = match self.inbound_fail.as_deref().map(str::trim) {
+            None | Some("open") => InboundFail::Open,
+            Some("closed") => InboundFail::Closed,
+            Some(other) => {
+                return Err(ConfigError::InboundFail {
+                    value: other.to_string(),
+                });
+            }
+        };
+        let exclude_interfaces = parse_interfaces(
+            "-c/--istio-exclude-interfaces",
+            self.exclude_interfaces.as_deref(),
+        )?;
+        if exclude_interfaces.len() > interceptor_ebpf::MAX_EXCLUDE_IFACES {
+            return Err(ConfigError::TooMany {
+                flag: "-c/--istio-exclude-interfaces",
+                max: interceptor_ebpf::MAX_EXCLUDE_IFACES,
+            });
+        }
+
         Ok(InterceptConfig {
             envoy_port,
             inbound_capture_port,
@@ -398,10 +562,8 @@ impl RawOptions {
                 "-d/--istio-local-exclude-ports",
                 self.local_exclude_ports.as_deref(),
             )?,
-            exclude_interfaces: parse_interfaces(
-                "-c/--istio-exclude-interfaces",
-                self.exclude_interfaces.as_deref(),
-            )?,
+            inbound_fail,
+            exclude_interfaces,
             kube_virt_interfaces: parse_interfaces(
                 "-k/--kube-virt-interfaces",
                 self.kube_virt_interfaces.as_deref(),
@@ -409,6 +571,21 @@ impl RawOptions {
             redirect_dns: self.redirect_dns,
             capture_all_dns: self.capture_all_dns,
             drop_invalid: self.drop_invalid,
+            owner_groups: parse_owner_groups(
+                self.owner_groups_include.as_deref(),
+                self.owner_groups_exclude.as_deref(),
+                ids,
+            )?,
+            ipv4_loopback_cidr: parse_loopback_cidr(self.ipv4_loopback_cidr.as_deref())?,
+            tproxy_mark: match self.tproxy_mark.as_deref() {
+                None => defaults::TPROXY_MARK,
+                Some(s) => parse_u32("-t/--istio-inbound-tproxy-mark", s)?,
+            },
+            tproxy_route_table: match self.tproxy_route_table.as_deref() {
+                None => defaults::TPROXY_ROUTE_TABLE,
+                Some(s) => parse_u32("-r/--istio-inbound-tproxy-route-table", s)?,
+            },
+            dual_stack: self.dual_stack,
         })
     }
 }
@@ -463,6 +640,33 @@ mod tests {
         assert_eq!(cfg.inbound_capture_port, 15006);
         assert_eq!(cfg.inbound_tunnel_port, 15008);
         assert_eq!(cfg.inbound_mode, InterceptionMode::Redirect);
+        assert_eq!(cfg.inbound_fail, InboundFail::Open);
+        assert_eq!(
+            cfg.not_enforced(),
+            vec![
+                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
+                 directly"
+            ]
+        );
+    }
+
+    #[test]
+    fn inbound_fail_and_interfaces() {
+        let raw = RawOptions {
+            inbound_fail: s("closed"),
+            exclude_interfaces: s("eth1,eth2,"),
+            kube_virt_interfaces: s("vnet0"),
+            ..Default::default()
+        };
+        let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
+        assert_eq!(cfg.inbound_fail, InboundFail::Closed);
+        assert_eq!(cfg.exclude_interfaces, vec!["eth1", "eth2"]);
+        let notes = cfg.not_enforced().join("\n");
+        assert!(
+            notes.contains("-c is enforced for inbound connections only"),
+            "{notes}"
+        );
+        assert!(notes.contains("-k is not enforced"), "{notes}");
     }
 
     #[test]
@@ -523,6 +727,93 @@ mod tests {
             ..Default::default()
         };
         assert!(!raw.resolve(&NoUsers, "x").unwrap().loopback_included());
+    }
+
+    #[test]
+    fn env_only_settings_and_tproxy_values() {
+        let cfg = RawOptions::default().resolve(&Passwd, "x").unwrap();
+        assert_eq!(cfg.owner_groups, OwnerGroups::AllExcept(vec![]));
+        assert_eq!(cfg.ipv4_loopback_cidr.to_string(), "127.0.0.1/32");
+        assert_eq!((cfg.tproxy_mark, cfg.tproxy_route_table), (1337, 133));
+        let raw = RawOptions {
+            owner_groups_include: s("*"),
+            owner_groups_exclude: s("istio-proxy,888,"),
+            ipv4_loopback_cidr: s("127.0.0.1/8"),
+            tproxy_mark: s("0x539"),
+            tproxy_route_table: s("200"),
+            ..Default::default()
+        };
+        let cfg = raw.resolve(&Passwd, "x").unwrap();
+        assert_eq!(cfg.owner_groups, OwnerGroups::AllExcept(vec![1337, 888]));
+        assert_eq!(cfg.ipv4_loopback_cidr.to_string(), "127.0.0.1/8");
+        assert_eq!((cfg.tproxy_mark, cfg.tproxy_route_table), (1337, 200));
+        // Include given: exclude is not used; set but empty: no group at all.
+        let raw = RawOptions {
+            owner_groups_include: s("1,2"),
+            owner_groups_exclude: s("nosuchgroup"),
+            ..Default::default()
+        };
+        assert_eq!(
+            raw.resolve(&Passwd, "x").unwrap().owner_groups,
+            OwnerGroups::Only(vec![1, 2])
+        );
+        let raw = RawOptions {
+            owner_groups_include: s(""),
+            ..Default::default()
+        };
+        assert_eq!(
+            raw.resolve(&Passwd, "x").unwrap().owner_groups,
+            OwnerGroups::Only(vec![])
+        );
+    }
+
+    #[test]
+    fn bad_env_only_values_name_the_variable() {
+        let many: Vec<String> = (0..65).map(|g| g.to_string()).collect();
+        let cases: Vec<(RawOptions, &str)> = vec![
+            (
+                RawOptions {
+                    owner_groups_include: Some(many.join(",")),
+                    ..Default::default()
+                },
+                "ISTIO_OUTBOUND_OWNER_GROUPS: invalid value",
+            ),
+            (
+                RawOptions {
+                    owner_groups_exclude: s("nosuchgroup"),
+                    ..Default::default()
+                },
+                "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE: unknown user or group \"nosuchgroup\"",
+            ),
+            (
+                RawOptions {
+                    ipv4_loopback_cidr: s("10.0.0.1/32"),
+                    ..Default::default()
+                },
+                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR: invalid CIDR \"10.0.0.1/32\"",
+            ),
+            (
+                RawOptions {
+                    ipv4_loopback_cidr: s("127.0.0.1/7"),
+                    ..Default::default()
+                },
+                "prefix length from 8 to 32",
+            ),
+            (
+                RawOptions {
+                    tproxy_mark: s("mark"),
+                    ..Default::default()
+                },
+                "-t/--istio-inbound-tproxy-mark: invalid value \"mark\"",
+            ),
+        ];
+        for (raw, expected) in cases {
+            let err = raw.resolve(&NoUsers, "x").unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
+        }
     }
 
     #[test]
@@ -611,6 +902,20 @@ mod tests {
                     ..Default::default()
                 },
                 "\"a/b\"",
+            ),
+            (
+                RawOptions {
+                    exclude_interfaces: s("a,b,c,d,e,f,g,h,i"),
+                    ..Default::default()
+                },
+                "-c/--istio-exclude-interfaces: at most 8",
+            ),
+            (
+                RawOptions {
+                    inbound_fail: s("maybe"),
+                    ..Default::default()
+                },
+                "--inbound-fail: invalid value \"maybe\"",
             ),
         ];
         for (raw, expected) in cases {

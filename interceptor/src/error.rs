@@ -28,6 +28,18 @@ pub enum ConfigError {
     Mode { value: String },
     #[error("{flag}: invalid interface name {value:?}")]
     Interface { flag: &'static str, value: String },
+    #[error("{flag}: invalid value {value:?}: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{flag}: {reason}")]
+    Unsupported { flag: &'static str, reason: String },
+    #[error("{flag}: no interface {value:?} in the pod's network namespace")]
+    NoSuchInterface { flag: &'static str, value: String },
+    #[error("--inbound-fail: invalid value {value:?} (open or closed)")]
+    InboundFail { value: String },
 }
 
 /// Where the programs would attach is unusable: also the caller's mistake (exit 2).

@@ -1,32 +1,38 @@
 //! Loads the kernel programs, fills the maps, attaches all-or-nothing, and pins the result;
 //! re-runs swap programs in place (bpf link update) and publish a new configuration with one
-//! map write; `clean` takes it all away.
+//! map write; `clean` takes it all away. An instance whose maps an older build laid out
+//! differently cannot be updated in place: a new one is attached beside it, then the old one
+//! goes.
 
 use std::{
     fs,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key as LpmKey},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, SkStorage, SockHash,
+        lpm_trie::Key as LpmKey,
+    },
 };
 use interceptor_ebpf::{
-    Cidr4Key, Counter, INSTANCE_META_SIZE, InstanceMeta, PodConfig, PortKey, map_names,
-    program_names,
+    CaptureMark, Cidr4Key, Cidr6Key, Counter, INSTANCE_META_SIZE, InstanceMeta, ListenerKey,
+    POD_NETNS_COOKIE_GLOBAL, PodConfig, PortKey, flags, map_names, program_names,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{bpffs, cgroup::Cgroup, rules::MapPlan, sys};
+use crate::{bpffs, cgroup::Cgroup, listeners, netns::Netns, rules::MapPlan, sys};
 
 /// The compiled kernel programs.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// Maps that live in the instance directory and survive re-runs and program upgrades.
-const PERSISTENT_MAPS: [&str; 8] = [
+const PERSISTENT_MAPS: [&str; 13] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -35,7 +41,16 @@ const PERSISTENT_MAPS: [&str; 8] = [
     map_names::COUNTERS,
     map_names::INSTANCE_META,
     map_names::UDP_ORIG_DST,
+    map_names::INBOUND_LISTENERS,
+    map_names::CAPTURE_SOCKETS,
+    map_names::CIDR6,
+    map_names::ORIG_DST6_BY_COOKIE,
+    map_names::ORIG_DST6_BY_TUPLE,
 ];
+
+const AF_INET: u32 = 2;
+/// `bpf_map_update_elem` flag: fail with EEXIST when the key is present.
+const BPF_NOEXIST: u64 = 1;
 
 /// Rule-set ids alternate between these two in a single-pod instance.
 const RULES_A: u32 = 1;
@@ -75,6 +90,8 @@ pub struct Applied {
     pub instance_dir: PathBuf,
     /// True when an existing instance was updated in place.
     pub replaced: bool,
+    /// True when an older build's instance was replaced by a new one (see `Existing`).
+    pub rebuilt: bool,
     pub rules: u32,
 }
 
@@ -82,10 +99,66 @@ fn link_pin(dir: &Path, program: &str) -> PathBuf {
     dir.join(format!("link_{program}"))
 }
 
+/// Where a replacement instance is built before it takes the instance's name. (bpffs refuses
+/// names with a dot.)
+fn staging_dir(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push("-new");
+    dir.with_file_name(name)
+}
+
+/// What `init` finds on bpffs for its cgroup.
+#[derive(Debug, PartialEq, Eq)]
+enum Existing {
+    /// Nothing attached: no directory, or the pins of a run that failed before attaching.
+    Nothing,
+    /// An instance this build updates in place (adding the links of programs it lacks).
+    Current,
+    /// An attached instance whose maps this build's programs cannot use, and why.
+    Outdated(String),
+}
+
+fn inspect_existing(dir: &Path) -> anyhow::Result<Existing> {
+    if !link_pin(dir, program_names::CONNECT4).exists() {
+        return Ok(Existing::Nothing);
+    }
+    for name in PERSISTENT_MAPS {
+        let pin = dir.join(name);
+        if !pin.exists() {
+            continue; // a map no program of the instance uses yet: the loader creates it
+        }
+        let info = aya::maps::MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading map {}", pin.display()))?;
+        let want = expected_layout(name)?;
+        let have = (info.key_size(), info.value_size());
+        if have != want {
+            return Ok(Existing::Outdated(format!(
+                "its map {name} has (key, value) sizes {have:?}, this build's {want:?}"
+            )));
+        }
+    }
+    Ok(Existing::Current)
+}
+
+/// (key size, value size) of a map as the programs this build carries declare it.
+fn expected_layout(name: &str) -> anyhow::Result<(u32, u32)> {
+    static OBJECT: OnceLock<Result<aya_obj::Object, String>> = OnceLock::new();
+    let object = OBJECT
+        .get_or_init(|| aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| anyhow!("parsing the kernel programs' object: {e}"))?;
+    let map = object
+        .maps
+        .get(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    Ok((map.key_size(), map.value_size()))
+}
+
 /// Attaches (or updates) the instance for `cgroup` so that it enforces `plan`.
 /// `plan` is built by the caller for the rule-set id this function passes to it.
 pub fn apply(
     cgroup: &Cgroup,
+    netns: &Netns,
     record: &InstanceRecord,
     opts: &LoadOptions,
     build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
@@ -93,34 +166,74 @@ pub fn apply(
     let root = bpffs::ensure_ready(&opts.bpffs_root)?;
     let _lock = sys::lock_dir(&root).with_context(|| format!("locking {}", root.display()))?;
     let dir = root.join(bpffs::instance_name(cgroup.id));
-    let existing = link_pin(&dir, program_names::CONNECT4).exists();
-    if !existing {
-        if dir.exists() {
-            // A crashed earlier run left pins without a complete set of links: start over.
-            remove_instance_dir(&dir)?;
-        }
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let staging = staging_dir(&dir);
+    if staging.exists() {
+        // A replacement an earlier run did not finish; the instance itself is still in place.
+        remove_instance_dir(&staging)?;
     }
-    let result = load_and_apply(cgroup, record, opts, &dir, existing, build_plan);
-    if result.is_err() && !existing {
+    match inspect_existing(&dir)? {
+        Existing::Current => load_and_apply(cgroup, netns, record, opts, &dir, true, build_plan),
+        Existing::Nothing => {
+            if dir.exists() {
+                // A crashed earlier run left pins without a complete set of links: start over.
+                remove_instance_dir(&dir)?;
+            }
+            create_instance(&root, cgroup, netns, record, opts, &dir, build_plan)
+        }
+        Existing::Outdated(reason) => {
+            tracing::warn!(
+                instance = %dir.display(),
+                "the instance was made by another build ({reason}): replacing it; its counters \
+                 start again from 0"
+            );
+            // The new programs run beside the old ones for a moment: whichever connect program
+            // rewrites a connection first, the others see localhost and leave it; each
+            // getsockopt program answers only for what its own maps recorded; sk_lookup keeps
+            // the first program's choice of listener.
+            let mut applied =
+                create_instance(&root, cgroup, netns, record, opts, &staging, build_plan)?;
+            remove_instance_dir(&dir).context("removing the replaced instance")?;
+            fs::rename(&staging, &dir)
+                .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))?;
+            applied.instance_dir = dir;
+            applied.rebuilt = true;
+            Ok(applied)
+        }
+    }
+}
+
+/// A first attach into `dir` (which must not exist): all or nothing.
+fn create_instance(
+    root: &Path,
+    cgroup: &Cgroup,
+    netns: &Netns,
+    record: &InstanceRecord,
+    opts: &LoadOptions,
+    dir: &Path,
+    build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
+) -> anyhow::Result<Applied> {
+    fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = load_and_apply(cgroup, netns, record, opts, dir, false, build_plan);
+    if result.is_err() {
         // All or nothing: a failed first run leaves no pin and no link behind.
-        if let Err(e) = remove_instance_dir(&dir) {
+        if let Err(e) = remove_instance_dir(dir) {
             tracing::error!(dir = %dir.display(), error = %e, "cleaning up after a failed init");
         }
-        remove_if_empty(&root);
+        remove_if_empty(root);
     }
     result
 }
 
 fn load_and_apply(
     cgroup: &Cgroup,
+    netns: &Netns,
     record: &InstanceRecord,
     opts: &LoadOptions,
     dir: &Path,
     existing: bool,
     build_plan: impl FnOnce(u32) -> anyhow::Result<MapPlan>,
 ) -> anyhow::Result<Applied> {
-    let mut ebpf = load(dir, opts)?;
+    let mut ebpf = load(dir, opts, record.netns_cookie)?;
     let maps = Maps::from_ebpf(&mut ebpf)?;
 
     let previous = maps.pod_configs()?;
@@ -143,7 +256,7 @@ fn load_and_apply(
             let pin = link_pin(dir, name);
             if !pin.exists() {
                 // An instance made by an earlier version without this hook: add it.
-                let link = attach(&ebpf, name, cgroup)?;
+                let link = attach(&ebpf, name, cgroup, netns)?;
                 sys::bpf_obj_pin(&link, &pin)
                     .with_context(|| format!("pinning the link of {name}"))?;
                 continue;
@@ -170,21 +283,59 @@ fn load_and_apply(
         writer.publish(&plan)?;
         let mut links = Vec::new();
         for name in program_names::ALL {
-            links.push((name, attach(&ebpf, name, cgroup)?));
+            links.push((name, attach(&ebpf, name, cgroup, netns)?));
         }
         for (name, link) in &links {
             sys::bpf_obj_pin(link, &link_pin(dir, name))
                 .with_context(|| format!("pinning the link of {name}"))?;
         }
     }
+    if plan.pod.has(flags::INBOUND_CAPTURE) {
+        // Programs first: a listener opened from now on registers itself.
+        register_existing_listener(&mut writer, netns, &plan);
+    }
     Ok(Applied {
         instance_dir: dir.to_path_buf(),
         replaced: existing,
+        rebuilt: false,
         rules,
     })
 }
 
-fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Ebpf> {
+/// Registers a capture listener the proxy opened before the programs were attached. Best
+/// effort: without it, inbound capture starts when the proxy next listens.
+fn register_existing_listener(writer: &mut Writer, netns: &Netns, plan: &MapPlan) {
+    let pod = plan.pod;
+    let found = listeners::find_existing(netns, pod.inbound_capture_port, |uid, gid| {
+        pod.is_proxy_uid(uid) || gid.is_some_and(|g| pod.is_proxy_gid(g))
+    });
+    match found {
+        Ok(Some(l)) => match writer.register_listener(plan.netns_cookie, &l.fd) {
+            Ok(true) => tracing::info!(
+                pid = l.pid,
+                uid = l.socket.uid,
+                port = pod.inbound_capture_port,
+                "registered the proxy's existing inbound listener"
+            ),
+            Ok(false) => {} // the kernel registered one already
+            Err(e) => tracing::warn!(
+                pid = l.pid,
+                error = %format!("{e:#}"),
+                "cannot register the proxy's existing inbound listener"
+            ),
+        },
+        Ok(None) => tracing::debug!(
+            port = pod.inbound_capture_port,
+            "no proxy listener yet: it registers when it listens"
+        ),
+        Err(e) => tracing::warn!(
+            error = %format!("{e:#}"),
+            "cannot look for an existing inbound listener"
+        ),
+    }
+}
+
+fn load(dir: &Path, opts: &LoadOptions, netns_cookie: u64) -> anyhow::Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     for name in PERSISTENT_MAPS {
         loader.map_pin_path(name, dir.join(name));
@@ -196,7 +347,12 @@ fn load(dir: &Path, opts: &LoadOptions) -> anyhow::Result<Ebpf> {
         .map_max_entries(map_names::POD_CONFIG, 4)
         .map_max_entries(map_names::PORT_SET, 4 * 65536)
         .map_max_entries(map_names::CIDR4, 1 << 18)
-        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false);
+        .map_max_entries(map_names::ORIG_DST6_BY_COOKIE, opts.max_connections)
+        .map_max_entries(map_names::ORIG_DST6_BY_TUPLE, opts.max_connections)
+        .map_max_entries(map_names::CIDR6, 1 << 18)
+        .map_max_entries(map_names::INBOUND_LISTENERS, 8)
+        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
+        .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
     let mut ebpf = loader.load(EBPF_OBJECT).context(
         "loading the kernel programs (needs Linux >= 5.14 with cgroup BPF, sockops and BTF)",
     )?;
@@ -214,38 +370,48 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
         aya::programs::Program::CgroupSockAddr(p) => p.load(),
         aya::programs::Program::SockOps(p) => p.load(),
         aya::programs::Program::CgroupSockopt(p) => p.load(),
+        aya::programs::Program::CgroupSock(p) => p.load(),
+        aya::programs::Program::SkLookup(p) => p.load(),
         other => bail!("unexpected program type {:?} for {name}", other.prog_type()),
     };
     loaded.with_context(|| format!("the kernel refused program {name}"))
 }
 
-/// The cgroup attach type of each program (`bpf_attach_type`).
+/// The attach type of each program (`bpf_attach_type`).
 fn attach_type(program: &str) -> u32 {
     match program {
         program_names::SOCKOPS => 3,       // BPF_CGROUP_SOCK_OPS
         program_names::GETSOCKOPT => 21,   // BPF_CGROUP_GETSOCKOPT
         program_names::GETPEERNAME4 => 29, // BPF_CGROUP_INET4_GETPEERNAME
+        program_names::GETPEERNAME6 => 30, // BPF_CGROUP_INET6_GETPEERNAME
         program_names::RECVMSG4 => 19,     // BPF_CGROUP_UDP4_RECVMSG
         program_names::SENDMSG4 => 14,     // BPF_CGROUP_UDP4_SENDMSG
         program_names::CONNECT4 => 10,     // BPF_CGROUP_INET4_CONNECT
+        program_names::CONNECT6 => 11,     // BPF_CGROUP_INET6_CONNECT
+        program_names::POST_BIND4 => 12,   // BPF_CGROUP_INET4_POST_BIND
+        program_names::SK_LOOKUP => 36,    // BPF_SK_LOOKUP (a network namespace)
         other => unreachable!("no attach type for {other}"),
     }
 }
 
-/// Attaches one program to the cgroup with a bpf link (detached when its last fd or pin goes).
-fn attach(ebpf: &Ebpf, name: &str, cgroup: &Cgroup) -> anyhow::Result<OwnedFd> {
-    // A cgroup link always runs beside other programs of the cgroup (a runtime's, a CNI's);
-    // the kernel takes no flags for it.
+/// Attaches one program to the cgroup (or, `sk_lookup`, to the network namespace) with a bpf
+/// link (detached when its last fd or pin goes).
+fn attach(ebpf: &Ebpf, name: &str, cgroup: &Cgroup, netns: &Netns) -> anyhow::Result<OwnedFd> {
+    // A link always runs beside other programs of the cgroup or namespace (a runtime's, a
+    // CNI's); the kernel takes no flags for it.
     let prog = ebpf
         .program(name)
         .ok_or_else(|| anyhow!("program {name} missing from the object"))?;
-    sys::bpf_link_create_cgroup(
-        prog.fd().context("program fd")?,
-        &cgroup.dir,
-        attach_type(name),
-        0,
-    )
-    .map_err(|e| {
+    let prog = prog.fd().context("program fd")?;
+    if name == program_names::SK_LOOKUP {
+        return sys::bpf_link_create(prog, &netns.file, attach_type(name), 0).map_err(|e| {
+            anyhow!(
+                "attaching {name} to the network namespace {}: {e} (sk_lookup needs Linux >= 5.9)",
+                netns.path.display()
+            )
+        });
+    }
+    sys::bpf_link_create_cgroup(prog, &cgroup.dir, attach_type(name), 0).map_err(|e| {
         let hint = if e.raw_os_error() == Some(libc::EINVAL) {
             " (bpf links for cgroups need Linux >= 5.7)"
         } else {
@@ -264,6 +430,10 @@ pub fn remove_instance(root: &Path, cgroup_id: u64) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let _lock = sys::lock_dir(&base).with_context(|| format!("locking {}", base.display()))?;
+    let staging = staging_dir(&dir);
+    if staging.exists() {
+        remove_instance_dir(&staging)?;
+    }
     remove_instance_dir(&dir)?;
     remove_if_empty(&base);
     Ok(true)
@@ -293,7 +463,10 @@ pub struct Maps {
     pod_config: HashMap<MapData, u64, PodConfig>,
     port_set: HashMap<MapData, PortKey, u8>,
     cidr4: LpmTrie<MapData, Cidr4Key, u8>,
+    cidr6: LpmTrie<MapData, Cidr6Key, u8>,
     meta: Array<MapData, InstanceMeta>,
+    listeners: SockHash<MapData, ListenerKey>,
+    capture: SkStorage<MapData, CaptureMark>,
 }
 
 impl Maps {
@@ -306,7 +479,10 @@ impl Maps {
             pod_config: HashMap::try_from(take(map_names::POD_CONFIG)?)?,
             port_set: HashMap::try_from(take(map_names::PORT_SET)?)?,
             cidr4: LpmTrie::try_from(take(map_names::CIDR4)?)?,
+            cidr6: LpmTrie::try_from(take(map_names::CIDR6)?)?,
             meta: Array::try_from(take(map_names::INSTANCE_META)?)?,
+            listeners: SockHash::try_from(take(map_names::INBOUND_LISTENERS)?)?,
+            capture: SkStorage::try_from(take(map_names::CAPTURE_SOCKETS)?)?,
         })
     }
 
@@ -335,6 +511,12 @@ impl Writer {
                 .cidr4
                 .insert(&LpmKey::new(e.prefix_len, e.key), 1, 0)
                 .with_context(|| format!("writing a CIDR to {}", map_names::CIDR4))?;
+        }
+        for e in &plan.cidrs6 {
+            self.0
+                .cidr6
+                .insert(&LpmKey::new(e.prefix_len, e.key), 1, 0)
+                .with_context(|| format!("writing a CIDR to {}", map_names::CIDR6))?;
         }
         Ok(())
     }
@@ -374,7 +556,49 @@ impl Writer {
         for k in cidrs {
             let _ = self.0.cidr4.remove(&k);
         }
+        let cidrs6: Vec<LpmKey<Cidr6Key>> = self
+            .0
+            .cidr6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().rules == rules)
+            .collect();
+        for k in cidrs6 {
+            let _ = self.0.cidr6.remove(&k);
+        }
         Ok(())
+    }
+
+    /// Marks `socket` as the pod's capture listener and registers it, unless one is registered
+    /// already (the kernel's registration of a newer listener wins). True when registered.
+    fn register_listener(&mut self, netns_cookie: u64, socket: &OwnedFd) -> anyhow::Result<bool> {
+        use std::os::fd::AsRawFd as _;
+        let key = ListenerKey {
+            netns: netns_cookie,
+            family: AF_INET,
+            _pad: 0,
+        };
+        if self.0.listeners.get(&key, 0).is_ok() {
+            return Ok(false);
+        }
+        let mark = CaptureMark {
+            netns: netns_cookie,
+        };
+        self.0
+            .capture
+            .insert(socket, mark, 0)
+            .context("marking the listener")?;
+        match self
+            .0
+            .listeners
+            .insert(key, socket.as_raw_fd(), BPF_NOEXIST)
+        {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(e) => Err(e).context("registering the listener"),
+        }
     }
 
     fn write_record(&mut self, record: &InstanceRecord) -> anyhow::Result<()> {
@@ -410,6 +634,8 @@ pub struct InstanceStatus {
     pub pods: Vec<PodStatus>,
     pub connections_pending: usize,
     pub connections_tracked: usize,
+    /// Inbound capture listeners registered (one per pod and address family).
+    pub inbound_listeners: usize,
     /// Run counts and kernel time of each attached program (time counts only while
     /// `kernel.bpf_stats_enabled` is 1).
     pub programs: Vec<ProgramStats>,
@@ -532,23 +758,83 @@ fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
         record,
         links,
         pods,
-        connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?,
-        connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?,
+        connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?
+            + count_keys(dir, map_names::ORIG_DST6_BY_COOKIE)?,
+        connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?
+            + count_keys(dir, map_names::ORIG_DST6_BY_TUPLE)?,
+        inbound_listeners: count_listeners(dir)?,
         programs: program_stats(dir)?,
         error: None,
     })
 }
 
+/// Registered capture listeners; 0 for an instance made by a version without inbound capture.
+fn count_listeners(dir: &Path) -> anyhow::Result<usize> {
+    if !dir.join(map_names::INBOUND_LISTENERS).exists() {
+        return Ok(0);
+    }
+    let map = open_pinned(dir, map_names::INBOUND_LISTENERS)?;
+    Ok(SockHash::<MapData, ListenerKey>::try_from(map)?
+        .keys()
+        .count())
+}
+
 fn count_keys(dir: &Path, name: &str) -> anyhow::Result<usize> {
-    use interceptor_ebpf::{OrigDst4, SockTuple4};
+    use interceptor_ebpf::{OrigDst4, OrigDst6, SockTuple4, SockTuple6};
+    if !dir.join(name).exists() {
+        return Ok(0); // an instance made by a version without this map (IPv6)
+    }
     let m = open_pinned(dir, name)?;
-    Ok(if name == map_names::ORIG_DST_BY_COOKIE {
-        HashMap::<MapData, u64, OrigDst4>::try_from(m)?
+    Ok(match name {
+        map_names::ORIG_DST_BY_COOKIE => HashMap::<MapData, u64, OrigDst4>::try_from(m)?
             .keys()
-            .count()
-    } else {
-        HashMap::<MapData, SockTuple4, OrigDst4>::try_from(m)?
+            .count(),
+        map_names::ORIG_DST6_BY_COOKIE => HashMap::<MapData, u64, OrigDst6>::try_from(m)?
             .keys()
-            .count()
+            .count(),
+        map_names::ORIG_DST6_BY_TUPLE => HashMap::<MapData, SockTuple6, OrigDst6>::try_from(m)?
+            .keys()
+            .count(),
+        _ => HashMap::<MapData, SockTuple4, OrigDst4>::try_from(m)?
+            .keys()
+            .count(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    #[test]
+    fn the_object_declares_every_persistent_map_with_the_model_layouts() {
+        for name in PERSISTENT_MAPS {
+            expected_layout(name).unwrap();
+        }
+        // What `init` compares a pinned instance's maps against.
+        assert_eq!(
+            expected_layout(map_names::POD_CONFIG).unwrap(),
+            (8, size_of::<PodConfig>() as u32)
+        );
+        assert_eq!(
+            expected_layout(map_names::ORIG_DST6_BY_TUPLE).unwrap(),
+            (
+                size_of::<interceptor_ebpf::SockTuple6>() as u32,
+                size_of::<interceptor_ebpf::OrigDst6>() as u32
+            )
+        );
+        // LPM keys carry the prefix length in front of the data.
+        assert_eq!(
+            expected_layout(map_names::CIDR6).unwrap(),
+            (4 + size_of::<Cidr6Key>() as u32, 1)
+        );
+    }
+
+    #[test]
+    fn a_replacement_is_built_beside_the_instance() {
+        assert_eq!(
+            staging_dir(Path::new("/sys/fs/bpf/interceptor/cgroup-42")),
+            Path::new("/sys/fs/bpf/interceptor/cgroup-42-new")
+        );
+    }
 }

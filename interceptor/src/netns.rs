@@ -1,9 +1,10 @@
 //! The pod's network namespace: its cookie (the key of the pod's configuration) and its own
-//! addresses (which connections stay on lo), read from inside it on a short-lived thread.
+//! addresses (which connections stay on lo) and interfaces (`-c`), read from inside it on a
+//! short-lived thread.
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
@@ -30,6 +31,10 @@ pub struct NetnsInfo {
     pub cookie: u64,
     /// The namespace's own IPv4 addresses, loopback excluded.
     pub addrs4: Vec<Ipv4Addr>,
+    /// Its interfaces: (name, index), for `-c`.
+    pub interfaces: Vec<(String, u32)>,
+    /// The namespace's own IPv6 addresses (link-local ones too), `::1` excluded.
+    pub addrs6: Vec<Ipv6Addr>,
 }
 
 impl Netns {
@@ -52,20 +57,47 @@ impl Netns {
         })
     }
 
-    /// Reads the cookie and addresses from inside the namespace.
-    pub fn inspect(&self) -> anyhow::Result<NetnsInfo> {
+    /// Runs `f` on a short-lived thread inside the namespace (setns affects that thread only),
+    /// or right here when the caller is already in it.
+    pub fn run_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        // Already there (the default --netns): no setns, which would need CAP_SYS_ADMIN.
+        let here = std::fs::metadata("/proc/thread-self/ns/net").ok();
+        let target = self.file.metadata().ok();
+        if let (Some(h), Some(t)) = (here, target)
+            && (h.dev(), h.ino()) == (t.dev(), t.ino())
+        {
+            return f();
+        }
         let fd = self.file.try_clone().context("duplicating the netns fd")?;
         let path = self.path.clone();
-        std::thread::spawn(move || -> anyhow::Result<NetnsInfo> {
-            // setns on this thread only; the thread ends right after.
+        std::thread::spawn(move || -> anyhow::Result<T> {
             sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("the namespace thread panicked"))?
+    }
+
+    /// Every address of the namespace, both families, in the kernel's order (see
+    /// [`sys::interface_addrs`]).
+    pub fn addresses(&self) -> anyhow::Result<Vec<IpAddr>> {
+        self.run_inside(|| sys::interface_addrs().context("listing the namespace's addresses"))
+    }
+
+    /// Reads the cookie and addresses from inside the namespace.
+    pub fn inspect(&self) -> anyhow::Result<NetnsInfo> {
+        self.run_inside(|| {
             Ok(NetnsInfo {
                 cookie: sys::current_netns_cookie()
                     .context("reading the namespace cookie (SO_NETNS_COOKIE needs Linux 5.14)")?,
                 addrs4: sys::interface_addrs4().context("listing the namespace's addresses")?,
+                interfaces: sys::interfaces().context("listing the namespace's interfaces")?,
+                addrs6: sys::interface_addrs6()
+                    .context("listing the namespace's IPv6 addresses")?,
             })
         })
-        .join()
-        .map_err(|_| anyhow!("the namespace inspection thread panicked"))?
     }
 }

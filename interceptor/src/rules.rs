@@ -3,14 +3,16 @@
 use std::net::IpAddr;
 
 use interceptor_ebpf::{
-    CIDR4_KEY_PREFIX_BITS, Cidr4Key, CidrSet, MAX_DNS_SERVERS4, MAX_LOCAL_ADDRS4, PodConfig,
-    PortKey, PortSet, flags, wire::raw_ipv4,
+    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_DNS_SERVERS4,
+    MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
+    wire::{ipv6_octets, raw_ipv4, raw_ipv6},
 };
 use serde::Serialize;
 
 use crate::{
-    config::{Cidr, InterceptConfig, OutboundInclude},
+    config::{Cidr, InboundFail, InboundPorts, InterceptConfig, OutboundInclude},
     dns::DnsCapture,
+    error::ConfigError,
     netns::NetnsInfo,
 };
 
@@ -21,6 +23,13 @@ pub struct CidrEntry {
     pub key: Cidr4Key,
 }
 
+/// One LPM-trie entry of `CIDR6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr6Entry {
+    pub prefix_len: u32,
+    pub key: Cidr6Key,
+}
+
 /// Everything one pod's configuration puts into the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapPlan {
@@ -28,6 +37,7 @@ pub struct MapPlan {
     pub pod: PodConfig,
     pub ports: Vec<PortKey>,
     pub cidrs4: Vec<CidrEntry>,
+    pub cidrs6: Vec<Cidr6Entry>,
 }
 
 impl MapPlan {
@@ -57,6 +67,17 @@ impl MapPlan {
         pod.n_local4 = netns.addrs4.len() as u8;
         for (slot, a) in pod.local4.iter_mut().zip(&netns.addrs4) {
             *slot = raw_ipv4(a.octets());
+        }
+        if netns.addrs6.len() > MAX_LOCAL_ADDRS6 {
+            anyhow::bail!(
+                "the pod has {} IPv6 addresses (link-local ones included); at most \
+                 {MAX_LOCAL_ADDRS6} are supported",
+                netns.addrs6.len()
+            );
+        }
+        pod.n_local6 = netns.addrs6.len() as u8;
+        for (slot, a) in pod.local6.iter_mut().zip(&netns.addrs6) {
+            *slot = raw_ipv6(a.octets());
         }
 
         match dns {
@@ -108,6 +129,49 @@ impl MapPlan {
             }));
         }
 
+        // Inbound, as istio-iptables: -b '*' captures every port but -d; a -b list captures
+        // those ports and ignores -d; an empty -b captures nothing.
+        let (inbound_set, inbound_list) = match &cfg.inbound_ports {
+            InboundPorts::All => {
+                pod.flags |= flags::INBOUND_CAPTURE | flags::INBOUND_ALL_PORTS;
+                if !cfg.inbound_ports_exclude.is_empty() {
+                    pod.flags |= flags::HAS_INBOUND_PORTS_EXCLUDE;
+                }
+                (
+                    PortSet::InboundExclude,
+                    cfg.inbound_ports_exclude.as_slice(),
+                )
+            }
+            InboundPorts::Ports(list) => {
+                if !list.is_empty() {
+                    pod.flags |= flags::INBOUND_CAPTURE;
+                }
+                (PortSet::InboundInclude, list.as_slice())
+            }
+        };
+        ports.extend(inbound_list.iter().map(|&port| PortKey {
+            rules,
+            set: inbound_set as u16,
+            port,
+        }));
+        if cfg.inbound_fail == InboundFail::Closed {
+            pod.flags |= flags::INBOUND_FAIL_CLOSED;
+        }
+        for (i, name) in cfg.exclude_interfaces.iter().enumerate() {
+            let index = netns
+                .interfaces
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, index)| *index)
+                .ok_or_else(|| ConfigError::NoSuchInterface {
+                    flag: "-c/--istio-exclude-interfaces",
+                    value: name.clone(),
+                })?;
+            // The count was checked against the array's size when the options were resolved.
+            pod.exclude_ifindex[i] = index;
+            pod.n_exclude_ifindex = i as u8 + 1;
+        }
+
         let mut cidrs4 = Vec::new();
         match &cfg.outbound_include {
             OutboundInclude::All => pod.flags |= flags::INCLUDE_ALL,
@@ -127,11 +191,31 @@ impl MapPlan {
         if cidrs4.len() > before {
             pod.flags |= flags::HAS_EXCLUDE_CIDRS;
         }
+
+        // IPv6 ranges, split from the same lists as istio-iptables does (an IPv4-mapped
+        // range is IPv6 there too, and so never matches: such connections are IPv4).
+        let mut cidrs6 = Vec::new();
+        if let OutboundInclude::Cidrs(list) = &cfg.outbound_include {
+            cidrs6.extend(cidr6_entries(rules, CidrSet::Include, list));
+            if !cidrs6.is_empty() {
+                pod.flags |= flags::HAS_INCLUDE_CIDRS6;
+            }
+        }
+        let before = cidrs6.len();
+        cidrs6.extend(cidr6_entries(
+            rules,
+            CidrSet::Exclude,
+            &cfg.outbound_exclude,
+        ));
+        if cidrs6.len() > before {
+            pod.flags |= flags::HAS_EXCLUDE_CIDRS6;
+        }
         Ok(MapPlan {
             netns_cookie: netns.cookie,
             pod,
             ports,
             cidrs4,
+            cidrs6,
         })
     }
 
@@ -157,15 +241,22 @@ impl MapPlan {
                     .iter()
                     .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
                     .collect(),
+                inbound_exclude_ifindexes: p.exclude_ifindex[..p.n_exclude_ifindex as usize]
+                    .to_vec(),
+                local_addrs6: p.local6[..p.n_local6 as usize]
+                    .iter()
+                    .map(|a| std::net::Ipv6Addr::from(ipv6_octets(*a)).to_string())
+                    .collect(),
             },
             port_set: self
                 .ports
                 .iter()
                 .map(|k| {
-                    let set = if k.set == PortSet::OutboundExclude as u16 {
-                        "outbound_exclude"
-                    } else {
-                        "outbound_include"
+                    let set = match k.set {
+                        s if s == PortSet::OutboundExclude as u16 => "outbound_exclude",
+                        s if s == PortSet::OutboundInclude as u16 => "outbound_include",
+                        s if s == PortSet::InboundInclude as u16 => "inbound_include",
+                        _ => "inbound_exclude",
                     };
                     format!("rules={} {set} port={}", k.rules, k.port)
                 })
@@ -174,20 +265,37 @@ impl MapPlan {
                 .cidrs4
                 .iter()
                 .map(|e| {
-                    let set = if e.key.set == CidrSet::Include as u32 {
-                        "include"
-                    } else {
-                        "exclude"
-                    };
                     format!(
-                        "rules={} {set} {}/{}",
+                        "rules={} {} {}/{}",
                         e.key.rules,
+                        set_name(e.key.set),
                         std::net::Ipv4Addr::from(e.key.addr.to_ne_bytes()),
                         e.prefix_len - CIDR4_KEY_PREFIX_BITS
                     )
                 })
                 .collect(),
+            cidr6: self
+                .cidrs6
+                .iter()
+                .map(|e| {
+                    format!(
+                        "rules={} {} {}/{}",
+                        e.key.rules,
+                        set_name(e.key.set),
+                        std::net::Ipv6Addr::from(ipv6_octets(e.key.addr)),
+                        e.prefix_len - CIDR6_KEY_PREFIX_BITS
+                    )
+                })
+                .collect(),
         }
+    }
+}
+
+fn set_name(set: u32) -> &'static str {
+    if set == CidrSet::Include as u32 {
+        "include"
+    } else {
+        "exclude"
     }
 }
 
@@ -205,7 +313,25 @@ fn cidr_entries<'a>(
                 addr: raw_ipv4(net.octets()),
             },
         }),
-        IpAddr::V6(_) => None, // IPv6 is not intercepted yet (see InterceptConfig::not_enforced)
+        IpAddr::V6(_) => None, // in CIDR6 (cidr6_entries)
+    })
+}
+
+fn cidr6_entries<'a>(
+    rules: u32,
+    set: CidrSet,
+    list: &'a [Cidr],
+) -> impl Iterator<Item = Cidr6Entry> + 'a {
+    list.iter().filter_map(move |c| match c.network() {
+        IpAddr::V6(net) => Some(Cidr6Entry {
+            prefix_len: CIDR6_KEY_PREFIX_BITS + u32::from(c.prefix_len),
+            key: Cidr6Key {
+                rules,
+                set: set as u32,
+                addr: raw_ipv6(net.octets()),
+            },
+        }),
+        IpAddr::V4(_) => None, // in CIDR4 (cidr_entries)
     })
 }
 
@@ -219,6 +345,12 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::LOOPBACK_INCLUDED, "loopback_included"),
         (flags::REDIRECT_DNS, "redirect_dns"),
         (flags::CAPTURE_ALL_DNS, "capture_all_dns"),
+        (flags::INBOUND_CAPTURE, "inbound_capture"),
+        (flags::INBOUND_ALL_PORTS, "inbound_all_ports"),
+        (flags::HAS_INBOUND_PORTS_EXCLUDE, "inbound_ports_exclude"),
+        (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
+        (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
+        (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
@@ -231,6 +363,7 @@ pub struct MapPlanView {
     pub pod_config: PodConfigView,
     pub port_set: Vec<String>,
     pub cidr4: Vec<String>,
+    pub cidr6: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -246,6 +379,8 @@ pub struct PodConfigView {
     pub gids: Vec<u32>,
     pub local_addrs4: Vec<String>,
     pub dns_servers4: Vec<String>,
+    pub inbound_exclude_ifindexes: Vec<u32>,
+    pub local_addrs6: Vec<String>,
 }
 
 #[cfg(test)]
@@ -267,6 +402,8 @@ mod tests {
         NetnsInfo {
             cookie: 4242,
             addrs4: vec!["10.1.0.2".parse().unwrap()],
+            interfaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("eth1".into(), 5)],
+            addrs6: vec!["fd00:1::2".parse().unwrap(), "fe80::1".parse().unwrap()],
         }
     }
 
@@ -302,7 +439,18 @@ mod tests {
                     }
                 },
             ],
-            "the IPv6 range is left out and host bits are cleared"
+            "the IPv6 range goes elsewhere and host bits are cleared"
+        );
+        assert_eq!(
+            plan.cidrs6,
+            vec![Cidr6Entry {
+                prefix_len: 64 + 8,
+                key: Cidr6Key {
+                    rules: 7,
+                    set: CidrSet::Include as u32,
+                    addr: raw_ipv6("fd00::".parse::<std::net::Ipv6Addr>().unwrap().octets())
+                }
+            }]
         );
         assert_eq!(
             plan.ports,
@@ -316,13 +464,57 @@ mod tests {
         assert_ne!(f & flags::HAS_INCLUDE_CIDRS, 0);
         assert_ne!(f & flags::HAS_EXCLUDE_CIDRS, 0);
         assert_ne!(f & flags::HAS_OUTBOUND_PORTS_INCLUDE, 0);
+        assert_ne!(f & flags::HAS_INCLUDE_CIDRS6, 0);
         assert_eq!(
-            f & (flags::INCLUDE_ALL | flags::HAS_OUTBOUND_PORTS_EXCLUDE),
+            f & (flags::INCLUDE_ALL
+                | flags::HAS_OUTBOUND_PORTS_EXCLUDE
+                | flags::HAS_EXCLUDE_CIDRS6),
             0
         );
         assert_eq!(plan.pod.local4[0], raw_ipv4([10, 1, 0, 2]));
         assert_eq!(plan.pod.n_local4, 1);
         assert_eq!(plan.describe().cidr4[0], "rules=7 include 10.96.0.0/12");
+        assert_eq!(plan.describe().cidr6, vec!["rules=7 include fd00::/8"]);
+        assert_eq!(plan.pod.n_local6, 2);
+        assert_eq!(
+            plan.describe().pod_config.local_addrs6,
+            vec!["fd00:1::2", "fe80::1"]
+        );
+    }
+
+    #[test]
+    fn ipv6_only_lists_and_too_many_addresses() {
+        let raw = RawOptions {
+            service_cidr: Some("fd00:10::1/64".into()),
+            service_exclude_cidr: Some("fd00:10::/128,::ffff:10.0.0.0/104".into()),
+            ..Default::default()
+        };
+        let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 1, 0).unwrap();
+        assert!(
+            plan.cidrs4.is_empty(),
+            "an IPv4-mapped range is IPv6, as in istio-iptables"
+        );
+        assert_eq!(
+            plan.pod.flags,
+            flags::HAS_INCLUDE_CIDRS6 | flags::HAS_EXCLUDE_CIDRS6
+        );
+        assert_eq!(
+            plan.describe().cidr6,
+            vec![
+                "rules=1 include fd00:10::/64",
+                "rules=1 exclude fd00:10::/128",
+                "rules=1 exclude ::ffff:10.0.0.0/104",
+            ]
+        );
+        let mut crowded = netns();
+        crowded.addrs6 = (1..=9u16)
+            .map(|i| std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))
+            .collect();
+        let err = MapPlan::build(&cfg, &crowded, &DnsCapture::Off, 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("9 IPv6 addresses"), "{err}");
     }
 
     #[test]
@@ -339,5 +531,80 @@ mod tests {
         assert_eq!(&plan.pod.uids[..2], &[1337, 1338]);
         assert_eq!(plan.pod.n_gids, 2);
         assert!(plan.cidrs4.is_empty());
+    }
+
+    fn inbound_plan(raw: RawOptions) -> anyhow::Result<MapPlan> {
+        let cfg = raw.resolve(&NoUsers, "istio-proxy")?;
+        MapPlan::build(&cfg, &netns(), &DnsCapture::Off, 2, 0)
+    }
+
+    fn inbound_ports(plan: &MapPlan) -> Vec<(u16, u16)> {
+        plan.ports.iter().map(|k| (k.set, k.port)).collect()
+    }
+
+    #[test]
+    fn the_seed_inbound_list_captures_its_ports_and_ignores_d() {
+        let plan = inbound_plan(RawOptions {
+            inbound_ports: Some("9080,".into()),
+            local_exclude_ports: Some("15020".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(plan.pod.flags, flags::INBOUND_CAPTURE);
+        assert_eq!(
+            inbound_ports(&plan),
+            vec![(PortSet::InboundInclude as u16, 9080)]
+        );
+    }
+
+    #[test]
+    fn wildcard_inbound_uses_d_and_fail_closed_and_interfaces() {
+        let plan = inbound_plan(RawOptions {
+            inbound_ports: Some("*".into()),
+            local_exclude_ports: Some("15020,15090".into()),
+            inbound_fail: Some("closed".into()),
+            exclude_interfaces: Some("eth1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            plan.pod.flags,
+            flags::INBOUND_CAPTURE
+                | flags::INBOUND_ALL_PORTS
+                | flags::HAS_INBOUND_PORTS_EXCLUDE
+                | flags::INBOUND_FAIL_CLOSED
+        );
+        assert_eq!(
+            inbound_ports(&plan),
+            vec![
+                (PortSet::InboundExclude as u16, 15020),
+                (PortSet::InboundExclude as u16, 15090)
+            ]
+        );
+        assert_eq!(plan.pod.n_exclude_ifindex, 1);
+        assert_eq!(plan.pod.exclude_ifindex[0], 5);
+        let view = plan.describe();
+        assert_eq!(view.pod_config.inbound_exclude_ifindexes, vec![5]);
+        assert_eq!(view.port_set[0], "rules=2 inbound_exclude port=15020");
+        // No -b: no inbound capture at all.
+        let plan = inbound_plan(RawOptions::default()).unwrap();
+        assert_eq!(plan.pod.flags & flags::INBOUND_CAPTURE, 0);
+    }
+
+    #[test]
+    fn an_unknown_interface_is_a_config_error_naming_it() {
+        let err = inbound_plan(RawOptions {
+            inbound_ports: Some("*".into()),
+            exclude_interfaces: Some("eth1,eth9".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.downcast_ref::<ConfigError>(),
+            Some(&ConfigError::NoSuchInterface {
+                flag: "-c/--istio-exclude-interfaces",
+                value: "eth9".into()
+            })
+        );
     }
 }

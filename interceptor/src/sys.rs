@@ -4,7 +4,7 @@ use std::{
     ffi::{CStr, CString},
     fs::File,
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd as _},
     path::Path,
 };
@@ -85,27 +85,115 @@ pub fn current_netns_cookie() -> io::Result<u64> {
 
 /// IPv4 addresses of the calling thread's namespace, loopback excluded.
 pub fn interface_addrs4() -> io::Result<Vec<Ipv4Addr>> {
+    let mut addrs = Vec::new();
+    for_each_interface_addr(|sa| {
+        if i32::from(sa.sa_family) == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            if !ip.is_loopback() && !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+        }
+    })?;
+    Ok(addrs)
+}
+
+/// IPv6 addresses of the calling thread's namespace (link-local ones too), `::1` excluded.
+pub fn interface_addrs6() -> io::Result<Vec<Ipv6Addr>> {
+    let mut addrs = Vec::new();
+    for_each_interface_addr(|sa| {
+        if i32::from(sa.sa_family) == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            if !ip.is_loopback() && !addrs.contains(&ip) {
+                addrs.push(ip);
+            }
+        }
+    })?;
+    Ok(addrs)
+}
+
+/// Calls `f` with every interface address of the calling thread's namespace (getifaddrs).
+fn for_each_interface_addr(mut f: impl FnMut(&libc::sockaddr)) -> io::Result<()> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we walk read-only and free once.
     unsafe {
         if libc::getifaddrs(&mut head) != 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut addrs = Vec::new();
         let mut cur = head;
         while !cur.is_null() {
             let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-                if !ip.is_loopback() && !addrs.contains(&ip) {
-                    addrs.push(ip);
-                }
+            if !ifa.ifa_addr.is_null() {
+                f(&*ifa.ifa_addr);
             }
             cur = ifa.ifa_next;
         }
         libc::freeifaddrs(head);
-        Ok(addrs)
+    }
+    Ok(())
+}
+
+/// Every address of the calling thread's namespace, both families, loopback included, in the
+/// kernel's order (IPv4 before IPv6, by interface): what Go's `net.InterfaceAddrs` lists.
+pub fn interface_addrs() -> io::Result<Vec<std::net::IpAddr>> {
+    let mut addrs = Vec::new();
+    for_each_interface_addr(|sa| match i32::from(sa.sa_family) {
+        libc::AF_INET => {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in>() };
+            addrs.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+        }
+        libc::AF_INET6 => {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*(sa as *const libc::sockaddr).cast::<libc::sockaddr_in6>() };
+            addrs.push(Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
+        }
+        _ => {}
+    })?;
+    Ok(addrs)
+}
+
+/// Interfaces of the calling thread's namespace: (name, index).
+pub fn interfaces() -> io::Result<Vec<(String, u32)>> {
+    // SAFETY: if_nameindex allocates an array ended by a zero entry, freed once.
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut cur = head;
+        while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
+            let name = CStr::from_ptr((*cur).if_name)
+                .to_string_lossy()
+                .into_owned();
+            out.push((name, (*cur).if_index));
+            cur = cur.add(1);
+        }
+        libc::if_freenameindex(head);
+        Ok(out)
+    }
+}
+
+/// `pidfd_open` + `pidfd_getfd`: a duplicate of another process's file descriptor (needs
+/// ptrace rights over it, which root has).
+pub fn take_fd(pid: u32, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscalls; every fd returned is owned exactly once.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0);
+        if pidfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let pidfd = std::os::fd::OwnedFd::from_raw_fd(pidfd as i32);
+        let taken = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
+        if taken < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(std::os::fd::OwnedFd::from_raw_fd(taken as i32))
     }
 }
 
@@ -269,10 +357,21 @@ pub fn is_root() -> bool {
 }
 
 /// `BPF_LINK_CREATE` for a cgroup hook. aya 0.14 cannot turn every cgroup link into a pinnable
-/// `FdLink` (not `cgroup/getsockopt`'s), so all four are made the same way here.
+/// `FdLink` (not `cgroup/getsockopt`'s), so all of them are made the same way here.
 pub fn bpf_link_create_cgroup(
     prog: &impl AsFd,
     cgroup: &impl AsFd,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    bpf_link_create(prog, cgroup, attach_type, flags)
+}
+
+/// `BPF_LINK_CREATE` for any target given by fd (a cgroup, or a network namespace for
+/// `BPF_SK_LOOKUP`).
+pub fn bpf_link_create(
+    prog: &impl AsFd,
+    target: &impl AsFd,
     attach_type: u32,
     flags: u32,
 ) -> io::Result<std::os::fd::OwnedFd> {
@@ -280,7 +379,7 @@ pub fn bpf_link_create_cgroup(
     const BPF_LINK_CREATE: libc::c_long = 28;
     let mut attr = [0u32; 32];
     attr[0] = prog.as_fd().as_raw_fd() as u32; // prog_fd
-    attr[1] = cgroup.as_fd().as_raw_fd() as u32; // target_fd
+    attr[1] = target.as_fd().as_raw_fd() as u32; // target_fd
     attr[2] = attach_type;
     attr[3] = flags;
     // SAFETY: attr is a zeroed bpf_attr of sufficient size.

@@ -1,7 +1,7 @@
 //! A test pod with interception attached by the real `interceptor` binary, under either backend,
 //! and the vocabulary the tests use to say where a connection went.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -134,8 +134,8 @@ impl Intercepted {
         interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
-    /// This pod's counters, from `interceptor status --json` (eBPF backend).
-    pub fn counters(&self) -> Result<serde_json::Value> {
+    /// This pod's instance, as `interceptor status --json` shows it (eBPF backend).
+    pub fn status(&self) -> Result<serde_json::Value> {
         let out = interceptor(&["status", "--json"]);
         anyhow::ensure!(out.status.success(), "status failed");
         let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -144,13 +144,17 @@ impl Intercepted {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let inst = all
-            .as_array()
+        all.as_array()
             .context("status is a list")?
             .iter()
             .find(|i| i["instance"] == name.as_str())
-            .context("instance listed by status")?;
-        Ok(inst["pods"][0]["counters"].clone())
+            .cloned()
+            .context("instance listed by status")
+    }
+
+    /// This pod's counters, from `interceptor status --json` (eBPF backend).
+    pub fn counters(&self) -> Result<serde_json::Value> {
+        Ok(self.status()?["pods"][0]["counters"].clone())
     }
 
     /// A probe from the pod as `who` to `to`, with default options.
@@ -199,4 +203,13 @@ pub fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 /// The wildcard address on `port` (what the test servers listen on).
 pub fn any(port: u16) -> SocketAddr {
     addr(Ipv4Addr::UNSPECIFIED, port)
+}
+
+pub fn addr6(ip: Ipv6Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(ip), port)
+}
+
+/// The IPv6 wildcard address on `port` (the test servers listen there for IPv6 only).
+pub fn any6(port: u16) -> SocketAddr {
+    addr6(Ipv6Addr::UNSPECIFIED, port)
 }

@@ -31,8 +31,8 @@ use anyhow::{Result, bail};
 pub use cgroup::cgroup2_mount;
 pub use dns_peers::DnsTransport;
 pub use intercepted::{
-    BPFFS, Backend, Intercepted, IptablesMode, Route, SEED_FLAGS, addr, any, instance_dir,
-    interceptor, interceptor_bin, route_of,
+    BPFFS, Backend, Intercepted, IptablesMode, Route, SEED_FLAGS, addr, addr6, any, any6,
+    instance_dir, interceptor, interceptor_bin, route_of,
 };
 pub use lines::{ProbeOptions, ProbeResult, ServerLine, SidecarLine, errno_name};
 pub use netns::{is_listening, netns_path, run_in_netns};

@@ -114,19 +114,26 @@ impl FromStr for ServerLine {
 }
 
 /// The announcement of `interceptor-sidecar --announce`:
-/// `sidecar port=<listen port> orig=<ip:port>` or `... orig=error:<errno name>`.
+/// `sidecar port=<listen port> orig=<ip:port>` or `... orig=error:<errno name>`, followed by
+/// ` local=<ip:port>` (the accepted socket's `getsockname`) when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SidecarLine {
     pub port: u16,
     /// The original destination from `SO_ORIGINAL_DST`, or the errno name it failed with.
     pub orig: Result<SocketAddr, String>,
+    /// The accepted socket's own address: pod-ip:port for a connection steered inbound.
+    pub local: Option<SocketAddr>,
 }
 
 impl fmt::Display for SidecarLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.orig {
-            Ok(addr) => write!(f, "sidecar port={} orig={addr}", self.port),
-            Err(errno) => write!(f, "sidecar port={} orig=error:{errno}", self.port),
+            Ok(addr) => write!(f, "sidecar port={} orig={addr}", self.port)?,
+            Err(errno) => write!(f, "sidecar port={} orig=error:{errno}", self.port)?,
+        }
+        match self.local {
+            Some(local) => write!(f, " local={local}"),
+            None => Ok(()),
         }
     }
 }
@@ -145,6 +152,7 @@ impl FromStr for SidecarLine {
                 Some(errno) => Err(errno.to_owned()),
                 None => Ok(orig.parse()?),
             },
+            local: field(rest, "local").ok().map(str::parse).transpose()?,
         })
     }
 }
@@ -193,8 +201,14 @@ mod tests {
             Ok("10.200.1.1:80".parse().unwrap()),
             Err("ENOENT".to_owned()),
         ] {
-            let line = SidecarLine { port: 15001, orig };
-            assert_eq!(line.to_string().parse::<SidecarLine>().unwrap(), line);
+            for local in [None, Some("10.200.0.2:9080".parse().unwrap())] {
+                let line = SidecarLine {
+                    port: 15001,
+                    orig: orig.clone(),
+                    local,
+                };
+                assert_eq!(line.to_string().parse::<SidecarLine>().unwrap(), line);
+            }
         }
         assert_eq!(errno_name(libc::ENOPROTOOPT), "ENOPROTOOPT");
         assert_eq!(errno_name(9999), "9999");

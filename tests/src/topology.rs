@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -65,6 +65,9 @@ pub struct PodInterface {
 /// - the server also has 10.200.1.1, 10.200.2.1, 10.200.3.1 (each a /24 of its own) on `srv0`,
 ///   so tests can dial addresses inside and outside an included or excluded CIDR;
 /// - [`Topology::add_pod_interface`] number k uses 10.200.(100+k).0/24: pod .2, server .1.
+/// - IPv6 (ULA), beside it: pod `eth0` fd00:200::2/64 with a default route via the server's
+///   fd00:200::1/64; the server also has fd00:200:1::1, fd00:200:2::1, fd00:200:3::1 (each a
+///   /64 of its own). Added without duplicate address detection, so usable at once.
 ///
 /// Dropping it kills every process it spawned and everything left in its cgroups, removes the
 /// cgroups and deletes the namespaces, also when a test panics.
@@ -80,6 +83,12 @@ pub struct Topology {
     pub server_ip: Ipv4Addr,
     /// Server addresses in other /24s, reached through the pod's default route.
     pub server_extra_ips: Vec<Ipv4Addr>,
+    /// The pod's IPv6 address on `eth0`.
+    pub pod_ip6: Ipv6Addr,
+    /// The server's IPv6 address on the pod's /64.
+    pub server_ip6: Ipv6Addr,
+    /// Server IPv6 addresses in other /64s, reached through the pod's default IPv6 route.
+    pub server_extra_ips6: Vec<Ipv6Addr>,
     /// `<cgroup2>/interceptor-test-<tag>-<pid>-<n>`: room for sibling cgroups of the pod.
     pub cgroup_dir: PathBuf,
     /// `<cgroup_dir>/pod`.
@@ -127,6 +136,11 @@ impl Topology {
             pod_ip: Ipv4Addr::new(10, 200, 0, 2),
             server_ip: Ipv4Addr::new(10, 200, 0, 1),
             server_extra_ips: (1..=3).map(|c| Ipv4Addr::new(10, 200, c, 1)).collect(),
+            pod_ip6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2),
+            server_ip6: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1),
+            server_extra_ips6: (1..=3)
+                .map(|n| Ipv6Addr::new(0xfd00, 0x200, n, 0, 0, 0, 0, 1))
+                .collect(),
             pod_cgroup: cgroup_dir.join("pod"),
             cgroup_dir,
             pod_interfaces: Vec::new(),
@@ -162,16 +176,22 @@ impl Topology {
             &[
                 "link set lo up".to_owned(),
                 format!("addr add {}/24 dev eth0", self.pod_ip),
+                format!("addr add {}/64 dev eth0 nodad", self.pod_ip6),
                 "link set eth0 up".to_owned(),
                 format!("route add default via {}", self.server_ip),
+                format!("route add ::/0 via {}", self.server_ip6),
             ],
         )?;
         let mut server = vec![
             "link set lo up".to_owned(),
             format!("addr add {}/24 dev srv0", self.server_ip),
+            format!("addr add {}/64 dev srv0 nodad", self.server_ip6),
         ];
         for extra in &self.server_extra_ips {
             server.push(format!("addr add {extra}/24 dev srv0"));
+        }
+        for extra in &self.server_extra_ips6 {
+            server.push(format!("addr add {extra}/64 dev srv0 nodad"));
         }
         server.push("link set srv0 up".to_owned());
         ip_batch(&self.server_netns, &server)?;
@@ -291,7 +311,8 @@ impl Topology {
     }
 
     /// Starts `interceptor-sidecar` in the pod as the proxy user (1337:1337), listening on each
-    /// of `ports`, with `extra_args` (e.g. `--announce`, `--log`); waits until it listens.
+    /// of `ports` (IPv4 and IPv6, or one dual-stack socket with `--dual-stack`), with
+    /// `extra_args` (e.g. `--announce`, `--log`); waits until it listens.
     /// Its stdout is piped: read `--log` lines with [`Process::next_stdout_line`].
     pub fn spawn_sidecar(&self, ports: &[u16], extra_args: &[&str]) -> Result<Process> {
         let mut cmd = self.command(&Place::Pod, Identity::PROXY, bin_path(SIDECAR_BIN)?)?;
@@ -300,9 +321,16 @@ impl Topology {
         }
         cmd.args(extra_args).stdout(Stdio::piped());
         let mut sidecar = self.spawn(&mut cmd)?;
+        let dual_stack = extra_args.contains(&"--dual-stack");
         for &port in ports {
+            if !dual_stack {
+                sidecar.wait_listening(
+                    SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                    LISTEN_TIMEOUT,
+                )?;
+            }
             sidecar.wait_listening(
-                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
                 LISTEN_TIMEOUT,
             )?;
         }

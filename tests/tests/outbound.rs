@@ -207,8 +207,9 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
         .collect();
-    // sockops, getsockopt, getpeername4, recvmsg4, sendmsg4, connect4.
-    assert_eq!(links.len(), 6, "one link per program");
+    // sockops, getsockopt, getpeername4/6, recvmsg4, sendmsg4, post_bind4, sk_lookup,
+    // connect4/6.
+    assert_eq!(links.len(), 10, "one link per program");
 
     let out = p.clean();
     assert!(out.status.success());

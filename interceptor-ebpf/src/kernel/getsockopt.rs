@@ -1,21 +1,44 @@
 //! `cgroup/getsockopt`: answer `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on the proxy's accepted
 //! socket as netfilter's `getorigdst()` does: a 16-byte `sockaddr_in` and 0, or ENOPROTOOPT
-//! (not TCP), EINVAL (buffer under 16 bytes), ENOENT (no such connection). Every other
-//! option, and sockets of pods we do not manage, pass through untouched.
+//! (not TCP), EINVAL (buffer under 16 bytes), ENOENT (no such connection). Likewise
+//! `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on an IPv6 socket, as `ipv6_getorigdst()`
+//! does, with a 28-byte `sockaddr_in6`. Every other option, and sockets of pods we do not
+//! manage, pass through untouched.
+//!
+//! Two kinds of socket have an original destination: the proxy's end of a connection that
+//! `connect4`/`connect6` redirected (looked up by 4-tuple), and a connection `sk_lookup` steered
+//! to the capture listener, whose destination was never changed: its own local address, as
+//! conntrack would report it after an iptables REDIRECT.
+//!
+//! As with netfilter, an IPv4 connection accepted on a dual-stack listener (an IPv6 socket
+//! with IPv4-mapped addresses) answers `SOL_IP` with the IPv4 destination, and `SOL_IPV6`
+//! with ENOENT.
 
+use aya_ebpf::bindings::bpf_sock;
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sockopt,
     programs::SockoptContext,
 };
-use interceptor_ebpf::{Counter, wire::sin_port};
+use interceptor_ebpf::{
+    Counter, OrigDst4, PodConfig,
+    wire::{port_from_sock_src, sin_port},
+};
 
-use crate::maps::{ORIG_DST_BY_TUPLE, count, pod_config, tuple_from_server_side};
+use crate::maps::{
+    CAPTURE_SOCKETS, ORIG_DST_BY_TUPLE, ORIG_DST6_BY_TUPLE, count, pod_config,
+    tuple_from_server_side, tuple6_from_server_side,
+};
 
 const SOL_IP: i32 = 0;
 const SO_ORIGINAL_DST: i32 = 80;
+const SOL_IPV6: i32 = 41;
+/// Same number as `SO_ORIGINAL_DST`, at level `SOL_IPV6`.
+const IP6T_SO_ORIGINAL_DST: i32 = 80;
 const IPPROTO_TCP: u32 = 6;
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 const SOCKADDR_IN_LEN: i32 = 16;
+const SOCKADDR_IN6_LEN: i32 = 28;
 const PAGE_SIZE: i32 = 4096;
 const EINVAL: i32 = 22;
 const ENOENT: i32 = 2;
@@ -31,9 +54,23 @@ struct SockaddrIn {
     zero: [u8; 8],
 }
 
+/// `struct sockaddr_in6`.
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: [u32; 4],
+    scope_id: u32,
+}
+
 #[cgroup_sockopt(getsockopt)]
 pub fn answer_original_dst(ctx: SockoptContext) -> i32 {
-    answer(&ctx);
+    if unsafe { (*ctx.sockopt).level } == SOL_IPV6 {
+        answer6(&ctx);
+    } else {
+        answer(&ctx);
+    }
     1
 }
 
@@ -63,7 +100,11 @@ fn answer(ctx: &SockoptContext) {
             set_retval(so, -EINVAL);
             return;
         }
-        let Some(orig) = ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) else {
+        let orig = match ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) {
+            Some(orig) => Some(*orig),
+            None => steered_destination(netns, cfg, sk),
+        };
+        let Some(orig) = orig else {
             count(cfg, Counter::OrigDstMiss);
             set_retval(so, -ENOENT);
             return;
@@ -94,7 +135,88 @@ fn answer(ctx: &SockoptContext) {
     }
 }
 
+/// `ipv6_getorigdst()`'s checks, in its order, then the answer from the IPv6 tuple map.
+#[inline(always)]
+fn answer6(ctx: &SockoptContext) {
+    let so = ctx.sockopt;
+    // SAFETY: as in `answer`.
+    unsafe {
+        if (*so).optname != IP6T_SO_ORIGINAL_DST || (*so).retval == 0 {
+            return;
+        }
+        let netns = bpf_get_netns_cookie(ctx.as_ptr());
+        let Some(cfg) = pod_config(netns) else {
+            return;
+        };
+        let sk = (*so).__bindgen_anon_1.sk;
+        // On an IPv4 socket the kernel never reaches netfilter for SOL_IPV6: leave its error.
+        if sk.is_null() || (*sk).family != u32::from(AF_INET6) {
+            return;
+        }
+        if (*sk).protocol != IPPROTO_TCP {
+            set_retval(so, -ENOPROTOOPT);
+            return;
+        }
+        let optlen = (*so).optlen;
+        if optlen < SOCKADDR_IN6_LEN {
+            set_retval(so, -EINVAL);
+            return;
+        }
+        let Some(orig) = ORIG_DST6_BY_TUPLE.get(&tuple6_from_server_side(netns, &*sk)) else {
+            count(cfg, Counter::OrigDstMiss);
+            set_retval(so, -ENOENT);
+            return;
+        };
+        let optval = (*so).__bindgen_anon_2.optval as *mut u8;
+        let optval_end = (*so).__bindgen_anon_3.optval_end as *mut u8;
+        if optval.wrapping_add(SOCKADDR_IN6_LEN as usize) > optval_end {
+            set_retval(so, -EFAULT);
+            return;
+        }
+        // netfilter fills flowinfo from the socket's own flow label and the scope id from its
+        // bound device for link-local addresses; neither is known here, and both are 0 for
+        // the usual unbound, unlabelled socket.
+        core::ptr::write_volatile(
+            optval as *mut SockaddrIn6,
+            SockaddrIn6 {
+                family: AF_INET6,
+                port: sin_port(orig.port),
+                flowinfo: 0,
+                addr: orig.addr,
+                scope_id: 0,
+            },
+        );
+        if optlen > PAGE_SIZE {
+            core::ptr::write_volatile(&mut (*so).optlen, SOCKADDR_IN6_LEN);
+        }
+        set_retval(so, 0);
+        count(cfg, Counter::OrigDstHit);
+    }
+}
+
 #[inline(always)]
 unsafe fn set_retval(so: *mut aya_ebpf::bindings::bpf_sockopt, retval: i32) {
     unsafe { core::ptr::write_volatile(&mut (*so).retval, retval) };
+}
+
+/// The destination of a connection `sk_lookup` steered: a socket accepted from the capture
+/// listener (it carries the listener's cloned mark) whose local port is not the capture port
+/// (a connection made to the capture port itself has no other destination).
+#[inline(always)]
+unsafe fn steered_destination(netns: u64, cfg: &PodConfig, sk: *mut bpf_sock) -> Option<OrigDst4> {
+    match CAPTURE_SOCKETS.get(sk.cast()) {
+        Some(mark) if mark.netns == netns => {}
+        _ => return None,
+    }
+    // SAFETY: a full socket the verifier checked.
+    let sk = unsafe { &*sk };
+    let port = port_from_sock_src(sk.src_port);
+    if sk.family != AF_INET as u32 || port == cfg.inbound_capture_port {
+        return None;
+    }
+    Some(OrigDst4 {
+        addr: sk.src_ip4,
+        port,
+        _pad: 0,
+    })
 }

@@ -3,12 +3,16 @@
 #![no_main]
 
 mod connect4;
+mod connect6;
 mod getpeername4;
+mod getpeername6;
 mod getsockopt;
 mod maps;
+mod post_bind4;
 mod recvmsg4;
 mod redirect4;
 mod sendmsg4;
+mod sk_lookup;
 mod sockops;
 
 #[cfg(not(test))]

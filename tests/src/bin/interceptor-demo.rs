@@ -146,10 +146,19 @@ fn run() -> Result<()> {
         .spawn_server(&Place::Server, Identity::APP, &[any80], &["--http"])
         .context("starting the HTTP server")?;
     println!("  HTTP server on 0.0.0.0:80 in the server netns");
+    let any9080 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9080));
+    let _app = t
+        .spawn_server(&Place::Pod, Identity::APP, &[any9080], &["--http"])
+        .context("starting the application")?;
+    println!("  application (uid 1000) HTTP on 0.0.0.0:9080 in the pod");
+    // Envoy's inbound passthrough: the sidecar reaches the application from 127.0.0.6.
     let sidecar = t
-        .spawn_sidecar(&[15001, 15006], &["--log"])
+        .spawn_sidecar(
+            &[15001, 15006],
+            &["--log", "--upstream-source", "127.0.0.6"],
+        )
         .context("starting the sidecar")?;
-    println!("  sidecar (uid 1337) on 15001, 15006 in the pod");
+    println!("  sidecar (uid 1337) on 15001 (outbound), 15006 (inbound) in the pod");
     check_interrupted()?;
 
     println!("\n== init (the seed invocation)");
@@ -179,6 +188,13 @@ fn run() -> Result<()> {
         check_interrupted()?;
         show(&demo, &sidecar, &request, &mut wrong)?;
     }
+    check_interrupted()?;
+    show_inbound(
+        &demo,
+        &sidecar,
+        SocketAddr::from((t.pod_ip, 9080)),
+        &mut wrong,
+    )?;
 
     println!("\n== init again, excluding {excluded}/32 (replaces the config atomically)");
     check_interrupted()?;
@@ -258,6 +274,53 @@ fn show(demo: &Demo, sidecar: &Process, r: &Request, wrong: &mut Vec<String>) ->
         conn.is_none() && server.is_some_and(|s| s.peer.ip() == IpAddr::V4(demo.topo.pod_ip));
     if !(result.connected && if r.via_sidecar { via_sidecar } else { direct }) {
         wrong.push(format!("{who} -> {}", r.to));
+    }
+    Ok(())
+}
+
+/// A client in the server namespace calls the pod's port 9080 (`-b 9080,`): `sk_lookup` hands
+/// the connection to the sidecar's inbound listener, destination kept, and the sidecar passes
+/// it on to the application from 127.0.0.6.
+fn show_inbound(
+    demo: &Demo,
+    sidecar: &Process,
+    to: SocketAddr,
+    wrong: &mut Vec<String>,
+) -> Result<()> {
+    let options = ProbeOptions {
+        http: true,
+        ..ProbeOptions::default()
+    };
+    let result = demo
+        .topo
+        .probe_from(&Place::Server, Identity::APP, to, &options);
+    let log = sidecar.next_stdout_line(SIDECAR_LOG_WAIT);
+    check_interrupted()?;
+    let result = result?;
+    let conn = log.as_deref().and_then(parse_conn);
+    let app = result.server_line();
+    let path = match (&conn, app) {
+        _ if !result.connected => format!("failed: {}", result.error.as_deref().unwrap_or("?")),
+        (Some(c), Some(a)) => format!(
+            "sidecar:{} (SO_ORIGINAL_DST {}) -> application (saw peer {})",
+            c.port,
+            c.orig,
+            a.peer.ip()
+        ),
+        (None, Some(a)) => format!("application directly (saw peer {})", a.peer),
+        (_, None) => "no answer from the application".to_owned(),
+    };
+    println!(
+        "  {:<16} -> {:<14}: {path}",
+        "client (server)",
+        to.to_string()
+    );
+    let steered = conn
+        .as_ref()
+        .is_some_and(|c| c.port == "15006" && c.orig == to.to_string());
+    let passthrough = app.is_some_and(|a| a.peer.ip() == IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)));
+    if !(result.connected && steered && passthrough) {
+        wrong.push(format!("inbound -> {to}"));
     }
     Ok(())
 }

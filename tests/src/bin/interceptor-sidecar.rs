@@ -1,6 +1,11 @@
 //! Plays Envoy for the tests and benchmarks: accepts, asks `SO_ORIGINAL_DST` where the client was
 //! going, connects there and copies both ways.
 //!
+//! It listens on IPv4 and IPv6 (an IPv6-only socket beside the IPv4 one), or with `--dual-stack`
+//! on one IPv6 socket that also accepts IPv4 (as IPv4-mapped addresses). As Envoy does, it asks
+//! `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on an IPv4 connection (IPv4-mapped ones included) and
+//! `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on an IPv6 one.
+//!
 //! Run it as the proxy user (1337) in the pod, so that its own upstream connections are never
 //! redirected. `--upstream PORT=ADDR` gives a listener a fixed upstream instead (the benchmarks'
 //! `explicit` mode, where the client dials the sidecar itself).
@@ -11,13 +16,13 @@
 
 use std::io::{self, Write};
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use interceptor_tests::{SidecarLine, errno_name};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -86,13 +91,38 @@ async fn relay(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<(u64, u64)> {
     tokio::try_join!(pump(a_read, b_write), pump(b_read, a_write))
 }
 
+/// `IP6T_SO_ORIGINAL_DST`: `SO_ORIGINAL_DST`'s number at level `SOL_IPV6`.
+const IP6T_SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// Which `getsockopt` asks for the original destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Level {
+    /// By the connection's family, as Envoy does: `SOL_IP` for IPv4 (IPv4-mapped included).
+    Auto,
+    /// Always `SOL_IP, SO_ORIGINAL_DST`.
+    Ip,
+    /// Always `SOL_IPV6, IP6T_SO_ORIGINAL_DST`.
+    Ipv6,
+}
+
 #[derive(Debug, Parser)]
 #[command(about = "Test sidecar: forwards each connection to its SO_ORIGINAL_DST")]
 struct Cli {
-    /// Port to listen on at 0.0.0.0 (repeatable), e.g. 15001 outbound, 15006 inbound.
+    /// Port to listen on at 0.0.0.0 and [::] (repeatable), e.g. 15001 outbound, 15006 inbound.
     #[arg(long = "listen", required = true)]
     listen: Vec<u16>,
-    /// First write `sidecar port=<p> orig=<ip:port>` (or `orig=error:<errno>`) to the client.
+    /// Listen on one [::] socket that accepts IPv4 too (IPV6_V6ONLY off), as a dual-stack
+    /// Envoy listener does.
+    #[arg(long)]
+    dual_stack: bool,
+    /// Which getsockopt to ask the original destination with.
+    #[arg(long, value_enum, default_value_t = Level::Auto)]
+    original_dst_level: Level,
+    /// Buffer length passed to that getsockopt (default: the size of the address structure).
+    #[arg(long)]
+    original_dst_len: Option<u32>,
+    /// First write `sidecar port=<p> orig=<ip:port> local=<ip:port>` (or `orig=error:<errno>`)
+    /// to the client: the listen port, `SO_ORIGINAL_DST` and the accepted socket's address.
     #[arg(long)]
     announce: bool,
     /// Print one line per connection to stdout when it closes.
@@ -129,13 +159,51 @@ async fn main() -> Result<()> {
     }
     let mut listeners = JoinSet::new();
     for &port in &cli.listen {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-            .await
-            .with_context(|| format!("listening on port {port}"))?;
+        if !cli.dual_stack {
+            let listener = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), true)
+                .with_context(|| format!("listening on port {port}"))?;
+            listeners.spawn(accept_loop(listener, port, cli.clone()));
+        }
+        let v6only = !cli.dual_stack;
+        let listener = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), v6only)
+            .with_context(|| format!("listening on [::]:{port}"))?;
         listeners.spawn(accept_loop(listener, port, cli.clone()));
     }
     // The accept loops never end: this waits until the process is killed.
     while listeners.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// A listener on `addr`; for IPv6 with `IPV6_V6ONLY` set to `v6only` (not left to the sysctl).
+fn listen(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let socket = TcpSocket::new_v6()?;
+            set_v6only(&socket, v6only)?;
+            socket
+        }
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+fn set_v6only(socket: &TcpSocket, v6only: bool) -> io::Result<()> {
+    let value = libc::c_int::from(v6only);
+    // SAFETY: setsockopt reads an int from a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const value).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -156,7 +224,8 @@ async fn accept_loop(listener: TcpListener, port: u16, cli: Arc<Cli>) {
 
 async fn handle(mut client: TcpStream, peer: SocketAddr, port: u16, cli: Arc<Cli>) {
     let _ = client.set_nodelay(true);
-    let orig = original_dst(&client).map_err(errno_name);
+    let orig =
+        original_dst(&client, cli.original_dst_level, cli.original_dst_len).map_err(errno_name);
     let outcome = forward(&mut client, port, &orig, &cli).await;
     if cli.log {
         let orig = match &orig {
@@ -189,6 +258,7 @@ async fn forward(
         let line = SidecarLine {
             port,
             orig: orig.clone(),
+            local: client.local_addr().ok(),
         };
         client.write_all(format!("{line}\n").as_bytes()).await?;
     }
@@ -214,7 +284,10 @@ async fn forward(
 }
 
 async fn connect_upstream(orig: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
+    let socket = match orig {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
     if let Some(source) = source
         && is_local_address(orig.ip())
     {
@@ -228,30 +301,74 @@ fn is_local_address(ip: IpAddr) -> bool {
     UdpSocket::bind((ip, 0)).is_ok()
 }
 
-/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`: the destination before redirection, or the errno.
-fn original_dst(stream: &TcpStream) -> Result<SocketAddr, i32> {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `addr`.
+/// The destination before redirection, or the errno, from the `getsockopt` `level` picks.
+fn original_dst(stream: &TcpStream, level: Level, len: Option<u32>) -> Result<SocketAddr, i32> {
+    let ipv4 = match stream
+        .local_addr()
+        .map_err(|e| e.raw_os_error().unwrap_or(0))?
+    {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(local) => local.ip().to_ipv4_mapped().is_some(),
+    };
+    match (level, ipv4) {
+        (Level::Ip, _) | (Level::Auto, true) => original_dst4(stream, len),
+        (Level::Ipv6, _) | (Level::Auto, false) => original_dst6(stream, len),
+    }
+}
+
+/// `getsockopt(fd, level, name)` into `T`, with the buffer length `len` (at most `T`'s size).
+fn getsockopt_into<T>(
+    stream: &TcpStream,
+    level: libc::c_int,
+    name: libc::c_int,
+    len: Option<u32>,
+) -> Result<T, i32> {
+    let mut value = mem::MaybeUninit::<T>::zeroed();
+    let size = mem::size_of::<T>() as libc::socklen_t;
+    let mut len = len.unwrap_or(size).min(size);
+    // SAFETY: the kernel writes at most `len` bytes, no more than `T` holds.
     let rc = unsafe {
         libc::getsockopt(
             stream.as_raw_fd(),
-            libc::SOL_IP,
-            libc::SO_ORIGINAL_DST,
-            (&raw mut addr).cast(),
+            level,
+            name,
+            value.as_mut_ptr().cast(),
             &mut len,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error().raw_os_error().unwrap_or(0));
     }
+    // SAFETY: zeroed is a valid value of the plain C structs used here.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)`.
+fn original_dst4(stream: &TcpStream, len: Option<u32>) -> Result<SocketAddr, i32> {
+    let addr: libc::sockaddr_in =
+        getsockopt_into(stream, libc::SOL_IP, libc::SO_ORIGINAL_DST, len)?;
     if addr.sin_family != libc::AF_INET as libc::sa_family_t {
         return Err(libc::EAFNOSUPPORT);
     }
     Ok(SocketAddrV4::new(
         Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
         u16::from_be(addr.sin_port),
+    )
+    .into())
+}
+
+/// `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)`.
+fn original_dst6(stream: &TcpStream, len: Option<u32>) -> Result<SocketAddr, i32> {
+    let addr: libc::sockaddr_in6 =
+        getsockopt_into(stream, libc::SOL_IPV6, IP6T_SO_ORIGINAL_DST, len)?;
+    if addr.sin6_family != libc::AF_INET6 as libc::sa_family_t {
+        return Err(libc::EAFNOSUPPORT);
+    }
+    Ok(SocketAddrV6::new(
+        Ipv6Addr::from(addr.sin6_addr.s6_addr),
+        u16::from_be(addr.sin6_port),
+        addr.sin6_flowinfo,
+        addr.sin6_scope_id,
     )
     .into())
 }

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use interceptor_tests::ServerLine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 
 /// A request head larger than this is refused.
@@ -19,7 +20,8 @@ const MAX_HEAD: usize = 64 * 1024;
 #[derive(Debug, Parser)]
 #[command(about = "Test server: banner + echo, or minimal HTTP")]
 struct Cli {
-    /// Address to listen on (repeatable).
+    /// Address to listen on (repeatable). An IPv6 address listens for IPv6 only, so that
+    /// `[::]:P` and `0.0.0.0:P` can both be given.
     #[arg(long = "listen", required = true)]
     listen: Vec<SocketAddr>,
     /// Answer each HTTP request with 200 and the banner line as body (keep-alive honoured).
@@ -35,13 +37,38 @@ async fn main() -> Result<()> {
     let cli = Arc::new(Cli::parse());
     let mut listeners = JoinSet::new();
     for &addr in &cli.listen {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("listening on {addr}"))?;
         listeners.spawn(accept_loop(listener, cli.clone()));
     }
     while listeners.join_next().await.is_some() {}
     Ok(())
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => {
+            let socket = TcpSocket::new_v6()?;
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt reads an int from a live local.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_V6ONLY,
+                    (&raw const on).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            socket
+        }
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 async fn accept_loop(listener: TcpListener, cli: Arc<Cli>) {

@@ -1,0 +1,258 @@
+//! Inbound capture on the real kernel: connections from the server namespace to the pod reach
+//! the sidecar's listener on `-z` (15006) with their destination kept, or the application
+//! directly, as istio-iptables' `ISTIO_INBOUND` rules would send them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::{Context as _, Result};
+use interceptor_tests::{
+    Identity, Intercepted, Place, ProbeOptions, ProbeResult, Process, SEED_FLAGS, Topology, addr,
+    any, instance_dir,
+};
+/// Envoy's inbound passthrough: the sidecar dials the application from 127.0.0.6.
+const SIDECAR_ARGS: [&str; 3] = ["--announce", "--upstream-source", "127.0.0.6"];
+const CAPTURE_PORT: u16 = 15006;
+
+/// Where an inbound connection ended up.
+#[derive(Debug, PartialEq, Eq)]
+enum Inbound {
+    /// Through the sidecar's capture listener, which saw `orig` from SO_ORIGINAL_DST and
+    /// `local` from getsockname, then reached the application from 127.0.0.6.
+    Sidecar { orig: SocketAddr, local: SocketAddr },
+    /// Straight to the application, which accepted on this address.
+    App(SocketAddr),
+    /// Nobody answered.
+    Failed(String),
+}
+
+fn inbound_path(r: &ProbeResult) -> Inbound {
+    if let Some(s) = r.sidecar_line() {
+        let (Ok(orig), Some(local)) = (s.orig.clone(), s.local) else {
+            return Inbound::Failed(format!("sidecar line without addresses: {r:?}"));
+        };
+        if s.port != CAPTURE_PORT {
+            return Inbound::Failed(format!("sidecar listener {}: {r:?}", s.port));
+        }
+        // The sidecar forwarded to the application, as Envoy's passthrough does.
+        return match r.server_line() {
+            Some(app) if app.local == orig && app.peer.ip() == Ipv4Addr::new(127, 0, 0, 6) => {
+                Inbound::Sidecar { orig, local }
+            }
+            other => Inbound::Failed(format!("the application saw {other:?}: {r:?}")),
+        };
+    }
+    match r.server_line() {
+        Some(app) => Inbound::App(app.local),
+        None => Inbound::Failed(r.error.clone().unwrap_or_else(|| format!("{r:?}"))),
+    }
+}
+
+/// A client in the server namespace connects to `to` (an address of the pod).
+fn from_outside(t: &Topology, to: SocketAddr) -> Result<ProbeResult> {
+    t.probe_from(&Place::Server, Identity::APP, to, &ProbeOptions::default())
+}
+
+fn steered(to: SocketAddr) -> Inbound {
+    Inbound::Sidecar {
+        orig: to,
+        local: to,
+    }
+}
+
+fn app(t: &Topology, ports: &[u16]) -> Result<Process> {
+    let listen: Vec<SocketAddr> = ports.iter().map(|&p| any(p)).collect();
+    t.spawn_server(&Place::Pod, Identity::APP, &listen, &[])
+}
+
+fn sidecar(t: &Topology) -> Result<Process> {
+    t.spawn_sidecar(&[CAPTURE_PORT], &SIDECAR_ARGS)
+}
+
+fn counter(p: &Intercepted, name: &str) -> Result<u64> {
+    p.counters()?[name]
+        .as_u64()
+        .with_context(|| format!("counter {name}"))
+}
+
+#[test]
+fn the_seed_inbound_port_reaches_the_sidecar_with_its_destination_then_the_app() -> Result<()> {
+    let p = Intercepted::new("inb-seed", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _app = app(t, &[9080, 8000])?;
+    let _sidecar = sidecar(t)?;
+    let to = addr(t.pod_ip, 9080);
+    let r = from_outside(t, to)?;
+    // getsockname and SO_ORIGINAL_DST both give pod-ip:9080; the application answered once,
+    // from 127.0.0.6 (the sidecar's own connection was not captured again: no loop).
+    assert_eq!(inbound_path(&r), steered(to), "{r:?}");
+    // A port not in -b reaches the application directly, from the client itself.
+    let r = from_outside(t, addr(t.pod_ip, 8000))?;
+    assert_eq!(
+        inbound_path(&r),
+        Inbound::App(addr(t.pod_ip, 8000)),
+        "{r:?}"
+    );
+    assert_eq!(r.server_line().unwrap().peer.ip(), IpAddr::V4(t.server_ip));
+
+    let c = p.counters()?;
+    assert_eq!(c["inbound_listener_registered"], 1, "{c}");
+    assert_eq!(c["inbound_steered"], 1, "{c}");
+    assert_eq!(c["inbound_direct_port"], 1, "{c}");
+    assert_eq!(c["original_dst_hits"], 1, "{c}");
+    assert_eq!(p.status()?["inbound_listeners"], 1);
+    Ok(())
+}
+
+#[test]
+fn wildcard_captures_every_port_but_d_and_never_the_tunnel_port() -> Result<()> {
+    let p = Intercepted::new("inb-wild", &["-b", "*", "-d", "8000,15020"])?;
+    let t = &p.topo;
+    let _app = app(t, &[9080, 7070, 8000, 15008])?;
+    let _sidecar = sidecar(t)?;
+    for (port, want) in [
+        (9080, steered(addr(t.pod_ip, 9080))),
+        (7070, steered(addr(t.pod_ip, 7070))),
+        (8000, Inbound::App(addr(t.pod_ip, 8000))),
+        (15008, Inbound::App(addr(t.pod_ip, 15008))),
+    ] {
+        let r = from_outside(t, addr(t.pod_ip, port))?;
+        assert_eq!(inbound_path(&r), want, "port {port}: {r:?}");
+    }
+    // A connection made to the capture port itself has no other destination to report.
+    let r = from_outside(t, addr(t.pod_ip, CAPTURE_PORT))?;
+    let line = r.sidecar_line().context("the sidecar answered")?;
+    assert_eq!(line.orig, Err("ENOENT".to_owned()), "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn an_excluded_interface_is_not_captured_and_unknown_ones_are_refused() -> Result<()> {
+    let mut topo = Topology::new("inb-iface")?;
+    let eth1 = topo.add_pod_interface()?;
+    let p = Intercepted::bare(topo);
+    for (flags, needle) in [
+        (vec!["-b", "*", "-c", "eth9"], "\"eth9\""),
+        (vec!["-b", "*", "--inbound-fail", "maybe"], "\"maybe\""),
+    ] {
+        let out = p.try_init(&flags);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        assert!(err.contains(needle), "{flags:?}: {err}");
+        assert!(
+            !instance_dir(&p.topo.pod_cgroup).exists(),
+            "{flags:?} left pins"
+        );
+    }
+    p.init(&["-b", "*", "-c", &eth1.name])?;
+    let t = &p.topo;
+    let _app = app(t, &[9080])?;
+    let _sidecar = sidecar(t)?;
+    let via_eth0 = addr(t.pod_ip, 9080);
+    let via_eth1 = addr(eth1.pod_ip, 9080);
+    let r = from_outside(t, via_eth0)?;
+    assert_eq!(inbound_path(&r), steered(via_eth0), "{r:?}");
+    let r = from_outside(t, via_eth1)?;
+    assert_eq!(inbound_path(&r), Inbound::App(via_eth1), "{r:?}");
+    assert_eq!(counter(&p, "inbound_direct_interface")?, 1);
+    Ok(())
+}
+
+#[test]
+fn a_restarted_sidecar_registers_again_and_fail_open_passes_meanwhile() -> Result<()> {
+    let p = Intercepted::new("inb-restart", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _app = app(t, &[9080])?;
+    let to = addr(t.pod_ip, 9080);
+    let mut first = sidecar(t)?;
+    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
+
+    // Its listener closed, the kernel dropped it from the map: connections reach the
+    // application (fail open is the default), and are counted.
+    first.kill();
+    assert_eq!(p.status()?["inbound_listeners"], 0);
+    let r = from_outside(t, to)?;
+    assert_eq!(inbound_path(&r), Inbound::App(to), "{r:?}");
+    assert_eq!(counter(&p, "inbound_no_listener_passed")?, 1);
+
+    let _second = sidecar(t)?;
+    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 2);
+    Ok(())
+}
+
+#[test]
+fn a_listener_open_before_init_is_found() -> Result<()> {
+    let topo = Topology::new("inb-early")?;
+    let _app = app(&topo, &[9080])?;
+    let _sidecar = sidecar(&topo)?;
+    let p = Intercepted::bare(topo);
+    p.init(&SEED_FLAGS)?;
+    let t = &p.topo;
+    let to = addr(t.pod_ip, 9080);
+    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
+    // Found by the scan, not by the kernel (it listened before the programs were there).
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 0);
+    assert_eq!(counter(&p, "original_dst_hits")?, 1);
+    Ok(())
+}
+
+#[test]
+fn fail_closed_refuses_and_only_the_proxy_can_register() -> Result<()> {
+    let mut flags = SEED_FLAGS.to_vec();
+    flags.extend(["--inbound-fail", "closed"]);
+    let p = Intercepted::new("inb-closed", &flags)?;
+    let t = &p.topo;
+    let _app = app(t, &[9080])?;
+    // The application's own listener on the capture port is not the proxy's: never used.
+    let _impostor = app(t, &[CAPTURE_PORT])?;
+    let to = addr(t.pod_ip, 9080);
+    let r = from_outside(t, to)?;
+    assert!(!r.connected, "{r:?}");
+    assert!(
+        r.error.as_deref().is_some_and(|e| e.contains("refused")),
+        "{r:?}"
+    );
+    assert_eq!(counter(&p, "inbound_no_listener_refused")?, 1);
+    assert_eq!(p.status()?["inbound_listeners"], 0);
+    Ok(())
+}
+
+#[test]
+fn connections_over_loopback_are_never_steered() -> Result<()> {
+    let p = Intercepted::new("inb-lo", &["-b", "*"])?;
+    let t = &p.topo;
+    let _app = app(t, &[9080])?;
+    let _sidecar = sidecar(t)?;
+    // From the pod's namespace but outside its cgroup (no connect4 involved), to the pod's own
+    // address: over lo, so sk_lookup leaves it to the application.
+    let outside = t.create_cgroup("outside")?;
+    let to = addr(t.pod_ip, 9080);
+    let r = t.probe_from(
+        &Place::PodNetns { cgroup: outside },
+        Identity::APP,
+        to,
+        &ProbeOptions::default(),
+    )?;
+    assert_eq!(inbound_path(&r), Inbound::App(to), "{r:?}");
+    assert_eq!(counter(&p, "inbound_steered")?, 0);
+    Ok(())
+}
+
+#[test]
+fn reinit_applies_new_ports_and_keeps_the_registered_listener() -> Result<()> {
+    let p = Intercepted::new("inb-reinit", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _app = app(t, &[9080, 8000])?;
+    let _sidecar = sidecar(t)?;
+    let (a, b) = (addr(t.pod_ip, 9080), addr(t.pod_ip, 8000));
+    assert_eq!(inbound_path(&from_outside(t, a)?), steered(a));
+    // Programs swapped in place, maps kept: the listener the kernel registered still serves.
+    p.init(&["-b", "*", "-d", "9080"])?;
+    assert_eq!(inbound_path(&from_outside(t, a)?), Inbound::App(a));
+    assert_eq!(inbound_path(&from_outside(t, b)?), steered(b));
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 1);
+    // And -b "" turns inbound capture off.
+    p.init(&["-b", ""])?;
+    assert_eq!(inbound_path(&from_outside(t, b)?), Inbound::App(b));
+    Ok(())
+}

@@ -1,0 +1,418 @@
+//! Outbound interception over IPv6 on the real kernel, with istio-iptables' ip6tables rules as
+//! the reference: the behaviours of outbound.rs with IPv6 addresses, and IPv4 dialled from a
+//! dual-stack socket (an IPv4-mapped `::ffff:a.b.c.d`), which iptables, not ip6tables, decides.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use anyhow::{Context as _, Result};
+use interceptor_tests::{
+    Identity, Intercepted, Place, ProbeOptions, Route, SEED_FLAGS, Side, Topology, addr, addr6,
+    any, any6, instance_dir, interceptor, route_of,
+};
+
+/// `[::ffff:a.b.c.d]:port`: how a dual-stack socket dials an IPv4 address.
+fn mapped(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    addr6(ip.to_ipv6_mapped(), port)
+}
+
+#[test]
+fn include_all_sends_ipv6_through_the_sidecar_with_its_original_destination() -> Result<()> {
+    let p = Intercepted::new("v6-all", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let target = addr6(t.server_ip6, 8080);
+
+    let r = p.probe(Identity::APP, target)?;
+    // The sidecar read the destination with getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST).
+    assert_eq!(route_of(&r), Route::Sidecar(target), "{r:?}");
+    let upstream = r
+        .server_line()
+        .context("the server answered through the sidecar")?;
+    assert_eq!(upstream.local, target);
+    assert_eq!(upstream.peer.ip(), IpAddr::V6(t.pod_ip6));
+    // getpeername6: the dialled address, not [::1]:15001.
+    assert_eq!(r.peer_name, Some(target));
+
+    let c = p.counters()?;
+    assert_eq!(c["redirected"], 1, "{c}");
+    assert_eq!(c["original_dst_hits"], 1, "{c}");
+    assert_eq!(c["peer_name_restored"], 1, "{c}");
+    Ok(())
+}
+
+#[test]
+fn ipv6_ranges_of_mixed_lists_and_ports_follow_the_decision_table() -> Result<()> {
+    let topo = Topology::new("v6-table")?;
+    let [a, b, c] = [
+        topo.server_extra_ips6[0],
+        topo.server_extra_ips6[1],
+        topo.server_extra_ips6[2],
+    ];
+    // Mixed IPv4/IPv6 lists, as istio-iptables takes them; host bits are ignored (b/96).
+    let include = format!("{}/24,{}/64,{a}/64,{b}/64", topo.server_ip, topo.server_ip6);
+    let exclude = format!("{a}/128,{b}/96,{}/32", topo.server_extra_ips[0]);
+    let p = Intercepted::bare(topo);
+    p.init(&[
+        "-i", &include, "-x", &exclude, "-o", "3306", "-q", "8443", "-u", "1337",
+    ])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(
+        &Place::Server,
+        Identity::APP,
+        &[any6(8080), any6(3306), any6(8443), any(8080)],
+        &[],
+    )?;
+    let _local = t.spawn_server(&Place::Pod, Identity::APP, &[any6(9080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let s = t.server_ip6;
+    let table = [
+        // included /64
+        (addr6(s, 8080), Route::Sidecar(addr6(s, 8080))),
+        // -o wins over everything
+        (addr6(s, 3306), Route::Direct(addr6(s, 3306))),
+        // excluded /128 inside an included /64
+        (addr6(a, 8080), Route::Direct(addr6(a, 8080))),
+        // excluded /96 inside an included /64
+        (addr6(b, 8080), Route::Direct(addr6(b, 8080))),
+        // not included at all
+        (addr6(c, 8080), Route::Direct(addr6(c, 8080))),
+        // -q redirects its port whatever the destination ...
+        (addr6(c, 8443), Route::Sidecar(addr6(c, 8443))),
+        // ... but not past -x
+        (addr6(a, 8443), Route::Direct(addr6(a, 8443))),
+        // ::1 and the pod's own address stay local
+        (
+            addr6(Ipv6Addr::LOCALHOST, 9080),
+            Route::Direct(addr6(Ipv6Addr::LOCALHOST, 9080)),
+        ),
+        (
+            addr6(t.pod_ip6, 9080),
+            Route::Direct(addr6(t.pod_ip6, 9080)),
+        ),
+        // the IPv4 half of the same lists still applies to IPv4
+        (
+            addr(t.server_ip, 8080),
+            Route::Sidecar(addr(t.server_ip, 8080)),
+        ),
+    ];
+    for (to, want) in table {
+        let r = p.probe(Identity::APP, to)?;
+        assert_eq!(route_of(&r), want, "{to}: {r:?}");
+    }
+    let counters = p.counters()?;
+    assert_eq!(counters["direct_excluded_cidr"], 3, "{counters}");
+    assert_eq!(counters["direct_not_included"], 1, "{counters}");
+    Ok(())
+}
+
+#[test]
+fn the_proxy_uid_or_gid_goes_direct_over_ipv6() -> Result<()> {
+    let p = Intercepted::new("v6-owner", &["-u", "1337", "-g", "1337", "-i", "*"])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let target = addr6(t.server_ip6, 8080);
+    for (who, want) in [
+        (Identity::PROXY, Route::Direct(target)),
+        (Identity::new(1337, 1000), Route::Direct(target)),
+        (Identity::new(1000, 1337), Route::Direct(target)),
+        (Identity::new(2000, 2000), Route::Sidecar(target)),
+    ] {
+        let r = p.probe(who, target)?;
+        assert_eq!(route_of(&r), want, "{who:?}: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_proxy_calling_its_own_pod_over_ipv6_goes_to_inbound_capture_except_from_6() -> Result<()> {
+    let topo = Topology::new("v6-self")?;
+    // Envoy binds ::6 for IPv6 inbound passthrough (istio puts it on lo).
+    topo.ip(
+        Side::Pod,
+        &["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"],
+    )?;
+    let p = Intercepted::bare(topo);
+    p.init(&SEED_FLAGS)?;
+    let t = &p.topo;
+    let _app = t.spawn_server(&Place::Pod, Identity::APP, &[any6(9080), any6(15008)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001, 15006], &["--announce"])?;
+    let app = addr6(t.pod_ip6, 9080);
+    // The proxy dials the pod's IPv6 address: captured on [::1]:-z with the original destination.
+    let r = p.probe(Identity::PROXY, app)?;
+    let line = r.sidecar_line().context("captured by the sidecar")?;
+    assert_eq!((line.port, line.orig.clone()), (15006, Ok(app)), "{r:?}");
+    // Bound to ::6 it reaches the application.
+    let opts = ProbeOptions {
+        bind: Some(IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6))),
+        ..Default::default()
+    };
+    let r = t.probe(Identity::PROXY, app, &opts)?;
+    assert_eq!(route_of(&r), Route::Direct(app), "{r:?}");
+    // Neither ::1 nor the tunnel port is captured.
+    for to in [addr6(Ipv6Addr::LOCALHOST, 9080), addr6(t.pod_ip6, 15008)] {
+        let r = p.probe(Identity::PROXY, to)?;
+        assert_eq!(route_of(&r), Route::Direct(to), "{r:?}");
+    }
+    // An application calling its own pod goes direct.
+    let r = p.probe(Identity::APP, app)?;
+    assert_eq!(route_of(&r), Route::Direct(app), "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()> {
+    let topo = Topology::new("v6-mapped")?;
+    let [s, a, b] = [
+        topo.server_ip,
+        topo.server_extra_ips[0],
+        topo.server_extra_ips[1],
+    ];
+    // IPv4 ranges only, plus an IPv6 exclude written as the mapped address: in istio-iptables
+    // it is an ip6tables rule, which never sees these (IPv4) connections.
+    let include = format!("{s}/24,{a}/24");
+    let exclude = format!("{a}/32,{}/128", s.to_ipv6_mapped());
+    let p = Intercepted::bare(topo);
+    p.init(&["-u", "1337", "-i", &include, "-x", &exclude])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080)], &[])?;
+    let _local = t.spawn_server(&Place::Pod, Identity::APP, &[any(9080)], &[])?;
+    let sidecar = t.spawn_sidecar(&[15001, 15006], &["--announce"])?;
+
+    // Redirected to ::ffff:127.0.0.1:15001; the sidecar's IPv4 socket reads the IPv4 address.
+    let r = p.probe(Identity::APP, mapped(s, 8080))?;
+    assert_eq!(route_of(&r), Route::Sidecar(addr(s, 8080)), "{r:?}");
+    assert_eq!(r.server_line().map(|l| l.local), Some(addr(s, 8080)));
+    assert_eq!(
+        r.peer_name,
+        Some(mapped(s, 8080)),
+        "getpeername6 shows the mapped address"
+    );
+    let table = [
+        // -x of the IPv4 list
+        (mapped(a, 8080), Route::Direct(addr(a, 8080))),
+        // not in the IPv4 -i list
+        (mapped(b, 8080), Route::Direct(addr(b, 8080))),
+        // localhost, and the pod's own IPv4 address
+        (
+            mapped(Ipv4Addr::LOCALHOST, 9080),
+            Route::Direct(addr(Ipv4Addr::LOCALHOST, 9080)),
+        ),
+        (mapped(t.pod_ip, 9080), Route::Direct(addr(t.pod_ip, 9080))),
+    ];
+    for (to, want) in table {
+        let r = p.probe(Identity::APP, to)?;
+        assert_eq!(route_of(&r), want, "{to}: {r:?}");
+    }
+    // The proxy calling its own pod's IPv4 address from a dual-stack socket: inbound capture.
+    let r = p.probe(Identity::PROXY, mapped(t.pod_ip, 9080))?;
+    let line = r.sidecar_line().context("captured by the sidecar")?;
+    assert_eq!(
+        (line.port, line.orig.clone()),
+        (15006, Ok(addr(t.pod_ip, 9080))),
+        "{r:?}"
+    );
+    drop(sidecar);
+
+    // A dual-stack proxy listener accepts the connection on an IPv6 socket with mapped
+    // addresses. SOL_IP answers the IPv4 destination, as netfilter does; SOL_IPV6 does not.
+    for (level, want) in [
+        ("auto", Ok(addr(s, 8080))),
+        ("ipv6", Err("ENOENT".to_owned())),
+    ] {
+        let _sidecar = t.spawn_sidecar(
+            &[15001],
+            &["--announce", "--dual-stack", "--original-dst-level", level],
+        )?;
+        let r = p.probe(Identity::APP, mapped(s, 8080))?;
+        let line = r.sidecar_line().context("the sidecar answered")?;
+        assert_eq!(line.orig, want, "{level}: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn original_destination_errors_over_ipv6_match_netfilter() -> Result<()> {
+    let p = Intercepted::new("v6-errno", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
+    let target = addr6(t.server_ip6, 8080);
+    {
+        // Dialling the sidecar itself is not redirected (::1 is local): nothing to report.
+        let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+        let r = p.probe(Identity::APP, addr6(Ipv6Addr::LOCALHOST, 15001))?;
+        let line = r.sidecar_line().context("the sidecar answered")?;
+        assert_eq!(line.orig, Err("ENOENT".to_owned()), "{r:?}");
+        assert_eq!(p.counters()?["original_dst_misses"], 1);
+    }
+    for (args, want) in [
+        // A buffer for a sockaddr_in (16 bytes) is too short for a sockaddr_in6.
+        (["--original-dst-len", "16"], "EINVAL"),
+        // The IPv4 option on an IPv6 connection finds nothing.
+        (["--original-dst-level", "ip"], "ENOENT"),
+    ] {
+        let mut sidecar_args = vec!["--announce"];
+        sidecar_args.extend(args);
+        let _sidecar = t.spawn_sidecar(&[15001], &sidecar_args)?;
+        let r = p.probe(Identity::APP, target)?;
+        let line = r.sidecar_line().context("the sidecar answered")?;
+        assert_eq!(line.orig, Err(want.to_owned()), "{args:?}: {r:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
+    let p = Intercepted::new("v6-upgrade", &["-i", "*"])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
+    let dir = instance_dir(&t.pod_cgroup);
+
+    // What a build without IPv6 support leaves: no connect6 and getpeername6 links.
+    // (Unpinning a link nothing else holds detaches its program.)
+    for link in ["link_redirect_connect6", "link_restore_peer_name6"] {
+        std::fs::remove_file(dir.join(link))?;
+    }
+    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Direct(v6));
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+
+    // Re-running init attaches what is missing, in place: IPv4 was never interrupted and the
+    // counters go on.
+    p.init(&["-i", "*"])?;
+    let r = p.probe(Identity::APP, v6)?;
+    assert_eq!(route_of(&r), Route::Sidecar(v6));
+    assert_eq!(r.peer_name, Some(v6), "getpeername6 is back too");
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(links(&dir)?, 10, "one link per program");
+    assert_eq!(p.counters()?["redirected"], 3);
+    Ok(())
+}
+
+#[test]
+fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()> {
+    let p = Intercepted::new("v6-layout", &["-i", "*"])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
+    let dir = instance_dir(&t.pod_cgroup);
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+
+    // What an older build with a smaller pod configuration leaves: a POD_CONFIG map whose
+    // values the new programs would read past. (The running programs keep their own map.)
+    std::fs::remove_file(dir.join("POD_CONFIG"))?;
+    pin_hash_map(&dir.join("POD_CONFIG"), 8, 4)?;
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+
+    // Re-running init builds a new instance beside the old one, then removes the old one.
+    p.init(&["-i", "*"])?;
+    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Sidecar(v6));
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(links(&dir)?, 10, "one link per program");
+    let mut staging = dir.clone().into_os_string();
+    staging.push("-new");
+    assert!(!std::path::Path::new(&staging).exists());
+    // The new instance counts from 0, and the old programs are gone: had the old connect4
+    // still run first, the new one would have seen 127.0.0.1 and counted a local destination.
+    let c = p.counters()?;
+    assert_eq!(
+        (
+            c["redirected"].as_u64(),
+            c["direct_local_destination"].as_u64()
+        ),
+        (Some(2), Some(0)),
+        "{c}"
+    );
+    Ok(())
+}
+
+fn links(dir: &std::path::Path) -> Result<usize> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
+        .count())
+}
+
+/// Creates a BPF hash map with these key and value sizes and pins it at `path`.
+fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // bpf_attr as bytes, zero-padded beyond what either command reads.
+    let bpf = |cmd: libc::c_long, attr: &[u8; 128]| {
+        // SAFETY: a valid buffer of the size passed.
+        let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len() as u32) };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc as i32)
+        }
+    };
+    let mut attr = [0u8; 128];
+    for (i, v) in [BPF_MAP_TYPE_HASH, key_size, value_size, 1]
+        .iter()
+        .enumerate()
+    {
+        attr[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes()); // type, key, value, entries
+    }
+    let fd = bpf(BPF_MAP_CREATE, &attr).context("creating a map")?;
+    // SAFETY: a fresh fd this function owns from here.
+    let _fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes()); // pathname
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes()); // bpf_fd
+    bpf(BPF_OBJ_PIN, &attr).with_context(|| format!("pinning {}", path.display()))?;
+    Ok(())
+}
+
+#[test]
+fn dry_run_shows_the_ipv6_entries() -> Result<()> {
+    let topo = Topology::new("v6-dry")?;
+    let cg = topo.pod_cgroup.display().to_string();
+    let ns = topo.netns_path(Side::Pod).display().to_string();
+    let out = interceptor(&[
+        "init",
+        "--cgroup",
+        &cg,
+        "--netns",
+        &ns,
+        "--dry-run",
+        "-i",
+        "10.96.0.0/12,fd00:96::1/64",
+        "-x",
+        "fd00:96::5/128",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let maps = &plan["maps"];
+    assert_eq!(
+        maps["cidr6"],
+        serde_json::json!([
+            "rules=1 include fd00:96::/64",
+            "rules=1 exclude fd00:96::5/128"
+        ]),
+        "{plan}"
+    );
+    let local6 = maps["pod_config"]["local_addrs6"]
+        .as_array()
+        .context("local_addrs6")?;
+    assert!(
+        local6.contains(&serde_json::json!(topo.pod_ip6.to_string())),
+        "{plan}"
+    );
+    assert!(!plan["not_enforced"].to_string().contains("IPv6"), "{plan}");
+    assert!(
+        !instance_dir(&topo.pod_cgroup).exists(),
+        "a dry run pins nothing"
+    );
+    Ok(())
+}
