@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// A short run (2 rounds of 1 s per figure) to check the harness: under 3 minutes.
     #[arg(long)]
     quick: bool,
-    /// Measured rounds [default: 5; 2 with --quick].
+    /// Measured rounds [default: 7; 2 with --quick].
     #[arg(long)]
     rounds: Option<u32>,
     /// Seconds per measurement (whole seconds, as wrk takes them) [default: 3; 1 with --quick].
@@ -162,7 +162,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         args.baseline,
         modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(",")
     );
-    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 5 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 7 });
     let duration_s = args.duration.unwrap_or(if args.quick { 1 } else { 3 });
     ensure!((1..=50).contains(&rounds), "--rounds {rounds}: use 1 to 50");
     ensure!(

@@ -595,21 +595,24 @@ fn kernel_cost(o: &mut String, r: &Results) {
     );
     let _ = writeln!(
         o,
-        "| program | calls per connection | ns/call, {} CIDRs | ns/call, {} CIDRs | {}/{} |",
+        "| program | calls per request | ns/call, {} CIDRs | ns/call, {} CIDRs | {}/{} |",
         thousands(lo.into()),
         thousands(hi.into()),
         thousands(hi.into()),
         thousands(lo.into())
     );
     let _ = writeln!(o, "|---|---|---|---|---|");
+    let mut idle = Vec::new();
     for name in r.program_names() {
+        let calls = Summary::of_series(&r.program_runs_per_request(&name, lo));
+        if calls.is_none_or(|c| c.max == 0.0) {
+            idle.push(format!("`{name}`"));
+            continue;
+        }
         let _ = writeln!(
             o,
             "| {name} | {} | {} | {} | {} |",
-            median_only(
-                Summary::of_series(&r.program_runs_per_request(&name, lo)),
-                |x| format!("{x:.2}")
-            ),
+            median_only(calls, |x| format!("{x:.2}")),
             with_range(Summary::of_series(&r.program_ns(&name, lo)), |x| format!(
                 "{x:.0}"
             )),
@@ -620,6 +623,20 @@ fn kernel_cost(o: &mut String, r: &Results) {
                 &r.program_ns(&name, hi),
                 &r.program_ns(&name, lo)
             ))),
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nA request here is one client connection through the sidecar: two connects (the \
+         client's, redirected, and the sidecar's upstream), one accept. The statistics time \
+         every call, and that timing has a cost of its own which the figures include (a call \
+         that returns at once, as most of sockops' do, shows it)."
+    );
+    if !idle.is_empty() {
+        let _ = writeln!(
+            o,
+            "Attached but not called by this load: {}.",
+            idle.join(", ")
         );
     }
     let _ = writeln!(o);
@@ -762,8 +779,9 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
         };
         let _ = writeln!(
             o,
-            "The eBPF decision itself (`{connect4}`, the kernel's own run statistics) costs {} \
-             per connect with {} excluded CIDRs and {} with {}.",
+            "The eBPF decision itself (`{connect4}`, from the kernel's BPF run statistics, \
+             their own timing included) takes {} per connect with {} excluded CIDRs and {} with \
+             {}.",
             at(lo),
             thousands(lo.into()),
             at(hi),
@@ -791,12 +809,13 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
     let _ = writeln!(
         o,
         "Every figure above is in [`{}`]({}), with the full report in [`report.md`]({}). \
-         To reproduce (root; installs nginx, wrk and iperf3 if missing; about 15 minutes, \
-         best on an otherwise idle machine):\n\n```sh\ncargo xtask bench            # or --quick \
-         for a 3-minute check\n```\n",
+         To reproduce (as root; installs nginx, wrk and iperf3 if missing; this run took {:.0} \
+         minutes; best on an otherwise idle machine):\n\n```sh\ncargo xtask bench            \
+         # --quick: a check of the harness in under 3 minutes\n```\n",
         rel.join("results.json").display(),
         rel.join("results.json").display(),
-        rel.join("report.md").display()
+        rel.join("report.md").display(),
+        r.meta.wall_s / 60.0
     );
     o
 }
