@@ -290,11 +290,16 @@ impl<'t> BenchPod<'t> {
     pub fn cpu(&self) -> Result<CpuFigures> {
         let (pod_user_us, pod_system_us) = cpu_stat(&self.topo.pod_cgroup)?;
         let (server_user_us, server_system_us) = cpu_stat(&self.server_cgroup)?;
+        let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let (machine_busy_us, machine_total_us) =
+            parse_proc_stat(&text).context("/proc/stat: no cpu line")?;
         Ok(CpuFigures {
             pod_user_us,
             pod_system_us,
             server_user_us,
             server_system_us,
+            machine_busy_us,
+            machine_total_us,
         })
     }
 
@@ -387,6 +392,26 @@ fn parse_cpu_stat(text: &str) -> Option<(u64, u64)> {
     Some((field("user_usec")?, field("system_usec")?))
 }
 
+/// `(busy, total)` µs of all CPUs from /proc/stat's first line (in USER_HZ ticks).
+fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let ticks: Vec<u64> = text
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = *ticks.get(..8)? else {
+        return None;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let busy = user + nice + system + irq + softirq + steal;
+    let us = |t: u64| t * 1_000_000 / hz;
+    Some((us(busy), us(busy + idle + iowait)))
+}
+
 impl CpuFigures {
     pub fn since(self, before: CpuFigures) -> CpuFigures {
         CpuFigures {
@@ -396,7 +421,22 @@ impl CpuFigures {
             server_system_us: self
                 .server_system_us
                 .saturating_sub(before.server_system_us),
+            machine_busy_us: self.machine_busy_us.saturating_sub(before.machine_busy_us),
+            machine_total_us: self
+                .machine_total_us
+                .saturating_sub(before.machine_total_us),
         }
+    }
+
+    /// The share of the machine's CPU time busy outside the pod and the server, or `None`
+    /// for results without machine figures.
+    pub fn outside_share(&self) -> Option<f64> {
+        if self.machine_total_us == 0 {
+            return None;
+        }
+        let ours =
+            self.pod_user_us + self.pod_system_us + self.server_user_us + self.server_system_us;
+        Some(self.machine_busy_us.saturating_sub(ours) as f64 / self.machine_total_us as f64)
     }
 }
 
@@ -409,5 +449,16 @@ mod tests {
         let text = "usage_usec 1035\nuser_usec 830\nsystem_usec 204\nnr_periods 0\n";
         assert_eq!(parse_cpu_stat(text), Some((830, 204)));
         assert_eq!(parse_cpu_stat("usage_usec 1\n"), None);
+    }
+
+    #[test]
+    fn reads_proc_stat() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        let text = "cpu  100 0 50 800 10 0 30 20 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let (busy, total) = parse_proc_stat(text).unwrap();
+        assert_eq!(busy, 200 * 1_000_000 / hz);
+        assert_eq!(total, 1010 * 1_000_000 / hz);
+        assert_eq!(parse_proc_stat("intr 1 2\n"), None);
     }
 }

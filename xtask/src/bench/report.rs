@@ -683,6 +683,18 @@ fn notes(o: &mut String, r: &Results) {
         "- wrk reported {} socket or status errors in total.",
         thousands(total_errors as f64)
     );
+    if let Some(outside) = Summary::of(r.samples.iter().filter_map(|s| s.cpu.outside_share())) {
+        let _ = writeln!(
+            o,
+            "- CPU time busy outside the benchmark's pod and server during the measurements: \
+             median {:.0}% of the machine (min {:.0}%, max {:.0}%). That is other work \
+             competing with the benchmark, plus the interrupt work of its own traffic, which \
+             no cgroup is charged for; on an idle machine it is that second part alone.",
+            outside.median * 100.0,
+            outside.min * 100.0,
+            outside.max * 100.0
+        );
+    }
     let _ = writeln!(
         o,
         "- A figure is what the whole path (client, sidecar, server) achieves on this \
