@@ -295,8 +295,13 @@ fn measure(results: &mut Results, tools: &Tools, clock: Instant) -> Result<()> {
                     check_interrupted()?;
                     let at_s = clock.elapsed().as_secs_f64();
                     let sample = run_case(pod, case, &settings, tools, round, at_s)?;
+                    let outside = sample
+                        .cpu
+                        .outside_share()
+                        .map(|x| format!("  [other work: {:.0}% CPU]", x * 100.0))
+                        .unwrap_or_default();
                     eprintln!(
-                        "bench: round {round}/{}: {}",
+                        "bench: round {round}/{}: {}{outside}",
                         settings.rounds,
                         describe(&sample)
                     );

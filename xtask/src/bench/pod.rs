@@ -291,15 +291,16 @@ impl<'t> BenchPod<'t> {
         let (pod_user_us, pod_system_us) = cpu_stat(&self.topo.pod_cgroup)?;
         let (server_user_us, server_system_us) = cpu_stat(&self.server_cgroup)?;
         let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        let (machine_busy_us, machine_total_us) =
-            parse_proc_stat(&text).context("/proc/stat: no cpu line")?;
+        let machine = parse_proc_stat(&text).context("/proc/stat: no cpu line")?;
         Ok(CpuFigures {
             pod_user_us,
             pod_system_us,
             server_user_us,
             server_system_us,
-            machine_busy_us,
-            machine_total_us,
+            machine_task_us: machine.task,
+            machine_irq_us: machine.irq,
+            machine_steal_us: machine.steal,
+            machine_total_us: machine.total,
         })
     }
 
@@ -392,8 +393,17 @@ fn parse_cpu_stat(text: &str) -> Option<(u64, u64)> {
     Some((field("user_usec")?, field("system_usec")?))
 }
 
-/// `(busy, total)` µs of all CPUs from /proc/stat's first line (in USER_HZ ticks).
-fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+/// Time of all CPUs from /proc/stat, µs.
+#[derive(Debug, PartialEq, Eq)]
+struct MachineTimes {
+    task: u64,
+    irq: u64,
+    steal: u64,
+    total: u64,
+}
+
+/// Reads /proc/stat's first line (USER_HZ ticks; guest time is inside user already).
+fn parse_proc_stat(text: &str) -> Option<MachineTimes> {
     let ticks: Vec<u64> = text
         .lines()
         .next()?
@@ -401,15 +411,18 @@ fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
         .split_whitespace()
         .map(|t| t.parse().ok())
         .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is inside user already).
     let [user, nice, system, idle, iowait, irq, softirq, steal] = *ticks.get(..8)? else {
         return None;
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let busy = user + nice + system + irq + softirq + steal;
     let us = |t: u64| t * 1_000_000 / hz;
-    Some((us(busy), us(busy + idle + iowait)))
+    Some(MachineTimes {
+        task: us(user + nice + system),
+        irq: us(irq + softirq),
+        steal: us(steal),
+        total: us(user + nice + system + idle + iowait + irq + softirq + steal),
+    })
 }
 
 impl CpuFigures {
@@ -421,22 +434,32 @@ impl CpuFigures {
             server_system_us: self
                 .server_system_us
                 .saturating_sub(before.server_system_us),
-            machine_busy_us: self.machine_busy_us.saturating_sub(before.machine_busy_us),
+            machine_task_us: self.machine_task_us.saturating_sub(before.machine_task_us),
+            machine_irq_us: self.machine_irq_us.saturating_sub(before.machine_irq_us),
+            machine_steal_us: self
+                .machine_steal_us
+                .saturating_sub(before.machine_steal_us),
             machine_total_us: self
                 .machine_total_us
                 .saturating_sub(before.machine_total_us),
         }
     }
 
-    /// The share of the machine's CPU time busy outside the pod and the server, or `None`
-    /// for results without machine figures.
+    /// The share of the machine's CPU time spent in tasks outside the pod and the server
+    /// (other work competing with the benchmark), or `None` without machine figures.
     pub fn outside_share(&self) -> Option<f64> {
-        if self.machine_total_us == 0 {
+        if self.machine_total_us == 0 || self.machine_task_us == 0 {
             return None;
         }
         let ours =
             self.pod_user_us + self.pod_system_us + self.server_user_us + self.server_system_us;
-        Some(self.machine_busy_us.saturating_sub(ours) as f64 / self.machine_total_us as f64)
+        Some(self.machine_task_us.saturating_sub(ours) as f64 / self.machine_total_us as f64)
+    }
+
+    /// The share the hypervisor took (steal), or `None` without machine figures.
+    pub fn steal_share(&self) -> Option<f64> {
+        (self.machine_total_us > 0 && self.machine_task_us > 0)
+            .then(|| self.machine_steal_us as f64 / self.machine_total_us as f64)
     }
 }
 
@@ -456,9 +479,16 @@ mod tests {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
         let text = "cpu  100 0 50 800 10 0 30 20 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
-        let (busy, total) = parse_proc_stat(text).unwrap();
-        assert_eq!(busy, 200 * 1_000_000 / hz);
-        assert_eq!(total, 1010 * 1_000_000 / hz);
+        let us = |t: u64| t * 1_000_000 / hz;
+        assert_eq!(
+            parse_proc_stat(text),
+            Some(MachineTimes {
+                task: us(150),
+                irq: us(30),
+                steal: us(20),
+                total: us(1010),
+            })
+        );
         assert_eq!(parse_proc_stat("intr 1 2\n"), None);
     }
 }

@@ -176,11 +176,16 @@ pub struct CpuFigures {
     /// The server (nginx or iperf3) in its own cgroup.
     pub server_user_us: u64,
     pub server_system_us: u64,
-    /// The whole machine (all CPUs, /proc/stat): busy time (user, nice, system, irq, softirq,
-    /// steal) and all time. What is busy outside the two cgroups is other work competing with
-    /// the benchmark (plus the interrupt work of its own traffic, which no cgroup is charged).
+    /// The whole machine (all CPUs, /proc/stat): time in tasks (user, nice, system), in
+    /// interrupts (irq, softirq: the network stack's receive work mostly, charged to no
+    /// cgroup), stolen by the hypervisor, and all time. Task time outside the two cgroups is
+    /// other work competing with the benchmark.
     #[serde(default)]
-    pub machine_busy_us: u64,
+    pub machine_task_us: u64,
+    #[serde(default)]
+    pub machine_irq_us: u64,
+    #[serde(default)]
+    pub machine_steal_us: u64,
     #[serde(default)]
     pub machine_total_us: u64,
 }
