@@ -20,7 +20,9 @@ use anyhow::{Context as _, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// What `cargo xtask bench` runs besides this workspace's binaries: the HTTP server (nginx),
-/// the load generators (wrk, iperf3).
+/// the load generators (wrk, iperf3). The bench starts its own nginx with its own configuration
+/// in namespaces it creates; Debian's package may also start the default site on the host when
+/// it installs (`systemctl disable --now nginx` stops it; the bench does not need it).
 pub fn ensure_bench_tools() -> anyhow::Result<()> {
     for (command, package) in crate::bench::TOOLS {
         ensure_command(command, package)?;

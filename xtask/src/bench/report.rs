@@ -371,8 +371,8 @@ fn machine_and_method(o: &mut String, r: &Results) {
         .collect();
     let _ = writeln!(
         o,
-        "- Load average (1 min) at the start of each round: {} (anything else running on the \
-         machine competes with the benchmark).",
+        "- Load average (1 min, the benchmark's own processes included) at the start of each \
+         round: {}. The notes below say how much other work ran during the measurements.",
         if loads.is_empty() {
             "–".into()
         } else {
@@ -748,6 +748,42 @@ fn notes(o: &mut String, r: &Results) {
 
 // ---------- README section ----------
 
+/// What the table says, in words, for the modes the run has (every number from `r`).
+fn summary_sentences(o: &mut String, r: &Results, close0: Case, close_max: Case, ka: Case) {
+    let modes = &r.settings.modes;
+    let (ebpf, nft, explicit) = (Mode::Ebpf, Mode::IptablesNft, Mode::Explicit);
+    if !(modes.contains(&ebpf) && modes.contains(&nft) && modes.contains(&explicit)) {
+        return;
+    }
+    let rps = Figure::RequestsPerS;
+    let cpu = Figure::PodCpuPerRequestUs;
+    let x = |s: Option<Summary>| s.map_or("–".to_owned(), |s| format!("{:.2}×", s.median));
+    let max_cidrs = thousands(close_max.cidrs.into());
+    let _ = writeln!(
+        o,
+        "New connections: eBPF makes {} as many per second as iptables-nft and {} as many as \
+         explicit, with {} the pod CPU per connection of iptables-nft. With {} excluded CIDRs \
+         the rate is {} the rate with none for eBPF, {} for iptables-nft, {} for \
+         iptables-legacy. Keep-alive requests (32 connections): eBPF makes {} as many as \
+         iptables-nft and {} as many as explicit{}.\n",
+        x(ratio_to(r, ebpf, nft, close0, rps)),
+        x(ratio_to(r, ebpf, explicit, close0, rps)),
+        x(ratio_to(r, ebpf, nft, close0, cpu)),
+        max_cidrs,
+        x(ratio_cases(r, ebpf, close_max, close0, rps)),
+        x(ratio_cases(r, nft, close_max, close0, rps)),
+        x(ratio_cases(r, Mode::IptablesLegacy, close_max, close0, rps)),
+        x(ratio_to(r, ebpf, nft, ka, rps)),
+        x(ratio_to(r, ebpf, explicit, ka, rps)),
+        if ratio_to(r, ebpf, explicit, ka, rps).is_some_and(|s| s.median >= 0.95) {
+            " (no per-packet cost: it matches the best any interception can do with this \
+             sidecar)"
+        } else {
+            ""
+        },
+    );
+}
+
 fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String {
     let s = &r.settings;
     let m = &r.meta.machine;
@@ -813,6 +849,7 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
         );
     }
     let _ = writeln!(o);
+    summary_sentences(&mut o, r, close0, close_max, ka);
     if let Some(connect4) = connect4_name(r) {
         let (lo, hi) = kernel_cidr_span(r);
         let at = |n| {
@@ -860,6 +897,16 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
         rel.join("report.md").display(),
         r.meta.wall_s / 60.0
     );
+    if let Some(outside) = Summary::of(r.samples.iter().filter_map(|s| s.cpu.outside_share())) {
+        let _ = writeln!(
+            o,
+            "Other work on the machine during this run took a median {:.0}% of its CPU time \
+             (max {:.0}%, per measurement); the min–max ranges in the report show the spread it \
+             left.\n",
+            outside.median * 100.0,
+            outside.max * 100.0
+        );
+    }
     o
 }
 
