@@ -46,10 +46,17 @@ pub enum Counter {
     InboundNoListenerRefused,
     /// The proxy started listening on the capture port and was registered.
     InboundListenerRegistered,
+    /// Direct: the route to the destination goes through a `-c` interface.
+    DirectExcludedInterface,
+    /// Direct: spared by `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
+    DirectOwnerGroup,
+    /// Direct: IPv6, and IPv6 is not captured in this pod (no `--dual-stack`, and the pod's
+    /// first address is IPv4), as istio-iptables would write no ip6tables rules.
+    DirectIpv6Disabled,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 23;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -72,6 +79,9 @@ impl Counter {
         Counter::InboundNoListenerOpen,
         Counter::InboundNoListenerRefused,
         Counter::InboundListenerRegistered,
+        Counter::DirectExcludedInterface,
+        Counter::DirectOwnerGroup,
+        Counter::DirectIpv6Disabled,
     ];
 
     /// The name user space reports (status, metrics).
@@ -97,6 +107,9 @@ impl Counter {
             Counter::InboundNoListenerOpen => "inbound_no_listener_passed",
             Counter::InboundNoListenerRefused => "inbound_no_listener_refused",
             Counter::InboundListenerRegistered => "inbound_listener_registered",
+            Counter::DirectExcludedInterface => "direct_excluded_interface",
+            Counter::DirectOwnerGroup => "direct_owner_group",
+            Counter::DirectIpv6Disabled => "direct_ipv6_disabled",
         }
     }
 

@@ -55,6 +55,10 @@ pub trait RuleSets {
     fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool;
     fn has_cidr4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> bool;
     fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool;
+    /// Whether the pod's route to `addr` (the most specific `CidrSet::Route` entry) goes
+    /// through a `-c` interface.
+    fn route_excluded4(&self, rules: u32, addr: RawIpv4) -> bool;
+    fn route_excluded6(&self, rules: u32, addr: RawIpv6) -> bool;
 }
 
 /// What differs between the iptables and the ip6tables chain.
@@ -68,6 +72,12 @@ pub trait Family {
     const UNSPECIFIED: Self::Addr;
     const HAS_INCLUDE_CIDRS: u32;
     const HAS_EXCLUDE_CIDRS: u32;
+    /// The flag without which this family is not captured at all (0: always captured).
+    const ENABLED_BY: u32;
+    const HAS_EXCLUDED_ROUTES: u32;
+    /// istio's localhost (`-d <localhost>`): `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` / `::1/128`.
+    fn is_localhost(cfg: &PodConfig, addr: Self::Addr) -> bool;
+    fn route_excluded(sets: &impl RuleSets, rules: u32, addr: Self::Addr) -> bool;
     /// Whether a connection to `addr` leaves through lo (istio's `-o lo`).
     fn is_local(cfg: &PodConfig, addr: Self::Addr) -> bool;
     fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: Self::Addr) -> bool;
@@ -87,6 +97,16 @@ impl Family for V4 {
     const UNSPECIFIED: RawIpv4 = UNSPECIFIED4;
     const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS;
     const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS;
+    const ENABLED_BY: u32 = 0;
+    const HAS_EXCLUDED_ROUTES: u32 = flags::HAS_EXCLUDED_ROUTES4;
+    #[inline(always)]
+    fn is_localhost(cfg: &PodConfig, addr: RawIpv4) -> bool {
+        cfg.is_localhost4(addr)
+    }
+    #[inline(always)]
+    fn route_excluded(sets: &impl RuleSets, rules: u32, addr: RawIpv4) -> bool {
+        sets.route_excluded4(rules, addr)
+    }
     #[inline(always)]
     fn is_local(cfg: &PodConfig, addr: RawIpv4) -> bool {
         cfg.is_local4(addr)
@@ -108,6 +128,16 @@ impl Family for V6 {
     const UNSPECIFIED: RawIpv6 = UNSPECIFIED6;
     const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS6;
     const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS6;
+    const ENABLED_BY: u32 = flags::IPV6;
+    const HAS_EXCLUDED_ROUTES: u32 = flags::HAS_EXCLUDED_ROUTES6;
+    #[inline(always)]
+    fn is_localhost(_: &PodConfig, addr: RawIpv6) -> bool {
+        addr == LOCALHOST6
+    }
+    #[inline(always)]
+    fn route_excluded(sets: &impl RuleSets, rules: u32, addr: RawIpv6) -> bool {
+        sets.route_excluded6(rules, addr)
+    }
     #[inline(always)]
     fn is_local(cfg: &PodConfig, addr: RawIpv6) -> bool {
         cfg.is_local6(addr)
@@ -116,11 +146,9 @@ impl Family for V6 {
     fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
         sets.has_cidr6(rules, set, addr)
     }
-    /// IPv6 DNS capture (ip6tables' `ISTIO_OUTPUT_DNS`) is not implemented: IPv6 name servers
-    /// are not recorded and there are no `sendmsg6`/`recvmsg6` programs yet.
     #[inline(always)]
-    fn is_captured_dns_server(_: &PodConfig, _: RawIpv6) -> bool {
-        false
+    fn is_captured_dns_server(cfg: &PodConfig, addr: RawIpv6) -> bool {
+        cfg.is_captured_dns_server6(addr)
     }
 }
 
@@ -144,10 +172,13 @@ enum Owner {
     Gid,
 }
 
-/// Decide an outbound connect or datagram. Rule order is istio-iptables' `ISTIO_OUTPUT` chain,
+/// Decide an outbound connect or datagram. IPv6 is decided only when the pod captures IPv6
+/// (`flags::IPV6`), as ip6tables rules exist only then. Rule order is istio-iptables'
+/// `ISTIO_OUTPUT` chain,
 /// walked literally (first match wins), so that its quirks come out the same (shown for IPv4;
 /// the IPv6 chain has `::1/128` and `::6/128` in their places):
 ///
+/// 0. (nat `OUTPUT`, before the jump to `ISTIO_OUTPUT`) `-o <-c interface> -j RETURN`
 /// 1. `-p tcp|udp --dport <-o port> -j RETURN`
 /// 2. `-o lo -s 127.0.0.6/32 -j RETURN`
 /// 3. per proxy uid U, then per proxy gid G (owner match `X`):
@@ -156,6 +187,8 @@ enum Owner {
 ///    b. `-o lo -m owner ! X -j RETURN` (with DNS capture: `-o lo -p tcp ! --dport 53 ...`;
 ///    left out when an `-i` range holds a loopback address, of either family);
 ///    c. `-m owner X -j RETURN`
+///    d. owner groups: `-m owner --gid-owner <excluded group> -j RETURN`, or
+///    `-m owner ! --gid-owner <g1> ! --gid-owner <g2> ... -j RETURN` for an include list
 /// 4. DNS capture: `-p tcp|udp --dport 53 [-d <name server>] -j REDIRECT --to-ports 15053`
 /// 5. `-d 127.0.0.1/32 -j RETURN`
 /// 6. `-d <-x cidr> -j RETURN`
@@ -175,21 +208,29 @@ pub fn decide_outbound<F: Family>(
     c: &Connect<F::Addr>,
     sets: &impl RuleSets,
 ) -> Verdict {
+    // No ip6tables rules at all (istio-iptables' EnableIPv6 off): IPv6 goes direct.
+    if F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY) {
+        return Verdict::Direct(Counter::DirectIpv6Disabled);
+    }
     let rules = cfg.rules;
     let tcp = c.proto == Proto::Tcp;
     let dns = cfg.has(flags::REDIRECT_DNS);
-    if cfg.has(flags::HAS_OUTBOUND_PORTS_EXCLUDE)
-        && sets.has_port(rules, PortSet::OutboundExclude, c.dst_port)
-    {
-        return Verdict::Direct(Counter::DirectExcludedPort);
-    }
-
     let dst = if c.dst == F::UNSPECIFIED {
         F::LOCALHOST
     } else {
         c.dst
     };
     let over_lo = F::is_local(cfg, dst);
+    // Local destinations leave through lo, never through a `-c` interface.
+    if cfg.has(F::HAS_EXCLUDED_ROUTES) && !over_lo && F::route_excluded(sets, rules, dst) {
+        return Verdict::Direct(Counter::DirectExcludedInterface);
+    }
+    if cfg.has(flags::HAS_OUTBOUND_PORTS_EXCLUDE)
+        && sets.has_port(rules, PortSet::OutboundExclude, c.dst_port)
+    {
+        return Verdict::Direct(Counter::DirectExcludedPort);
+    }
+
     if over_lo && c.src == F::PASSTHROUGH_SRC {
         return Verdict::Direct(Counter::DirectPassthrough);
     }
@@ -200,6 +241,9 @@ pub fn decide_outbound<F: Family>(
     if let Some(v) = owner_rules::<F>(cfg, c, dst, Owner::Gid, over_lo, tcp, dns) {
         return v;
     }
+    if cfg.owner_group_spared(c.gid) {
+        return Verdict::Direct(Counter::DirectOwnerGroup);
+    }
 
     if c.dst_port == DNS_PORT && F::is_captured_dns_server(cfg, dst) {
         return Verdict::Redirect {
@@ -208,7 +252,7 @@ pub fn decide_outbound<F: Family>(
         };
     }
 
-    if dst == F::LOCALHOST {
+    if F::is_localhost(cfg, dst) {
         return Verdict::Direct(Counter::DirectLocal);
     }
     if cfg.has(F::HAS_EXCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Exclude, dst) {
@@ -253,7 +297,7 @@ fn owner_rules<F: Family>(
     // (app -> proxy -> proxy -> app). Under DNS capture the uid rule spares port 53 too.
     let capturable = tcp
         && over_lo
-        && dst != F::LOCALHOST
+        && !F::is_localhost(cfg, dst)
         && c.dst_port != cfg.inbound_tunnel_port
         && !(dns && owner == Owner::Uid && c.dst_port == DNS_PORT);
     // "Everyone else over lo goes direct"; under DNS capture only for TCP other than port 53.
@@ -296,6 +340,8 @@ mod tests {
         ports: HashSet<(u32, u16, u16)>,
         cidrs: Vec<(u32, u32, [u8; 4], u8)>,
         cidrs6: Vec<(u32, u32, [u8; 16], u8)>,
+        /// (rules, network, prefix length, through an excluded interface)
+        routes4: Vec<(u32, [u8; 4], u8, bool)>,
     }
 
     impl RuleSets for Sets {
@@ -315,6 +361,20 @@ mod tests {
                 let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
                 r == rules && s == set as u32 && a & mask == u128::from_be_bytes(net) & mask
             })
+        }
+        fn route_excluded4(&self, rules: u32, addr: RawIpv4) -> bool {
+            let a = u32::from_be_bytes(crate::wire::ipv4_octets(addr));
+            self.routes4
+                .iter()
+                .filter(|&&(r, net, len, _)| {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                    r == rules && a & mask == u32::from_be_bytes(net) & mask
+                })
+                .max_by_key(|&&(_, _, len, _)| len)
+                .is_some_and(|&(_, _, _, excluded)| excluded)
+        }
+        fn route_excluded6(&self, _: u32, _: RawIpv6) -> bool {
+            false
         }
     }
 
@@ -623,6 +683,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn without_ipv6_capture_every_ipv6_connection_goes_direct() {
+        // istio-iptables without --dual-stack in a pod whose first address is IPv4: no
+        // ip6tables rules, so nothing IPv6 is captured, not even DNS or the proxy's own pod.
+        let mut cfg = pod6(flags::INCLUDE_ALL | flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS);
+        cfg.flags &= !flags::IPV6;
+        let sets = Sets::default();
+        let off = Verdict::Direct(Counter::DirectIpv6Disabled);
+        for c in [
+            conn6(v6("fd00:200:1::1"), 80, APP, APP),
+            conn6(v6("fd00:200::2"), 9080, PROXY, PROXY),
+            udp6(v6("fd00:200:1::1"), 53, APP, APP),
+        ] {
+            assert_eq!(decide_outbound6(&cfg, &c, &sets), off, "{c:?}");
+        }
+        // IPv4 (also what a dual-stack socket dials as ::ffff:a.b.c.d) is decided as ever.
+        assert_eq!(
+            decide_outbound4(&cfg, &conn([10, 2, 0, 1], 80, APP, APP), &sets),
+            OUT
+        );
+    }
+
     fn v6(s: &str) -> RawIpv6 {
         raw_ipv6(s.parse::<std::net::Ipv6Addr>().unwrap().octets())
     }
@@ -631,9 +713,9 @@ mod tests {
         s.parse::<std::net::Ipv6Addr>().unwrap().octets()
     }
 
-    /// `pod()` with IPv6 addresses: fd00:200::2 and a link-local one.
+    /// `pod()` with IPv6 addresses (fd00:200::2 and a link-local one), IPv6 captured.
     fn pod6(flags_: u32) -> PodConfig {
-        let mut cfg = pod(flags_);
+        let mut cfg = pod(flags_ | flags::IPV6);
         cfg.local6[0] = v6("fd00:200::2");
         cfg.local6[1] = v6("fe80::2");
         cfg.n_local6 = 2;
@@ -779,16 +861,163 @@ mod tests {
         );
     }
 
+    fn dns6_pod(extra: u32, servers: &[&str]) -> PodConfig {
+        let mut cfg = pod6(flags::REDIRECT_DNS | extra);
+        for (i, s) in servers.iter().enumerate() {
+            cfg.dns6[i] = v6(s);
+        }
+        cfg.n_dns6 = servers.len() as u8;
+        cfg
+    }
+
+    fn udp6(dst: RawIpv6, port: u16, uid: u32, gid: u32) -> Connect6 {
+        Connect6 {
+            proto: Proto::Udp,
+            ..conn6(dst, port, uid, gid)
+        }
+    }
+
     #[test]
-    fn ipv6_dns_is_not_captured_yet_but_the_owner_rules_keep_their_dns_form() {
-        let cfg = pod6(flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS | flags::INCLUDE_ALL);
+    fn ipv6_dns_to_the_name_servers_is_captured_as_ip6tables_does() {
+        let cfg = dns6_pod(
+            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS6,
+            &["fd00:96::10"],
+        );
+        let mut sets = Sets::default();
+        // -x naming the name server does not stop DNS capture: the DNS rules come first.
+        sets.cidrs6
+            .push((1, CidrSet::Exclude as u32, prefix6("fd00:96::"), 64));
+        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
+        use Counter::*;
+        let ns = v6("fd00:96::10");
+        let other = v6("fd00:97::10");
+        let cases = [
+            (udp6(ns, 53, APP, APP), DNS),
+            (conn6(ns, 53, APP, APP), DNS),
+            (udp6(ns, 53, PROXY, PROXY), Verdict::Direct(DirectProxy)),
+            (conn6(ns, 53, APP, PROXY), Verdict::Direct(DirectProxy)),
+            // Not a name server: UDP goes direct, TCP follows the other rules (-i '*').
+            (
+                udp6(other, 53, APP, APP),
+                Verdict::Direct(DirectNotIncluded),
+            ),
+            (conn6(other, 53, APP, APP), OUT),
+            (
+                udp6(ns, 5353, APP, APP),
+                Verdict::Direct(DirectExcludedCidr),
+            ),
+            // The proxy's TCP to its own pod on 53: spared by the uid rule under DNS capture.
+            (
+                conn6(v6("fd00:200::2"), 53, PROXY, PROXY),
+                Verdict::Direct(DirectProxy),
+            ),
+            (conn6(v6("fd00:200::2"), 53, APP, PROXY), IN),
+        ];
+        for (c, want) in cases {
+            assert_eq!(d(c), want, "{c:?}");
+        }
+        // An IPv4 name server says nothing about IPv6 (and an IPv6 one nothing about IPv4).
+        let mut v4_only = cfg;
+        v4_only.n_dns6 = 0;
+        v4_only.dns4[0] = raw_ipv4([10, 96, 0, 10]);
+        v4_only.n_dns4 = 1;
+        assert_eq!(
+            decide_outbound6(&v4_only, &udp6(ns, 53, APP, APP), &sets),
+            Verdict::Direct(DirectExcludedCidr)
+        );
+        assert_eq!(
+            decide_outbound4(&cfg, &udp([10, 96, 0, 10], 53, APP, APP), &sets),
+            Verdict::Direct(DirectNotIncluded)
+        );
+    }
+
+    #[test]
+    fn ipv6_capture_all_dns_takes_every_server_and_localhost() {
+        let cfg = dns6_pod(flags::CAPTURE_ALL_DNS, &[]);
         let sets = Sets::default();
         let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
-        // TCP to port 53 follows the other rules (-i '*').
-        assert_eq!(d(conn6(v6("fd00:96::10"), 53, APP, APP)), OUT);
-        // The proxy's own pod on 53: the uid rule spares port 53 under DNS capture.
+        assert_eq!(d(udp6(v6("fd00:97::10"), 53, APP, APP)), DNS);
+        assert_eq!(d(udp6(LOCALHOST6, 53, APP, APP)), DNS);
+        assert_eq!(d(conn6(v6("2001:db8::53"), 53, APP, APP)), DNS);
+        // TCP/53 over lo by the application: the "others over lo" rule spares port 53.
+        assert_eq!(d(conn6(v6("fd00:200::2"), 53, APP, APP)), DNS);
         assert_eq!(
-            d(conn6(v6("fd00:200::2"), 53, PROXY, PROXY)),
+            d(udp6(v6("fd00:97::10"), 53, PROXY, PROXY)),
+            Verdict::Direct(Counter::DirectProxy)
+        );
+    }
+
+    #[test]
+    fn exclude_interfaces_follow_the_route_a_connection_takes() {
+        let cfg = pod(flags::INCLUDE_ALL | flags::HAS_EXCLUDED_ROUTES4);
+        let mut sets = Sets::default();
+        // Default route and 10.1.0.0/24 via eth0; 10.9.0.0/16 via eth1 (excluded), except a
+        // more specific 10.9.9.0/24 via eth0.
+        sets.routes4.push((1, [0, 0, 0, 0], 0, false));
+        sets.routes4.push((1, [10, 1, 0, 0], 24, false));
+        sets.routes4.push((1, [10, 9, 0, 0], 16, true));
+        sets.routes4.push((1, [10, 9, 9, 0], 24, false));
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        assert_eq!(
+            d(conn([10, 9, 1, 1], 80, APP, APP)),
+            Verdict::Direct(Counter::DirectExcludedInterface)
+        );
+        // Before everything else, the proxy's own rules included.
+        assert_eq!(
+            d(conn([10, 9, 1, 1], 80, PROXY, PROXY)),
+            Verdict::Direct(Counter::DirectExcludedInterface)
+        );
+        assert_eq!(d(conn([10, 9, 9, 1], 80, APP, APP)), OUT);
+        assert_eq!(d(conn([192, 0, 2, 1], 80, APP, APP)), OUT);
+        // The pod's own address is reached through lo, whatever its /24's route says.
+        assert_eq!(d(conn(POD_IP, 9080, PROXY, PROXY)), IN);
+    }
+
+    #[test]
+    fn owner_groups_spare_groups_after_the_proxy_rules() {
+        let mut cfg = pod(flags::INCLUDE_ALL | flags::OWNER_GROUPS_EXCEPT);
+        cfg.owner_groups[0] = 3000;
+        cfg.n_owner_groups = 1;
+        let sets = Sets::default();
+        let d = |cfg: &PodConfig, c: Connect4| decide_outbound4(cfg, &c, &sets);
+        assert_eq!(
+            d(&cfg, conn([10, 2, 0, 1], 80, 2000, 3000)),
+            Verdict::Direct(Counter::DirectOwnerGroup)
+        );
+        assert_eq!(d(&cfg, conn([10, 2, 0, 1], 80, 2000, 2000)), OUT);
+        // Only these groups are captured.
+        cfg.flags = flags::INCLUDE_ALL | flags::OWNER_GROUPS_ONLY;
+        assert_eq!(d(&cfg, conn([10, 2, 0, 1], 80, 2000, 3000)), OUT);
+        assert_eq!(
+            d(&cfg, conn([10, 2, 0, 1], 80, 2000, 2000)),
+            Verdict::Direct(Counter::DirectOwnerGroup)
+        );
+        // An empty include list captures nobody; the proxy rules still come first.
+        cfg.n_owner_groups = 0;
+        assert_eq!(
+            d(&cfg, conn([10, 2, 0, 1], 80, APP, APP)),
+            Verdict::Direct(Counter::DirectOwnerGroup)
+        );
+        assert_eq!(d(&cfg, conn(POD_IP, 9080, PROXY, PROXY)), IN);
+    }
+
+    #[test]
+    fn a_wider_ipv4_loopback_cidr_moves_the_localhost_rules() {
+        // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8 (istio writes `-d 127.0.0.1/8`).
+        let mut cfg = pod(flags::HAS_INCLUDE_CIDRS | flags::LOOPBACK_INCLUDED);
+        cfg.loopback4_net = raw_ipv4([127, 0, 0, 0]);
+        cfg.loopback4_mask = raw_ipv4([255, 0, 0, 0]);
+        let mut sets = Sets::default();
+        sets.cidrs
+            .push((1, CidrSet::Include as u32, [127, 0, 0, 0], 8));
+        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
+        assert_eq!(
+            d(conn([127, 0, 0, 5], 80, APP, APP)),
+            Verdict::Direct(Counter::DirectLocal)
+        );
+        // The proxy calling 127.0.0.5 is no longer inbound-captured either.
+        assert_eq!(
+            d(conn([127, 0, 0, 5], 80, PROXY, PROXY)),
             Verdict::Direct(Counter::DirectProxy)
         );
     }

@@ -17,9 +17,14 @@ pub mod map_names {
     pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
     /// Socket storage (cloned to accepted sockets): marks the proxy's capture listener.
     pub const CAPTURE_SOCKETS: &str = "CAPTURE_SOCKETS";
+    /// Node mode: network-namespace cookie -> the daemon's JSON record of the pod (its name,
+    /// container, options). Never read by the programs; it lets a restarted daemon re-adopt pods.
+    pub const POD_RECORDS: &str = "POD_RECORDS";
     pub const CIDR6: &str = "CIDR6";
     pub const ORIG_DST6_BY_COOKIE: &str = "ORIG_DST6_BY_COOKIE";
     pub const ORIG_DST6_BY_TUPLE: &str = "ORIG_DST6_BY_TUPLE";
+    /// Socket storage: a redirected IPv6 UDP socket's original destination (DNS capture).
+    pub const UDP_ORIG_DST6: &str = "UDP_ORIG_DST6";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -33,24 +38,32 @@ pub mod program_names {
     pub const GETPEERNAME6: &str = "restore_peer_name6";
     /// DNS replies on a redirected UDP socket appear to come from the server it asked.
     pub const RECVMSG4: &str = "restore_dns_reply_source4";
+    pub const RECVMSG6: &str = "restore_dns_reply_source6";
     /// Unconnected UDP `sendto()` (DNS capture).
     pub const SENDMSG4: &str = "redirect_sendmsg4";
+    pub const SENDMSG6: &str = "redirect_sendmsg6";
     pub const CONNECT4: &str = "redirect_connect4";
     pub const CONNECT6: &str = "redirect_connect6";
     /// `cgroup/post_bind4`: marks the proxy's socket bound to the capture port.
     pub const POST_BIND4: &str = "mark_capture_listener4";
+    /// `cgroup/post_bind6`: the same for IPv6 (and dual-stack `[::]`) sockets.
+    pub const POST_BIND6: &str = "mark_capture_listener6";
     /// `sk_lookup`, attached to the pod's network namespace (not its cgroup).
     pub const SK_LOOKUP: &str = "steer_inbound";
-    /// Inbound steering comes after everything that registers and serves the listener.
-    pub const ALL: [&str; 10] = [
+    /// Inbound steering comes after everything that registers and serves the listener; the
+    /// programs that redirect (sendmsg, connect) after everything that serves a redirect.
+    pub const ALL: [&str; 13] = [
         SOCKOPS,
         GETSOCKOPT,
         GETPEERNAME4,
         GETPEERNAME6,
         RECVMSG4,
-        SENDMSG4,
+        RECVMSG6,
         POST_BIND4,
+        POST_BIND6,
         SK_LOOKUP,
+        SENDMSG4,
+        SENDMSG6,
         CONNECT4,
         CONNECT6,
     ];
@@ -65,6 +78,8 @@ pub const POD_NETNS_COOKIE_GLOBAL: &str = "POD_NETNS_COOKIE";
 pub const MAX_PROXY_IDS: usize = 8;
 /// Most IPv4 addresses of a pod's own interfaces the programs treat as local.
 pub const MAX_LOCAL_ADDRS4: usize = 8;
+/// Most groups `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]` may name for the eBPF backend.
+pub const MAX_OWNER_GROUPS: usize = 8;
 /// Most IPv4 name servers (the pod's resolv.conf) whose DNS traffic is captured. glibc uses
 /// the first three; istio-iptables writes rules for all of them.
 pub const MAX_DNS_SERVERS4: usize = 8;
@@ -78,6 +93,8 @@ pub const MAX_EXCLUDE_IFACES: usize = 8;
 pub const LOOPBACK_IFINDEX: u32 = 1;
 /// Most IPv6 addresses (link-local ones included) of a pod's own interfaces.
 pub const MAX_LOCAL_ADDRS6: usize = 8;
+/// Most IPv6 name servers whose DNS traffic is captured.
+pub const MAX_DNS_SERVERS6: usize = 8;
 
 /// `PodConfig::flags` bits.
 pub mod flags {
@@ -95,7 +112,8 @@ pub mod flags {
     /// "the application calling its own pod over lo goes direct" rules.
     pub const LOOPBACK_INCLUDED: u32 = 1 << 5;
     /// `--redirect-dns` (with name servers to capture, or `--capture-all-dns`): UDP and TCP to
-    /// port 53 go to 127.0.0.1:15053, and the proxy rules over lo spare port 53.
+    /// port 53 go to 127.0.0.1:15053 (`[::1]:15053` for IPv6), and the proxy rules over lo
+    /// spare port 53.
     pub const REDIRECT_DNS: u32 = 1 << 6;
     /// `--capture-all-dns`: port 53 to any address, not only to the pod's name servers.
     pub const CAPTURE_ALL_DNS: u32 = 1 << 7;
@@ -103,6 +121,20 @@ pub mod flags {
     pub const HAS_INCLUDE_CIDRS6: u32 = 1 << 8;
     /// `-x` names IPv6 CIDRs (looked up in `CIDR6` under `CidrSet::Exclude`).
     pub const HAS_EXCLUDE_CIDRS6: u32 = 1 << 9;
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS` names groups: only processes of these (primary) groups are
+    /// captured (`owner_groups`).
+    pub const OWNER_GROUPS_ONLY: u32 = 1 << 10;
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE` names groups (with the include list `*`): processes
+    /// of these groups are not captured.
+    pub const OWNER_GROUPS_EXCEPT: u32 = 1 << 11;
+    /// `-c` and an IPv4 route through one of its interfaces: `CidrSet::Route` entries in `CIDR4`.
+    pub const HAS_EXCLUDED_ROUTES4: u32 = 1 << 12;
+    /// The same for IPv6 routes, in `CIDR6`.
+    pub const HAS_EXCLUDED_ROUTES6: u32 = 1 << 13;
+    /// IPv6 is captured (istio-iptables' `EnableIPv6`: the pod's first address is IPv6, or
+    /// `--dual-stack` and it has one). Without it IPv6 is left alone, as istio-iptables then
+    /// writes no ip6tables rules; IPv4-mapped connections are IPv4 and decided anyway.
+    pub const IPV6: u32 = 1 << 14;
 
     // Inbound (bits from 16 up).
     /// `-b` is not empty: connections arriving on the pod's interfaces may be steered.
@@ -150,7 +182,18 @@ pub struct PodConfig {
     /// The pod's own IPv6 addresses (besides ::1, which is always local).
     pub local6: [RawIpv6; MAX_LOCAL_ADDRS6],
     pub n_local6: u8,
-    pub _pad6: [u8; 3],
+    pub n_dns6: u8,
+    pub _pad6: [u8; 2],
+    /// `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]` (see `flags::OWNER_GROUPS_*`).
+    pub owner_groups: [u32; MAX_OWNER_GROUPS],
+    /// `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` (default 127.0.0.1/32): the IPv4 "localhost" of
+    /// istio's `-d`/`! -d` rules, as network and mask (network-order bytes).
+    pub loopback4_net: RawIpv4,
+    pub loopback4_mask: RawIpv4,
+    pub n_owner_groups: u8,
+    pub _pad7: [u8; 3],
+    /// The pod's IPv6 name servers (DNS capture without `--capture-all-dns`).
+    pub dns6: [RawIpv6; MAX_DNS_SERVERS6],
 }
 
 impl PodConfig {
@@ -176,8 +219,30 @@ impl PodConfig {
             _pad2: [0; 3],
             local6: [[0; 4]; MAX_LOCAL_ADDRS6],
             n_local6: 0,
-            _pad6: [0; 3],
+            n_dns6: 0,
+            _pad6: [0; 2],
+            owner_groups: [0; MAX_OWNER_GROUPS],
+            loopback4_net: crate::wire::LOCALHOST4,
+            loopback4_mask: u32::MAX,
+            n_owner_groups: 0,
+            _pad7: [0; 3],
+            dns6: [[0; 4]; MAX_DNS_SERVERS6],
         }
+    }
+
+    /// Whether `addr` is in the IPv4 "localhost" range (`ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR`).
+    #[inline(always)]
+    pub const fn is_localhost4(&self, addr: RawIpv4) -> bool {
+        addr & self.loopback4_mask == self.loopback4_net
+    }
+
+    /// istio-iptables' owner-groups rule: whether a process of primary group `gid` is spared
+    /// (goes direct) by `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
+    #[inline(always)]
+    pub fn owner_group_spared(&self, gid: u32) -> bool {
+        let listed = contains(&self.owner_groups, self.n_owner_groups, gid);
+        (self.has(flags::OWNER_GROUPS_ONLY) && !listed)
+            || (self.has(flags::OWNER_GROUPS_EXCEPT) && listed)
     }
 
     #[inline(always)]
@@ -218,18 +283,28 @@ impl PodConfig {
     /// Whether a connection to the IPv6 `addr` leaves through the loopback device.
     #[inline(always)]
     pub fn is_local6(&self, addr: RawIpv6) -> bool {
-        if addr == crate::wire::LOCALHOST6 {
+        addr == crate::wire::LOCALHOST6 || contains6(&self.local6, self.n_local6, addr)
+    }
+
+    /// Whether DNS traffic to the IPv6 `addr` is captured (ip6tables' `ISTIO_OUTPUT_DNS`).
+    #[inline(always)]
+    pub fn is_captured_dns_server6(&self, addr: RawIpv6) -> bool {
+        self.has(flags::REDIRECT_DNS)
+            && (self.has(flags::CAPTURE_ALL_DNS) || contains6(&self.dns6, self.n_dns6, addr))
+    }
+}
+
+/// `contains` for IPv6 addresses.
+#[inline(always)]
+fn contains6(values: &[RawIpv6; 8], n: u8, wanted: RawIpv6) -> bool {
+    let mut i = 0;
+    while i < values.len() {
+        if i < n as usize && values[i] == wanted {
             return true;
         }
-        let mut i = 0;
-        while i < MAX_LOCAL_ADDRS6 {
-            if i < self.n_local6 as usize && self.local6[i] == addr {
-                return true;
-            }
-            i += 1;
-        }
-        false
+        i += 1;
     }
+    false
 }
 
 /// Bounded scan (at most 8 steps, unrolled by the compiler) of the first `n` values.
@@ -277,6 +352,10 @@ pub enum CidrSet {
     Include = 1,
     /// `-x`
     Exclude = 2,
+    /// The pod's routes (its main table at `init`), for `-c`: the trie's longest match is the
+    /// route a connection takes, and its value says whether that route's interface is in `-c`
+    /// (1) or not (0).
+    Route = 3,
 }
 
 /// Data of an LPM-trie key of `CIDR4`. The trie's prefix length counts the `rules` and `set`
@@ -389,6 +468,18 @@ pub struct InstanceMeta {
     pub json: [u8; INSTANCE_META_SIZE],
 }
 
+/// Size of a `POD_RECORDS` value's JSON room.
+pub const POD_RECORD_SIZE: usize = 4092;
+
+/// Value of `POD_RECORDS`: the daemon's JSON description of one registered pod.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PodRecordBlob {
+    /// Bytes of JSON in `json`.
+    pub len: u32,
+    pub json: [u8; POD_RECORD_SIZE],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -401,6 +492,7 @@ mod pod {
     unsafe impl aya::Pod for InstanceMeta {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for CaptureMark {}
+    unsafe impl aya::Pod for PodRecordBlob {}
     unsafe impl aya::Pod for Cidr6Key {}
     unsafe impl aya::Pod for OrigDst6 {}
     unsafe impl aya::Pod for SockTuple6 {}
@@ -415,7 +507,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(
             size_of::<PodConfig>(),
-            4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4 + 4 * 8 + 4 + 16 * 8 + 1 + 3
+            4 * 3 + 2 * 3 + 4 + 2 + 4 * 8 * 4 + 4 * 8 + 4 + 16 * 8 + 4 + 4 * 8 + 4 * 2 + 4 + 16 * 8
         );
         assert_eq!(size_of::<ListenerKey>(), 16);
         assert_eq!(size_of::<CaptureMark>(), 8);
@@ -427,6 +519,7 @@ mod tests {
         assert_eq!(size_of::<OrigDst4>(), 8);
         assert_eq!(size_of::<SockTuple4>(), 24);
         assert_eq!(size_of::<InstanceMeta>(), 4 + INSTANCE_META_SIZE);
+        assert_eq!(size_of::<PodRecordBlob>(), 4096);
     }
 
     #[test]
@@ -462,5 +555,15 @@ mod tests {
         assert!(cfg.is_local6(crate::wire::LOCALHOST6));
         assert!(!cfg.is_local6(other6), "entries past n_local6 are ignored");
         assert!(!cfg.is_local6(crate::wire::UNSPECIFIED6));
+
+        cfg.dns6[0] = other6;
+        cfg.dns6[1] = pod6;
+        cfg.n_dns6 = 1;
+        assert!(!cfg.is_captured_dns_server6(other6), "DNS capture is off");
+        cfg.flags = flags::REDIRECT_DNS;
+        assert!(cfg.is_captured_dns_server6(other6));
+        assert!(!cfg.is_captured_dns_server6(pod6), "entries past n_dns6");
+        cfg.flags |= flags::CAPTURE_ALL_DNS;
+        assert!(cfg.is_captured_dns_server6(pod6));
     }
 }

@@ -29,6 +29,108 @@ pub enum Command {
     Clean(CleanArgs),
     /// Show every instance on the node: where it is attached, its configuration, counters.
     Status(StatusArgs),
+    /// Node agent: attach once at a parent cgroup (e.g. kubepods) and intercept the pods
+    /// registered over its socket (`interceptor pod`, `interceptor-cni`). eBPF only.
+    Daemon(DaemonArgs),
+    /// Register, remove and list pods with the node daemon.
+    Pod(PodArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The parent cgroup of the pods (cgroup v2), e.g. /sys/fs/cgroup/kubepods.slice.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: PathBuf,
+    /// The API socket (root-only).
+    #[arg(long, value_name = "PATH", default_value = crate::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Where bpffs is mounted (mounted there if it is not).
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:15090). Off
+    /// unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Have the kernel count each program's run time while the daemon runs (for /metrics;
+    /// costs a few ns per run).
+    #[arg(long)]
+    pub bpf_stats: bool,
+    /// Pods the maps hold (fixed when the node instance is first created).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_pods: u32,
+    /// Entries of each connection-tracking map, shared by every pod.
+    #[arg(long, value_name = "N", default_value_t = 262144)]
+    pub max_connections: u32,
+    /// Kernel-side debug messages (aya-log) the programs emit.
+    #[arg(long, value_enum, default_value = "off")]
+    pub kernel_log_level: KernelLogLevel,
+}
+
+#[derive(Debug, Args)]
+pub struct PodArgs {
+    /// The daemon's API socket.
+    #[arg(long, value_name = "PATH", default_value = crate::api::DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: PodCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Register a pod (or replace its options) with `init`'s options.
+    Add(Box<PodAddArgs>),
+    /// Remove pods: their connections go direct again. Succeeds when none matches.
+    Remove(PodRemoveArgs),
+    /// Every registered pod with its counters.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PodAddArgs {
+    /// The pod's network namespace.
+    #[arg(long, value_name = "PATH")]
+    pub netns: PathBuf,
+    /// The pod's name.
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// The pod's Kubernetes namespace.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// The runtime's id of the pod sandbox (what CNI calls CNI_CONTAINERID).
+    #[arg(long, default_value = "")]
+    pub container_id: String,
+    /// The pod's resolv.conf (for --redirect-dns without --capture-all-dns).
+    #[arg(long, value_name = "PATH")]
+    pub resolv_conf: Option<PathBuf>,
+    /// Only `ebpf`: the daemon attaches eBPF programs (use `init --backend iptables` per pod).
+    #[arg(long, value_enum, default_value = "ebpf")]
+    pub backend: Backend,
+    #[command(flatten)]
+    pub istio: IstioFlags,
+    /// Inbound connections to capture while the proxy has no listener: `open` or `closed`.
+    #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
+    pub inbound_fail: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = true)]
+pub struct PodRemoveArgs {
+    /// The pod's network namespace.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// The runtime's id of the pod sandbox.
+    #[arg(long)]
+    pub container_id: Option<String>,
+    /// NAMESPACE/NAME.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Args)]

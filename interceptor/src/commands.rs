@@ -2,19 +2,26 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
 
 use crate::{
+    api::{self, Request, Response},
     cgroup::{self, Cgroup},
-    cli::{Backend, CleanArgs, InitArgs, StatusArgs, TargetArgs},
+    cli::{
+        Backend, CleanArgs, DaemonArgs, InitArgs, PodAddArgs, PodArgs, PodCommand, StatusArgs,
+        TargetArgs,
+    },
     config::{IdResolver, InterceptConfig, defaults},
-    dns::{self, DnsCapture},
+    dns::DnsCapture,
+    error::{ConfigError, RemoteError},
     iptables,
     loader::{self, InstanceRecord, LoadOptions},
     netns::{Netns, NetnsInfo},
+    node::{AddPod, PodSelector},
+    resolv_conf,
     rules::MapPlan,
     sys,
 };
@@ -68,15 +75,13 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
 }
 
 fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
+    cfg.check_ebpf_support()?;
     let dry_run = args.istio.dry_run;
     if !dry_run {
         require_root()?;
     }
     let cgroup = resolve_cgroup(&args.target)?;
     let netns = Netns::open(&netns_path(&args.target))?;
-    for note in cfg.not_enforced() {
-        tracing::warn!("{note}");
-    }
     let info = netns.inspect()?;
     let dns = dns_capture(&cfg, &args.resolv_conf)?;
     // Everything that depends on the namespace (e.g. -c names) is checked before loading.
@@ -86,6 +91,7 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
     }
 
     let record = InstanceRecord {
+        mode: loader::InstanceMode::Pod,
         version: env!("CARGO_PKG_VERSION").to_string(),
         cgroup: cgroup.path.display().to_string(),
         cgroup_id: cgroup.id,
@@ -99,6 +105,10 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
         config: serde_json::to_value(&cfg)?,
         dns_capture: serde_json::to_value(&dns)?,
     };
+    if info.ipv6_enabled(cfg.dual_stack) {
+        // As istio-iptables: Envoy's IPv6 inbound passthrough binds ::6.
+        crate::iptables::command::add_inbound_passthrough_v6(&netns)?;
+    }
     let opts = LoadOptions {
         bpffs_root: args.target.bpffs.clone(),
         max_connections: args.max_connections.max(1),
@@ -128,7 +138,7 @@ fn init_ebpf(args: &InitArgs, cfg: InterceptConfig) -> anyhow::Result<()> {
 /// What `--redirect-dns` captures for this pod, from its resolv.conf.
 fn dns_capture(cfg: &InterceptConfig, resolv_conf: &Path) -> anyhow::Result<DnsCapture> {
     let servers = if cfg.redirect_dns && !cfg.capture_all_dns {
-        dns::nameservers(resolv_conf)?
+        resolv_conf::nameservers(resolv_conf)?
     } else {
         Vec::new()
     };
@@ -153,7 +163,6 @@ fn print_dry_run(
         "netns": netns.path,
         "config": cfg,
         "dns_capture": dns,
-        "not_enforced": cfg.not_enforced(),
         "maps": plan.describe(),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
@@ -244,8 +253,154 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
+            if let Some(name) = &pod.pod {
+                println!("  pod:      {name} (netns cookie {})", pod.netns_cookie);
+            }
             println!("  counters: {}", counters.join(" "));
         }
     }
     Ok(())
+}
+
+pub fn daemon(args: &DaemonArgs) -> anyhow::Result<()> {
+    require_root()?;
+    crate::daemon::run(args)
+}
+
+/// How long the client waits for a daemon that is (re)starting.
+const CLIENT_WAIT: Duration = Duration::from_secs(10);
+
+/// One request to the daemon; a failure it reports becomes this command's error.
+fn ask(socket: &Path, request: &Request) -> anyhow::Result<Response> {
+    let response = api::call(socket, request, CLIENT_WAIT)?;
+    if let Some(message) = response.error.clone() {
+        return Err(RemoteError {
+            message,
+            usage: response.usage,
+        }
+        .into());
+    }
+    Ok(response)
+}
+
+pub fn pod(args: &PodArgs) -> anyhow::Result<()> {
+    match &args.command {
+        PodCommand::Add(add) => pod_add(&args.socket, add),
+        PodCommand::Remove(rm) => {
+            let pod = rm
+                .pod
+                .as_deref()
+                .map(|p| {
+                    p.split_once('/')
+                        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+                        .map(|(ns, name)| (ns.to_string(), name.to_string()))
+                        .ok_or_else(|| ConfigError::PodName {
+                            value: p.to_string(),
+                        })
+                })
+                .transpose()?;
+            let selector = PodSelector {
+                container_id: rm.container_id.clone(),
+                netns: rm.netns.clone(),
+                pod,
+            };
+            let response = ask(&args.socket, &Request::Remove(selector))?;
+            if response.pods.is_empty() {
+                tracing::info!("no registered pod matched: nothing to remove");
+            }
+            for p in &response.pods {
+                tracing::info!(
+                    "removed {}/{} (netns cookie {})",
+                    p.record.namespace,
+                    p.record.name,
+                    p.record.netns_cookie
+                );
+            }
+            Ok(())
+        }
+        PodCommand::List { json } => {
+            let response = ask(&args.socket, &Request::List)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&response.pods)?);
+                return Ok(());
+            }
+            if response.pods.is_empty() {
+                println!("no pods registered");
+            }
+            for p in &response.pods {
+                let r = &p.record;
+                let counters: Vec<String> = p
+                    .counters
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!(
+                    "{}/{}  netns {} (cookie {})  container {}  {}",
+                    r.namespace,
+                    r.name,
+                    r.netns,
+                    r.netns_cookie,
+                    if r.container_id.is_empty() {
+                        "-"
+                    } else {
+                        &r.container_id
+                    },
+                    counters.join(" ")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn pod_add(socket: &Path, add: &PodAddArgs) -> anyhow::Result<()> {
+    if add.backend != Backend::Ebpf {
+        return Err(ConfigError::DaemonBackend {
+            value: "iptables".into(),
+        }
+        .into());
+    }
+    if add.istio.dry_run {
+        return Err(ConfigError::DaemonDryRun.into());
+    }
+    let mut options = add.istio.raw();
+    options.inbound_fail = add.inbound_fail.clone();
+    let request = Request::Add(Box::new(AddPod {
+        netns: absolute(&add.netns)?,
+        name: add.name.clone(),
+        namespace: add.namespace.clone(),
+        container_id: add.container_id.clone(),
+        options,
+        resolv_conf: add.resolv_conf.as_deref().map(absolute).transpose()?,
+    }));
+    let response = ask(socket, &request)?;
+    let added = response
+        .added
+        .ok_or_else(|| anyhow::anyhow!("the daemon's answer lacks the registration"))?;
+    for w in &added.warnings {
+        tracing::warn!("{w}");
+    }
+    if add.json {
+        println!("{}", serde_json::to_string_pretty(&added)?);
+    } else {
+        tracing::info!(
+            netns_cookie = added.pod.record.netns_cookie,
+            pod_index = added.pod.record.pod_index,
+            "pod {}/{} {}",
+            added.pod.record.namespace,
+            added.pod.record.name,
+            if added.updated {
+                "updated"
+            } else {
+                "registered"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The daemon resolves paths from its own working directory: send absolute ones.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    Ok(std::path::absolute(path)?)
 }

@@ -166,54 +166,36 @@ impl InterceptConfig {
         matches!(&self.outbound_include, OutboundInclude::Cidrs(c) if c.iter().any(Cidr::is_loopback))
     }
 
-    /// Options this build accepts and validates but does not enforce yet, one line each.
-    pub fn not_enforced(&self) -> Vec<String> {
-        let mut notes = Vec::new();
-        if self.inbound_ports != InboundPorts::Ports(Vec::new()) {
-            notes.push(
-                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
-                 directly"
-                    .to_string(),
-            );
-        }
-        if !self.exclude_interfaces.is_empty() {
-            notes.push(
-                "-c is enforced for inbound connections only: outbound connections leaving \
-                 through these interfaces are still redirected when -i/-q select them"
-                    .to_string(),
-            );
-        }
+    /// Refuses what the eBPF backend cannot honour (the iptables backend can), naming the option.
+    pub fn check_ebpf_support(&self) -> Result<(), ConfigError> {
         if !self.kube_virt_interfaces.is_empty() {
-            notes.push(
-                "-k is not enforced: inbound traffic of these interfaces is not treated as \
-                 outbound"
+            return Err(ConfigError::Unsupported {
+                flag: "-k/--kube-virt-interfaces",
+                reason: "the eBPF backend decides per socket of the pod; a KubeVirt VM's traffic \
+                         enters on these interfaces as forwarded packets, which no socket hook \
+                         sees: use --backend iptables for KubeVirt pods"
                     .to_string(),
-            );
+            });
         }
         if self.drop_invalid {
-            notes.push("--drop-invalid has no effect: no conntrack state is involved".to_string());
-        }
-        if self.owner_groups != OwnerGroups::AllExcept(Vec::new()) {
-            notes.push(
-                "ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE] are not enforced yet: every group's \
-                 connections are captured"
+            return Err(ConfigError::Unsupported {
+                flag: "--drop-invalid (DROP_INVALID, INVALID_DROP)",
+                reason: "the eBPF backend rewrites no packet, so there is no conntrack-INVALID \
+                         packet that could escape NAT and nothing for this rule to drop: leave \
+                         it unset, or use --backend iptables"
                     .to_string(),
-            );
+            });
         }
-        if self.ipv4_loopback_cidr != defaults::ipv4_loopback_cidr() {
-            notes.push(format!(
-                "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR={} is not enforced yet: 127.0.0.1/32 is the \
-                 localhost that stays direct",
-                self.ipv4_loopback_cidr
-            ));
-        }
-        notes
+        Ok(())
     }
 }
 
 /// Raw option values, as strings, after the flag-over-environment precedence is applied.
 /// `None` means "not given" (the default applies); `Some("")` means "given empty".
-#[derive(Clone, Debug, Default)]
+/// It is also what `interceptor pod add` sends to the daemon (environment already applied on
+/// the client's side, like `init`'s).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(default)]
 pub struct RawOptions {
     pub envoy_port: Option<String>,
     pub inbound_capture_port: Option<String>,
@@ -243,6 +225,63 @@ pub struct RawOptions {
     pub tproxy_mark: Option<String>,
     pub tproxy_route_table: Option<String>,
     pub dual_stack: bool,
+}
+
+/// An option name `RawOptions::set` does not know.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionError {
+    #[error(
+        "unknown option {0:?} (options are init's long flag names, e.g. \"istio-service-cidr\")"
+    )]
+    Unknown(String),
+    #[error("option {name:?}: {value:?} is not a boolean (true or false)")]
+    NotBool { name: String, value: String },
+}
+
+impl RawOptions {
+    /// Sets one option by `init`'s long flag name (without `--`), as configuration files name
+    /// them (the CNI plugin's `options`). Booleans take `true`/`false`.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), OptionError> {
+        let text = Some(value.to_string());
+        let boolean = || match value {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => Err(OptionError::NotBool {
+                name: name.to_string(),
+                value: value.to_string(),
+            }),
+        };
+        match name {
+            "envoy-port" => self.envoy_port = text,
+            "inbound-capture-port" => self.inbound_capture_port = text,
+            "inbound-tunnel-port" => self.inbound_tunnel_port = text,
+            "proxy-uid" => self.proxy_uid = text,
+            "proxy-gid" => self.proxy_gid = text,
+            "istio-service-cidr" => self.service_cidr = text,
+            "istio-service-exclude-cidr" => self.service_exclude_cidr = text,
+            "istio-outbound-ports" => self.outbound_ports = text,
+            "istio-local-outbound-ports-exclude" => self.local_outbound_ports_exclude = text,
+            "istio-inbound-interception-mode" => self.interception_mode = text,
+            "istio-inbound-ports" => self.inbound_ports = text,
+            "istio-local-exclude-ports" => self.local_exclude_ports = text,
+            "istio-exclude-interfaces" => self.exclude_interfaces = text,
+            "kube-virt-interfaces" => self.kube_virt_interfaces = text,
+            "inbound-fail" => self.inbound_fail = text,
+            "redirect-dns" => self.redirect_dns = boolean()?,
+            "capture-all-dns" => self.capture_all_dns = boolean()?,
+            "drop-invalid" => self.drop_invalid = boolean()?,
+            "istio-inbound-tproxy-mark" => self.tproxy_mark = text,
+            "istio-inbound-tproxy-route-table" => self.tproxy_route_table = text,
+            "dual-stack" => self.dual_stack = boolean()?,
+            // istio-iptables reads these from the environment only; here they are named by
+            // the variable's name in lower case with dashes.
+            "istio-outbound-owner-groups" => self.owner_groups_include = text,
+            "istio-outbound-owner-groups-exclude" => self.owner_groups_exclude = text,
+            "istio-outbound-ipv4-loopback-cidr" => self.ipv4_loopback_cidr = text,
+            _ => return Err(OptionError::Unknown(name.to_string())),
+        }
+        Ok(())
+    }
 }
 
 /// Resolves user and group names (`-u istio-proxy`) to ids.
@@ -641,13 +680,6 @@ mod tests {
         assert_eq!(cfg.inbound_tunnel_port, 15008);
         assert_eq!(cfg.inbound_mode, InterceptionMode::Redirect);
         assert_eq!(cfg.inbound_fail, InboundFail::Open);
-        assert_eq!(
-            cfg.not_enforced(),
-            vec![
-                "inbound capture (-b) covers IPv4 only: IPv6 connections reach the application \
-                 directly"
-            ]
-        );
     }
 
     #[test]
@@ -661,12 +693,9 @@ mod tests {
         let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
         assert_eq!(cfg.inbound_fail, InboundFail::Closed);
         assert_eq!(cfg.exclude_interfaces, vec!["eth1", "eth2"]);
-        let notes = cfg.not_enforced().join("\n");
-        assert!(
-            notes.contains("-c is enforced for inbound connections only"),
-            "{notes}"
-        );
-        assert!(notes.contains("-k is not enforced"), "{notes}");
+        // -k is refused by the eBPF backend (the iptables backend writes its rules).
+        let err = cfg.check_ebpf_support().unwrap_err().to_string();
+        assert!(err.starts_with("-k/--kube-virt-interfaces: "), "{err}");
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! DNS capture (`--redirect-dns`, `--capture-all-dns`): which traffic to port 53 goes to the
-//! agent's DNS proxy, and the pod's name servers it depends on. Pure, except `nameservers`.
+//! agent's DNS proxy, given the pod's name servers (`resolv_conf`). Pure.
 
-use std::{fs, net::IpAddr, path::Path};
+use std::net::IpAddr;
 
-use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::InterceptConfig;
@@ -40,63 +39,5 @@ impl DnsCapture {
             );
         }
         (DnsCapture::Servers(servers), None)
-    }
-}
-
-/// The `nameserver` addresses of a resolv.conf, in order, as the resolver reads them:
-/// `nameserver ADDR` lines, `#`/`;` comments, an IPv6 zone (`%eth0`) dropped, unparsable
-/// addresses skipped. A missing file means no name servers.
-pub fn nameservers(path: &Path) -> anyhow::Result<Vec<IpAddr>> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    Ok(parse_nameservers(&text))
-}
-
-fn parse_nameservers(text: &str) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("nameserver") {
-            continue;
-        }
-        let Some(addr) = words.next() else { continue };
-        let addr = addr.split('%').next().unwrap_or(addr);
-        if let Ok(ip) = addr.parse::<IpAddr>()
-            && !out.contains(&ip)
-        {
-            out.push(ip);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_nameserver_lines_only() {
-        let text = "# generated\nsearch svc.cluster.local\nnameserver 10.96.0.10\n\
-                    ;nameserver 1.1.1.1\n  nameserver   fd00::a%eth0  # zone dropped\n\
-                    nameserver not-an-ip\nnameserver\noptions ndots:5\nnameserver 10.96.0.10\n";
-        assert_eq!(
-            parse_nameservers(text),
-            vec![
-                "10.96.0.10".parse::<IpAddr>().unwrap(),
-                "fd00::a".parse().unwrap()
-            ]
-        );
-    }
-
-    #[test]
-    fn a_missing_file_has_no_servers() {
-        assert!(
-            nameservers(Path::new("/nonexistent/resolv.conf"))
-                .unwrap()
-                .is_empty()
-        );
     }
 }

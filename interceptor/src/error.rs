@@ -40,6 +40,15 @@ pub enum ConfigError {
     NoSuchInterface { flag: &'static str, value: String },
     #[error("--inbound-fail: invalid value {value:?} (open or closed)")]
     InboundFail { value: String },
+    #[error(
+        "--backend {value:?}: the node daemon intercepts with eBPF only (for iptables, run \
+         `interceptor init --backend iptables` in the pod)"
+    )]
+    DaemonBackend { value: String },
+    #[error("-n/--dry-run: not available for pods of the node daemon (use `init --dry-run`)")]
+    DaemonDryRun,
+    #[error("--pod {value:?}: expected NAMESPACE/NAME")]
+    PodName { value: String },
 }
 
 /// Where the programs would attach is unusable: also the caller's mistake (exit 2).
@@ -55,10 +64,36 @@ pub enum TargetError {
     RootCgroup { path: String },
     #[error("--netns {path}: cannot open it as a network namespace: {reason}")]
     Netns { path: String, reason: String },
+    #[error(
+        "--cgroup {path}: the node daemon manages interception here; register the pod with \
+         `interceptor pod add` instead"
+    )]
+    ManagedByDaemon { path: String },
+    #[error(
+        "--cgroup {path}: `interceptor init` manages interception here (one pod); remove it with \
+         `interceptor clean --cgroup {path}` or give the daemon a parent cgroup of the pods"
+    )]
+    ManagedByInit { path: String },
 }
 
 impl TargetError {
     pub const fn exit_code(&self) -> i32 {
         EXIT_USAGE
     }
+}
+
+/// A failure the daemon reported for a request.
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub message: String,
+    /// The daemon judged it the caller's mistake.
+    pub usage: bool,
+}
+
+/// Whether an error is the caller's mistake (bad option value or unusable target): exit 2.
+pub fn is_usage(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<ConfigError>().is_some()
+        || err.downcast_ref::<TargetError>().is_some()
+        || err.downcast_ref::<RemoteError>().is_some_and(|e| e.usage)
 }

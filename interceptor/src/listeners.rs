@@ -1,7 +1,8 @@
-//! Finds a capture listener the proxy opened before `init` ran (the kernel registers later
-//! ones itself, in `sockops`): its socket is listed in the namespace's `/proc/net/tcp`, and a
-//! process of the namespace holds it; `pidfd_getfd` gives the loader its own descriptor, which
-//! it then puts into the maps. So the order in which the proxy and `init` start does not matter.
+//! Finds the capture listeners the proxy opened before `init` ran (the kernel registers later
+//! ones itself, in `sockops`): each socket is listed in the namespace's `/proc/net/tcp` (IPv4)
+//! or `/proc/net/tcp6` (IPv6, dual-stack `[::]` included), and a process of the namespace holds
+//! it; `pidfd_getfd` gives the loader its own descriptor, which it then puts into the maps. So
+//! the order in which the proxy and `init` start does not matter.
 
 use std::{
     fs,
@@ -13,12 +14,45 @@ use anyhow::Context as _;
 
 use crate::{netns::Netns, sys};
 
-/// A listening socket of the namespace, as `/proc/net/tcp` shows it.
+/// The address family of a listening socket (one registered listener per family and pod).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// The `AF_*` number (the sockhash key's family).
+    pub fn af(self) -> u32 {
+        match self {
+            Family::Ipv4 => libc::AF_INET as u32,
+            Family::Ipv6 => libc::AF_INET6 as u32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    /// The namespace's table of this family's TCP sockets.
+    fn table(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "/proc/thread-self/net/tcp",
+            Family::Ipv6 => "/proc/thread-self/net/tcp6",
+        }
+    }
+}
+
+/// A listening socket of the namespace, as `/proc/net/tcp` or `tcp6` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListeningSocket {
     pub inode: u64,
     /// The socket's owner.
     pub uid: u32,
+    pub family: Family,
 }
 
 /// A listener found in a process, with the loader's own descriptor for it.
@@ -29,8 +63,8 @@ pub struct FoundListener {
     pub fd: OwnedFd,
 }
 
-/// Listening sockets on `port` (any address) in a `/proc/net/tcp` table.
-pub fn parse_tcp_table(table: &str, port: u16) -> Vec<ListeningSocket> {
+/// Listening sockets on `port` (any address) in a `/proc/net/tcp` or `tcp6` table.
+pub fn parse_tcp_table(table: &str, family: Family, port: u16) -> Vec<ListeningSocket> {
     table
         .lines()
         .skip(1)
@@ -42,25 +76,38 @@ pub fn parse_tcp_table(table: &str, port: u16) -> Vec<ListeningSocket> {
             (*state == "0A" && local_port == port).then_some(ListeningSocket {
                 uid: f.get(7)?.parse().ok()?,
                 inode: f.get(9)?.parse().ok()?,
+                family,
             })
         })
         .collect()
 }
 
-/// The first listener on `port` in `netns` that `is_proxy(uid, gid)` accepts (the socket's
-/// owner, and the holding process's gid), taken from the process that holds it.
+/// The listeners on `port` in `netns` that `is_proxy(uid, gid)` accepts (the socket's owner,
+/// and the holding process's gid), the first one of each family, taken from the processes that
+/// hold them.
 pub fn find_existing(
     netns: &Netns,
     port: u16,
     is_proxy: impl Fn(u32, Option<u32>) -> bool,
-) -> anyhow::Result<Option<FoundListener>> {
+) -> anyhow::Result<Vec<FoundListener>> {
     let sockets = netns.run_inside(move || {
-        let table = fs::read_to_string("/proc/thread-self/net/tcp")
-            .context("reading the namespace's /proc/net/tcp")?;
-        Ok(parse_tcp_table(&table, port))
+        let mut sockets = Vec::new();
+        for family in [Family::Ipv4, Family::Ipv6] {
+            match fs::read_to_string(family.table()) {
+                Ok(table) => sockets.extend(parse_tcp_table(&table, family, port)),
+                // A kernel without IPv6 has no tcp6 table.
+                Err(e) if family == Family::Ipv6 && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("reading the namespace's {}", family.table()));
+                }
+            }
+        }
+        Ok(sockets)
     })?;
+    let mut found: Vec<FoundListener> = Vec::new();
     if sockets.is_empty() {
-        return Ok(None);
+        return Ok(found);
     }
     for entry in fs::read_dir("/proc").context("listing /proc")?.flatten() {
         let Some(pid) = entry
@@ -86,25 +133,24 @@ pub fn find_existing(
             let Some(socket) = sockets.iter().find(|s| s.inode == inode) else {
                 continue;
             };
-            if !is_proxy(socket.uid, gid) {
+            if found.iter().any(|f| f.socket.family == socket.family) || !is_proxy(socket.uid, gid)
+            {
                 continue;
             }
             let Some(num) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
             match sys::take_fd(pid, num) {
-                Ok(fd) => {
-                    return Ok(Some(FoundListener {
-                        pid,
-                        socket: *socket,
-                        fd,
-                    }));
-                }
+                Ok(fd) => found.push(FoundListener {
+                    pid,
+                    socket: *socket,
+                    fd,
+                }),
                 Err(e) => tracing::warn!(pid, fd = num, error = %e, "cannot take the listener"),
             }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// The inode of `socket:[N]`, the target of a `/proc/<pid>/fd/<n>` link to a socket.
@@ -137,20 +183,41 @@ mod tests {
    3: 00000000:2378 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4245 1 0000000000000000 100 0 0 10 0
 ";
         assert_eq!(
-            parse_tcp_table(table, 15006),
+            parse_tcp_table(table, Family::Ipv4, 15006),
             vec![
                 ListeningSocket {
                     inode: 4242,
-                    uid: 1337
+                    uid: 1337,
+                    family: Family::Ipv4,
                 },
                 ListeningSocket {
                     inode: 4243,
-                    uid: 1000
+                    uid: 1000,
+                    family: Family::Ipv4,
                 },
             ],
             "listening rows on 15006 only (not the established one, not port 9080)"
         );
-        assert!(parse_tcp_table("header\ngarbage\n", 15006).is_empty());
+        assert!(parse_tcp_table("header\ngarbage\n", Family::Ipv4, 15006).is_empty());
+    }
+
+    #[test]
+    fn finds_ipv6_listeners() {
+        // [::]:15006 listening, [fd00:200::2]:15006 established.
+        let table = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000000000000000000000000000:3A9E 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 5252 1 0000000000000000 100 0 0 10 0
+   1: 000000FD000000000000000002000000:3A9E 000000FD000000000000000001000000:C350 01 00000000:00000000 00:00000000 00000000  1337        0 5253 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(
+            parse_tcp_table(table, Family::Ipv6, 15006),
+            vec![ListeningSocket {
+                inode: 5252,
+                uid: 1337,
+                family: Family::Ipv6,
+            }]
+        );
+        assert_eq!(Family::Ipv6.af(), 10);
+        assert_eq!(Family::Ipv4.af(), 2);
     }
 
     #[test]

@@ -2,7 +2,7 @@ use clap::Parser as _;
 use interceptor::{
     cli::{Cli, Command},
     commands,
-    error::{ConfigError, EXIT_FAILURE, EXIT_USAGE, TargetError},
+    error::{EXIT_FAILURE, EXIT_USAGE, is_usage},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -18,11 +18,12 @@ fn main() {
         Command::Init(args) => commands::init(args),
         Command::Clean(args) => commands::clean(args),
         Command::Status(args) => commands::status(args),
+        Command::Daemon(args) => commands::daemon(args),
+        Command::Pod(args) => commands::pod(args),
     };
     if let Err(err) = result {
         // Bad option values and unusable targets are the caller's mistake: usage (2).
-        let usage = err.downcast_ref::<ConfigError>().is_some()
-            || err.downcast_ref::<TargetError>().is_some();
+        let usage = is_usage(&err);
         eprintln!("interceptor: error: {err:#}");
         std::process::exit(if usage { EXIT_USAGE } else { EXIT_FAILURE });
     }

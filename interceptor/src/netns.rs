@@ -35,6 +35,22 @@ pub struct NetnsInfo {
     pub interfaces: Vec<(String, u32)>,
     /// The namespace's own IPv6 addresses (link-local ones too), `::1` excluded.
     pub addrs6: Vec<Ipv6Addr>,
+    /// Its routes (main table), for `-c` on outbound connections.
+    pub routes: Vec<crate::routes::Route>,
+}
+
+impl NetnsInfo {
+    /// Whether IPv6 is captured in this namespace, as istio-iptables decides it (its
+    /// `EnableIPv6`; see `iptables::facts::ipv6_enabled`). The kernel lists every IPv4 address
+    /// before any IPv6 one (`sys::interface_addrs`), so these lists give the order istio-iptables
+    /// sees. A namespace
+    /// without a usable address (istio-iptables refuses it) captures IPv4 only.
+    pub fn ipv6_enabled(&self, dual_stack: bool) -> bool {
+        let addrs: Vec<IpAddr> = (self.addrs4.iter().map(|a| IpAddr::V4(*a)))
+            .chain(self.addrs6.iter().map(|a| IpAddr::V6(*a)))
+            .collect();
+        crate::iptables::facts::ipv6_enabled(&addrs, dual_stack).unwrap_or(false)
+    }
 }
 
 impl Netns {
@@ -73,8 +89,15 @@ impl Netns {
         }
         let fd = self.file.try_clone().context("duplicating the netns fd")?;
         let path = self.path.clone();
+        // Already there (an init container in its own pod): setns would need CAP_SYS_ADMIN
+        // for nothing.
+        let own = std::fs::metadata("/proc/thread-self/ns/net").is_ok_and(|m| {
+            m.ino() == self.inode && m.dev() == fd.metadata().map_or(0, |f| f.dev())
+        });
         std::thread::spawn(move || -> anyhow::Result<T> {
-            sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            if !own {
+                sys::setns_net(&fd).with_context(|| format!("entering {}", path.display()))?;
+            }
             f()
         })
         .join()
@@ -97,6 +120,7 @@ impl Netns {
                 interfaces: sys::interfaces().context("listing the namespace's interfaces")?,
                 addrs6: sys::interface_addrs6()
                     .context("listing the namespace's IPv6 addresses")?,
+                routes: crate::routes::read_current().context("reading the namespace's routes")?,
             })
         })
     }

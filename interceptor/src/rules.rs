@@ -4,16 +4,18 @@ use std::net::IpAddr;
 
 use interceptor_ebpf::{
     CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, Cidr4Key, Cidr6Key, CidrSet, MAX_DNS_SERVERS4,
-    MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, PodConfig, PortKey, PortSet, flags,
+    MAX_DNS_SERVERS6, MAX_LOCAL_ADDRS4, MAX_LOCAL_ADDRS6, MAX_OWNER_GROUPS, PodConfig, PortKey,
+    PortSet, flags,
     wire::{ipv6_octets, raw_ipv4, raw_ipv6},
 };
 use serde::Serialize;
 
 use crate::{
-    config::{Cidr, InboundFail, InboundPorts, InterceptConfig, OutboundInclude},
+    config::{Cidr, InboundFail, InboundPorts, InterceptConfig, OutboundInclude, OwnerGroups},
     dns::DnsCapture,
     error::ConfigError,
     netns::NetnsInfo,
+    routes,
 };
 
 /// One LPM-trie entry of `CIDR4`.
@@ -21,6 +23,8 @@ use crate::{
 pub struct CidrEntry {
     pub prefix_len: u32,
     pub key: Cidr4Key,
+    /// 1 for `-i`/`-x` ranges; for `CidrSet::Route`, whether the route's interface is in `-c`.
+    pub value: u8,
 }
 
 /// One LPM-trie entry of `CIDR6`.
@@ -28,6 +32,8 @@ pub struct CidrEntry {
 pub struct Cidr6Entry {
     pub prefix_len: u32,
     pub key: Cidr6Key,
+    /// As `CidrEntry::value`.
+    pub value: u8,
 }
 
 /// Everything one pod's configuration puts into the maps.
@@ -79,30 +85,40 @@ impl MapPlan {
         for (slot, a) in pod.local6.iter_mut().zip(&netns.addrs6) {
             *slot = raw_ipv6(a.octets());
         }
+        if netns.ipv6_enabled(cfg.dual_stack) {
+            pod.flags |= flags::IPV6;
+        }
 
         match dns {
             DnsCapture::Off => {}
             DnsCapture::All => pod.flags |= flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS,
             DnsCapture::Servers(servers) => {
                 pod.flags |= flags::REDIRECT_DNS;
-                let v4: Vec<_> = servers
-                    .iter()
-                    .filter_map(|s| match s {
-                        IpAddr::V4(a) => Some(*a),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect();
-                if v4.len() > MAX_DNS_SERVERS4 {
-                    anyhow::bail!(
-                        "the pod's resolv.conf names {} IPv4 name servers; at most \
-                         {MAX_DNS_SERVERS4} are supported",
-                        v4.len()
-                    );
+                // Split by family as istio-iptables does: an IPv4-mapped server is an IPv6
+                // rule there, which never matches (such connections are IPv4), and so here.
+                let mut v4 = Vec::new();
+                let mut v6 = Vec::new();
+                for s in servers {
+                    match s {
+                        IpAddr::V4(a) => v4.push(raw_ipv4(a.octets())),
+                        IpAddr::V6(a) => v6.push(raw_ipv6(a.octets())),
+                    }
+                }
+                for (n, max, family) in [
+                    (v4.len(), MAX_DNS_SERVERS4, "IPv4"),
+                    (v6.len(), MAX_DNS_SERVERS6, "IPv6"),
+                ] {
+                    if n > max {
+                        anyhow::bail!(
+                            "the pod's resolv.conf names {n} {family} name servers; at most \
+                             {max} are supported"
+                        );
+                    }
                 }
                 pod.n_dns4 = v4.len() as u8;
-                for (slot, a) in pod.dns4.iter_mut().zip(&v4) {
-                    *slot = raw_ipv4(a.octets());
-                }
+                pod.dns4[..v4.len()].copy_from_slice(&v4);
+                pod.n_dns6 = v6.len() as u8;
+                pod.dns6[..v6.len()].copy_from_slice(&v6);
             }
         }
 
@@ -210,6 +226,70 @@ impl MapPlan {
         if cidrs6.len() > before {
             pod.flags |= flags::HAS_EXCLUDE_CIDRS6;
         }
+
+        // -c on outbound: the pod's routes, each marked with whether it leaves through an
+        // excluded interface (see routes.rs).
+        for (dst, len, excluded) in
+            routes::excluded_route_marks(&netns.routes, &cfg.exclude_interfaces)
+        {
+            let value = u8::from(excluded);
+            match dst {
+                IpAddr::V4(a) => {
+                    pod.flags |= flags::HAS_EXCLUDED_ROUTES4;
+                    cidrs4.push(CidrEntry {
+                        prefix_len: CIDR4_KEY_PREFIX_BITS + u32::from(len),
+                        key: Cidr4Key {
+                            rules,
+                            set: CidrSet::Route as u32,
+                            addr: raw_ipv4(a.octets()),
+                        },
+                        value,
+                    });
+                }
+                IpAddr::V6(a) => {
+                    pod.flags |= flags::HAS_EXCLUDED_ROUTES6;
+                    cidrs6.push(Cidr6Entry {
+                        prefix_len: CIDR6_KEY_PREFIX_BITS + u32::from(len),
+                        key: Cidr6Key {
+                            rules,
+                            set: CidrSet::Route as u32,
+                            addr: raw_ipv6(a.octets()),
+                        },
+                        value,
+                    });
+                }
+            }
+        }
+
+        // ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE].
+        let (groups, flag) = match &cfg.owner_groups {
+            OwnerGroups::AllExcept(g) => (g, flags::OWNER_GROUPS_EXCEPT),
+            OwnerGroups::Only(g) => (g, flags::OWNER_GROUPS_ONLY),
+        };
+        if groups.len() > MAX_OWNER_GROUPS {
+            return Err(ConfigError::Unsupported {
+                flag: "ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]",
+                reason: format!(
+                    "{} groups; the eBPF backend takes at most {MAX_OWNER_GROUPS}",
+                    groups.len()
+                ),
+            }
+            .into());
+        }
+        if !groups.is_empty() || matches!(cfg.owner_groups, OwnerGroups::Only(_)) {
+            pod.flags |= flag;
+        }
+        pod.n_owner_groups = groups.len() as u8;
+        pod.owner_groups[..groups.len()].copy_from_slice(groups);
+
+        // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR (validated as an IPv4 loopback range).
+        if let IpAddr::V4(net) = cfg.ipv4_loopback_cidr.network() {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(cfg.ipv4_loopback_cidr.prefix_len))
+                .unwrap_or(0);
+            pod.loopback4_net = raw_ipv4(net.octets());
+            pod.loopback4_mask = raw_ipv4(mask.to_be_bytes());
+        }
         Ok(MapPlan {
             netns_cookie: netns.cookie,
             pod,
@@ -241,6 +321,10 @@ impl MapPlan {
                     .iter()
                     .map(|a| std::net::Ipv4Addr::from(a.to_ne_bytes()).to_string())
                     .collect(),
+                dns_servers6: p.dns6[..p.n_dns6 as usize]
+                    .iter()
+                    .map(|a| std::net::Ipv6Addr::from(ipv6_octets(*a)).to_string())
+                    .collect(),
                 inbound_exclude_ifindexes: p.exclude_ifindex[..p.n_exclude_ifindex as usize]
                     .to_vec(),
                 local_addrs6: p.local6[..p.n_local6 as usize]
@@ -266,11 +350,12 @@ impl MapPlan {
                 .iter()
                 .map(|e| {
                     format!(
-                        "rules={} {} {}/{}",
+                        "rules={} {} {}/{}{}",
                         e.key.rules,
                         set_name(e.key.set),
                         std::net::Ipv4Addr::from(e.key.addr.to_ne_bytes()),
-                        e.prefix_len - CIDR4_KEY_PREFIX_BITS
+                        e.prefix_len - CIDR4_KEY_PREFIX_BITS,
+                        route_mark(e.key.set, e.value)
                     )
                 })
                 .collect(),
@@ -279,11 +364,12 @@ impl MapPlan {
                 .iter()
                 .map(|e| {
                     format!(
-                        "rules={} {} {}/{}",
+                        "rules={} {} {}/{}{}",
                         e.key.rules,
                         set_name(e.key.set),
                         std::net::Ipv6Addr::from(ipv6_octets(e.key.addr)),
-                        e.prefix_len - CIDR6_KEY_PREFIX_BITS
+                        e.prefix_len - CIDR6_KEY_PREFIX_BITS,
+                        route_mark(e.key.set, e.value)
                     )
                 })
                 .collect(),
@@ -292,10 +378,19 @@ impl MapPlan {
 }
 
 fn set_name(set: u32) -> &'static str {
-    if set == CidrSet::Include as u32 {
-        "include"
+    match set {
+        s if s == CidrSet::Include as u32 => "include",
+        s if s == CidrSet::Exclude as u32 => "exclude",
+        _ => "route",
+    }
+}
+
+/// ` via excluded interface` for a route entry that goes through a `-c` interface.
+fn route_mark(set: u32, value: u8) -> &'static str {
+    if set == CidrSet::Route as u32 && value == 1 {
+        " via excluded interface"
     } else {
-        "exclude"
+        ""
     }
 }
 
@@ -312,6 +407,7 @@ fn cidr_entries<'a>(
                 set: set as u32,
                 addr: raw_ipv4(net.octets()),
             },
+            value: 1,
         }),
         IpAddr::V6(_) => None, // in CIDR6 (cidr6_entries)
     })
@@ -330,6 +426,7 @@ fn cidr6_entries<'a>(
                 set: set as u32,
                 addr: raw_ipv6(net.octets()),
             },
+            value: 1,
         }),
         IpAddr::V4(_) => None, // in CIDR4 (cidr_entries)
     })
@@ -343,6 +440,10 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::HAS_OUTBOUND_PORTS_EXCLUDE, "outbound_ports_exclude"),
         (flags::HAS_OUTBOUND_PORTS_INCLUDE, "outbound_ports_include"),
         (flags::LOOPBACK_INCLUDED, "loopback_included"),
+        (flags::OWNER_GROUPS_ONLY, "owner_groups_only"),
+        (flags::OWNER_GROUPS_EXCEPT, "owner_groups_except"),
+        (flags::HAS_EXCLUDED_ROUTES4, "excluded_interface_routes4"),
+        (flags::HAS_EXCLUDED_ROUTES6, "excluded_interface_routes6"),
         (flags::REDIRECT_DNS, "redirect_dns"),
         (flags::CAPTURE_ALL_DNS, "capture_all_dns"),
         (flags::INBOUND_CAPTURE, "inbound_capture"),
@@ -351,6 +452,7 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
         (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
         (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
+        (flags::IPV6, "ipv6"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
@@ -379,6 +481,7 @@ pub struct PodConfigView {
     pub gids: Vec<u32>,
     pub local_addrs4: Vec<String>,
     pub dns_servers4: Vec<String>,
+    pub dns_servers6: Vec<String>,
     pub inbound_exclude_ifindexes: Vec<u32>,
     pub local_addrs6: Vec<String>,
 }
@@ -404,6 +507,7 @@ mod tests {
             addrs4: vec!["10.1.0.2".parse().unwrap()],
             interfaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("eth1".into(), 5)],
             addrs6: vec!["fd00:1::2".parse().unwrap(), "fe80::1".parse().unwrap()],
+            routes: Vec::new(),
         }
     }
 
@@ -428,7 +532,8 @@ mod tests {
                         rules: 7,
                         set: CidrSet::Include as u32,
                         addr: raw_ipv4([10, 96, 0, 0])
-                    }
+                    },
+                    value: 1,
                 },
                 CidrEntry {
                     prefix_len: 64 + 24,
@@ -436,7 +541,8 @@ mod tests {
                         rules: 7,
                         set: CidrSet::Exclude as u32,
                         addr: raw_ipv4([10, 96, 5, 0])
-                    }
+                    },
+                    value: 1,
                 },
             ],
             "the IPv6 range goes elsewhere and host bits are cleared"
@@ -449,7 +555,8 @@ mod tests {
                     rules: 7,
                     set: CidrSet::Include as u32,
                     addr: raw_ipv6("fd00::".parse::<std::net::Ipv6Addr>().unwrap().octets())
-                }
+                },
+                value: 1,
             }]
         );
         assert_eq!(
@@ -606,5 +713,64 @@ mod tests {
                 value: "eth9".into()
             })
         );
+    }
+
+    #[test]
+    fn name_servers_of_both_families_are_captured_each_in_its_own_list() {
+        let cfg = RawOptions {
+            redirect_dns: true,
+            ..Default::default()
+        }
+        .resolve(&NoUsers, "istio-proxy")
+        .unwrap();
+        let servers: Vec<IpAddr> = ["10.96.0.10", "fd00:96::10", "::ffff:10.96.0.11"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let plan = MapPlan::build(&cfg, &netns(), &DnsCapture::Servers(servers), 1, 0).unwrap();
+        assert_ne!(plan.pod.flags & flags::REDIRECT_DNS, 0);
+        let view = plan.describe().pod_config;
+        assert_eq!(view.dns_servers4, vec!["10.96.0.10"]);
+        // The mapped one is an IPv6 rule, as in istio-iptables (it never matches).
+        assert_eq!(view.dns_servers6, vec!["fd00:96::10", "::ffff:10.96.0.11"]);
+
+        let too_many: Vec<IpAddr> = (1..=9u16)
+            .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i)))
+            .collect();
+        let err = MapPlan::build(&cfg, &netns(), &DnsCapture::Servers(too_many), 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("9 IPv6 name servers"), "{err}");
+    }
+
+    #[test]
+    fn ipv6_is_captured_as_istio_iptables_enables_it() {
+        let plan = |dual_stack: bool, info: &NetnsInfo| {
+            let cfg = RawOptions {
+                dual_stack,
+                ..Default::default()
+            }
+            .resolve(&NoUsers, "istio-proxy")
+            .unwrap();
+            MapPlan::build(&cfg, info, &DnsCapture::Off, 1, 0)
+                .unwrap()
+                .pod
+                .flags
+                & flags::IPV6
+        };
+        // IPv4 first: IPv6 only with --dual-stack.
+        assert_eq!(plan(false, &netns()), 0);
+        assert_ne!(plan(true, &netns()), 0);
+        // IPv6 only (link-local ones do not count): IPv6 either way.
+        let v6_only = NetnsInfo {
+            addrs4: vec![],
+            ..netns()
+        };
+        assert_ne!(plan(false, &v6_only), 0);
+        let link_local_only = NetnsInfo {
+            addrs6: vec!["fe80::1".parse().unwrap()],
+            ..netns()
+        };
+        assert_eq!(plan(true, &link_local_only), 0);
     }
 }

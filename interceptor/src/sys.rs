@@ -413,6 +413,97 @@ pub fn bpf_obj_pin(obj: &impl AsFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// What `BPF_OBJ_GET_INFO_BY_FD` says of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub id: u32,
+    pub prog_id: u32,
+    /// For a network-namespace link (`sk_lookup`): the namespace's inode, 0 once the namespace
+    /// is gone (the kernel detaches such links itself). 0 for other links.
+    pub netns_ino: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link (aya 0.14 has no netns field).
+pub fn bpf_link_info(link: &impl AsFd) -> io::Result<LinkInfo> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_NETNS: u32 = 5;
+    // struct bpf_link_info: type, id, prog_id, then a union aligned to 8 (offset 16) whose
+    // netns member starts with netns_ino.
+    let mut info = [0u8; 64];
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(link.as_fd().as_raw_fd() as u32).to_ne_bytes()); // bpf_fd
+    attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes()); // info_len
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes()); // info
+    // SAFETY: attr points at `info`, which outlives the call and has the length given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let word = |off: usize| u32::from_ne_bytes(info[off..off + 4].try_into().expect("4 bytes"));
+    Ok(LinkInfo {
+        id: word(4),
+        prog_id: word(8),
+        netns_ino: if word(0) == BPF_LINK_TYPE_NETNS {
+            word(16)
+        } else {
+            0
+        },
+    })
+}
+
+/// `BPF_ENABLE_STATS(BPF_STATS_RUN_TIME)`: the kernel counts every program's runs and run time
+/// while the returned fd is open (what `kernel.bpf_stats_enabled=1` does, scoped to a process).
+pub fn bpf_enable_stats() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    const BPF_ENABLE_STATS: libc::c_long = 32;
+    let attr = [0u8; 128]; // enable_stats.type = BPF_STATS_RUN_TIME (0)
+    // SAFETY: a zeroed bpf_attr.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_ENABLE_STATS,
+            attr.as_ptr(),
+            attr.len() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd we own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The uid of the process at the other end of a unix socket (`SO_PEERCRED`).
+pub fn peer_uid(socket: &impl AsFd) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid for the kernel to write.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The DNS side of the test topology: a real DNS server (dnsmasq) in the server namespace, the
 //! DNS proxy stand-in on 15053 in the pod, and real resolver clients in the pod.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -40,11 +40,12 @@ impl DnsTransport {
 }
 
 impl Topology {
-    /// Starts dnsmasq in the server namespace on port 53 of each of `listen`, answering each
-    /// `(domain, address)` of `records` (the domain and every name under it) and nothing else.
+    /// Starts dnsmasq in the server namespace on port 53 of each of `listen` (either family),
+    /// answering each `(domain, address)` of `records` (the domain and every name under it)
+    /// with an A record, and nothing else.
     pub fn spawn_dns_server(
         &self,
-        listen: &[Ipv4Addr],
+        listen: &[IpAddr],
         records: &[(&str, Ipv4Addr)],
     ) -> Result<Process> {
         let mut cmd = self.command(&Place::Server, Identity::ROOT, "dnsmasq")?;
@@ -74,12 +75,16 @@ impl Topology {
         Ok(server)
     }
 
-    /// Starts `interceptor-dns-proxy` in the pod as the proxy user on 127.0.0.1:15053,
-    /// answering `*.mesh.test` with `local_answer` and forwarding the rest to `upstream`.
-    /// Its query log is on stdout.
+    /// Starts `interceptor-dns-proxy` in the pod as the proxy user on 127.0.0.1:15053 and
+    /// [::1]:15053 (as istio-agent in a dual-stack pod), answering `*.mesh.test` with
+    /// `local_answer` and forwarding the rest to `upstream`. Its query log is on stdout.
     pub fn spawn_dns_proxy(&self, upstream: SocketAddr, local_answer: Ipv4Addr) -> Result<Process> {
         let mut cmd = self.command(&Place::Pod, Identity::PROXY, bin_path(DNS_PROXY_BIN)?)?;
         cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--bind",
+            "::1",
             "--upstream",
             &upstream.to_string(),
             "--local-answer",
@@ -88,10 +93,12 @@ impl Topology {
         ])
         .stdout(Stdio::piped());
         let mut proxy = self.spawn(&mut cmd)?;
-        proxy.wait_listening(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 15053)),
-            START_TIMEOUT,
-        )?;
+        for ip in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ] {
+            proxy.wait_listening(SocketAddr::new(ip, 15053), START_TIMEOUT)?;
+        }
         Ok(proxy)
     }
 
@@ -102,7 +109,7 @@ impl Topology {
         &self,
         place: &Place,
         who: Identity,
-        bind: Ipv4Addr,
+        bind: IpAddr,
         port: u16,
         answer: Ipv4Addr,
     ) -> Result<Process> {
@@ -125,7 +132,8 @@ impl Topology {
         }
     }
 
-    /// One A query from the pod as `who`, with `interceptor-dns-query`.
+    /// One A query from the pod as `who`, with `interceptor-dns-query` (a socket of the
+    /// server's family).
     pub fn dns_query(
         &self,
         who: Identity,
@@ -133,10 +141,36 @@ impl Topology {
         name: &str,
         transport: DnsTransport,
     ) -> Result<DnsQueryResult> {
+        self.run_dns_query(who, server, name, transport, false)
+    }
+
+    /// One A query to the IPv4 `server` from a dual-stack IPv6 socket, which dials it as
+    /// `::ffff:a.b.c.d`.
+    pub fn dns_query_dual_stack(
+        &self,
+        who: Identity,
+        server: std::net::SocketAddrV4,
+        name: &str,
+        transport: DnsTransport,
+    ) -> Result<DnsQueryResult> {
+        self.run_dns_query(who, server.into(), name, transport, true)
+    }
+
+    fn run_dns_query(
+        &self,
+        who: Identity,
+        server: SocketAddr,
+        name: &str,
+        transport: DnsTransport,
+        dual_stack: bool,
+    ) -> Result<DnsQueryResult> {
         let mut cmd = self.command(&Place::Pod, who, bin_path(DNS_QUERY_BIN)?)?;
         cmd.args([&server.to_string(), name, "--transport", transport.arg()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if dual_stack {
+            cmd.arg("--dual-stack");
+        }
         let done = self.spawn(&mut cmd)?.wait(QUERY_TIMEOUT)?;
         if !done.status.success() {
             bail!("dns query failed ({}): {}", done.status, done.stderr.trim());
@@ -145,15 +179,18 @@ impl Topology {
             .with_context(|| format!("dns query output {:?}", done.stdout))
     }
 
-    /// `dig +short @server name` (over TCP with `tcp`) from the pod as `who`: the addresses.
+    /// `dig +short @server name` (over TCP with `tcp`; `-6` for an IPv6 server) from the pod
+    /// as `who`: the addresses.
     pub fn dig(
         &self,
         who: Identity,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         name: &str,
         tcp: bool,
     ) -> Result<Vec<String>> {
+        let server = server.into();
         let mut cmd = self.command(&Place::Pod, who, "dig")?;
+        cmd.arg(if server.is_ipv6() { "-6" } else { "-4" });
         cmd.args([
             "+short",
             "+time=2",

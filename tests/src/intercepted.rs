@@ -24,8 +24,15 @@ pub fn interceptor_bin() -> PathBuf {
 
 /// Runs `interceptor ARGS` to completion.
 pub fn interceptor(args: &[&str]) -> Output {
+    interceptor_env(args, &[])
+}
+
+/// Runs `interceptor ARGS` to completion with extra environment variables (istio-iptables'
+/// env-only settings, e.g. `ISTIO_OUTBOUND_OWNER_GROUPS`).
+pub fn interceptor_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(interceptor_bin())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("running interceptor")
 }
@@ -111,21 +118,31 @@ impl Intercepted {
     }
 
     pub fn init(&self, flags: &[&str]) -> Result<()> {
-        let out = self.try_init(flags);
-        anyhow::ensure!(
-            out.status.success(),
-            "interceptor init {flags:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
+        self.init_env(flags, &[])
     }
 
     /// `interceptor init` with this pod's target options and `flags`, whatever its outcome.
     pub fn try_init(&self, flags: &[&str]) -> Output {
+        self.try_init_env(flags, &[])
+    }
+
+    /// [`Intercepted::try_init`] with extra environment variables.
+    pub fn try_init_env(&self, flags: &[&str], env: &[(&str, &str)]) -> Output {
         let mut args: Vec<String> = vec!["init".into()];
         args.extend(self.target_args());
         args.extend(flags.iter().map(|s| s.to_string()));
-        interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        interceptor_env(&args.iter().map(String::as_str).collect::<Vec<_>>(), env)
+    }
+
+    /// [`Intercepted::init`] with extra environment variables.
+    pub fn init_env(&self, flags: &[&str], env: &[(&str, &str)]) -> Result<()> {
+        let out = self.try_init_env(flags, env);
+        anyhow::ensure!(
+            out.status.success(),
+            "interceptor init {flags:?} {env:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
     }
 
     pub fn clean(&self) -> Output {

@@ -14,6 +14,7 @@
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
 mod cgroup;
+pub mod cni_node;
 pub mod dns;
 mod dns_peers;
 mod intercepted;
@@ -32,9 +33,9 @@ pub use cgroup::cgroup2_mount;
 pub use dns_peers::DnsTransport;
 pub use intercepted::{
     BPFFS, Backend, Intercepted, IptablesMode, Route, SEED_FLAGS, addr, addr6, any, any6,
-    instance_dir, interceptor, interceptor_bin, route_of,
+    instance_dir, interceptor, interceptor_bin, interceptor_env, route_of,
 };
-pub use lines::{ProbeOptions, ProbeResult, ServerLine, SidecarLine, errno_name};
+pub use lines::{LoopSummary, ProbeOptions, ProbeResult, ServerLine, SidecarLine, errno_name};
 pub use netns::{is_listening, netns_path, run_in_netns};
 pub use process::{Finished, Identity, Process};
 pub use temp_file::TempFile;

@@ -38,6 +38,30 @@ impl ProbeResult {
     }
 }
 
+/// What `interceptor-probe loop` prints when it stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopSummary {
+    pub attempts: u64,
+    /// Connections whose first line came from the sidecar (they were redirected).
+    pub via_sidecar: u64,
+    /// Connections whose first line came from the server itself (not redirected).
+    pub direct: u64,
+    pub failures: u64,
+    /// The first few failures.
+    pub errors: Vec<String>,
+    /// True when stdin closed (the test's signal); false when a bound ended the loop.
+    pub stopped_by_stdin: bool,
+}
+
+impl LoopSummary {
+    pub fn fail(&mut self, error: String) {
+        self.failures += 1;
+        if self.errors.len() < 5 {
+            self.errors.push(error);
+        }
+    }
+}
+
 /// How `interceptor-probe connect` should behave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeOptions {

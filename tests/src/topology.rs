@@ -311,7 +311,8 @@ impl Topology {
     }
 
     /// Starts `interceptor-sidecar` in the pod as the proxy user (1337:1337), listening on each
-    /// of `ports` (IPv4 and IPv6, or one dual-stack socket with `--dual-stack`), with
+    /// of `ports` (IPv4 and IPv6, or one dual-stack socket with `--dual-stack`, or IPv6 only
+    /// with `--ipv6-only`), with
     /// `extra_args` (e.g. `--announce`, `--log`); waits until it listens.
     /// Its stdout is piped: read `--log` lines with [`Process::next_stdout_line`].
     pub fn spawn_sidecar(&self, ports: &[u16], extra_args: &[&str]) -> Result<Process> {
@@ -321,9 +322,10 @@ impl Topology {
         }
         cmd.args(extra_args).stdout(Stdio::piped());
         let mut sidecar = self.spawn(&mut cmd)?;
-        let dual_stack = extra_args.contains(&"--dual-stack");
+        let ipv6_socket_only =
+            extra_args.contains(&"--dual-stack") || extra_args.contains(&"--ipv6-only");
         for &port in ports {
-            if !dual_stack {
+            if !ipv6_socket_only {
                 sidecar.wait_listening(
                     SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
                     LISTEN_TIMEOUT,

@@ -1,11 +1,12 @@
 //! DNS capture (`--redirect-dns`) on the real kernel: a real DNS server (dnsmasq) in the server
-//! namespace, the DNS proxy stand-in on 127.0.0.1:15053 in the pod, and real clients in the
-//! pod (our query tool over each transport, `dig`, glibc's getaddrinfo).
+//! namespace, on IPv4 and IPv6 addresses, the DNS proxy stand-in on 127.0.0.1:15053 and
+//! [::1]:15053 in the pod, and real clients in the pod (our query tool over each transport and
+//! from a dual-stack socket, `dig`, glibc's getaddrinfo).
 //!
 //! The proxy answers `*.mesh.test` itself with 10.200.9.9; the DNS server answers it with
 //! 10.200.8.8, so every answer says which way the query went.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::Result;
 use interceptor_tests::{DnsTransport, Identity, Intercepted, TempFile, Topology};
@@ -24,19 +25,30 @@ struct DnsPod {
 }
 
 impl DnsPod {
+    /// resolv.conf names the server's first IPv4 and first IPv6 address.
     fn new(tag: &str, flags: &[&str]) -> Result<Self> {
         let topo = Topology::new(tag)?;
-        let name_server = topo.server_ip;
-        let other_server = topo.server_extra_ips[0];
-        let resolv_conf = TempFile::new(
-            &format!("{}-resolv.conf", topo.name),
-            &format!("search mesh.test\nnameserver {name_server}\noptions ndots:1\n"),
-        )?;
+        let servers = [topo.server_ip.into(), topo.server_ip6.into()];
+        Self::with_name_servers(topo, &servers, flags)
+    }
+
+    fn with_name_servers(topo: Topology, name_servers: &[IpAddr], flags: &[&str]) -> Result<Self> {
+        let mut conf = "search mesh.test\n".to_string();
+        for ns in name_servers {
+            conf.push_str(&format!("nameserver {ns}\n"));
+        }
+        conf.push_str("options ndots:1\n");
+        let resolv_conf = TempFile::new(&format!("{}-resolv.conf", topo.name), &conf)?;
         let dns_server = topo.spawn_dns_server(
-            &[name_server, other_server],
+            &[
+                topo.server_ip.into(),
+                topo.server_extra_ips[0].into(),
+                topo.server_ip6.into(),
+                topo.server_extra_ips6[0].into(),
+            ],
             &[("mesh.test", VIA_SERVER), ("upstream.test", UPSTREAM_ONLY)],
         )?;
-        let dns_proxy = topo.spawn_dns_proxy(SocketAddr::from((name_server, 53)), VIA_PROXY)?;
+        let dns_proxy = topo.spawn_dns_proxy(SocketAddr::from((topo.server_ip, 53)), VIA_PROXY)?;
         let pod = Intercepted::bare(topo);
         let mut all = vec!["--resolv-conf", resolv_conf.path_str()];
         all.extend(flags);
@@ -58,16 +70,36 @@ impl DnsPod {
     fn ask(
         &self,
         who: Identity,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         name: &str,
         t: DnsTransport,
     ) -> Result<Vec<Ipv4Addr>> {
-        let to = SocketAddr::from((server, 53));
+        let to = SocketAddr::new(server.into(), 53);
         let r = self.topo().dns_query(who, to, name, t)?;
         anyhow::ensure!(r.error.is_none(), "{t:?} query to {to}: {r:?}");
         anyhow::ensure!(
             r.from.as_deref() == Some(to.to_string().as_str()),
             "{t:?}: the answer must appear to come from {to}: {r:?}"
+        );
+        Ok(r.addresses)
+    }
+
+    /// `ask` from a dual-stack socket dialling `::ffff:<server>`: the answer must appear to
+    /// come from that mapped address.
+    fn ask_dual_stack(
+        &self,
+        who: Identity,
+        server: Ipv4Addr,
+        name: &str,
+        t: DnsTransport,
+    ) -> Result<Vec<Ipv4Addr>> {
+        let to = SocketAddrV4::new(server, 53);
+        let r = self.topo().dns_query_dual_stack(who, to, name, t)?;
+        let mapped = SocketAddr::new(server.to_ipv6_mapped().into(), 53);
+        anyhow::ensure!(r.error.is_none(), "{t:?} query to {mapped}: {r:?}");
+        anyhow::ensure!(
+            r.from.as_deref() == Some(mapped.to_string().as_str()),
+            "{t:?}: the answer must appear to come from {mapped}: {r:?}"
         );
         Ok(r.addresses)
     }
@@ -160,13 +192,22 @@ fn real_resolvers_get_the_dns_proxys_answers() -> Result<()> {
 
 #[test]
 fn capture_all_dns_takes_every_server_and_without_redirect_dns_nothing_is_taken() -> Result<()> {
-    let p = DnsPod::new("dnsall", &["--redirect-dns", "--capture-all-dns"])?;
-    let other = p.topo().server_extra_ips[0];
-    for t in DnsTransport::ALL {
+    let p = DnsPod::new(
+        "dnsall",
+        &["--redirect-dns", "--capture-all-dns", "--dual-stack"],
+    )?;
+    let others: [IpAddr; 2] = [
+        p.topo().server_extra_ips[0].into(),
+        p.topo().server_extra_ips6[0].into(),
+    ];
+    for (other, t) in others
+        .into_iter()
+        .flat_map(|o| DnsTransport::ALL.map(|t| (o, t)))
+    {
         assert_eq!(
             p.ask(Identity::APP, other, "e.mesh.test", t)?,
             vec![VIA_PROXY],
-            "{t:?}"
+            "{other} {t:?}"
         );
     }
     // Re-init without --redirect-dns: DNS goes where it was sent again.
@@ -198,5 +239,124 @@ fn redirect_dns_without_name_servers_is_off_with_a_warning() -> Result<()> {
     assert!(stderr.contains("DNS capture is off"), "{stderr}");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(plan["dns_capture"], "off", "{plan}");
+    Ok(())
+}
+
+#[test]
+fn ipv6_dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport() -> Result<()> {
+    let p = DnsPod::new("dns6", &["--redirect-dns", "-i", "*", "--dual-stack"])?;
+    let ns = p.topo().server_ip6;
+    for t in DnsTransport::ALL {
+        // Sent to [::1]:15053; the reply (and a connected socket's peer) shows [ns]:53.
+        assert_eq!(
+            p.ask(Identity::APP, ns, "a.mesh.test", t)?,
+            vec![VIA_PROXY],
+            "{t:?}"
+        );
+        let proto = if t == DnsTransport::Tcp { "tcp" } else { "udp" };
+        assert_eq!(
+            p.proxy_saw(),
+            Some((proto.into(), "a.mesh.test".into(), "proxy".into())),
+            "{t:?}"
+        );
+    }
+    // Forwarded by the proxy (as the proxy user) without being captured again.
+    assert_eq!(
+        p.ask(Identity::APP, ns, "b.upstream.test", DnsTransport::Udp)?,
+        vec![UPSTREAM_ONLY]
+    );
+    // The proxy's own queries, and UDP to a server resolv.conf does not name, go direct.
+    for t in DnsTransport::ALL {
+        assert_eq!(
+            p.ask(Identity::PROXY, ns, "a.mesh.test", t)?,
+            vec![VIA_SERVER],
+            "{t:?}"
+        );
+    }
+    let other = p.topo().server_extra_ips6[0];
+    assert_eq!(
+        p.ask(Identity::APP, other, "a.mesh.test", DnsTransport::Udp)?,
+        vec![VIA_SERVER]
+    );
+    let c = p.pod.counters()?;
+    assert!(c["dns_captured"].as_u64() >= Some(4), "{c}");
+    assert!(c["dns_reply_source_restored"].as_u64() >= Some(2), "{c}");
+    Ok(())
+}
+
+#[test]
+fn each_family_is_decided_by_its_own_name_servers_and_mapped_ones_by_ipv4s() -> Result<()> {
+    // resolv.conf names only the IPv6 server: IPv4 DNS (also from a dual-stack socket, which
+    // is IPv4 on the wire) is not captured; IPv6 DNS is.
+    let topo = Topology::new("dns6only")?;
+    let servers = [topo.server_ip6.into()];
+    let p = DnsPod::with_name_servers(topo, &servers, &["--redirect-dns", "--dual-stack"])?;
+    let (ns4, ns6) = (p.topo().server_ip, p.topo().server_ip6);
+    for t in [DnsTransport::Udp, DnsTransport::UdpConnected] {
+        assert_eq!(
+            p.ask(Identity::APP, ns6, "f.mesh.test", t)?,
+            vec![VIA_PROXY]
+        );
+        assert_eq!(
+            p.ask(Identity::APP, ns4, "f.mesh.test", t)?,
+            vec![VIA_SERVER]
+        );
+        assert_eq!(
+            p.ask_dual_stack(Identity::APP, ns4, "f.mesh.test", t)?,
+            vec![VIA_SERVER],
+            "{t:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_dual_stack_socket_asking_an_ipv4_name_server_gets_the_proxy_and_a_mapped_source() -> Result<()>
+{
+    let topo = Topology::new("dnsmapped")?;
+    let servers = [topo.server_ip.into()];
+    let p = DnsPod::with_name_servers(topo, &servers, &["--redirect-dns", "--dual-stack"])?;
+    let ns = p.topo().server_ip;
+    // Sent to ::ffff:127.0.0.1:15053 (the proxy's IPv4 socket); the reply, or the connected
+    // socket's peer, shows ::ffff:<ns>:53, as resolvers on dual-stack sockets require.
+    for t in DnsTransport::ALL {
+        assert_eq!(
+            p.ask_dual_stack(Identity::APP, ns, "g.mesh.test", t)?,
+            vec![VIA_PROXY],
+            "{t:?}"
+        );
+        assert_eq!(
+            p.ask_dual_stack(Identity::PROXY, ns, "g.mesh.test", t)?,
+            vec![VIA_SERVER],
+            "{t:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn real_resolvers_over_ipv6_get_the_dns_proxys_answers() -> Result<()> {
+    let topo = Topology::new("dnsres6")?;
+    let servers = [topo.server_ip6.into()];
+    let p = DnsPod::with_name_servers(topo, &servers, &["--redirect-dns", "--dual-stack"])?;
+    let ns = p.topo().server_ip6;
+    // dig -6 @fd00:200::1, which checks the reply's source.
+    for tcp in [false, true] {
+        assert_eq!(
+            p.topo().dig(Identity::APP, ns, "h.mesh.test", tcp)?,
+            vec![VIA_PROXY.to_string()],
+            "tcp: {tcp}"
+        );
+    }
+    assert_eq!(
+        p.topo().dig(Identity::PROXY, ns, "h.mesh.test", false)?,
+        vec![VIA_SERVER.to_string()]
+    );
+    // glibc's getaddrinfo with only an IPv6 name server.
+    assert_eq!(
+        p.topo()
+            .getaddrinfo(Identity::APP, p.resolv_conf.path(), "i.mesh.test")?,
+        vec![VIA_PROXY.to_string()]
+    );
     Ok(())
 }

@@ -1,17 +1,28 @@
 //! Inbound capture on the real kernel: connections from the server namespace to the pod reach
 //! the sidecar's listener on `-z` (15006) with their destination kept, or the application
-//! directly, as istio-iptables' `ISTIO_INBOUND` rules would send them.
+//! directly, as istio-iptables' `ISTIO_INBOUND` rules (iptables and ip6tables) would send them.
+//! Over IPv4 and IPv6; the test pods' first address is IPv4, so IPv6 is captured with
+//! `--dual-stack`, as with istio-iptables.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context as _, Result};
 use interceptor_tests::{
     Identity, Intercepted, Place, ProbeOptions, ProbeResult, Process, SEED_FLAGS, Topology, addr,
-    any, instance_dir,
+    addr6, any, any6, instance_dir,
 };
-/// Envoy's inbound passthrough: the sidecar dials the application from 127.0.0.6.
-const SIDECAR_ARGS: [&str; 3] = ["--announce", "--upstream-source", "127.0.0.6"];
+/// Envoy's inbound passthrough: the sidecar dials the application from 127.0.0.6 (::6 over
+/// IPv6, which init puts on lo when IPv6 is captured).
+const SIDECAR_ARGS: [&str; 5] = [
+    "--announce",
+    "--upstream-source",
+    "127.0.0.6",
+    "--upstream-source",
+    "::6",
+];
 const CAPTURE_PORT: u16 = 15006;
+const PASSTHROUGH4: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
+const PASSTHROUGH6: IpAddr = IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6));
 
 /// Where an inbound connection ended up.
 #[derive(Debug, PartialEq, Eq)]
@@ -34,8 +45,13 @@ fn inbound_path(r: &ProbeResult) -> Inbound {
             return Inbound::Failed(format!("sidecar listener {}: {r:?}", s.port));
         }
         // The sidecar forwarded to the application, as Envoy's passthrough does.
+        let passthrough = if orig.is_ipv4() {
+            PASSTHROUGH4
+        } else {
+            PASSTHROUGH6
+        };
         return match r.server_line() {
-            Some(app) if app.local == orig && app.peer.ip() == Ipv4Addr::new(127, 0, 0, 6) => {
+            Some(app) if app.local == orig && app.peer.ip() == passthrough => {
                 Inbound::Sidecar { orig, local }
             }
             other => Inbound::Failed(format!("the application saw {other:?}: {r:?}")),
@@ -59,9 +75,17 @@ fn steered(to: SocketAddr) -> Inbound {
     }
 }
 
+/// The application, on each port over IPv4 and IPv6.
 fn app(t: &Topology, ports: &[u16]) -> Result<Process> {
-    let listen: Vec<SocketAddr> = ports.iter().map(|&p| any(p)).collect();
+    let listen: Vec<SocketAddr> = ports.iter().flat_map(|&p| [any(p), any6(p)]).collect();
     t.spawn_server(&Place::Pod, Identity::APP, &listen, &[])
+}
+
+/// `flags` and `--dual-stack`.
+fn dual<'a>(flags: &[&'a str]) -> Vec<&'a str> {
+    let mut all = flags.to_vec();
+    all.push("--dual-stack");
+    all
 }
 
 fn sidecar(t: &Topology) -> Result<Process> {
@@ -95,11 +119,12 @@ fn the_seed_inbound_port_reaches_the_sidecar_with_its_destination_then_the_app()
     assert_eq!(r.server_line().unwrap().peer.ip(), IpAddr::V4(t.server_ip));
 
     let c = p.counters()?;
-    assert_eq!(c["inbound_listener_registered"], 1, "{c}");
+    // The sidecar listens on 0.0.0.0:15006 and [::]:15006: one listener per family.
+    assert_eq!(c["inbound_listener_registered"], 2, "{c}");
     assert_eq!(c["inbound_steered"], 1, "{c}");
     assert_eq!(c["inbound_direct_port"], 1, "{c}");
     assert_eq!(c["original_dst_hits"], 1, "{c}");
-    assert_eq!(p.status()?["inbound_listeners"], 1);
+    assert_eq!(p.status()?["inbound_listeners"], 2);
     Ok(())
 }
 
@@ -176,7 +201,7 @@ fn a_restarted_sidecar_registers_again_and_fail_open_passes_meanwhile() -> Resul
 
     let _second = sidecar(t)?;
     assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 2);
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 4);
     Ok(())
 }
 
@@ -250,9 +275,132 @@ fn reinit_applies_new_ports_and_keeps_the_registered_listener() -> Result<()> {
     p.init(&["-b", "*", "-d", "9080"])?;
     assert_eq!(inbound_path(&from_outside(t, a)?), Inbound::App(a));
     assert_eq!(inbound_path(&from_outside(t, b)?), steered(b));
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 1);
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 2);
     // And -b "" turns inbound capture off.
     p.init(&["-b", ""])?;
     assert_eq!(inbound_path(&from_outside(t, b)?), Inbound::App(b));
+    Ok(())
+}
+
+#[test]
+fn ipv6_inbound_reaches_the_sidecar_with_its_destination_then_the_app() -> Result<()> {
+    let p = Intercepted::new("inb6-seed", &dual(&SEED_FLAGS))?;
+    let t = &p.topo;
+    let _app = app(t, &[9080, 8000])?;
+    let _sidecar = sidecar(t)?;
+    // [pod]:9080 from the server namespace: steered to [::]:15006; getsockname and
+    // IP6T_SO_ORIGINAL_DST both give [pod]:9080; the sidecar reaches the application from ::6
+    // without being captured again.
+    let to = addr6(t.pod_ip6, 9080);
+    let r = from_outside(t, to)?;
+    assert_eq!(inbound_path(&r), steered(to), "{r:?}");
+    let direct = addr6(t.pod_ip6, 8000);
+    let r = from_outside(t, direct)?;
+    assert_eq!(inbound_path(&r), Inbound::App(direct), "{r:?}");
+    assert_eq!(r.server_line().unwrap().peer.ip(), IpAddr::V6(t.server_ip6));
+    // IPv4 goes to the IPv4 listener as before.
+    let to4 = addr(t.pod_ip, 9080);
+    assert_eq!(inbound_path(&from_outside(t, to4)?), steered(to4));
+
+    let c = p.counters()?;
+    assert_eq!(c["inbound_listener_registered"], 2, "{c}");
+    assert_eq!(c["inbound_steered"], 2, "{c}");
+    assert_eq!(c["original_dst_hits"], 2, "{c}");
+    assert_eq!(p.status()?["inbound_listeners"], 2);
+    Ok(())
+}
+
+#[test]
+fn ipv6_wildcard_captures_every_port_but_d_and_never_the_tunnel_port() -> Result<()> {
+    let p = Intercepted::new("inb6-wild", &dual(&["-b", "*", "-d", "8000"]))?;
+    let t = &p.topo;
+    let _app = app(t, &[9080, 8000, 15008])?;
+    let _sidecar = sidecar(t)?;
+    for (port, want) in [
+        (9080, steered(addr6(t.pod_ip6, 9080))),
+        (8000, Inbound::App(addr6(t.pod_ip6, 8000))),
+        (15008, Inbound::App(addr6(t.pod_ip6, 15008))),
+    ] {
+        let r = from_outside(t, addr6(t.pod_ip6, port))?;
+        assert_eq!(inbound_path(&r), want, "port {port}: {r:?}");
+    }
+    let r = from_outside(t, addr6(t.pod_ip6, CAPTURE_PORT))?;
+    let line = r.sidecar_line().context("the sidecar answered")?;
+    assert_eq!(line.orig, Err("ENOENT".to_owned()), "{r:?}");
+    Ok(())
+}
+
+#[test]
+fn ipv6_sidecar_restart_and_a_listener_open_before_init() -> Result<()> {
+    let topo = Topology::new("inb6-restart")?;
+    let _app = app(&topo, &[9080])?;
+    let mut first = sidecar(&topo)?;
+    let p = Intercepted::bare(topo);
+    p.init(&dual(&SEED_FLAGS))?;
+    let t = &p.topo;
+    let to = addr6(t.pod_ip6, 9080);
+    // Found by the init-time scan (/proc/net/tcp6), not registered by the kernel.
+    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 0);
+    assert_eq!(p.status()?["inbound_listeners"], 2);
+
+    first.kill();
+    assert_eq!(p.status()?["inbound_listeners"], 0);
+    let r = from_outside(t, to)?;
+    assert_eq!(inbound_path(&r), Inbound::App(to), "{r:?}");
+    assert_eq!(counter(&p, "inbound_no_listener_passed")?, 1);
+
+    let _second = sidecar(t)?;
+    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 2);
+    Ok(())
+}
+
+#[test]
+fn one_dual_stack_listener_takes_both_families() -> Result<()> {
+    let p = Intercepted::new("inb6-dual", &dual(&SEED_FLAGS))?;
+    let t = &p.topo;
+    let _app = app(t, &[9080])?;
+    let mut args = SIDECAR_ARGS.to_vec();
+    args.push("--dual-stack");
+    let _sidecar = t.spawn_sidecar(&[CAPTURE_PORT], &args)?;
+    assert_eq!(p.status()?["inbound_listeners"], 1);
+    // The IPv4 connection has no IPv4 listener: it goes to the [::] one, which accepts it as
+    // ::ffff:a.b.c.d; SO_ORIGINAL_DST (SOL_IP) answers the IPv4 destination.
+    let to4 = addr(t.pod_ip, 9080);
+    let r = from_outside(t, to4)?;
+    let line = r.sidecar_line().context("captured by the sidecar")?;
+    assert_eq!(line.orig, Ok(to4), "{r:?}");
+    assert_eq!(
+        line.local,
+        Some(addr6(t.pod_ip.to_ipv6_mapped(), 9080)),
+        "{r:?}"
+    );
+    let to6 = addr6(t.pod_ip6, 9080);
+    assert_eq!(inbound_path(&from_outside(t, to6)?), steered(to6));
+    assert_eq!(counter(&p, "inbound_steered")?, 2);
+    Ok(())
+}
+
+#[test]
+fn an_ipv6_only_listener_is_not_given_ipv4_and_ipv6_waits_for_dual_stack() -> Result<()> {
+    let p = Intercepted::new("inb6-only", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _app = app(t, &[9080])?;
+    let mut args = SIDECAR_ARGS.to_vec();
+    args.push("--ipv6-only");
+    let _sidecar = t.spawn_sidecar(&[CAPTURE_PORT], &args)?;
+    // No --dual-stack: IPv6 is not captured (no ip6tables rules in istio-iptables).
+    let to6 = addr6(t.pod_ip6, 9080);
+    assert_eq!(inbound_path(&from_outside(t, to6)?), Inbound::App(to6));
+    // IPv4 is captured, but the only listener is IPv6-only: the kernel refuses it, and the
+    // connection is treated as having no listener (fail open).
+    let to4 = addr(t.pod_ip, 9080);
+    assert_eq!(inbound_path(&from_outside(t, to4)?), Inbound::App(to4));
+    assert_eq!(counter(&p, "inbound_no_listener_passed")?, 1);
+    assert_eq!(counter(&p, "inbound_steered")?, 0);
+    // With --dual-stack, IPv6 is steered to it.
+    p.init(&dual(&SEED_FLAGS))?;
+    assert_eq!(inbound_path(&from_outside(t, to6)?), steered(to6));
     Ok(())
 }

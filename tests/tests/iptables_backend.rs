@@ -560,6 +560,18 @@ fn unsupported_and_bad_options_are_one_clear_error() -> Result<()> {
             vec![
                 "--iptables-mode",
                 "legacy",
+                "--inbound-fail",
+                "open",
+                "-b",
+                "*",
+            ],
+            2,
+            "--inbound-fail",
+        ),
+        (
+            vec![
+                "--iptables-mode",
+                "legacy",
                 "--resolv-conf",
                 "/nonexistent",
                 "--redirect-dns",

@@ -207,9 +207,9 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
         .collect();
-    // sockops, getsockopt, getpeername4/6, recvmsg4, sendmsg4, post_bind4, sk_lookup,
+    // sockops, getsockopt, getpeername4/6, recvmsg4/6, sendmsg4/6, post_bind4/6, sk_lookup,
     // connect4/6.
-    assert_eq!(links.len(), 10, "one link per program");
+    assert_eq!(links.len(), 13, "one link per program");
 
     let out = p.clean();
     assert!(out.status.success());
@@ -270,6 +270,9 @@ fn bad_input_fails_with_one_clear_error_and_leaves_nothing() -> Result<()> {
         (vec!["-u", "no-such-user"], 2, "\"no-such-user\""),
         (vec!["-m", "tproxy"], 2, "\"tproxy\""),
         (vec!["--no-such-flag"], 2, "--no-such-flag"),
+        // What the eBPF backend cannot honour is refused, not ignored.
+        (vec!["-k", "eth0"], 2, "-k/--kube-virt-interfaces"),
+        (vec!["--drop-invalid"], 2, "--drop-invalid"),
     ];
     for (flags, code, needle) in cases {
         let mut args = vec!["init", "--cgroup", &cg, "--netns", &ns];
@@ -315,5 +318,54 @@ fn bad_input_fails_with_one_clear_error_and_leaves_nothing() -> Result<()> {
         !instance_dir(&topo.pod_cgroup).exists(),
         "a failed init left pins"
     );
+    Ok(())
+}
+
+#[test]
+fn connections_routed_through_an_excluded_interface_go_direct() -> Result<()> {
+    let mut topo = Topology::new("excl-if")?;
+    let eth1 = topo.add_pod_interface()?;
+    let p = Intercepted::bare(topo);
+    p.init(&["-i", "*", "-c", &eth1.name])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    // istio-iptables: `-A OUTPUT -o eth1 -j RETURN`, before any capture rule.
+    let via_eth1 = addr(eth1.server_ip, 8080);
+    assert_eq!(
+        route_of(&probe(&p, Identity::APP, via_eth1)?),
+        Route::Direct(via_eth1)
+    );
+    let via_eth0 = addr(t.server_ip, 8080);
+    assert_eq!(
+        route_of(&probe(&p, Identity::APP, via_eth0)?),
+        Route::Sidecar(via_eth0)
+    );
+    assert_eq!(p.counters()?["direct_excluded_interface"], 1);
+    Ok(())
+}
+
+#[test]
+fn owner_groups_select_which_groups_are_captured() -> Result<()> {
+    let p = Intercepted::new("owner-groups", &["-i", "*"])?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let target = addr(t.server_ip, 8080);
+    let spared = Identity::new(2000, 3000);
+    let other = Identity::new(2000, 2000);
+    p.init_env(
+        &["-i", "*"],
+        &[("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "3000")],
+    )?;
+    assert_eq!(route_of(&probe(&p, spared, target)?), Route::Direct(target));
+    assert_eq!(route_of(&probe(&p, other, target)?), Route::Sidecar(target));
+    p.init_env(&["-i", "*"], &[("ISTIO_OUTBOUND_OWNER_GROUPS", "3000")])?;
+    assert_eq!(
+        route_of(&probe(&p, spared, target)?),
+        Route::Sidecar(target)
+    );
+    assert_eq!(route_of(&probe(&p, other, target)?), Route::Direct(target));
+    assert_eq!(p.counters()?["direct_owner_group"], 2);
     Ok(())
 }

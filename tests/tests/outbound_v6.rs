@@ -1,6 +1,9 @@
 //! Outbound interception over IPv6 on the real kernel, with istio-iptables' ip6tables rules as
 //! the reference: the behaviours of outbound.rs with IPv6 addresses, and IPv4 dialled from a
 //! dual-stack socket (an IPv4-mapped `::ffff:a.b.c.d`), which iptables, not ip6tables, decides.
+//!
+//! The test pods' first address is IPv4, so, as with istio-iptables, IPv6 is captured only
+//! with `--dual-stack` (`dual()`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -10,6 +13,13 @@ use interceptor_tests::{
     any, any6, instance_dir, interceptor, route_of,
 };
 
+/// `flags` and `--dual-stack`: IPv6 is captured in the (IPv4-first) test pods.
+fn dual<'a>(flags: &[&'a str]) -> Vec<&'a str> {
+    let mut all = flags.to_vec();
+    all.push("--dual-stack");
+    all
+}
+
 /// `[::ffff:a.b.c.d]:port`: how a dual-stack socket dials an IPv4 address.
 fn mapped(ip: Ipv4Addr, port: u16) -> SocketAddr {
     addr6(ip.to_ipv6_mapped(), port)
@@ -17,7 +27,7 @@ fn mapped(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 #[test]
 fn include_all_sends_ipv6_through_the_sidecar_with_its_original_destination() -> Result<()> {
-    let p = Intercepted::new("v6-all", &SEED_FLAGS)?;
+    let p = Intercepted::new("v6-all", &dual(&SEED_FLAGS))?;
     let t = &p.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
@@ -53,9 +63,9 @@ fn ipv6_ranges_of_mixed_lists_and_ports_follow_the_decision_table() -> Result<()
     let include = format!("{}/24,{}/64,{a}/64,{b}/64", topo.server_ip, topo.server_ip6);
     let exclude = format!("{a}/128,{b}/96,{}/32", topo.server_extra_ips[0]);
     let p = Intercepted::bare(topo);
-    p.init(&[
+    p.init(&dual(&[
         "-i", &include, "-x", &exclude, "-o", "3306", "-q", "8443", "-u", "1337",
-    ])?;
+    ]))?;
     let t = &p.topo;
     let _server = t.spawn_server(
         &Place::Server,
@@ -108,7 +118,7 @@ fn ipv6_ranges_of_mixed_lists_and_ports_follow_the_decision_table() -> Result<()
 
 #[test]
 fn the_proxy_uid_or_gid_goes_direct_over_ipv6() -> Result<()> {
-    let p = Intercepted::new("v6-owner", &["-u", "1337", "-g", "1337", "-i", "*"])?;
+    let p = Intercepted::new("v6-owner", &dual(&["-u", "1337", "-g", "1337", "-i", "*"]))?;
     let t = &p.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
@@ -128,13 +138,9 @@ fn the_proxy_uid_or_gid_goes_direct_over_ipv6() -> Result<()> {
 #[test]
 fn the_proxy_calling_its_own_pod_over_ipv6_goes_to_inbound_capture_except_from_6() -> Result<()> {
     let topo = Topology::new("v6-self")?;
-    // Envoy binds ::6 for IPv6 inbound passthrough (istio puts it on lo).
-    topo.ip(
-        Side::Pod,
-        &["-6", "addr", "add", "::6/128", "dev", "lo", "nodad"],
-    )?;
     let p = Intercepted::bare(topo);
-    p.init(&SEED_FLAGS)?;
+    // Envoy binds ::6 for IPv6 inbound passthrough: init puts it on lo, as istio-iptables.
+    p.init(&dual(&SEED_FLAGS))?;
     let t = &p.topo;
     let _app = t.spawn_server(&Place::Pod, Identity::APP, &[any6(9080), any6(15008)], &[])?;
     let _sidecar = t.spawn_sidecar(&[15001, 15006], &["--announce"])?;
@@ -170,7 +176,8 @@ fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()
         topo.server_extra_ips[1],
     ];
     // IPv4 ranges only, plus an IPv6 exclude written as the mapped address: in istio-iptables
-    // it is an ip6tables rule, which never sees these (IPv4) connections.
+    // it is an ip6tables rule, which never sees these (IPv4) connections. No --dual-stack:
+    // IPv6 is not captured, and IPv4 dialled from a dual-stack socket still is.
     let include = format!("{s}/24,{a}/24");
     let exclude = format!("{a}/32,{}/128", s.to_ipv6_mapped());
     let p = Intercepted::bare(topo);
@@ -234,7 +241,7 @@ fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()
 
 #[test]
 fn original_destination_errors_over_ipv6_match_netfilter() -> Result<()> {
-    let p = Intercepted::new("v6-errno", &SEED_FLAGS)?;
+    let p = Intercepted::new("v6-errno", &dual(&SEED_FLAGS))?;
     let t = &p.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
     let target = addr6(t.server_ip6, 8080);
@@ -264,16 +271,22 @@ fn original_destination_errors_over_ipv6_match_netfilter() -> Result<()> {
 
 #[test]
 fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
-    let p = Intercepted::new("v6-upgrade", &["-i", "*"])?;
+    let p = Intercepted::new("v6-upgrade", &dual(&["-i", "*"]))?;
     let t = &p.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
     let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
     let dir = instance_dir(&t.pod_cgroup);
 
-    // What a build without IPv6 support leaves: no connect6 and getpeername6 links.
+    // What a build without IPv6 support leaves: none of the IPv6 programs' links.
     // (Unpinning a link nothing else holds detaches its program.)
-    for link in ["link_redirect_connect6", "link_restore_peer_name6"] {
+    for link in [
+        "link_redirect_connect6",
+        "link_restore_peer_name6",
+        "link_redirect_sendmsg6",
+        "link_restore_dns_reply_source6",
+        "link_mark_capture_listener6",
+    ] {
         std::fs::remove_file(dir.join(link))?;
     }
     assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Direct(v6));
@@ -281,19 +294,19 @@ fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
 
     // Re-running init attaches what is missing, in place: IPv4 was never interrupted and the
     // counters go on.
-    p.init(&["-i", "*"])?;
+    p.init(&dual(&["-i", "*"]))?;
     let r = p.probe(Identity::APP, v6)?;
     assert_eq!(route_of(&r), Route::Sidecar(v6));
     assert_eq!(r.peer_name, Some(v6), "getpeername6 is back too");
     assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
-    assert_eq!(links(&dir)?, 10, "one link per program");
+    assert_eq!(links(&dir)?, PROGRAMS, "one link per program");
     assert_eq!(p.counters()?["redirected"], 3);
     Ok(())
 }
 
 #[test]
 fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()> {
-    let p = Intercepted::new("v6-layout", &["-i", "*"])?;
+    let p = Intercepted::new("v6-layout", &dual(&["-i", "*"]))?;
     let t = &p.topo;
     let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
     let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
@@ -308,10 +321,10 @@ fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()>
     assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
 
     // Re-running init builds a new instance beside the old one, then removes the old one.
-    p.init(&["-i", "*"])?;
+    p.init(&dual(&["-i", "*"]))?;
     assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Sidecar(v6));
     assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
-    assert_eq!(links(&dir)?, 10, "one link per program");
+    assert_eq!(links(&dir)?, PROGRAMS, "one link per program");
     let mut staging = dir.clone().into_os_string();
     staging.push("-new");
     assert!(!std::path::Path::new(&staging).exists());
@@ -328,6 +341,9 @@ fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()>
     );
     Ok(())
 }
+
+/// The programs an instance attaches (`interceptor_ebpf::program_names::ALL`).
+const PROGRAMS: usize = 13;
 
 fn links(dir: &std::path::Path) -> Result<usize> {
     Ok(std::fs::read_dir(dir)?
@@ -409,10 +425,39 @@ fn dry_run_shows_the_ipv6_entries() -> Result<()> {
         local6.contains(&serde_json::json!(topo.pod_ip6.to_string())),
         "{plan}"
     );
-    assert!(!plan["not_enforced"].to_string().contains("IPv6"), "{plan}");
     assert!(
         !instance_dir(&topo.pod_cgroup).exists(),
         "a dry run pins nothing"
     );
     Ok(())
+}
+
+#[test]
+fn without_dual_stack_an_ipv4_first_pod_leaves_ipv6_alone_as_istio_iptables() -> Result<()> {
+    let p = Intercepted::new("v6-off", &SEED_FLAGS)?;
+    let t = &p.topo;
+    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080), any(8080)], &[])?;
+    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
+    let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
+    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Direct(v6));
+    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    let c = p.counters()?;
+    assert_eq!(c["direct_ipv6_disabled"], 1, "{c}");
+    let plan = p.status()?["record"]["config"]["dual_stack"].clone();
+    assert_eq!(plan, false);
+    // ::6 is put on lo only when IPv6 is captured.
+    assert!(!lo_has_passthrough6(t)?);
+    p.init(&dual(&SEED_FLAGS))?;
+    assert!(lo_has_passthrough6(t)?);
+    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Sidecar(v6));
+    Ok(())
+}
+
+/// Whether the pod's lo holds ::6/128.
+fn lo_has_passthrough6(t: &Topology) -> Result<bool> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &t.pod_netns, "-6", "addr", "show", "dev", "lo"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "ip addr show failed");
+    Ok(String::from_utf8_lossy(&out.stdout).contains("inet6 ::6/128"))
 }

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need: nightly rust-src, bpf-linker, iproute2, iptables,
-    /// dnsutils, dnsmasq-base.
+    /// dnsutils, dnsmasq-base, containernetworking-plugins, kubernetes-validate (PyPI).
     Setup,
     /// Build every binary (kernel programs included).
     Build {
@@ -47,7 +47,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.command {
-        Cmd::Setup => setup::ensure_all(),
+        Cmd::Setup => {
+            setup::ensure_all()?;
+            setup::ensure_kubernetes_validate(&root).map(|_| ())
+        }
         Cmd::Build { release } => {
             setup::ensure_all()?;
             build(&root, release)
@@ -65,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::ensure_all()?;
+            let validator = setup::ensure_kubernetes_validate(&root)?;
             require_root("the integration tests")?;
             build(&root, false)?;
             let bin_dir = root.join("target/debug");
@@ -75,7 +79,8 @@ fn main() -> anyhow::Result<()> {
             let mut cmd = cargo(&root);
             cmd.args(["test", "-p", "interceptor", "-p", "interceptor-tests"])
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
-                .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir);
+                .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir)
+                .env("INTERCEPTOR_KUBERNETES_VALIDATE", &validator);
             if !args.is_empty() {
                 cmd.arg("--").args(&args);
             }

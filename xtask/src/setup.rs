@@ -6,6 +6,10 @@
 //! - `iptables` (both `iptables-legacy` and `iptables-nft`), for the iptables backend and the
 //!   differential tests; `dnsutils` (`dig`) and `dnsmasq-base`, a real resolver client and a
 //!   real DNS server for the DNS-capture tests;
+//! - `containernetworking-plugins` (Debian's CNI reference plugins `bridge` and `host-local`),
+//!   which the daemon tests chain `interceptor-cni` after, as a runtime would;
+//! - `kubernetes-validate` from PyPI in a virtualenv under `target/tools/`, which checks the
+//!   manifests in `deploy/` against the Kubernetes schemas offline;
 //! - for `cargo xtask bench` only: `nginx`, `wrk`, `iperf3`.
 
 use std::{
@@ -38,7 +42,66 @@ pub fn ensure_all() -> anyhow::Result<()> {
     ensure_command("iptables-nft", "iptables")?;
     ensure_command("dig", "dnsutils")?;
     ensure_command("dnsmasq", "dnsmasq-base")?;
+    ensure_file("/usr/lib/cni/bridge", "containernetworking-plugins")?;
+    ensure_file("/usr/lib/cni/host-local", "containernetworking-plugins")?;
     Ok(())
+}
+
+/// kubernetes-validate release the manifest tests are written against.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+/// The `kubernetes-validate` executable, installed into `<root>/target/tools/k8s-venv` with
+/// pip when it is not there yet.
+pub fn ensure_kubernetes_validate(root: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let venv = root.join("target/tools/k8s-venv");
+    let exe = venv.join("bin/kubernetes-validate");
+    if output(Command::new(&exe).arg("--version")).is_some() {
+        return Ok(exe);
+    }
+    eprintln!(
+        "xtask: installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} into {}",
+        venv.display()
+    );
+    // pyenv installs python3 outside /usr/bin; fall back to Debian's (with python3-venv).
+    let python = ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .find(|p| output(Command::new(p).args(["-m", "venv", "--help"])).is_some());
+    let python = match python {
+        Some(p) => p,
+        None => {
+            ensure_package("python3-venv")?;
+            "/usr/bin/python3"
+        }
+    };
+    let ok = Command::new(python)
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()?
+        .success()
+        && Command::new(venv.join("bin/pip"))
+            .args([
+                "install",
+                "-q",
+                &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+            ])
+            .status()?
+            .success();
+    if !ok || output(Command::new(&exe).arg("--version")).is_none() {
+        bail!(
+            "could not install kubernetes-validate; by hand: python3 -m venv {v} && {v}/bin/pip \
+             install kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}",
+            v = venv.display()
+        );
+    }
+    Ok(exe)
+}
+
+fn ensure_file(path: &str, package: &str) -> anyhow::Result<()> {
+    if std::path::Path::new(path).is_file() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {package} (for {path})");
+    ensure_package(package)
 }
 
 fn cargo_home() -> PathBuf {
@@ -166,6 +229,10 @@ fn ensure_command(command: &str, package: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {package} (for `{command}`)");
+    ensure_package(package)
+}
+
+fn ensure_package(package: &str) -> anyhow::Result<()> {
     let ok = Command::new("sh")
         .args([
             "-c",

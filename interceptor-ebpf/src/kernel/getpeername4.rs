@@ -7,7 +7,9 @@ use aya_ebpf::{
 };
 use interceptor_ebpf::{Counter, DNS_CAPTURE_PORT, OrigDst4, wire::port_to_user_port};
 
-use crate::maps::{ORIG_DST_BY_TUPLE, UDP_ORIG_DST, count, pod_config, tuple_from_client_side};
+use crate::maps::{
+    ORIG_DST_BY_TUPLE, UDP_ORIG_DST, count, pod_config, stored_on_socket, tuple_from_client_side,
+};
 
 const SOCK_DGRAM: u32 = 2;
 
@@ -22,12 +24,11 @@ pub fn restore_peer_name4(ctx: SockAddrContext) -> i32 {
         }
         let netns = bpf_get_netns_cookie(ctx.as_ptr());
         let orig: Option<OrigDst4> = if sa.type_ == SOCK_DGRAM {
-            let p = UDP_ORIG_DST.get_ptr_mut(&ctx);
             // Only while still connected to where we sent it.
-            if p.is_null() || sa.user_port != port_to_user_port(DNS_CAPTURE_PORT) {
+            if sa.user_port != port_to_user_port(DNS_CAPTURE_PORT) {
                 None
             } else {
-                Some(*p)
+                stored_on_socket(&UDP_ORIG_DST, &ctx)
             }
         } else {
             ORIG_DST_BY_TUPLE

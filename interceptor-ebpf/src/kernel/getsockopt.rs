@@ -7,8 +7,8 @@
 //!
 //! Two kinds of socket have an original destination: the proxy's end of a connection that
 //! `connect4`/`connect6` redirected (looked up by 4-tuple), and a connection `sk_lookup` steered
-//! to the capture listener, whose destination was never changed: its own local address, as
-//! conntrack would report it after an iptables REDIRECT.
+//! to a capture listener (IPv4 or IPv6), whose destination was never changed: its own local
+//! address, as conntrack would report it after an iptables REDIRECT.
 //!
 //! As with netfilter, an IPv4 connection accepted on a dual-stack listener (an IPv6 socket
 //! with IPv4-mapped addresses) answers `SOL_IP` with the IPv4 destination, and `SOL_IPV6`
@@ -20,12 +20,12 @@ use aya_ebpf::{
     programs::SockoptContext,
 };
 use interceptor_ebpf::{
-    Counter, OrigDst4, PodConfig,
-    wire::{port_from_sock_src, sin_port},
+    Counter, OrigDst4, OrigDst6, PodConfig,
+    wire::{ipv4_from_mapped, port_from_sock_src, sin_port},
 };
 
 use crate::maps::{
-    CAPTURE_SOCKETS, ORIG_DST_BY_TUPLE, ORIG_DST6_BY_TUPLE, count, pod_config,
+    CAPTURE_SOCKETS, ORIG_DST_BY_TUPLE, ORIG_DST6_BY_TUPLE, count, pod_config, read_ip6,
     tuple_from_server_side, tuple6_from_server_side,
 };
 
@@ -162,7 +162,11 @@ fn answer6(ctx: &SockoptContext) {
             set_retval(so, -EINVAL);
             return;
         }
-        let Some(orig) = ORIG_DST6_BY_TUPLE.get(&tuple6_from_server_side(netns, &*sk)) else {
+        let orig = match ORIG_DST6_BY_TUPLE.get(&tuple6_from_server_side(netns, &*sk)) {
+            Some(orig) => Some(*orig),
+            None => steered_destination6(netns, cfg, sk),
+        };
+        let Some(orig) = orig else {
             count(cfg, Counter::OrigDstMiss);
             set_retval(so, -ENOENT);
             return;
@@ -201,22 +205,57 @@ unsafe fn set_retval(so: *mut aya_ebpf::bindings::bpf_sockopt, retval: i32) {
 
 /// The destination of a connection `sk_lookup` steered: a socket accepted from the capture
 /// listener (it carries the listener's cloned mark) whose local port is not the capture port
-/// (a connection made to the capture port itself has no other destination).
+/// (a connection made to the capture port itself has no other destination). IPv4: an IPv4
+/// socket, or an IPv4 connection a dual-stack listener accepted.
 #[inline(always)]
 unsafe fn steered_destination(netns: u64, cfg: &PodConfig, sk: *mut bpf_sock) -> Option<OrigDst4> {
+    // SAFETY: as the caller's.
+    let sk = unsafe { steered_socket(netns, cfg, sk)? };
+    let ipv4 = sk.family == u32::from(AF_INET)
+        || (sk.family == u32::from(AF_INET6) && ipv4_from_mapped(read_ip6(&sk.src_ip6)).is_some());
+    if !ipv4 {
+        return None;
+    }
+    Some(OrigDst4 {
+        addr: sk.src_ip4,
+        port: port_from_sock_src(sk.src_port),
+        _pad: 0,
+    })
+}
+
+/// `steered_destination` for an IPv6 connection (not an IPv4 one on a dual-stack socket:
+/// netfilter has no IPv6 original destination for it either).
+#[inline(always)]
+unsafe fn steered_destination6(netns: u64, cfg: &PodConfig, sk: *mut bpf_sock) -> Option<OrigDst6> {
+    // SAFETY: as the caller's.
+    let sk = unsafe { steered_socket(netns, cfg, sk)? };
+    let local = read_ip6(&sk.src_ip6);
+    if sk.family != u32::from(AF_INET6) || ipv4_from_mapped(local).is_some() {
+        return None;
+    }
+    Some(OrigDst6 {
+        addr: local,
+        port: port_from_sock_src(sk.src_port),
+        _pad: 0,
+    })
+}
+
+/// `sk` if it was accepted from this pod's capture listener on another port than the capture
+/// port.
+#[inline(always)]
+unsafe fn steered_socket<'a>(
+    netns: u64,
+    cfg: &PodConfig,
+    sk: *mut bpf_sock,
+) -> Option<&'a bpf_sock> {
     match CAPTURE_SOCKETS.get(sk.cast()) {
         Some(mark) if mark.netns == netns => {}
         _ => return None,
     }
     // SAFETY: a full socket the verifier checked.
     let sk = unsafe { &*sk };
-    let port = port_from_sock_src(sk.src_port);
-    if sk.family != AF_INET as u32 || port == cfg.inbound_capture_port {
+    if port_from_sock_src(sk.src_port) == cfg.inbound_capture_port {
         return None;
     }
-    Some(OrigDst4 {
-        addr: sk.src_ip4,
-        port,
-        _pad: 0,
-    })
+    Some(sk)
 }

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod capture_listener;
 mod connect4;
 mod connect6;
 mod getpeername4;
@@ -9,9 +10,13 @@ mod getpeername6;
 mod getsockopt;
 mod maps;
 mod post_bind4;
+mod post_bind6;
 mod recvmsg4;
+mod recvmsg6;
 mod redirect4;
+mod redirect6;
 mod sendmsg4;
+mod sendmsg6;
 mod sk_lookup;
 mod sockops;
 

@@ -9,11 +9,12 @@ use aya_ebpf::{
     helpers::generated::bpf_sk_storage_get,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
+    programs::SockAddrContext,
 };
 use interceptor_ebpf::{
     CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrSet,
-    Counter, InstanceMeta, ListenerKey, OrigDst4, OrigDst6, PodConfig, PortKey, PortSet,
-    SockTuple4, SockTuple6,
+    Counter, InstanceMeta, ListenerKey, OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey,
+    PortSet, SockTuple4, SockTuple6,
     decision::RuleSets,
     wire::{RawIpv4, RawIpv6},
 };
@@ -52,9 +53,43 @@ pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> = LruHashMap::with_max
 pub static ORIG_DST6_BY_TUPLE: LruHashMap<SockTuple6, OrigDst6> =
     LruHashMap::with_max_entries(65536, 0);
 /// A redirected UDP socket's original destination (DNS capture), stored on the socket and
-/// freed with it: UDP has no close callback that could clean a hash map.
+/// freed with it: UDP has no close callback that could clean a hash map. IPv4 destinations,
+/// also those a dual-stack socket dialled as `::ffff:a.b.c.d`.
 #[btf_map]
 pub static UDP_ORIG_DST: SkStorage<OrigDst4> = SkStorage::new();
+
+/// The same for IPv6 destinations.
+#[btf_map]
+pub static UDP_ORIG_DST6: SkStorage<OrigDst6> = SkStorage::new();
+
+/// Stores `value` on the socket of `ctx` (a new entry, or over the previous one); false when
+/// the kernel could not store it.
+#[inline(always)]
+pub fn store_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext, mut value: T) -> bool {
+    // SAFETY: the context's socket is valid for the program's run; the kernel copies `value`
+    // into a new entry, and an existing entry is overwritten through the returned pointer.
+    let slot = unsafe { map.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
+    if slot.is_null() {
+        return false;
+    }
+    // A plain `*slot = value` may become a call to `memmove` (the helper saw `value`'s
+    // address), whose pointer subtraction the verifier only allows with CAP_PERFMON: copy as
+    // non-overlapping, which is inlined into loads and stores.
+    unsafe { core::ptr::copy_nonoverlapping(&value, slot, 1) };
+    true
+}
+
+/// The value stored on the socket of `ctx`, if any.
+#[inline(always)]
+pub fn stored_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext) -> Option<T> {
+    // SAFETY: as above; null or a valid entry back.
+    let slot = unsafe { map.get_ptr_mut(ctx) };
+    if slot.is_null() {
+        None
+    } else {
+        Some(unsafe { *slot })
+    }
+}
 
 /// `pod_index * Counter::COUNT + counter` -> count, per CPU.
 #[map]
@@ -124,6 +159,11 @@ impl<V> CloneSkStorage<V> {
 #[map]
 pub static INSTANCE_META: Array<InstanceMeta> = Array::with_max_entries(1, 0);
 
+/// Node mode: the daemon's record of each registered pod; never read by the programs.
+#[map]
+pub static POD_RECORDS: HashMap<u64, PodRecordBlob> =
+    HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
+
 #[inline(always)]
 pub fn pod_config(netns_cookie: u64) -> Option<&'static PodConfig> {
     // SAFETY: entries are plain data; a concurrent update replaces the value, which at worst
@@ -177,6 +217,36 @@ impl RuleSets for MapSets {
             },
         );
         CIDR6.get(&key).is_some()
+    }
+
+    #[inline(always)]
+    fn route_excluded4(&self, rules: u32, addr: RawIpv4) -> bool {
+        let key = Key::new(
+            CIDR4_KEY_PREFIX_BITS + 32,
+            Cidr4Key {
+                rules,
+                set: CidrSet::Route as u32,
+                addr,
+            },
+        );
+        CIDR4
+            .get(&key)
+            .is_some_and(|via_excluded| *via_excluded == 1)
+    }
+
+    #[inline(always)]
+    fn route_excluded6(&self, rules: u32, addr: RawIpv6) -> bool {
+        let key = Key::new(
+            CIDR6_KEY_PREFIX_BITS + 128,
+            Cidr6Key {
+                rules,
+                set: CidrSet::Route as u32,
+                addr,
+            },
+        );
+        CIDR6
+            .get(&key)
+            .is_some_and(|via_excluded| *via_excluded == 1)
     }
 }
 

@@ -1,43 +1,12 @@
-//! `cgroup/post_bind4`: the proxy (a `-u` uid or `-g` gid) bound a TCP socket to the inbound
-//! capture port. Mark the socket, so that `sockops` registers it when it starts listening and
-//! the sockets it accepts are known as steered ones. The uid is checked here because bind runs
-//! in the process's context, which `sockops` does not have.
+//! `cgroup/post_bind4`: marks the proxy's IPv4 socket bound to the inbound capture port
+//! (`capture_listener`).
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_get_current_uid_gid, generated::bpf_get_netns_cookie},
-    macros::cgroup_sock,
-    programs::SockContext,
-};
-use interceptor_ebpf::{CaptureMark, wire::port_from_sock_src};
+use aya_ebpf::{macros::cgroup_sock, programs::SockContext};
 
-use crate::maps::{CAPTURE_SOCKETS, pod_config};
-
-const IPPROTO_TCP: u32 = 6;
+use crate::capture_listener::mark_if_capture_listener;
 
 #[cgroup_sock(post_bind4)]
 pub fn mark_capture_listener4(ctx: SockContext) -> i32 {
-    mark(&ctx);
+    mark_if_capture_listener(&ctx);
     1 // never refuse a bind
-}
-
-#[inline(always)]
-fn mark(ctx: &SockContext) {
-    // SAFETY: the context is the socket, valid for the program's run.
-    let sk = unsafe { &*ctx.sock };
-    if sk.protocol != IPPROTO_TCP {
-        return;
-    }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    let Some(cfg) = pod_config(netns) else {
-        return;
-    };
-    if port_from_sock_src(sk.src_port) != cfg.inbound_capture_port {
-        return;
-    }
-    let uid_gid = bpf_get_current_uid_gid();
-    if cfg.is_proxy_uid(uid_gid as u32) || cfg.is_proxy_gid((uid_gid >> 32) as u32) {
-        let mut mark = CaptureMark { netns };
-        CAPTURE_SOCKETS.get_or_insert(ctx.as_ptr(), &mut mark);
-    }
 }

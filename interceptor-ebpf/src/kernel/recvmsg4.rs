@@ -11,7 +11,7 @@ use interceptor_ebpf::{
     wire::{LOCALHOST4, port_from_user_port, port_to_user_port},
 };
 
-use crate::maps::{UDP_ORIG_DST, count, pod_config};
+use crate::maps::{UDP_ORIG_DST, count, pod_config, stored_on_socket};
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn restore_dns_reply_source4(ctx: SockAddrContext) -> i32 {
@@ -20,12 +20,9 @@ pub fn restore_dns_reply_source4(ctx: SockAddrContext) -> i32 {
     if sa.user_ip4 != LOCALHOST4 || port_from_user_port(sa.user_port) != DNS_CAPTURE_PORT {
         return 1;
     }
-    let orig = unsafe { UDP_ORIG_DST.get_ptr_mut(&ctx) };
-    if orig.is_null() {
+    let Some(orig) = stored_on_socket(&UDP_ORIG_DST, &ctx) else {
         return 1; // a socket we never redirected talks to 15053 itself
-    }
-    // SAFETY: non-null storage of this socket.
-    let orig = unsafe { *orig };
+    };
     sa.user_ip4 = orig.addr;
     sa.user_port = port_to_user_port(orig.port);
     if let Some(cfg) = pod_config(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }) {

@@ -1,6 +1,10 @@
 //! The decide-and-rewrite step `connect4` and `sendmsg4` share: one decision per connect (TCP,
 //! or UDP DNS) or per unconnected datagram, then the destination is rewritten in place before
 //! the kernel routes it (no NAT, no per-packet work afterwards).
+//!
+//! `sendmsg4` also runs for a dual-stack IPv6 socket sending to `::ffff:a.b.c.d`: the kernel
+//! hands such a datagram to its IPv4 path, with the unmapped address, before `sendmsg6` would
+//! see it.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -17,7 +21,7 @@ use interceptor_ebpf::{
     wire::{LOCALHOST4, port_from_user_port, port_to_user_port},
 };
 
-use crate::maps::{MapSets, ORIG_DST_BY_COOKIE, UDP_ORIG_DST, count, pod_config};
+use crate::maps::{MapSets, ORIG_DST_BY_COOKIE, UDP_ORIG_DST, count, pod_config, store_on_socket};
 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
@@ -60,29 +64,12 @@ pub fn decide_and_rewrite(ctx: &SockAddrContext) {
         }
         Verdict::Redirect { port, counter } => (port, counter),
     };
-    let mut orig = OrigDst4 {
+    let orig = OrigDst4 {
         addr: conn.dst,
         port: conn.dst_port,
         _pad: 0,
     };
-    let recorded = match proto {
-        // Until established, by cookie; sockops moves it to the connection's 4-tuple.
-        Proto::Tcp => {
-            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-            ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_ok()
-        }
-        // On the socket itself, freed with it: recvmsg4 and getpeername4 read it back.
-        Proto::Udp => {
-            let slot = unsafe { UDP_ORIG_DST.get_or_insert_ptr_mut(ctx, Some(&mut orig)) };
-            if slot.is_null() {
-                false
-            } else {
-                unsafe { *slot = orig };
-                true
-            }
-        }
-    };
-    if !recorded {
+    if !record4(ctx, proto, orig) {
         count(cfg, Counter::OrigDstLost);
     }
     sa.user_ip4 = LOCALHOST4;
@@ -95,4 +82,20 @@ pub fn decide_and_rewrite(ctx: &SockAddrContext) {
         conn.dst_port,
         port
     );
+}
+
+/// Records an IPv4 original destination where the programs that serve the redirected socket
+/// look for it (also for a dual-stack socket's IPv4-mapped connect, from `connect6`).
+/// False when it could not be recorded.
+#[inline(always)]
+pub fn record4(ctx: &SockAddrContext, proto: Proto, orig: OrigDst4) -> bool {
+    match proto {
+        // Until established, by cookie; sockops moves it to the connection's 4-tuple.
+        Proto::Tcp => {
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            ORIG_DST_BY_COOKIE.insert(&cookie, &orig, 0).is_ok()
+        }
+        // On the socket itself, freed with it: recvmsg4/6 and getpeername4/6 read it back.
+        Proto::Udp => store_on_socket(&UDP_ORIG_DST, ctx, orig),
+    }
 }

@@ -2,17 +2,23 @@
 //! capture is handed to the proxy's listener on `-z` before the kernel looks for a socket on its
 //! destination port. The connection keeps its destination (as under TPROXY): the proxy's
 //! accepted socket is bound to pod-ip:port, and nothing is rewritten afterwards.
+//!
+//! Listeners are registered per address family. Envoy listens on 0.0.0.0:15006 and, with dual
+//! stack, on an IPv6-only [::]:15006 beside it: each family goes to its own. An IPv4 connection
+//! with no IPv4 listener goes to the IPv6 one, which takes it if it is dual-stack (the kernel
+//! refuses an IPv6-only socket, and the connection is then treated as having no listener).
 
 use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
 use interceptor_ebpf::{
-    Counter, ListenerKey,
-    inbound::{InboundLookup, InboundVerdict, decide_inbound},
+    Counter, ListenerKey, flags,
+    inbound::{InboundLookup, InboundVerdict, decide_inbound4, decide_inbound6},
     wire::port_from_sk_lookup_local,
 };
 
-use crate::maps::{INBOUND_LISTENERS, MapSets, count, pod_config};
+use crate::maps::{INBOUND_LISTENERS, MapSets, count, pod_config, read_ip6};
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const IPPROTO_TCP: u32 = 6;
 const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
@@ -31,7 +37,8 @@ pub fn steer_inbound(ctx: SkLookupContext) -> u32 {
 fn steer(ctx: &SkLookupContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     let l = unsafe { &*ctx.lookup };
-    if l.protocol != IPPROTO_TCP || l.family != AF_INET {
+    let family = l.family;
+    if l.protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return SK_PASS;
     }
     // SAFETY: a plain read of a constant the loader fills in (volatile: not folded to 0).
@@ -39,27 +46,36 @@ fn steer(ctx: &SkLookupContext) -> u32 {
     let Some(cfg) = pod_config(netns) else {
         return SK_PASS;
     };
-    let lookup = InboundLookup {
-        port: port_from_sk_lookup_local(l.local_port),
-        ifindex: l.ingress_ifindex,
-        remote: l.remote_ip4,
+    let port = port_from_sk_lookup_local(l.local_port);
+    let ifindex = l.ingress_ifindex;
+    let verdict = if family == AF_INET {
+        let lookup = InboundLookup {
+            port,
+            ifindex,
+            remote: l.remote_ip4,
+        };
+        decide_inbound4(cfg, &lookup, &MapSets)
+    } else {
+        let lookup = InboundLookup {
+            port,
+            ifindex,
+            remote: read_ip6(&l.remote_ip6),
+        };
+        decide_inbound6(cfg, &lookup, &MapSets)
     };
-    match decide_inbound(cfg, &lookup, &MapSets) {
+    match verdict {
         InboundVerdict::Pass(None) => SK_PASS,
         InboundVerdict::Pass(Some(reason)) => {
             count(cfg, reason);
             SK_PASS
         }
         InboundVerdict::Steer => {
-            let key = ListenerKey {
-                netns,
-                family: AF_INET,
-                _pad: 0,
-            };
-            if INBOUND_LISTENERS.redirect_sk_lookup(ctx, key, 0).is_ok() {
+            let assigned =
+                assign(ctx, netns, family) || (family == AF_INET && assign(ctx, netns, AF_INET6));
+            if assigned {
                 count(cfg, Counter::InboundSteered);
                 SK_PASS
-            } else if cfg.has(interceptor_ebpf::flags::INBOUND_FAIL_CLOSED) {
+            } else if cfg.has(flags::INBOUND_FAIL_CLOSED) {
                 // No listener: the connection is refused (RST), never given to the application.
                 count(cfg, Counter::InboundNoListenerRefused);
                 SK_DROP
@@ -69,4 +85,16 @@ fn steer(ctx: &SkLookupContext) -> u32 {
             }
         }
     }
+}
+
+/// Hands the connection to the pod's listener of `family`; false when there is none or the
+/// kernel refuses it.
+#[inline(always)]
+fn assign(ctx: &SkLookupContext, netns: u64, family: u32) -> bool {
+    let key = ListenerKey {
+        netns,
+        family,
+        _pad: 0,
+    };
+    INBOUND_LISTENERS.redirect_sk_lookup(ctx, key, 0).is_ok()
 }

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     cli::{CleanArgs, InitArgs, IptablesMode, TargetArgs},
-    config::{InterceptConfig, InterceptionMode},
+    config::{InboundFail, InterceptConfig, InterceptionMode},
     error::ConfigError,
     netns::Netns,
     resolv_conf, sys,
@@ -60,6 +60,17 @@ pub fn init(args: &InitArgs, cfg: &InterceptConfig) -> anyhow::Result<()> {
         }
         .into());
     }
+    // REDIRECT to a port nobody listens on is refused by the kernel: "closed" is what the rules
+    // do, and "open" cannot be had from them.
+    if cfg.inbound_fail == InboundFail::Open && args.inbound_fail.is_some() {
+        return Err(ConfigError::Unsupported {
+            flag: "--inbound-fail",
+            reason: "open is not possible with the iptables backend: REDIRECT refuses captured \
+                     connections while nothing listens on -z (that is `closed`)"
+                .into(),
+        }
+        .into());
+    }
     if !dry_run {
         require_root()?;
     }
@@ -94,8 +105,8 @@ pub fn init(args: &InitArgs, cfg: &InterceptConfig) -> anyhow::Result<()> {
 }
 
 /// istio-iptables puts `::6/128` on `lo` when IPv6 is enabled: Envoy's inbound passthrough
-/// binds it (IPv6 `lo` holds only `::1`, unlike IPv4's 127/8).
-fn add_inbound_passthrough_v6(netns: &Netns) -> anyhow::Result<()> {
+/// binds it (IPv6 `lo` holds only `::1`, unlike IPv4's 127/8). The eBPF backend does too.
+pub(crate) fn add_inbound_passthrough_v6(netns: &Netns) -> anyhow::Result<()> {
     let out = exec::run(
         netns,
         "ip",

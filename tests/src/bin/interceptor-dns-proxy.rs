@@ -1,11 +1,12 @@
-//! Plays istio-agent's DNS proxy for the tests: listens on 127.0.0.1:PORT (UDP and TCP), answers
+//! Plays istio-agent's DNS proxy for the tests: listens on 127.0.0.1:PORT (UDP and TCP), and on
+//! each further `--bind` address (e.g. `::1`, as the agent does in a dual-stack pod), answers
 //! names under `--local-suffix` itself with `--local-answer`, and forwards every other query to
 //! `--upstream` (as the proxy user, so that its own queries are never captured). Without
 //! `--upstream` it answers every name itself (a stand-in DNS server). Prints one JSON line per
 //! query ([`DnsProxyLine`]) with `--log`.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::thread;
 use std::time::Duration;
 
@@ -19,8 +20,9 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Test DNS proxy on 127.0.0.1 (UDP and TCP)")]
 struct Cli {
-    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
-    bind: Ipv4Addr,
+    /// Address to serve on (repeatable; default 127.0.0.1).
+    #[arg(long)]
+    bind: Vec<IpAddr>,
     #[arg(long, default_value_t = 15053)]
     port: u16,
     /// Serve UDP only (TCP on the port is left to another listener).
@@ -43,30 +45,52 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let udp = UdpSocket::bind((cli.bind, cli.port))
-        .with_context(|| format!("binding udp {}:{}", cli.bind, cli.port))?;
-    if !cli.udp_only {
-        let tcp = TcpListener::bind((cli.bind, cli.port))
-            .with_context(|| format!("listening on tcp {}:{}", cli.bind, cli.port))?;
-        let tcp_cli = cli.clone();
-        thread::spawn(move || {
-            for conn in tcp.incoming().flatten() {
-                let cli = tcp_cli.clone();
-                thread::spawn(move || {
-                    if let Err(e) = serve_tcp(conn, &cli) {
-                        eprintln!("dns-proxy tcp: {e:#}");
-                    }
-                });
-            }
-        });
+    let binds = if cli.bind.is_empty() {
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    } else {
+        cli.bind.clone()
+    };
+    let mut udp_sockets = Vec::new();
+    for &ip in &binds {
+        let at = SocketAddr::new(ip, cli.port);
+        udp_sockets.push(UdpSocket::bind(at).with_context(|| format!("binding udp {at}"))?);
+        if !cli.udp_only {
+            let tcp = TcpListener::bind(at).with_context(|| format!("listening on tcp {at}"))?;
+            let tcp_cli = cli.clone();
+            thread::spawn(move || {
+                for conn in tcp.incoming().flatten() {
+                    let cli = tcp_cli.clone();
+                    thread::spawn(move || {
+                        if let Err(e) = serve_tcp(conn, &cli) {
+                            eprintln!("dns-proxy tcp: {e:#}");
+                        }
+                    });
+                }
+            });
+        }
     }
     if cli.ready_line {
         println!("ready");
     }
+    let servers: Vec<_> = udp_sockets
+        .into_iter()
+        .map(|udp| {
+            let cli = cli.clone();
+            thread::spawn(move || serve_udp(&udp, &cli))
+        })
+        .collect();
+    // The servers never end: this waits until the process is killed.
+    for server in servers {
+        let _ = server.join();
+    }
+    Ok(())
+}
+
+fn serve_udp(udp: &UdpSocket, cli: &Cli) -> Result<()> {
     let mut buf = [0u8; 1500];
     loop {
         let (n, from) = udp.recv_from(&mut buf)?;
-        match answer(&buf[..n], "udp", &cli) {
+        match answer(&buf[..n], "udp", cli) {
             Ok(reply) => {
                 let _ = udp.send_to(&reply, from);
             }
@@ -112,7 +136,11 @@ fn answer(query: &[u8], proto: &str, cli: &Cli) -> Result<Vec<u8>> {
 
 fn forward(query: &[u8], proto: &str, upstream: SocketAddr) -> Result<Vec<u8>> {
     Ok(if proto == "udp" {
-        let up = UdpSocket::bind("0.0.0.0:0")?;
+        let any = match upstream {
+            SocketAddr::V4(_) => "0.0.0.0:0",
+            SocketAddr::V6(_) => "[::]:0",
+        };
+        let up = UdpSocket::bind(any)?;
         up.set_read_timeout(Some(UPSTREAM_TIMEOUT))?;
         up.send_to(query, upstream)?;
         let mut buf = [0u8; 1500];

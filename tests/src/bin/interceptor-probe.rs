@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use interceptor_tests::ProbeResult;
+use interceptor_tests::{LoopSummary, ProbeResult, ServerLine, SidecarLine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout_at};
@@ -36,17 +36,58 @@ enum Cmd {
         #[arg(long, conflicts_with = "send")]
         http: bool,
     },
+    /// Connect to TARGET again and again (reading each connection's first line) until stdin
+    /// reaches EOF or a bound is hit, then print one JSON `LoopSummary` line.
+    Loop {
+        target: SocketAddr,
+        /// Most connections.
+        #[arg(long, default_value_t = 50_000)]
+        max_count: u64,
+        /// Most seconds.
+        #[arg(long, default_value_t = 120)]
+        max_secs: u64,
+        /// Pause between connections (keeps closed connections' ports within the kernel's
+        /// ephemeral range over a long run).
+        #[arg(long, default_value_t = 2)]
+        interval_ms: u64,
+        /// Bound for connecting and reading the first line of one connection.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let Cmd::Connect {
-        target,
-        bind,
-        send,
-        timeout_ms,
-        http,
-    } = Cli::parse().command;
+    let (target, bind, send, timeout_ms, http) = match Cli::parse().command {
+        Cmd::Connect {
+            target,
+            bind,
+            send,
+            timeout_ms,
+            http,
+        } => (target, bind, send, timeout_ms, http),
+        Cmd::Loop {
+            target,
+            max_count,
+            max_secs,
+            interval_ms,
+            timeout_ms,
+        } => {
+            let summary = connect_loop(
+                target,
+                max_count,
+                Duration::from_secs(max_secs),
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(timeout_ms),
+            )
+            .await;
+            println!(
+                "{}",
+                serde_json::to_string(&summary).expect("LoopSummary serializes")
+            );
+            return;
+        }
+    };
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let request = if http {
         format!("GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")
@@ -118,6 +159,62 @@ async fn probe(
     };
     result.lines = body.lines().map(str::to_owned).collect();
     result
+}
+
+/// Sequential connections until stdin closes; each is classified by its first line.
+async fn connect_loop(
+    target: SocketAddr,
+    max_count: u64,
+    max_time: Duration,
+    interval: Duration,
+    each: Duration,
+) -> LoopSummary {
+    let mut summary = LoopSummary::default();
+    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    // Blocking stdin read on its own thread: EOF (or anything) stops the loop.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        let _ = stop_tx.send(());
+    });
+    let end = Instant::now() + max_time;
+    while summary.attempts < max_count && Instant::now() < end {
+        if !matches!(
+            stop.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ) {
+            summary.stopped_by_stdin = true;
+            break;
+        }
+        summary.attempts += 1;
+        match first_line(target, Instant::now() + each).await {
+            Ok(line) if line.parse::<SidecarLine>().is_ok() => summary.via_sidecar += 1,
+            Ok(line) if line.parse::<ServerLine>().is_ok() => summary.direct += 1,
+            Ok(line) => summary.fail(format!("unexpected first line {line:?}")),
+            Err(e) => summary.fail(e),
+        }
+        tokio::time::sleep(interval).await;
+    }
+    summary
+}
+
+async fn first_line(target: SocketAddr, deadline: Instant) -> Result<String, String> {
+    let mut stream = connect(target, None, deadline).await?;
+    let mut received = Vec::new();
+    while !received.contains(&b'\n') {
+        match timeout_at(deadline, stream.read_buf(&mut received)).await {
+            Ok(Ok(0)) => return Err(format!("EOF before a line ({} bytes)", received.len())),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Err(_) => return Err("read: timed out".to_owned()),
+        }
+    }
+    // Close with a reset: no TIME_WAIT on this side however many connections the loop makes.
+    // (A zero linger never blocks the drop, which is what the deprecation is about.)
+    #[allow(deprecated)]
+    let _ = stream.set_linger(Some(Duration::ZERO));
+    let text = String::from_utf8_lossy(&received);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
 async fn connect(

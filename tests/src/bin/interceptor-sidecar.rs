@@ -2,7 +2,8 @@
 //! going, connects there and copies both ways.
 //!
 //! It listens on IPv4 and IPv6 (an IPv6-only socket beside the IPv4 one), or with `--dual-stack`
-//! on one IPv6 socket that also accepts IPv4 (as IPv4-mapped addresses). As Envoy does, it asks
+//! on one IPv6 socket that also accepts IPv4 (as IPv4-mapped addresses), or with `--ipv6-only`
+//! on the IPv6-only socket alone. As Envoy does, it asks
 //! `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on an IPv4 connection (IPv4-mapped ones included) and
 //! `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on an IPv6 one.
 //!
@@ -115,6 +116,9 @@ struct Cli {
     /// Envoy listener does.
     #[arg(long)]
     dual_stack: bool,
+    /// Listen on [::] only (IPv6-only sockets), no IPv4 socket.
+    #[arg(long, conflicts_with = "dual_stack")]
+    ipv6_only: bool,
     /// Which getsockopt to ask the original destination with.
     #[arg(long, value_enum, default_value_t = Level::Auto)]
     original_dst_level: Level,
@@ -129,9 +133,10 @@ struct Cli {
     #[arg(long)]
     log: bool,
     /// Bind upstream connections to this source when the original destination is a local
-    /// address (Envoy's inbound passthrough uses 127.0.0.6).
+    /// address of the same family (Envoy's inbound passthrough uses 127.0.0.6, and ::6 for
+    /// IPv6). Repeatable: one per family.
     #[arg(long)]
-    upstream_source: Option<IpAddr>,
+    upstream_source: Vec<IpAddr>,
     /// `PORT=IP:PORT` (repeatable): connections accepted on listener PORT go to this fixed
     /// upstream instead of their SO_ORIGINAL_DST (which is still read, for --announce and --log).
     #[arg(long = "upstream", value_name = "PORT=ADDR", value_parser = parse_upstream)]
@@ -159,7 +164,7 @@ async fn main() -> Result<()> {
     }
     let mut listeners = JoinSet::new();
     for &port in &cli.listen {
-        if !cli.dual_stack {
+        if !cli.dual_stack && !cli.ipv6_only {
             let listener = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), true)
                 .with_context(|| format!("listening on port {port}"))?;
             listeners.spawn(accept_loop(listener, port, cli.clone()));
@@ -274,7 +279,7 @@ async fn forward(
     };
     let mut upstream = timeout(
         CONNECT_TIMEOUT,
-        connect_upstream(target, cli.upstream_source),
+        connect_upstream(target, &cli.upstream_source),
     )
     .await
     .context("connect timed out")?
@@ -283,12 +288,13 @@ async fn forward(
     Ok(relay(client, &mut upstream).await?)
 }
 
-async fn connect_upstream(orig: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+async fn connect_upstream(orig: SocketAddr, sources: &[IpAddr]) -> io::Result<TcpStream> {
     let socket = match orig {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
-    if let Some(source) = source
+    let source = sources.iter().find(|s| s.is_ipv4() == orig.is_ipv4());
+    if let Some(&source) = source
         && is_local_address(orig.ip())
     {
         socket.bind(SocketAddr::new(source, 0))?;
