@@ -178,6 +178,12 @@ impl Process {
         })
     }
 
+    /// Spawns `cmd` outside any topology (e.g. a command of the benchmark harness); it is killed
+    /// when the handle is dropped.
+    pub fn spawn_unowned(cmd: &mut Command) -> Result<Self> {
+        Self::spawn(cmd, None)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -43,6 +43,9 @@ pub enum Place {
     PodNetns { cgroup: PathBuf },
     /// The server's network namespace, in the caller's cgroup.
     Server,
+    /// The server's network namespace in a cgroup from [`Topology::create_cgroup`], e.g. to
+    /// measure the server's CPU time, or to have its forked workers killed with the topology.
+    ServerNetns { cgroup: PathBuf },
 }
 
 /// An extra pod interface from [`Topology::add_pod_interface`].
@@ -294,6 +297,7 @@ impl Topology {
             Place::Pod => (Some(self.pod_cgroup.as_path()), Side::Pod),
             Place::PodNetns { cgroup } => (Some(cgroup.as_path()), Side::Pod),
             Place::Server => (None, Side::Server),
+            Place::ServerNetns { cgroup } => (Some(cgroup.as_path()), Side::Server),
         };
         let mut cmd = Command::new(program);
         cmd.stdin(Stdio::null());

@@ -131,6 +131,30 @@ fn sidecar_without_interception_has_no_original_destination() -> Result<()> {
 }
 
 #[test]
+fn sidecar_with_a_fixed_upstream_forwards_there() -> Result<()> {
+    let topology = Topology::new("sidecar-fixed")?;
+    let upstream = addr(topology.server_ip, ECHO_PORT);
+    let _server = topology.spawn_server(&Place::Server, Identity::ROOT, &[upstream], &[])?;
+    let fixed = format!("15080={upstream}");
+    let _sidecar = topology.spawn_sidecar(&[15080], &["--announce", "--upstream", &fixed])?;
+
+    let options = ProbeOptions {
+        send: Some("ping\n".to_owned()),
+        ..ProbeOptions::default()
+    };
+    let result = topology.probe(Identity::APP, addr(Ipv4Addr::LOCALHOST, 15080), &options)?;
+    assert_eq!(result.error, None, "{result:?}");
+    // No interception: no original destination, yet the connection reached the fixed upstream.
+    let line = result.sidecar_line().expect("sidecar announcement");
+    assert!(line.orig.is_err(), "{line:?}");
+    let banner = result.server_line().expect("server banner");
+    assert_eq!(banner.local, upstream);
+    assert_eq!(banner.peer.ip(), topology.pod_ip);
+    assert_eq!(result.lines.last().map(String::as_str), Some("ping"));
+    Ok(())
+}
+
+#[test]
 fn http_server_answers_with_its_banner() -> Result<()> {
     let topology = Topology::new("http")?;
     let target = addr(topology.server_extra_ips[0], 80);
@@ -199,6 +223,29 @@ fn other_places_and_interfaces() -> Result<()> {
             topology.probe_from(&place, Identity::PROXY, inbound, &ProbeOptions::default())?;
         assert_eq!(result.server_line().map(|l| l.local), Some(inbound));
     }
+
+    // A server in the server namespace and a cgroup of its own reaches the pod over eth0.
+    let server_cgroup = topology.create_cgroup("server")?;
+    let place = Place::ServerNetns {
+        cgroup: server_cgroup.clone(),
+    };
+    let pod_listener = addr(topology.pod_ip, 9080);
+    let _pod_server = topology.spawn_server(&Place::Pod, Identity::APP, &[pod_listener], &[])?;
+    let client = topology.probe_from(
+        &place,
+        Identity::APP,
+        pod_listener,
+        &ProbeOptions::default(),
+    )?;
+    let banner = client.server_line().expect("the pod's server answered");
+    assert_eq!(banner.peer.ip(), topology.server_ip);
+    let mut cmd = topology.command(&place, Identity::APP, "sleep")?;
+    cmd.arg("30");
+    sleepers.push(topology.spawn(&mut cmd)?);
+    assert_eq!(
+        uid_and_cgroup(sleepers.last().unwrap().pid()),
+        (Identity::APP.uid, relative_cgroup(&server_cgroup))
+    );
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! `cargo xtask`: bootstrap a fresh machine, build, run the demo, run the tests.
+//! `cargo xtask`: bootstrap a fresh machine, build, run the demo, run the tests, benchmark.
 
+mod bench;
 mod setup;
 
 use std::{
@@ -37,6 +38,9 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy on the host crates.
     Lint,
+    /// Compare interception modes (direct, explicit, iptables-legacy, iptables-nft, ebpf) on
+    /// real traffic; writes bench/results/<timestamp>/ (needs root; installs nginx, wrk, iperf3).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +74,8 @@ fn main() -> anyhow::Result<()> {
             let bin_dir = root.join("target/debug");
             // The shared data model and decision table, on the host.
             run(cargo(&root).args(["test", "-p", "interceptor-ebpf", "--lib"]))?;
+            // The bench harness's parsers and statistics (no traffic).
+            run(cargo(&root).args(["test", "-p", "xtask"]))?;
             let mut cmd = cargo(&root);
             cmd.args(["test", "-p", "interceptor", "-p", "interceptor-tests"])
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
@@ -79,6 +85,23 @@ fn main() -> anyhow::Result<()> {
                 cmd.arg("--").args(&args);
             }
             run(&mut cmd)
+        }
+        Cmd::Bench(args) => {
+            let build_release = || {
+                setup::ensure_all()?;
+                setup::ensure_bench_tools()?;
+                require_root("the benchmarks")?;
+                run(cargo(&root).args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "interceptor",
+                    "-p",
+                    "interceptor-tests",
+                    "--bins",
+                ]))
+            };
+            bench::run(&root, args, build_release)
         }
         Cmd::Lint => {
             setup::ensure_all()?;

@@ -5,11 +5,12 @@
 //! - `iproute2` (`ip`), which the demo and tests use to make namespaces and veth pairs;
 //! - `iptables` (both `iptables-legacy` and `iptables-nft`), for the iptables backend and the
 //!   differential tests; `dnsutils` (`dig`) and `dnsmasq-base`, a real resolver client and a
-//!   real DNS server for the DNS-capture tests.
+//!   real DNS server for the DNS-capture tests;
 //! - `containernetworking-plugins` (Debian's CNI reference plugins `bridge` and `host-local`),
 //!   which the daemon tests chain `interceptor-cni` after, as a runtime would;
 //! - `kubernetes-validate` from PyPI in a virtualenv under `target/tools/`, which checks the
-//!   manifests in `deploy/` against the Kubernetes schemas offline.
+//!   manifests in `deploy/` against the Kubernetes schemas offline;
+//! - for `cargo xtask bench` only: `nginx`, `wrk`, `iperf3`.
 
 use std::{
     ffi::OsString,
@@ -21,6 +22,17 @@ use anyhow::{Context as _, bail};
 
 /// bpf-linker release known to build against rustc's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// What `cargo xtask bench` runs besides this workspace's binaries: the HTTP server (nginx),
+/// the load generators (wrk, iperf3). The bench starts its own nginx with its own configuration
+/// in namespaces it creates; Debian's package may also start the default site on the host when
+/// it installs (`systemctl disable --now nginx` stops it; the bench does not need it).
+pub fn ensure_bench_tools() -> anyhow::Result<()> {
+    for (command, package) in crate::bench::TOOLS {
+        ensure_command(command, package)?;
+    }
+    Ok(())
+}
 
 pub fn ensure_all() -> anyhow::Result<()> {
     ensure_rust_src()?;

@@ -1,0 +1,593 @@
+//! `cargo xtask bench`: the interception modes side by side on real traffic.
+//!
+//! Each measurement runs in a fresh pod (netns + cgroup) joined to a fresh server namespace by
+//! veth (the tests' `Topology`): nginx and an iperf3 server on the server side; wrk or iperf3 as
+//! an application user and the project's sidecar (`interceptor-sidecar`, uid 1337) in the pod.
+//! Only the interception differs between modes. Rounds interleave the modes (A B C A B C ...)
+//! so that a slow spell of the machine hits them alike, and ratios are taken round by round.
+//!
+//! Writes `bench/results/<timestamp>/`: `results.json` (every raw figure), `report.md`, SVG
+//! plots and `performance-section.md` (the README's Performance section, from these figures).
+
+mod machine;
+mod modes;
+mod plot;
+mod pod;
+mod report;
+mod results;
+mod stats;
+mod workloads;
+
+use std::fs;
+use std::io;
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+pub use modes::Mode;
+use pod::{BenchPod, Tools};
+use results::{
+    Case, InitSample, KernelSample, LoadSample, Meta, ProgramRuns, Results, Sample, Settings,
+    Workload,
+};
+use workloads::{Http, LARGE_PATH, SMALL_PATH};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A short run (2 rounds of 1 s per figure) to check the harness: under 3 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Measured rounds [default: 7; 2 with --quick].
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Seconds per measurement (whole seconds, as wrk takes them) [default: 3; 1 with --quick].
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<u32>,
+    /// Modes to compare, comma-separated [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    modes: Vec<Mode>,
+    /// Let the pod and the server run on any CPU (default: the pod's processes on the first
+    /// half of the CPUs, the server's on the other half, as if on two machines).
+    #[arg(long)]
+    no_pin: bool,
+    /// The mode every ratio is taken against.
+    #[arg(long, value_enum, default_value = "iptables-nft")]
+    baseline: Mode,
+    /// Results directory [default: bench/results/<UTC timestamp>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Only redraw report.md, the plots and performance-section.md from DIR/results.json.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["quick", "rounds", "duration", "modes", "out", "no_pin"])]
+    report: Option<PathBuf>,
+}
+
+/// What `cargo xtask bench` needs besides the build: the server, the load generators.
+pub const TOOLS: [(&str, &str); 3] = [("nginx", "nginx"), ("wrk", "wrk"), ("iperf3", "iperf3")];
+
+/// Builds (release) and runs the benchmark, or only redraws a report.
+pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<()>) -> Result<()> {
+    if let Some(dir) = &args.report {
+        let path = dir.join("results.json");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let results: Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        report::write_all(root, dir, &results)?;
+        eprintln!("bench: redrew {}", dir.display());
+        return Ok(());
+    }
+    let settings = settings(&args)?;
+    build_release()?;
+    let bin = root.join("target/release");
+    let workdir = std::env::temp_dir().join(format!("interceptor-bench-{}", std::process::id()));
+    let tools = Tools {
+        interceptor: bin.join("interceptor"),
+        sidecar: bin.join(interceptor_tests::SIDECAR_BIN),
+        probe: bin.join(interceptor_tests::PROBE_BIN),
+        workdir: workdir.clone(),
+        pod_cpus: settings.pod_cpus.clone(),
+        server_cpus: settings.server_cpus.clone(),
+    };
+    if settings
+        .modes
+        .iter()
+        .any(|m| matches!(m, Mode::IptablesLegacy | Mode::IptablesNft))
+    {
+        check_iptables_backend(&tools)?;
+    }
+    let started = machine::unix_now();
+    let out = args.out.clone().unwrap_or_else(|| {
+        let suffix = if args.quick { "-quick" } else { "" };
+        root.join("bench/results")
+            .join(format!("{}{suffix}", machine::stamp(started)))
+    });
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let _workdir = RemoveOnDrop(workdir.clone());
+    workloads::write_workdir(
+        &workdir,
+        settings.small_body_bytes,
+        settings.large_body_bytes,
+        settings.nginx_workers,
+    )?;
+    catch_interrupts();
+
+    let mut results = Results {
+        meta: Meta {
+            started: machine::iso_utc(started),
+            finished: String::new(),
+            wall_s: 0.0,
+            command: command_line(),
+            quick: args.quick,
+            machine: machine::machine(),
+            tools: machine::tools(),
+            commit: machine::commit(root),
+            loadavg: Vec::new(),
+        },
+        settings,
+        samples: Vec::new(),
+        inits: Vec::new(),
+        kernel: Vec::new(),
+    };
+    let clock = Instant::now();
+    let outcome = measure(&mut results, &tools, clock);
+    results.meta.finished = machine::iso_utc(machine::unix_now());
+    results.meta.wall_s = clock.elapsed().as_secs_f64();
+    // Partial results are still written: a failure late in a long run keeps what it measured.
+    let written = write_results(root, &out, &results);
+    outcome?;
+    written?;
+    eprintln!(
+        "bench: done in {:.0} s; results in {}",
+        results.meta.wall_s,
+        out.display()
+    );
+    Ok(())
+}
+
+fn settings(args: &BenchArgs) -> Result<Settings> {
+    let modes = if args.modes.is_empty() {
+        Mode::ALL.to_vec()
+    } else {
+        let mut m = args.modes.clone();
+        m.sort();
+        m.dedup();
+        m
+    };
+    ensure!(
+        modes.contains(&args.baseline),
+        "--baseline {}: not among the modes run ({})",
+        args.baseline,
+        modes.iter().map(|m| m.name()).collect::<Vec<_>>().join(",")
+    );
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 7 });
+    let duration_s = args.duration.unwrap_or(if args.quick { 1 } else { 3 });
+    ensure!((1..=50).contains(&rounds), "--rounds {rounds}: use 1 to 50");
+    ensure!(
+        (1..=60).contains(&duration_s),
+        "--duration {duration_s}: use 1 to 60 seconds"
+    );
+    let cpus = pod::allowed_cpus();
+    let (pod_cpus, server_cpus) = if args.no_pin || cpus.len() < 2 {
+        (Vec::new(), Vec::new())
+    } else {
+        let (pod, server) = cpus.split_at(cpus.len().div_ceil(2));
+        (pod.to_vec(), server.to_vec())
+    };
+    Ok(Settings {
+        modes,
+        baseline: args.baseline,
+        rounds,
+        warmup_s: if args.quick { 1 } else { 2 },
+        duration_s,
+        keepalive_conns: vec![1, 32, 64],
+        close_conns: 32,
+        http_bulk_conns: 4,
+        // One event loop per CPU the client may use.
+        wrk_threads: if pod_cpus.is_empty() {
+            cpus.len().max(1) as u32
+        } else {
+            pod_cpus.len() as u32
+        },
+        cidr_counts: vec![0, 100, 1_000, 10_000],
+        kernel_cost_cidrs: vec![0, 10_000],
+        small_body_bytes: 64,
+        large_body_bytes: 1 << 20,
+        nginx_workers: 2,
+        iperf_streams: 1,
+        pod_cpus,
+        server_cpus,
+    })
+}
+
+/// The iptables modes call `interceptor init --backend iptables`: say so plainly when this
+/// build has no such backend.
+fn check_iptables_backend(tools: &Tools) -> Result<()> {
+    let (help, _) = tools.interceptor(&["init".into(), "--help".into()])?;
+    if !help.contains("--backend") || !help.contains("--iptables-mode") {
+        bail!(
+            "this interceptor has no `init --backend iptables --iptables-mode legacy|nft` yet, \
+             which the iptables-legacy and iptables-nft modes run; compare the other modes with \
+             `cargo xtask bench --modes direct,explicit,ebpf --baseline explicit`"
+        );
+    }
+    Ok(())
+}
+
+/// The workloads at one CIDR count: everything without excluded CIDRs, only new connections
+/// (what the rules cost) with them.
+fn cases(settings: &Settings, cidrs: u32) -> Vec<Case> {
+    let case = |workload, conns| Case {
+        workload,
+        conns,
+        cidrs,
+    };
+    let mut out = Vec::new();
+    if cidrs == 0 {
+        out.extend(
+            settings
+                .keepalive_conns
+                .iter()
+                .map(|&c| case(Workload::KeepAlive, c)),
+        );
+    }
+    out.push(case(Workload::Close, settings.close_conns));
+    if cidrs == 0 {
+        out.push(case(Workload::HttpBulk, settings.http_bulk_conns));
+        out.push(case(Workload::Iperf3, settings.iperf_streams));
+    }
+    out
+}
+
+fn measure(results: &mut Results, tools: &Tools, clock: Instant) -> Result<()> {
+    let settings = results.settings.clone();
+
+    eprintln!("bench: warm-up ({} s per mode and load)", settings.warmup_s);
+    for &mode in &settings.modes {
+        check_interrupted()?;
+        let pod = BenchPod::new(mode, 0, tools)?;
+        for close in [false, true] {
+            let load = Http {
+                conns: settings.close_conns,
+                threads: settings.wrk_threads,
+                close,
+                path: SMALL_PATH,
+                duration_s: settings.warmup_s,
+            };
+            workloads::run_wrk(&pod, load, &tools.wrk_script())?;
+        }
+    }
+
+    for round in 1..=settings.rounds {
+        results.meta.loadavg.push(LoadSample {
+            round,
+            loadavg_1m: machine::loadavg_1m(),
+        });
+        for &cidrs in &settings.cidr_counts {
+            let modes: Vec<Mode> = settings
+                .modes
+                .iter()
+                .copied()
+                .filter(|m| cidrs == 0 || m.intercepts())
+                .collect();
+            if modes.is_empty() {
+                continue;
+            }
+            let mut pods = Vec::new();
+            for &mode in &modes {
+                check_interrupted()?;
+                let pod = BenchPod::new(mode, cidrs, tools)?;
+                if let Some(wall_ms) = pod.init_ms {
+                    results.inits.push(InitSample {
+                        round,
+                        mode,
+                        cidrs,
+                        wall_ms,
+                    });
+                }
+                pods.push(pod);
+            }
+            // A B C A B C: each figure is taken for every mode within seconds.
+            for case in cases(&settings, cidrs) {
+                for pod in &pods {
+                    check_interrupted()?;
+                    let at_s = clock.elapsed().as_secs_f64();
+                    let sample = run_case(pod, case, &settings, tools, round, at_s)?;
+                    let outside = sample
+                        .cpu
+                        .outside_share()
+                        .map(|x| format!("  [other work: {:.0}% CPU]", x * 100.0))
+                        .unwrap_or_default();
+                    eprintln!(
+                        "bench: round {round}/{}: {}{outside}",
+                        settings.rounds,
+                        describe(&sample)
+                    );
+                    results.samples.push(sample);
+                }
+            }
+        }
+        if settings.modes.contains(&Mode::Ebpf) {
+            for &cidrs in &settings.kernel_cost_cidrs {
+                check_interrupted()?;
+                let sample = kernel_cost(tools, &settings, round, cidrs)?;
+                results.kernel.push(sample);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_case(
+    pod: &BenchPod,
+    case: Case,
+    settings: &Settings,
+    tools: &Tools,
+    round: u32,
+    at_s: f64,
+) -> Result<Sample> {
+    let http = |close, path| Http {
+        conns: case.conns,
+        threads: settings.wrk_threads,
+        close,
+        path,
+        duration_s: settings.duration_s,
+    };
+    let (http, iperf, cpu) = match case.workload {
+        Workload::KeepAlive | Workload::Close | Workload::HttpBulk => {
+            let load = match case.workload {
+                Workload::KeepAlive => http(false, SMALL_PATH),
+                Workload::Close => http(true, SMALL_PATH),
+                _ => http(false, LARGE_PATH),
+            };
+            let (figures, cpu) = workloads::run_wrk(pod, load, &tools.wrk_script())
+                .with_context(|| format!("{} {}", pod.mode, case.workload.name()))?;
+            (Some(figures), None, cpu)
+        }
+        Workload::Iperf3 => {
+            let (figures, cpu) = workloads::run_iperf3(pod, settings.duration_s)
+                .with_context(|| format!("{} iperf3", pod.mode))?;
+            (None, Some(figures), cpu)
+        }
+    };
+    Ok(Sample {
+        round,
+        mode: pod.mode,
+        case,
+        at_s,
+        http,
+        iperf,
+        cpu,
+    })
+}
+
+fn describe(s: &Sample) -> String {
+    let what = format!(
+        "{:<15} {:<10} c{:<3} cidrs={:<6}",
+        s.mode.name(),
+        s.case.workload.name(),
+        s.case.conns,
+        s.case.cidrs
+    );
+    match (&s.http, &s.iperf) {
+        (Some(h), _) if s.case.workload == Workload::HttpBulk => format!(
+            "{what} {:.2} Gbit/s",
+            h.bytes as f64 * 8.0 / h.duration_s / 1e9
+        ),
+        (Some(h), _) => format!(
+            "{what} {:>8.0} req/s  p50 {:>6.0} us  p99 {:>6.0} us{}",
+            h.requests as f64 / h.duration_s,
+            h.latency_us.p50,
+            h.latency_us.p99,
+            match h.errors.total() {
+                0 => String::new(),
+                n => format!("  ({n} errors)"),
+            }
+        ),
+        (_, Some(i)) => format!("{what} {:.2} Gbit/s", i.bits_per_second / 1e9),
+        _ => what,
+    }
+}
+
+/// The eBPF programs' average cost per run, from the kernel's own run statistics, over a
+/// new-connection-per-request load in a pod of its own (the statistics cost time on every run,
+/// so they are off while the other figures are taken).
+fn kernel_cost(tools: &Tools, settings: &Settings, round: u32, cidrs: u32) -> Result<KernelSample> {
+    let pod = BenchPod::new(Mode::Ebpf, cidrs, tools)?;
+    let instance = pod.instance_name()?;
+    let stats = BpfStats::enable()?;
+    let before = program_runs(tools, &instance)?;
+    let load = Http {
+        conns: settings.close_conns,
+        threads: settings.wrk_threads,
+        close: true,
+        path: SMALL_PATH,
+        duration_s: settings.duration_s,
+    };
+    let (figures, _) = workloads::run_wrk(&pod, load, &tools.wrk_script())?;
+    let after = program_runs(tools, &instance)?;
+    drop(stats);
+    let programs: Vec<ProgramRuns> = after
+        .into_iter()
+        .map(|p| {
+            let b = before.iter().find(|b| b.name == p.name);
+            ProgramRuns {
+                run_count: p.run_count - b.map_or(0, |b| b.run_count),
+                run_time_ns: p.run_time_ns - b.map_or(0, |b| b.run_time_ns),
+                name: p.name,
+            }
+        })
+        .collect();
+    for p in &programs {
+        if p.run_count > 0 {
+            eprintln!(
+                "bench: round {round}/{}: kernel cost, {cidrs} CIDRs: {} {:.0} ns/run ({} runs)",
+                settings.rounds,
+                p.name,
+                p.run_time_ns as f64 / p.run_count as f64,
+                p.run_count
+            );
+        }
+    }
+    Ok(KernelSample {
+        round,
+        cidrs,
+        requests: figures.requests,
+        programs,
+    })
+}
+
+/// Per-program run statistics of one instance, from `interceptor status --json`.
+fn program_runs(tools: &Tools, instance: &str) -> Result<Vec<ProgramRuns>> {
+    let (json, _) = tools.interceptor(&["status".into(), "--json".into()])?;
+    parse_program_runs(&json, instance)
+}
+
+fn parse_program_runs(json: &str, instance: &str) -> Result<Vec<ProgramRuns>> {
+    let all: serde_json::Value = serde_json::from_str(json).context("interceptor status --json")?;
+    let inst = all
+        .as_array()
+        .context("status --json is a list")?
+        .iter()
+        .find(|i| i["instance"] == instance)
+        .with_context(|| format!("instance {instance} not in interceptor status"))?;
+    inst["programs"]
+        .as_array()
+        .context("programs of the instance")?
+        .iter()
+        .map(|p| {
+            Ok(ProgramRuns {
+                name: p["name"].as_str().context("program name")?.to_owned(),
+                run_count: p["run_count"].as_u64().context("run_count")?,
+                run_time_ns: p["run_time_ns"].as_u64().context("run_time_ns")?,
+            })
+        })
+        .collect()
+}
+
+/// The kernel's BPF run statistics (`kernel.bpf_stats_enabled`), on while this lives.
+///
+/// Turned on with `BPF_ENABLE_STATS`, the descriptor-scoped form of the same switch: the
+/// kernel turns it off when the descriptor closes, even if the bench is killed, and the sysctl
+/// itself (whatever someone else set it to) is never written, so there is nothing to restore.
+struct BpfStats(#[allow(dead_code)] OwnedFd);
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        const BPF_STATS_RUN_TIME: u32 = 0;
+        // union bpf_attr's enable_stats member: { __u32 type; }.
+        let attr: u32 = BPF_STATS_RUN_TIME;
+        // SAFETY: the kernel reads size_of::<u32>() bytes from a live u32.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                &raw const attr,
+                std::mem::size_of::<u32>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("bpf(BPF_ENABLE_STATS)");
+        }
+        // SAFETY: a new descriptor the kernel just returned, owned by nothing else.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+}
+
+fn write_results(root: &Path, out: &Path, results: &Results) -> Result<()> {
+    let path = out.join("results.json");
+    fs::write(&path, serde_json::to_string_pretty(results)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    report::write_all(root, out, results)
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("cargo xtask {}", args.join(" "))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C stops the run between measurements, so that every pod is cleaned up (the signal also
+/// ends the running wrk, whose measurement then fails).
+fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(
+                signal,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_program_runs_of_one_instance() {
+        let json = r#"[
+          {"instance":"cgroup-1","programs":[{"name":"a","id":1,"run_count":5,"run_time_ns":50,"avg_ns":10}]},
+          {"instance":"cgroup-2","programs":[{"name":"redirect_connect4","id":7,"run_count":4,"run_time_ns":400,"avg_ns":100}]}
+        ]"#;
+        let runs = parse_program_runs(json, "cgroup-2").unwrap();
+        assert_eq!(
+            runs,
+            vec![ProgramRuns {
+                name: "redirect_connect4".into(),
+                run_count: 4,
+                run_time_ns: 400
+            }]
+        );
+        assert!(parse_program_runs(json, "cgroup-3").is_err());
+    }
+
+    #[test]
+    fn rule_scaling_rounds_measure_only_new_connections() {
+        let args = BenchArgs {
+            quick: true,
+            no_pin: false,
+            rounds: None,
+            duration: None,
+            modes: vec![],
+            baseline: Mode::IptablesNft,
+            out: None,
+            report: None,
+        };
+        let s = settings(&args).unwrap();
+        assert_eq!((s.rounds, s.duration_s), (2, 1));
+        assert_eq!(cases(&s, 0).len(), 6);
+        let scaled = cases(&s, 1000);
+        assert_eq!(scaled.len(), 1);
+        assert_eq!(scaled[0].workload, Workload::Close);
+        let bad = BenchArgs {
+            modes: vec![Mode::Ebpf],
+            ..args
+        };
+        assert!(settings(&bad).is_err());
+    }
+}

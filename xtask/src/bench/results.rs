@@ -1,0 +1,330 @@
+//! `results.json`: every raw figure of a run, and the lookups the report makes over them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::modes::Mode;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub meta: Meta,
+    pub settings: Settings,
+    /// One per workload run (warm-up excluded).
+    pub samples: Vec<Sample>,
+    /// One per `interceptor init` (every pod of every measured round).
+    pub inits: Vec<InitSample>,
+    /// eBPF programs' run statistics, from dedicated runs with `bpf_stats` on.
+    pub kernel: Vec<KernelSample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    /// UTC, e.g. `2026-11-26T15:30:00Z`.
+    pub started: String,
+    pub finished: String,
+    pub wall_s: f64,
+    pub command: String,
+    pub quick: bool,
+    pub machine: Machine,
+    /// Tool name -> version line.
+    pub tools: BTreeMap<String, String>,
+    /// `git rev-parse HEAD`, with `-dirty` when the work tree differs.
+    pub commit: String,
+    /// /proc/loadavg (1 min) at the start of each round: other work on the machine shows here.
+    pub loadavg: Vec<LoadSample>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub os: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadSample {
+    pub round: u32,
+    pub loadavg_1m: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    pub modes: Vec<Mode>,
+    pub baseline: Mode,
+    pub rounds: u32,
+    pub warmup_s: u32,
+    pub duration_s: u32,
+    pub keepalive_conns: Vec<u32>,
+    pub close_conns: u32,
+    pub http_bulk_conns: u32,
+    /// wrk threads (fewer when there are fewer connections).
+    pub wrk_threads: u32,
+    pub cidr_counts: Vec<u32>,
+    pub kernel_cost_cidrs: Vec<u32>,
+    /// Body of the small response (bytes), and of the large one for HTTP bulk.
+    pub small_body_bytes: usize,
+    pub large_body_bytes: usize,
+    pub nginx_workers: u32,
+    pub iperf_streams: u32,
+    /// CPUs of the pod's processes (client, sidecar) and of the server's; empty: not pinned.
+    #[serde(default)]
+    pub pod_cpus: Vec<usize>,
+    #[serde(default)]
+    pub server_cpus: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Keep-alive requests for the small response.
+    KeepAlive,
+    /// `Connection: close`: a new connection per request.
+    Close,
+    /// Keep-alive requests for the large response.
+    HttpBulk,
+    /// One iperf3 TCP stream, client to server.
+    Iperf3,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::KeepAlive => "keep-alive",
+            Workload::Close => "close",
+            Workload::HttpBulk => "http-bulk",
+            Workload::Iperf3 => "iperf3",
+        }
+    }
+}
+
+/// What a run is a measurement of (a row of the report, before choosing the mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Case {
+    pub workload: Workload,
+    /// Concurrent connections (iperf3: streams).
+    pub conns: u32,
+    /// Excluded CIDRs given to `interceptor init`.
+    pub cidrs: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub round: u32,
+    pub mode: Mode,
+    #[serde(flatten)]
+    pub case: Case,
+    /// Seconds since the run started.
+    pub at_s: f64,
+    pub http: Option<HttpFigures>,
+    pub iperf: Option<IperfFigures>,
+    pub cpu: CpuFigures,
+}
+
+/// wrk's figures (latencies in microseconds; wrk's clock starts when the request is written,
+/// so a new connection's handshake is not in them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpFigures {
+    pub duration_s: f64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: WrkErrors,
+    pub latency_us: Latency,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WrkErrors {
+    pub connect: u64,
+    pub read: u64,
+    pub write: u64,
+    pub status: u64,
+    pub timeout: u64,
+}
+
+impl WrkErrors {
+    pub fn total(&self) -> u64 {
+        self.connect + self.read + self.write + self.status + self.timeout
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub max: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IperfFigures {
+    pub duration_s: f64,
+    pub bytes: u64,
+    pub bits_per_second: f64,
+    pub retransmits: u64,
+}
+
+/// user + system CPU time (µs) spent during the run, from each cgroup's cpu.stat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CpuFigures {
+    /// The pod: client and sidecar.
+    pub pod_user_us: u64,
+    pub pod_system_us: u64,
+    /// The server (nginx or iperf3) in its own cgroup.
+    pub server_user_us: u64,
+    pub server_system_us: u64,
+    /// The whole machine (all CPUs, /proc/stat): time in tasks (user, nice, system), in
+    /// interrupts (irq, softirq: the network stack's receive work mostly, charged to no
+    /// cgroup), stolen by the hypervisor, and all time. Task time outside the two cgroups is
+    /// other work competing with the benchmark.
+    #[serde(default)]
+    pub machine_task_us: u64,
+    #[serde(default)]
+    pub machine_irq_us: u64,
+    #[serde(default)]
+    pub machine_steal_us: u64,
+    #[serde(default)]
+    pub machine_total_us: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitSample {
+    pub round: u32,
+    pub mode: Mode,
+    pub cidrs: u32,
+    /// Wall time of the `interceptor init` process, start to exit.
+    pub wall_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KernelSample {
+    pub round: u32,
+    pub cidrs: u32,
+    /// Requests (= connections) wrk completed while the statistics were on.
+    pub requests: u64,
+    pub programs: Vec<ProgramRuns>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramRuns {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// A number the report shows for a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    /// Requests (or, with `Connection: close`, connections) per second.
+    RequestsPerS,
+    P50Us,
+    P90Us,
+    P99Us,
+    /// Pod CPU (user + system) per request, µs.
+    PodCpuPerRequestUs,
+    /// Server CPU per request, µs.
+    ServerCpuPerRequestUs,
+    /// Payload throughput, Gbit/s (HTTP bulk: response bytes; iperf3: received).
+    Gbps,
+    /// Pod CPU seconds per GB moved.
+    PodCpuPerGbS,
+}
+
+impl Sample {
+    pub fn figure(&self, figure: Figure) -> Option<f64> {
+        let cpu = &self.cpu;
+        let pod_cpu_us = (cpu.pod_user_us + cpu.pod_system_us) as f64;
+        let server_cpu_us = (cpu.server_user_us + cpu.server_system_us) as f64;
+        let bytes = match (&self.http, &self.iperf) {
+            (Some(h), _) => h.bytes as f64,
+            (_, Some(i)) => i.bytes as f64,
+            _ => return None,
+        };
+        match (figure, &self.http, &self.iperf) {
+            (Figure::RequestsPerS, Some(h), _) => Some(h.requests as f64 / h.duration_s),
+            (Figure::P50Us, Some(h), _) => Some(h.latency_us.p50),
+            (Figure::P90Us, Some(h), _) => Some(h.latency_us.p90),
+            (Figure::P99Us, Some(h), _) => Some(h.latency_us.p99),
+            (Figure::PodCpuPerRequestUs, Some(h), _) if h.requests > 0 => {
+                Some(pod_cpu_us / h.requests as f64)
+            }
+            (Figure::ServerCpuPerRequestUs, Some(h), _) if h.requests > 0 => {
+                Some(server_cpu_us / h.requests as f64)
+            }
+            (Figure::Gbps, Some(h), _) => Some(h.bytes as f64 * 8.0 / h.duration_s / 1e9),
+            (Figure::Gbps, _, Some(i)) => Some(i.bits_per_second / 1e9),
+            (Figure::PodCpuPerGbS, _, _) if bytes > 0.0 => Some(pod_cpu_us / 1e6 / (bytes / 1e9)),
+            _ => None,
+        }
+    }
+}
+
+impl Results {
+    /// `(round, value)` of a figure for one mode and case, by round.
+    pub fn series(&self, mode: Mode, case: Case, figure: Figure) -> Vec<(u32, f64)> {
+        let mut out: Vec<(u32, f64)> = self
+            .samples
+            .iter()
+            .filter(|s| s.mode == mode && s.case == case)
+            .filter_map(|s| s.figure(figure).map(|v| (s.round, v)))
+            .collect();
+        out.sort_by_key(|(round, _)| *round);
+        out
+    }
+
+    pub fn has(&self, mode: Mode, case: Case) -> bool {
+        self.samples
+            .iter()
+            .any(|s| s.mode == mode && s.case == case)
+    }
+
+    /// Init wall times (ms) by round for one mode and CIDR count.
+    pub fn init_series(&self, mode: Mode, cidrs: u32) -> Vec<(u32, f64)> {
+        let mut out: Vec<(u32, f64)> = self
+            .inits
+            .iter()
+            .filter(|i| i.mode == mode && i.cidrs == cidrs)
+            .map(|i| (i.round, i.wall_ms))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        out
+    }
+
+    /// Average ns per run of a program by round, at a CIDR count.
+    pub fn program_ns(&self, program: &str, cidrs: u32) -> Vec<(u32, f64)> {
+        self.kernel
+            .iter()
+            .filter(|k| k.cidrs == cidrs)
+            .filter_map(|k| {
+                let p = k.programs.iter().find(|p| p.name == program)?;
+                (p.run_count > 0).then(|| (k.round, p.run_time_ns as f64 / p.run_count as f64))
+            })
+            .collect()
+    }
+
+    /// Runs of a program per request (connection), by round, at a CIDR count.
+    pub fn program_runs_per_request(&self, program: &str, cidrs: u32) -> Vec<(u32, f64)> {
+        self.kernel
+            .iter()
+            .filter(|k| k.cidrs == cidrs && k.requests > 0)
+            .filter_map(|k| {
+                let p = k.programs.iter().find(|p| p.name == program)?;
+                Some((k.round, p.run_count as f64 / k.requests as f64))
+            })
+            .collect()
+    }
+
+    pub fn program_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .kernel
+            .iter()
+            .flat_map(|k| k.programs.iter().map(|p| p.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
