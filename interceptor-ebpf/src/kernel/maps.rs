@@ -4,7 +4,10 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type},
+    bindings::{
+        BPF_F_CLONE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
+        bpf_map_type,
+    },
     btf_maps::SkStorage,
     helpers::generated::bpf_sk_storage_get,
     macros::{btf_map, map},
@@ -35,23 +38,30 @@ pub static CIDR4: LpmTrie<Cidr4Key, u8> = LpmTrie::with_max_entries(65536, BPF_F
 #[map]
 pub static CIDR6: LpmTrie<Cidr6Key, u8> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
+/// Per-CPU LRU lists: an insert takes no lock shared by every CPU (the common list's), which
+/// is most of what a redirected connect costs. Eviction is then per CPU, which is fine for
+/// entries that live from connect to close.
+const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
+
 /// Socket cookie -> original destination, from `connect4` until the connection is established.
 #[map]
-pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst4> = LruHashMap::with_max_entries(65536, 0);
+pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst4> =
+    LruHashMap::with_max_entries(65536, LRU_FLAGS);
 
 /// Connection -> original destination, from established until the client socket closes.
 #[map]
 pub static ORIG_DST_BY_TUPLE: LruHashMap<SockTuple4, OrigDst4> =
-    LruHashMap::with_max_entries(65536, 0);
+    LruHashMap::with_max_entries(65536, LRU_FLAGS);
 
 /// Socket cookie -> IPv6 original destination, from `connect6` until established.
 #[map]
-pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> = LruHashMap::with_max_entries(65536, 0);
+pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> =
+    LruHashMap::with_max_entries(65536, LRU_FLAGS);
 
 /// IPv6 connection -> original destination, from established until the client socket closes.
 #[map]
 pub static ORIG_DST6_BY_TUPLE: LruHashMap<SockTuple6, OrigDst6> =
-    LruHashMap::with_max_entries(65536, 0);
+    LruHashMap::with_max_entries(65536, LRU_FLAGS);
 /// A redirected UDP socket's original destination (DNS capture), stored on the socket and
 /// freed with it: UDP has no close callback that could clean a hash map. IPv4 destinations,
 /// also those a dual-stack socket dialled as `::ffff:a.b.c.d`.
