@@ -541,53 +541,12 @@ pub fn build(cfg: &InterceptConfig, facts: &PodFacts) -> RuleSet {
                 ],
             );
         }
-        if !include_has_loopback {
-            if redirect_dns {
-                b.append(
-                    To::Both,
-                    "nat",
-                    ISTIO_OUTPUT,
-                    &[
-                        "-o",
-                        "lo",
-                        "-p",
-                        "tcp",
-                        "!",
-                        "--dport",
-                        "53",
-                        "-m",
-                        "owner",
-                        "!",
-                        "--uid-owner",
-                        uid,
-                        "-j",
-                        "RETURN",
-                    ],
-                );
-            } else {
-                b.append(
-                    To::Both,
-                    "nat",
-                    ISTIO_OUTPUT,
-                    &[
-                        "-o",
-                        "lo",
-                        "-m",
-                        "owner",
-                        "!",
-                        "--uid-owner",
-                        uid,
-                        "-j",
-                        "RETURN",
-                    ],
-                );
-            }
-        }
-        b.append(
-            To::Both,
-            "nat",
-            ISTIO_OUTPUT,
-            &["-m", "owner", "--uid-owner", uid, "-j", "RETURN"],
+        owner_returns(
+            &mut b,
+            "--uid-owner",
+            uid,
+            include_has_loopback,
+            redirect_dns,
         );
     }
 
@@ -617,53 +576,12 @@ pub fn build(cfg: &InterceptConfig, facts: &PodFacts) -> RuleSet {
                 ISTIO_IN_REDIRECT,
             ],
         );
-        if !include_has_loopback {
-            if redirect_dns {
-                b.append(
-                    To::Both,
-                    "nat",
-                    ISTIO_OUTPUT,
-                    &[
-                        "-o",
-                        "lo",
-                        "-p",
-                        "tcp",
-                        "!",
-                        "--dport",
-                        "53",
-                        "-m",
-                        "owner",
-                        "!",
-                        "--gid-owner",
-                        gid,
-                        "-j",
-                        "RETURN",
-                    ],
-                );
-            } else {
-                b.append(
-                    To::Both,
-                    "nat",
-                    ISTIO_OUTPUT,
-                    &[
-                        "-o",
-                        "lo",
-                        "-m",
-                        "owner",
-                        "!",
-                        "--gid-owner",
-                        gid,
-                        "-j",
-                        "RETURN",
-                    ],
-                );
-            }
-        }
-        b.append(
-            To::Both,
-            "nat",
-            ISTIO_OUTPUT,
-            &["-m", "owner", "--gid-owner", gid, "-j", "RETURN"],
+        owner_returns(
+            &mut b,
+            "--gid-owner",
+            gid,
+            include_has_loopback,
+            redirect_dns,
         );
     }
 
@@ -997,6 +915,40 @@ fn dns_rules(
             }
         }
     }
+}
+
+/// The two RETURN rules istio-iptables writes after each proxy id's inbound-capture rule:
+/// everyone else over lo stays local (TCP other than 53 under DNS capture; left out when `-i`
+/// has a loopback range), then the id itself is never captured. `owner` is `--uid-owner` or
+/// `--gid-owner`.
+fn owner_returns(
+    b: &mut Builder,
+    owner: &str,
+    id: &str,
+    include_has_loopback: bool,
+    redirect_dns: bool,
+) {
+    if !include_has_loopback {
+        let others: &[&str] = if redirect_dns {
+            &[
+                "-o", "lo", "-p", "tcp", "!", "--dport", "53", "-m", "owner", "!", owner, id,
+            ]
+        } else {
+            &["-o", "lo", "-m", "owner", "!", owner, id]
+        };
+        b.append(
+            To::Both,
+            "nat",
+            ISTIO_OUTPUT,
+            &[others, &["-j", "RETURN"]].concat(),
+        );
+    }
+    b.append(
+        To::Both,
+        "nat",
+        ISTIO_OUTPUT,
+        &["-m", "owner", owner, id, "-j", "RETURN"],
+    );
 }
 
 #[cfg(test)]
