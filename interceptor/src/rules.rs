@@ -188,78 +188,37 @@ impl MapPlan {
             pod.n_exclude_ifindex = i as u8 + 1;
         }
 
-        let mut cidrs4 = Vec::new();
+        // IPv4 and IPv6 ranges, split from the same lists as istio-iptables does (an
+        // IPv4-mapped range is IPv6 there too, and so never matches: such connections are IPv4).
+        let mut lpm = LpmEntries::default();
         match &cfg.outbound_include {
             OutboundInclude::All => pod.flags |= flags::INCLUDE_ALL,
             OutboundInclude::Cidrs(list) => {
-                let before = cidrs4.len();
-                cidrs4.extend(cidr_entries(rules, CidrSet::Include, list));
-                if cidrs4.len() > before {
-                    pod.flags |= flags::HAS_INCLUDE_CIDRS;
-                }
+                let (n4, n6) = lpm.add_cidrs(rules, CidrSet::Include, list);
+                pod.flags |= flag_if(n4 > 0, flags::HAS_INCLUDE_CIDRS)
+                    | flag_if(n6 > 0, flags::HAS_INCLUDE_CIDRS6);
             }
         }
         if cfg.loopback_included() {
             pod.flags |= flags::LOOPBACK_INCLUDED;
         }
-        let before = cidrs4.len();
-        cidrs4.extend(cidr_entries(rules, CidrSet::Exclude, &cfg.outbound_exclude));
-        if cidrs4.len() > before {
-            pod.flags |= flags::HAS_EXCLUDE_CIDRS;
-        }
-
-        // IPv6 ranges, split from the same lists as istio-iptables does (an IPv4-mapped
-        // range is IPv6 there too, and so never matches: such connections are IPv4).
-        let mut cidrs6 = Vec::new();
-        if let OutboundInclude::Cidrs(list) = &cfg.outbound_include {
-            cidrs6.extend(cidr6_entries(rules, CidrSet::Include, list));
-            if !cidrs6.is_empty() {
-                pod.flags |= flags::HAS_INCLUDE_CIDRS6;
-            }
-        }
-        let before = cidrs6.len();
-        cidrs6.extend(cidr6_entries(
-            rules,
-            CidrSet::Exclude,
-            &cfg.outbound_exclude,
-        ));
-        if cidrs6.len() > before {
-            pod.flags |= flags::HAS_EXCLUDE_CIDRS6;
-        }
+        let (n4, n6) = lpm.add_cidrs(rules, CidrSet::Exclude, &cfg.outbound_exclude);
+        pod.flags |=
+            flag_if(n4 > 0, flags::HAS_EXCLUDE_CIDRS) | flag_if(n6 > 0, flags::HAS_EXCLUDE_CIDRS6);
 
         // -c on outbound: the pod's routes, each marked with whether it leaves through an
         // excluded interface (see routes.rs).
         for (dst, len, excluded) in
             routes::excluded_route_marks(&netns.routes, &cfg.exclude_interfaces)
         {
-            let value = u8::from(excluded);
-            match dst {
-                IpAddr::V4(a) => {
-                    pod.flags |= flags::HAS_EXCLUDED_ROUTES4;
-                    cidrs4.push(CidrEntry {
-                        prefix_len: CIDR4_KEY_PREFIX_BITS + u32::from(len),
-                        key: Cidr4Key {
-                            rules,
-                            set: CidrSet::Route as u32,
-                            addr: raw_ipv4(a.octets()),
-                        },
-                        value,
-                    });
-                }
-                IpAddr::V6(a) => {
-                    pod.flags |= flags::HAS_EXCLUDED_ROUTES6;
-                    cidrs6.push(Cidr6Entry {
-                        prefix_len: CIDR6_KEY_PREFIX_BITS + u32::from(len),
-                        key: Cidr6Key {
-                            rules,
-                            set: CidrSet::Route as u32,
-                            addr: raw_ipv6(a.octets()),
-                        },
-                        value,
-                    });
-                }
-            }
+            pod.flags |= if dst.is_ipv4() {
+                flags::HAS_EXCLUDED_ROUTES4
+            } else {
+                flags::HAS_EXCLUDED_ROUTES6
+            };
+            lpm.add(rules, CidrSet::Route, dst, len, u8::from(excluded));
         }
+        let LpmEntries { cidrs4, cidrs6 } = lpm;
 
         // ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE].
         let (groups, flag) = match &cfg.owner_groups {
@@ -394,42 +353,50 @@ fn route_mark(set: u32, value: u8) -> &'static str {
     }
 }
 
-fn cidr_entries<'a>(
-    rules: u32,
-    set: CidrSet,
-    list: &'a [Cidr],
-) -> impl Iterator<Item = CidrEntry> + 'a {
-    list.iter().filter_map(move |c| match c.network() {
-        IpAddr::V4(net) => Some(CidrEntry {
-            prefix_len: CIDR4_KEY_PREFIX_BITS + u32::from(c.prefix_len),
-            key: Cidr4Key {
-                rules,
-                set: set as u32,
-                addr: raw_ipv4(net.octets()),
-            },
-            value: 1,
-        }),
-        IpAddr::V6(_) => None, // in CIDR6 (cidr6_entries)
-    })
+/// The LPM-trie entries of a plan, by family.
+#[derive(Default)]
+struct LpmEntries {
+    cidrs4: Vec<CidrEntry>,
+    cidrs6: Vec<Cidr6Entry>,
 }
 
-fn cidr6_entries<'a>(
-    rules: u32,
-    set: CidrSet,
-    list: &'a [Cidr],
-) -> impl Iterator<Item = Cidr6Entry> + 'a {
-    list.iter().filter_map(move |c| match c.network() {
-        IpAddr::V6(net) => Some(Cidr6Entry {
-            prefix_len: CIDR6_KEY_PREFIX_BITS + u32::from(c.prefix_len),
-            key: Cidr6Key {
-                rules,
-                set: set as u32,
-                addr: raw_ipv6(net.octets()),
-            },
-            value: 1,
-        }),
-        IpAddr::V4(_) => None, // in CIDR4 (cidr_entries)
-    })
+impl LpmEntries {
+    /// Adds the network `net`/`len` to the trie of its family.
+    fn add(&mut self, rules: u32, set: CidrSet, net: IpAddr, len: u8, value: u8) {
+        match net {
+            IpAddr::V4(a) => self.cidrs4.push(CidrEntry {
+                prefix_len: CIDR4_KEY_PREFIX_BITS + u32::from(len),
+                key: Cidr4Key {
+                    rules,
+                    set: set as u32,
+                    addr: raw_ipv4(a.octets()),
+                },
+                value,
+            }),
+            IpAddr::V6(a) => self.cidrs6.push(Cidr6Entry {
+                prefix_len: CIDR6_KEY_PREFIX_BITS + u32::from(len),
+                key: Cidr6Key {
+                    rules,
+                    set: set as u32,
+                    addr: raw_ipv6(a.octets()),
+                },
+                value,
+            }),
+        }
+    }
+
+    /// Adds `-i`/`-x` ranges (host bits cleared); how many went to each family.
+    fn add_cidrs(&mut self, rules: u32, set: CidrSet, list: &[Cidr]) -> (usize, usize) {
+        let before = (self.cidrs4.len(), self.cidrs6.len());
+        for c in list {
+            self.add(rules, set, c.network(), c.prefix_len, 1);
+        }
+        (self.cidrs4.len() - before.0, self.cidrs6.len() - before.1)
+    }
+}
+
+fn flag_if(condition: bool, flag: u32) -> u32 {
+    if condition { flag } else { 0 }
 }
 
 fn flag_names(bits: u32) -> Vec<&'static str> {

@@ -23,7 +23,7 @@ use std::thread;
 use anyhow::{Context as _, Result};
 use interceptor_tests::{
     Backend, DnsTransport, Identity, Intercepted, IptablesMode, Place, ProbeOptions, ProbeResult,
-    TempFile, Topology, addr, addr6, any, any6,
+    SEED_FLAGS, TempFile, Topology, addr, addr6, any, any6,
 };
 
 const VIA_PROXY: Ipv4Addr = Ipv4Addr::new(10, 200, 9, 9);
@@ -50,9 +50,7 @@ const IDENTITIES: [(&str, Identity); 4] = [
 /// reached through the pod's second interface, eth1.
 const FLAG_SETS: [&[&str]; 16] = [
     // The seed's invocation (no --dual-stack: IPv6 is left alone by both).
-    &[
-        "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
-    ],
+    &SEED_FLAGS,
     // Include everything but a range of each family; current istio defaults for the rest.
     &[
         "--dual-stack",

@@ -114,10 +114,10 @@ impl DnsPod {
     }
 }
 
-#[test]
-fn dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport() -> Result<()> {
-    let p = DnsPod::new("dns", &["--redirect-dns", "-i", "*"])?;
-    let ns = p.topo().server_ip;
+/// The pod's name server `ns` (of either family): every transport reaches the DNS proxy and
+/// its answer appears to come from `ns`; names the proxy forwards, the proxy's own queries and
+/// UDP to `other` (not in resolv.conf) reach the real server.
+fn name_server_traffic_reaches_the_dns_proxy(p: &DnsPod, ns: IpAddr, other: IpAddr) -> Result<()> {
     for t in DnsTransport::ALL {
         assert_eq!(
             p.ask(Identity::APP, ns, "a.mesh.test", t)?,
@@ -150,17 +150,22 @@ fn dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport() -> R
         );
     }
     // A server that is not in resolv.conf is not captured (no --capture-all-dns): UDP goes
-    // direct; TCP follows the other rules (here -i '*', but no sidecar listens: it fails).
-    let other = p.topo().server_extra_ips[0];
+    // direct (TCP would follow the other rules).
     assert_eq!(
         p.ask(Identity::APP, other, "a.mesh.test", DnsTransport::Udp)?,
         vec![VIA_SERVER]
     );
-
     let c = p.pod.counters()?;
     assert!(c["dns_captured"].as_u64() >= Some(4), "{c}");
     assert!(c["dns_reply_source_restored"].as_u64() >= Some(2), "{c}");
     Ok(())
+}
+
+#[test]
+fn dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport() -> Result<()> {
+    let p = DnsPod::new("dns", &["--redirect-dns", "-i", "*"])?;
+    let t = p.topo();
+    name_server_traffic_reaches_the_dns_proxy(&p, t.server_ip.into(), t.server_extra_ips[0].into())
 }
 
 #[test]
@@ -244,44 +249,14 @@ fn redirect_dns_without_name_servers_is_off_with_a_warning() -> Result<()> {
 
 #[test]
 fn ipv6_dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport() -> Result<()> {
+    // Sent to [::1]:15053; the reply (and a connected socket's peer) shows [ns]:53.
     let p = DnsPod::new("dns6", &["--redirect-dns", "-i", "*", "--dual-stack"])?;
-    let ns = p.topo().server_ip6;
-    for t in DnsTransport::ALL {
-        // Sent to [::1]:15053; the reply (and a connected socket's peer) shows [ns]:53.
-        assert_eq!(
-            p.ask(Identity::APP, ns, "a.mesh.test", t)?,
-            vec![VIA_PROXY],
-            "{t:?}"
-        );
-        let proto = if t == DnsTransport::Tcp { "tcp" } else { "udp" };
-        assert_eq!(
-            p.proxy_saw(),
-            Some((proto.into(), "a.mesh.test".into(), "proxy".into())),
-            "{t:?}"
-        );
-    }
-    // Forwarded by the proxy (as the proxy user) without being captured again.
-    assert_eq!(
-        p.ask(Identity::APP, ns, "b.upstream.test", DnsTransport::Udp)?,
-        vec![UPSTREAM_ONLY]
-    );
-    // The proxy's own queries, and UDP to a server resolv.conf does not name, go direct.
-    for t in DnsTransport::ALL {
-        assert_eq!(
-            p.ask(Identity::PROXY, ns, "a.mesh.test", t)?,
-            vec![VIA_SERVER],
-            "{t:?}"
-        );
-    }
-    let other = p.topo().server_extra_ips6[0];
-    assert_eq!(
-        p.ask(Identity::APP, other, "a.mesh.test", DnsTransport::Udp)?,
-        vec![VIA_SERVER]
-    );
-    let c = p.pod.counters()?;
-    assert!(c["dns_captured"].as_u64() >= Some(4), "{c}");
-    assert!(c["dns_reply_source_restored"].as_u64() >= Some(2), "{c}");
-    Ok(())
+    let t = p.topo();
+    name_server_traffic_reaches_the_dns_proxy(
+        &p,
+        t.server_ip6.into(),
+        t.server_extra_ips6[0].into(),
+    )
 }
 
 #[test]

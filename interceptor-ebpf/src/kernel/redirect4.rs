@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use interceptor_ebpf::{
-    Counter, OrigDst4,
+    Counter, OrigDst4, PodConfig,
     decision::{Connect4, Proto, Verdict, decide_outbound4},
     wire::{LOCALHOST4, port_from_user_port, port_to_user_port},
 };
@@ -26,14 +26,40 @@ use crate::maps::{MapSets, ORIG_DST_BY_COOKIE, UDP_ORIG_DST, count, pod_config, 
 const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 
+/// The transport of a `bpf_sock_addr.type_`; `None` for sockets never intercepted.
+#[inline(always)]
+pub fn proto_of(socket_type: u32) -> Option<Proto> {
+    match socket_type {
+        SOCK_STREAM => Some(Proto::Tcp),
+        SOCK_DGRAM => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+/// Counts the verdict (connections, not datagrams: every unconnected UDP datagram comes through
+/// `sendmsg4/6`); the port to redirect to, if it is a redirect.
+#[inline(always)]
+pub fn settle(cfg: &PodConfig, proto: Proto, verdict: Verdict) -> Option<u16> {
+    match verdict {
+        Verdict::Direct(reason) => {
+            if proto == Proto::Tcp {
+                count(cfg, reason);
+            }
+            None
+        }
+        Verdict::Redirect { port, counter } => {
+            count(cfg, counter);
+            Some(port)
+        }
+    }
+}
+
 #[inline(always)]
 pub fn decide_and_rewrite(ctx: &SockAddrContext) {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let proto = match sa.type_ {
-        SOCK_STREAM => Proto::Tcp,
-        SOCK_DGRAM => Proto::Udp,
-        _ => return,
+    let Some(proto) = proto_of(sa.type_) else {
+        return;
     };
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let Some(cfg) = pod_config(netns) else {
@@ -54,15 +80,8 @@ pub fn decide_and_rewrite(ctx: &SockAddrContext) {
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
     };
-    let (port, counter) = match decide_outbound4(cfg, &conn, &MapSets) {
-        Verdict::Direct(reason) => {
-            // Every UDP datagram comes through sendmsg4; count connections, not datagrams.
-            if proto == Proto::Tcp {
-                count(cfg, reason);
-            }
-            return;
-        }
-        Verdict::Redirect { port, counter } => (port, counter),
+    let Some(port) = settle(cfg, proto, decide_outbound4(cfg, &conn, &MapSets)) else {
+        return;
     };
     let orig = OrigDst4 {
         addr: conn.dst,
@@ -74,7 +93,6 @@ pub fn decide_and_rewrite(ctx: &SockAddrContext) {
     }
     sa.user_ip4 = LOCALHOST4;
     sa.user_port = port_to_user_port(port);
-    count(cfg, counter);
     debug!(
         ctx,
         "redirect {:i}:{} -> 127.0.0.1:{}",

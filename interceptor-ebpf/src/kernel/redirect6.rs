@@ -16,8 +16,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use interceptor_ebpf::{
-    Counter, OrigDst4, OrigDst6, PodConfig,
-    decision::{Connect4, Connect6, Proto, Verdict, decide_outbound4, decide_outbound6},
+    Counter, OrigDst4, OrigDst6,
+    decision::{Connect4, Connect6, Proto, decide_outbound4, decide_outbound6},
     wire::{
         LOCALHOST4, LOCALHOST6, RawIpv6, UNSPECIFIED4, UNSPECIFIED6, ipv4_from_mapped, ipv4_mapped,
         ipv6_octets, port_from_user_port, port_to_user_port,
@@ -29,11 +29,8 @@ use crate::{
         MapSets, ORIG_DST6_BY_COOKIE, UDP_ORIG_DST6, count, pod_config, read_ip6, store_on_socket,
         write_ip6,
     },
-    redirect4::record4,
+    redirect4::{proto_of, record4, settle},
 };
-
-const SOCK_STREAM: u32 = 1;
-const SOCK_DGRAM: u32 = 2;
 
 /// Which hook runs the step.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,10 +45,8 @@ pub enum Hook {
 pub fn decide_and_rewrite6(ctx: &SockAddrContext, hook: Hook) {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let proto = match sa.type_ {
-        SOCK_STREAM => Proto::Tcp,
-        SOCK_DGRAM => Proto::Udp,
-        _ => return,
+    let Some(proto) = proto_of(sa.type_) else {
+        return;
     };
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let Some(cfg) = pod_config(netns) else {
@@ -129,24 +124,6 @@ pub fn decide_and_rewrite6(ctx: &SockAddrContext, hook: Hook) {
         dst_port,
         port
     );
-}
-
-/// Counts the verdict (connections, not datagrams: every unconnected UDP datagram comes through
-/// `sendmsg6`); the port to redirect to, if it is a redirect.
-#[inline(always)]
-fn settle(cfg: &PodConfig, proto: Proto, verdict: Verdict) -> Option<u16> {
-    match verdict {
-        Verdict::Direct(reason) => {
-            if proto == Proto::Tcp {
-                count(cfg, reason);
-            }
-            None
-        }
-        Verdict::Redirect { port, counter } => {
-            count(cfg, counter);
-            Some(port)
-        }
-    }
 }
 
 /// `record4` for IPv6 destinations.

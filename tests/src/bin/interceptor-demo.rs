@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use interceptor_tests::{Identity, Place, ProbeOptions, Process, Side, Topology, bin_path};
+use interceptor_tests::{
+    Identity, Place, ProbeOptions, Process, SEED_FLAGS, Side, Topology, bin_path,
+};
 
-const SEED_FLAGS: [&str; 14] = [
-    "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
-];
 /// How long to wait for the sidecar's log line of a connection (absent when it went direct).
 const SIDECAR_LOG_WAIT: Duration = Duration::from_millis(1500);
 
