@@ -1,24 +1,24 @@
-//! interceptor: the user-space side. Options (`config`, `cli`) become map entries (`rules`);
-//! the loader attaches the kernel programs to a pod's cgroup and pins them (`loader`, `bpffs`),
-//! reading what it needs of the pod from its cgroup and network namespace (`cgroup`, `netns`).
+//! interceptor's user space. One datapath (the kernel programs of `interceptor-ebpf`), two ways
+//! of enrolling pods, two backends. The arrows run one way, from the top down:
+//!
+//! - [`cli`]: the command line (clap), turned into plain options; nothing below sees clap;
+//! - ways of running: [`init`] (per pod: `init`, `clean`), [`node`] (the node daemon, its API
+//!   and metrics) and [`cni`] (the CNI plugin, a client of the node's API);
+//! - backends: [`datapath`] (eBPF programs, their maps, links and pins) and [`iptables`]
+//!   (istio-iptables' own rules); neither uses the other;
+//! - what they both take: [`pod`] (what we read about a pod, once) and [`config`] (istio's
+//!   options, resolved and validated; pure);
+//! - at the bottom: [`sys`] (system calls by family), [`family`], [`error`], and the kernel
+//!   model shared with the programs (`interceptor_ebpf`).
 
-pub mod api;
-pub mod bpffs;
-pub mod cgroup;
 pub mod cli;
 pub mod cni;
-pub mod commands;
 pub mod config;
-pub mod daemon;
-pub mod dns;
+pub mod datapath;
 pub mod error;
+pub mod family;
+pub mod init;
 pub mod iptables;
-pub mod listeners;
-pub mod loader;
-pub mod metrics;
-pub mod netns;
 pub mod node;
-pub mod resolv_conf;
-pub mod routes;
-pub mod rules;
+pub mod pod;
 pub mod sys;

@@ -1,7 +1,6 @@
 use clap::Parser as _;
 use interceptor::{
-    cli::{Cli, Command},
-    commands,
+    cli::{self, Cli},
     error::{EXIT_FAILURE, EXIT_USAGE, is_usage},
 };
 use tracing_subscriber::EnvFilter;
@@ -14,14 +13,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let result = match &cli.command {
-        Command::Init(args) => commands::init(args),
-        Command::Clean(args) => commands::clean(args),
-        Command::Status(args) => commands::status(args),
-        Command::Daemon(args) => commands::daemon(args),
-        Command::Pod(args) => commands::pod(args),
-    };
-    if let Err(err) = result {
+    if let Err(err) = cli::run(&cli) {
         // Bad option values and unusable targets are the caller's mistake: usage (2).
         let usage = is_usage(&err);
         eprintln!("interceptor: error: {err:#}");

@@ -5,12 +5,9 @@
 //! - [`ruleset`]: options + facts -> the rules, rendered as istio-iptables renders them, pure;
 //! - [`save`]: reading `iptables-save` output: which rules and chains are ours, pure;
 //! - [`mode`]: legacy or nft binaries, and `auto` detection;
-//! - [`exec`]: running an iptables binary inside the namespace;
-//! - [`restore`]: apply (replacing what an earlier run wrote) and clean;
-//! - [`command`]: `init` and `clean` with `--backend iptables`.
+//! - [`restore`]: apply (replacing what an earlier run wrote) and clean, running the binaries
+//!   inside the namespace (`pod::exec`).
 
-pub mod command;
-pub mod exec;
 pub mod facts;
 pub mod mode;
 pub mod restore;
@@ -54,30 +51,9 @@ pub const BUILTIN_CHAINS: [&str; 8] = [
 /// The tables our rules live in, in the order istio-iptables renders them (alphabetical).
 pub const OUR_TABLES: [&str; 3] = ["mangle", "nat", "raw"];
 
-/// An address family: one `iptables-restore` (v4) or `ip6tables-restore` (v6) run each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const fn prefix(self) -> &'static str {
-        match self {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
-    }
-}
-
-impl std::fmt::Display for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
-    }
-}
+/// One `iptables-restore` (IPv4) or `ip6tables-restore` (IPv6) run per family.
+pub use crate::family::Family;
+pub use mode::Mode;
 
 pub fn is_our_chain(name: &str) -> bool {
     OUR_CHAINS.contains(&name)

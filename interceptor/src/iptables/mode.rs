@@ -1,8 +1,17 @@
 //! The iptables flavour (legacy x_tables or nf_tables) and its binaries, and `auto`: use the
 //! flavour the namespace already uses, as istio-iptables and Kubernetes' iptables-wrapper do.
 
-use super::{Family, exec, save};
-use crate::{cli::IptablesMode, netns::Netns};
+use super::{Family, save};
+use crate::pod::{Netns, exec};
+
+/// Which flavour to write with (`--iptables-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The one the namespace already uses (more rules wins), else nft, else legacy.
+    Auto,
+    Legacy,
+    Nft,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavour {
@@ -11,6 +20,15 @@ pub enum Flavour {
 }
 
 impl Flavour {
+    /// Those `clean` removes rules of in `mode`: with `auto`, both.
+    pub fn cleaned_by(mode: Mode) -> &'static [Flavour] {
+        match mode {
+            Mode::Auto => &Flavour::ALL,
+            Mode::Legacy => &[Flavour::Legacy],
+            Mode::Nft => &[Flavour::Nft],
+        }
+    }
+
     pub const ALL: [Flavour; 2] = [Flavour::Legacy, Flavour::Nft];
 
     pub const fn name(self) -> &'static str {
@@ -26,7 +44,11 @@ impl Flavour {
             Tool::Save => "-save",
             Tool::Restore => "-restore",
         };
-        format!("{}-{}{tool}", family.prefix(), self.name())
+        let prefix = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        format!("{prefix}-{}{tool}", self.name())
     }
 
     pub fn other(self) -> Flavour {
@@ -61,11 +83,11 @@ pub fn choose(legacy_rules: Option<usize>, nft_rules: Option<usize>) -> Option<F
 }
 
 /// The flavour to write with in `netns`.
-pub fn resolve(mode: IptablesMode, netns: &Netns) -> anyhow::Result<Flavour> {
+pub fn resolve(mode: Mode, netns: &Netns) -> anyhow::Result<Flavour> {
     match mode {
-        IptablesMode::Legacy => Ok(Flavour::Legacy),
-        IptablesMode::Nft => Ok(Flavour::Nft),
-        IptablesMode::Auto => {
+        Mode::Legacy => Ok(Flavour::Legacy),
+        Mode::Nft => Ok(Flavour::Nft),
+        Mode::Auto => {
             let count = |f: Flavour| -> Option<usize> {
                 let program = f.binary(Family::V4, Tool::Save);
                 match exec::run(netns, &program, &[], None) {

@@ -11,12 +11,12 @@ use anyhow::Context as _;
 use thiserror::Error;
 
 use super::{
-    Family, OUR_TABLES, exec,
+    Family, OUR_TABLES,
     mode::{Flavour, Tool},
     ruleset::{RuleSet, render_tables},
     save::{self, Ours, SavedTable},
 };
-use crate::netns::Netns;
+use crate::pod::{Netns, exec};
 
 /// How long a restore waits for the xtables lock (legacy; nft takes no lock).
 const WAIT_ARG: &str = "--wait=30";

@@ -1,0 +1,143 @@
+//! `bpf(2)` commands aya 0.14 keeps private or lacks: link create and update for every hook we
+//! use (aya cannot turn `cgroup/getsockopt`'s link into a pinnable one), pinning and opening
+//! pins, link info (the netns and cgroup a link is attached to, 0 once they are gone), and
+//! run-time statistics. Attributes are `aya_obj::generated::bpf_attr`, filled by field name.
+
+use std::{
+    ffi::CString,
+    io, mem,
+    os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+pub use aya_obj::generated::bpf_attach_type;
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type, bpf_stats_type};
+
+/// Runs one bpf command; the kernel's return value (an fd for the commands that make one).
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: `attr` is a whole, initialised `bpf_attr` the kernel may read and write; every
+    // pointer stored in it by the callers below outlives this call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            mem::size_of::<bpf_attr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// A zeroed attribute: unused fields must be 0 for the kernel to accept it.
+fn zeroed() -> bpf_attr {
+    // SAFETY: `bpf_attr` is a C union of plain integers, for which all-zero bytes are valid.
+    unsafe { mem::zeroed() }
+}
+
+/// Takes ownership of a descriptor the kernel has just returned.
+fn owned_fd(fd: i64) -> OwnedFd {
+    // SAFETY: `fd` is a new descriptor returned by the kernel, owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+fn raw(fd: &impl AsFd) -> u32 {
+    fd.as_fd().as_raw_fd() as u32
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    Ok(CString::new(path.as_os_str().as_encoded_bytes())?)
+}
+
+/// `BPF_LINK_CREATE`: attaches `prog` to `target` (a cgroup, or a network namespace for
+/// `BPF_SK_LOOKUP`). A link runs beside the target's other programs (a runtime's, a CNI's) and
+/// is detached when its last fd or pin goes.
+pub fn link_create(
+    prog: &impl AsFd,
+    target: &impl AsFd,
+    attach_type: bpf_attach_type,
+) -> io::Result<OwnedFd> {
+    let mut attr = zeroed();
+    attr.link_create.__bindgen_anon_1.prog_fd = raw(prog);
+    attr.link_create.__bindgen_anon_2.target_fd = raw(target);
+    attr.link_create.attach_type = attach_type as u32;
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned_fd)
+}
+
+/// `BPF_LINK_UPDATE`: swaps the program behind a link atomically; connections never see a
+/// moment without a program.
+pub fn link_update(link: &impl AsFd, new_prog: &impl AsFd) -> io::Result<()> {
+    let mut attr = zeroed();
+    attr.link_update.link_fd = raw(link);
+    attr.link_update.__bindgen_anon_1.new_prog_fd = raw(new_prog);
+    bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// `BPF_OBJ_PIN`: pins a BPF object (a link, a program) at `path` on a bpffs.
+pub fn obj_pin(obj: &impl AsFd, path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = zeroed();
+    attr.__bindgen_anon_4.pathname = c.as_ptr() as u64; // `c` outlives the call
+    attr.__bindgen_anon_4.bpf_fd = raw(obj);
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// `BPF_OBJ_GET`: opens a pinned object (aya offers no fd for a pinned link).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    let mut attr = zeroed();
+    attr.__bindgen_anon_4.pathname = c.as_ptr() as u64; // `c` outlives the call
+    bpf(bpf_cmd::BPF_OBJ_GET, &mut attr).map(owned_fd)
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub id: u32,
+    pub prog_id: u32,
+    /// A network-namespace link (`sk_lookup`): the namespace's inode, 0 once the namespace is
+    /// gone (the kernel detaches such links itself). 0 for other links.
+    pub netns_ino: u32,
+    /// A cgroup link: the cgroup's id, 0 once the cgroup is gone. 0 for other links.
+    pub cgroup_id: u64,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link (aya 0.14 has no netns field).
+pub fn link_info(link: &impl AsFd) -> io::Result<LinkInfo> {
+    // SAFETY: `bpf_link_info` is plain integers and unions of them: all-zero is valid.
+    let mut info: bpf_link_info = unsafe { mem::zeroed() };
+    let mut attr = zeroed();
+    attr.info.bpf_fd = raw(link);
+    attr.info.info_len = mem::size_of::<bpf_link_info>() as u32;
+    attr.info.info = (&raw mut info) as u64; // `info` outlives the call
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let kind = info.type_;
+    let netns_ino = if kind == bpf_link_type::BPF_LINK_TYPE_NETNS as u32 {
+        // SAFETY: the union member the kernel filled for this link type (plain integers).
+        unsafe { info.__bindgen_anon_1.netns.netns_ino }
+    } else {
+        0
+    };
+    let cgroup_id = if kind == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32 {
+        // SAFETY: as above.
+        unsafe { info.__bindgen_anon_1.cgroup.cgroup_id }
+    } else {
+        0
+    };
+    Ok(LinkInfo {
+        id: info.id,
+        prog_id: info.prog_id,
+        netns_ino,
+        cgroup_id,
+    })
+}
+
+/// `BPF_ENABLE_STATS(BPF_STATS_RUN_TIME)`: the kernel counts every program's runs and run time
+/// while the returned fd is open (what `kernel.bpf_stats_enabled=1` does, scoped to a process).
+pub fn enable_stats() -> io::Result<OwnedFd> {
+    let mut attr = zeroed();
+    attr.enable_stats.type_ = bpf_stats_type::BPF_STATS_RUN_TIME as u32;
+    bpf(bpf_cmd::BPF_ENABLE_STATS, &mut attr).map(owned_fd)
+}
