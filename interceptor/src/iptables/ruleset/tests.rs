@@ -1,26 +1,27 @@
 //! The rule set against golden files, then the edge cases of its options.
 //!
-//! **istio's goldens** (`testdata/*.golden`, copied byte for byte from istio's
-//! `tools/istio-iptables/pkg/capture/testdata/`; `testdata/README.md` gives the commit): one test
-//! per case of istio's `TestIptables` (`run_test.go`), named after it, with that case's settings
-//! as our flags and istio's `constructTestConfig` for everything the case leaves alone
-//! ([`Case::istio`]). The whole record is compared, byte for byte: istio's harness
-//! framing, then the restore input of each family. Where our text differs from istio's on purpose,
-//! the test names that token and why ([`Case::ours`]); the substitution is made token by token
-//! and must apply, and nothing else is loosened.
+//! **istio's goldens** (`iptables/testdata/*.golden`, copied byte for byte from istio's
+//! `tools/istio-iptables/pkg/capture/testdata/`; the folder's README gives the commit): one
+//! test per case of istio's `TestIptables` (`run_test.go`), named after it, with that case's
+//! settings as our flags and istio's `constructTestConfig` for everything the case leaves alone
+//! ([`Case::istio`]). The whole record is compared, byte for byte: istio's harness framing,
+//! then the restore input of each family. Where our text differs from istio's on purpose, the
+//! test names that token and why ([`Case::ours`]); the substitution is made token by token and
+//! must apply, and nothing else is loosened.
 //!
-//! All 27 of them are tested. Near them in istio's tree, and not tested here:
-//! - `tools/istio-iptables/pkg/builder/testdata/`: istio's rule-builder API fed synthetic rules in
-//!   a table named `table`; they are no configuration, and [`render`] knows only our three tables.
-//! - `cni/pkg/plugin/testdata/`: istio-cni's mapping of pod annotations and proxy environment to
-//!   these options (compared table by table, in any order); that mapping is the CNI plugin's
-//!   concern, not this builder's.
+//! All 27 of them are tested; none needs an option we refuse. Near them in istio's tree, and
+//! not tested here:
+//! - `tools/istio-iptables/pkg/builder/testdata/`: istio's rule-builder API fed synthetic rules
+//!   in a table named `table`; they are no configuration, and [`render`] knows only our tables.
+//! - `cni/pkg/plugin/testdata/`: istio-cni's mapping of pod annotations and proxy environment
+//!   to these options (compared table by table); that mapping is the CNI plugin's concern.
 //! - `cni/pkg/iptables/testdata/`, `cni/pkg/nftables/testdata/`,
-//!   `tools/istio-nftables/pkg/capture/testdata/`: ambient mode's in-pod rules and the nftables
-//!   backend, neither of which we implement.
+//!   `tools/istio-nftables/pkg/capture/testdata/`: ambient mode's in-pod rules and the
+//!   nftables backend, neither of which we implement.
 //!
-//! **Our goldens** (`testdata/own/`): written by this project for invocations istio's harness
-//! has no case for; they are our claim, not istio's, and their tests say so ([`Case::own`]).
+//! **Our goldens** (`iptables/testdata/own/`): written by this project for invocations istio's
+//! harness has no case for; they are our claim, not istio's, and their tests say so
+//! ([`Case::own`]).
 
 use std::net::IpAddr;
 
@@ -129,14 +130,14 @@ struct Case {
 /// An istio golden: `istio_case!("ip-range", [flags...])`.
 macro_rules! istio_case {
     ($name:literal, [$($flag:expr),* $(,)?]) => {
-        Case::istio($name, include_str!(concat!("testdata/", $name, ".golden")), &[$($flag),*])
+        Case::istio($name, include_str!(concat!("../testdata/", $name, ".golden")), &[$($flag),*])
     };
 }
 
 /// One of ours: `own_case!("seed", [flags...])`.
 macro_rules! own_case {
     ($name:literal, [$($flag:expr),* $(,)?]) => {
-        Case::own($name, include_str!(concat!("testdata/own/", $name, ".golden")), &[$($flag),*])
+        Case::own($name, include_str!(concat!("../testdata/own/", $name, ".golden")), &[$($flag),*])
     };
 }
 
@@ -702,7 +703,10 @@ fn redirect_dns_without_servers_is_disabled_with_a_warning() {
     assert_eq!(set.warnings.len(), 1);
     assert!(set.warnings[0].contains("DNS capture disabled"));
     // As istio's empty.golden: no DNS rule at all.
-    assert_text(&harness_record(&set), include_str!("testdata/empty.golden"));
+    assert_text(
+        &harness_record(&set),
+        include_str!("../testdata/empty.golden"),
+    );
     // An IPv6-only resolv.conf on an IPv4-only pod keeps DNS on: raw OUTPUT jump and the v4
     // nat rules for localhost-style multiport, but no v4 server rules.
     let set = build(
