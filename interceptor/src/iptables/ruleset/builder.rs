@@ -110,12 +110,11 @@ impl Builder {
         });
     }
 
-    pub(super) fn finish(self, warnings: Vec<String>) -> RuleSet {
+    pub(super) fn finish(self) -> RuleSet {
         RuleSet {
             v4: self.v4,
             v6: self.v6,
             ipv6: self.ipv6,
-            warnings,
         }
     }
 }

@@ -7,31 +7,16 @@ use super::{
     Builder, DNS_LISTENER_PORT, FAMILIES, Family, ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_OUTPUT_DNS,
     proxy_ids,
 };
-use crate::{config::InterceptConfig, iptables::facts::PodFacts};
-
-/// Whether DNS is captured: `--redirect-dns`, unless there is neither a name server nor
-/// `--capture-all-dns` (then istio-iptables warns and turns it off).
-pub(super) fn enabled(cfg: &InterceptConfig, facts: &PodFacts, warnings: &mut Vec<String>) -> bool {
-    let no_servers = facts.dns_v4.is_empty() && facts.dns_v6.is_empty();
-    if cfg.redirect_dns && !cfg.capture_all_dns && no_servers {
-        warnings.push(
-            "REDIRECT_DNS is set, but CAPTURE_ALL_DNS is false, and no DNS servers provided. \
-             DNS capture disabled."
-                .to_string(),
-        );
-        return false;
-    }
-    cfg.redirect_dns
-}
+use crate::config::{DnsCapture, InterceptConfig};
 
 /// `SetupDNSRedir`: the jumps into `ISTIO_OUTPUT_DNS` (nat only for a family with something
 /// to capture), the redirects to the agent, then the conntrack zones.
-pub(super) fn setup_dns_redirect(b: &mut Builder, cfg: &InterceptConfig, facts: &PodFacts) {
-    let all = cfg.capture_all_dns;
+pub(super) fn setup_dns_redirect(b: &mut Builder, cfg: &InterceptConfig, dns: &DnsCapture) {
+    let all = *dns == DnsCapture::All;
     let jump = format!("-j {ISTIO_OUTPUT_DNS}");
     b.append("raw", "OUTPUT", &jump);
     for family in FAMILIES {
-        if all || !name_servers(facts, family).is_empty() {
+        if all || !name_servers(dns, family).is_empty() {
             b.append_for(family, "nat", ISTIO_OUTPUT, &jump);
         }
     }
@@ -44,18 +29,18 @@ pub(super) fn setup_dns_redirect(b: &mut Builder, cfg: &InterceptConfig, facts: 
             continue;
         }
         for family in FAMILIES {
-            for server in name_servers(facts, family) {
+            for server in name_servers(dns, family) {
                 let redirect = format!("-p {proto} --dport 53 -d {server} {to_agent}");
                 b.append_for(family, "nat", ISTIO_OUTPUT_DNS, redirect);
             }
         }
     }
-    conntrack_zones(b, cfg, facts);
+    conntrack_zones(b, cfg, dns);
 }
 
 /// `addDNSConntrackZones`: the proxy's queries upstream are zone 1 and its answers to clients
 /// zone 2; clients' queries are zone 2 and the servers' answers zone 1.
-fn conntrack_zones(b: &mut Builder, cfg: &InterceptConfig, facts: &PodFacts) {
+fn conntrack_zones(b: &mut Builder, cfg: &InterceptConfig, dns: &DnsCapture) {
     for (owner, id) in proxy_ids(cfg) {
         let owner = owner.flag();
         let upstream = format!("-p udp --dport 53 -m owner {owner} {id} -j CT --zone 1");
@@ -64,14 +49,14 @@ fn conntrack_zones(b: &mut Builder, cfg: &InterceptConfig, facts: &PodFacts) {
             format!("-p udp --sport {DNS_LISTENER_PORT} -m owner {owner} {id} -j CT --zone 2");
         b.append("raw", ISTIO_OUTPUT_DNS, answers);
     }
-    if cfg.capture_all_dns {
+    if *dns == DnsCapture::All {
         b.append("raw", "PREROUTING", format!("-j {ISTIO_INBOUND}"));
         b.append("raw", ISTIO_OUTPUT_DNS, "-p udp --dport 53 -j CT --zone 2");
         b.append("raw", ISTIO_INBOUND, "-p udp --sport 53 -j CT --zone 1");
         return;
     }
     for family in FAMILIES {
-        let servers = name_servers(facts, family);
+        let servers = name_servers(dns, family);
         if !servers.is_empty() {
             b.append_for(family, "raw", "PREROUTING", format!("-j {ISTIO_INBOUND}"));
         }
@@ -84,10 +69,18 @@ fn conntrack_zones(b: &mut Builder, cfg: &InterceptConfig, facts: &PodFacts) {
     }
 }
 
-/// The pod's name servers of one family, as host prefixes.
-fn name_servers(facts: &PodFacts, family: Family) -> Vec<String> {
-    match family {
-        Family::V4 => facts.dns_v4.iter().map(|a| format!("{a}/32")).collect(),
-        Family::V6 => facts.dns_v6.iter().map(|a| format!("{a}/128")).collect(),
-    }
+/// The pod's name servers of one family, as host prefixes. An IPv4-mapped server is an IPv6
+/// one here, as in istio-iptables (whose rule never matches: such queries are IPv4).
+fn name_servers(dns: &DnsCapture, family: Family) -> Vec<String> {
+    let DnsCapture::Servers(servers) = dns else {
+        return Vec::new();
+    };
+    servers
+        .iter()
+        .filter(|a| Family::of(a) == family)
+        .map(|a| match a {
+            std::net::IpAddr::V4(a) => format!("{a}/32"),
+            std::net::IpAddr::V6(a) => format!("{a}/128"),
+        })
+        .collect()
 }

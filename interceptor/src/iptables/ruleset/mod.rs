@@ -16,9 +16,9 @@
 
 use super::{
     Family, ISTIO_DIVERT, ISTIO_DROP, ISTIO_IN_REDIRECT, ISTIO_INBOUND, ISTIO_OUTPUT,
-    ISTIO_OUTPUT_DNS, ISTIO_REDIRECT, ISTIO_TPROXY, facts::PodFacts,
+    ISTIO_OUTPUT_DNS, ISTIO_REDIRECT, ISTIO_TPROXY,
 };
-use crate::config::{InterceptConfig, InterceptionMode};
+use crate::config::{DnsCapture, InterceptConfig, InterceptionMode};
 
 mod builder;
 mod dns;
@@ -64,8 +64,6 @@ pub struct RuleSet {
     pub v4: Vec<Rule>,
     pub v6: Vec<Rule>,
     pub ipv6: bool,
-    /// Things the caller should warn about (istio-iptables logs them).
-    pub warnings: Vec<String>,
 }
 
 impl RuleSet {
@@ -100,12 +98,12 @@ impl RuleSet {
     }
 }
 
-/// The rule set istio-iptables writes for `cfg` in a pod described by `facts`: the steps of
-/// its `Run`, in its order.
-pub fn build(cfg: &InterceptConfig, facts: &PodFacts) -> RuleSet {
-    let mut b = Builder::new(facts.ipv6);
-    let mut warnings = Vec::new();
-    let redirect_dns = dns::enabled(cfg, facts, &mut warnings);
+/// The rule set istio-iptables writes for `cfg` in a pod whose DNS capture is `dns` (from its
+/// name servers, as `DnsCapture::resolve` decides it for both backends) and whose IPv6 is
+/// enabled or not (`PodFacts::ipv6_enabled`): the steps of its `Run`, in its order.
+pub fn build(cfg: &InterceptConfig, dns: &DnsCapture, ipv6: bool) -> RuleSet {
+    let mut b = Builder::new(ipv6);
+    let redirect_dns = *dns != DnsCapture::Off;
 
     preamble::exclude_interfaces(&mut b, cfg);
     preamble::kube_virt_interfaces_return(&mut b, cfg);
@@ -123,7 +121,7 @@ pub fn build(cfg: &InterceptConfig, facts: &PodFacts) -> RuleSet {
     }
     outbound::owner_groups(&mut b, cfg);
     if redirect_dns {
-        dns::setup_dns_redirect(&mut b, cfg, facts);
+        dns::setup_dns_redirect(&mut b, cfg, dns);
     }
     outbound::localhost_return(&mut b, cfg);
     for family in FAMILIES {
@@ -137,7 +135,7 @@ pub fn build(cfg: &InterceptConfig, facts: &PodFacts) -> RuleSet {
     if tproxy(cfg) {
         inbound::tproxy_marks(&mut b, cfg);
     }
-    b.finish(warnings)
+    b.finish()
 }
 
 /// Both families, IPv4 first, the order istio-iptables writes versioned rules in.

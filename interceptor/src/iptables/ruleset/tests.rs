@@ -30,8 +30,7 @@ use clap::Parser as _;
 use super::*;
 use crate::{
     cli::{Cli, Command},
-    config::{IdResolver, RawOptions},
-    iptables::facts::PodFacts,
+    config::{DnsCapture, IdResolver, InterceptConfig, RawOptions},
 };
 
 /// The group database of these tests: no users (so `-u` defaults to 1337, as in istio's
@@ -63,13 +62,28 @@ fn config(raw: &RawOptions) -> InterceptConfig {
     raw.resolve(&TestIds, "istio-proxy").unwrap()
 }
 
-fn facts(dns: &[&str], ipv6: bool) -> PodFacts {
-    let dns: Vec<IpAddr> = dns.iter().map(|s| s.parse().unwrap()).collect();
-    PodFacts::new(&dns, ipv6)
+/// What the rule set depends on besides the options: the pod's name servers and whether IPv6
+/// is enabled for it.
+struct Facts {
+    servers: Vec<IpAddr>,
+    ipv6: bool,
 }
 
-fn dry_run(flags: &[&str], facts: &PodFacts) -> String {
-    build(&config(&raw(flags)), facts).dry_run()
+fn facts(dns: &[&str], ipv6: bool) -> Facts {
+    Facts {
+        servers: dns.iter().map(|s| s.parse().unwrap()).collect(),
+        ipv6,
+    }
+}
+
+/// `build`, with DNS capture decided from the name servers as both backends decide it.
+fn build_for(cfg: &InterceptConfig, facts: &Facts) -> RuleSet {
+    let (dns, _) = DnsCapture::resolve(cfg, &facts.servers);
+    build(cfg, &dns, facts.ipv6)
+}
+
+fn dry_run(flags: &[&str], facts: &Facts) -> String {
+    build_for(&config(&raw(flags)), facts).dry_run()
 }
 
 /// What istio's harness (`DependenciesStub`) records for a run: the two save commands of
@@ -253,7 +267,13 @@ impl Case {
         } else {
             self.options.clone()
         };
-        let set = build(&config(&options), &PodFacts::new(&self.dns, self.ipv6));
+        let set = build_for(
+            &config(&options),
+            &Facts {
+                servers: self.dns.clone(),
+                ipv6: self.ipv6,
+            },
+        );
         assert_eq!(set.ipv6, self.ipv6);
         let note: String = self
             .differs
@@ -660,9 +680,9 @@ fn ipv6_ranges_are_dropped_silently_without_ipv6() {
         "-x",
         "2001:db8::/32,10.1.0.0/16",
     ];
-    let set = build(&config(&raw(&flags)), &facts(&[], false));
+    let set = build_for(&config(&raw(&flags)), &facts(&[], false));
     let out = set.dry_run();
-    assert!(set.v6.is_empty() && set.warnings.is_empty());
+    assert!(set.v6.is_empty());
     assert_eq!(out.matches("* nat").count(), 1, "one family: {out}");
     assert!(!out.contains("fd00") && !out.contains("2001:db8"), "{out}");
     assert!(
@@ -673,7 +693,7 @@ fn ipv6_ranges_are_dropped_silently_without_ipv6() {
         "{out}"
     );
     // With IPv6 each family gets its own ranges.
-    let set = build(&config(&raw(&flags)), &facts(&[], true));
+    let set = build_for(&config(&raw(&flags)), &facts(&[], true));
     let v6 = set.restore_input(Family::V6);
     assert!(
         v6.contains("-A ISTIO_OUTPUT -d 2001:db8::/32 -j RETURN\n"),
@@ -699,9 +719,11 @@ fn an_ipv6_loopback_range_changes_the_ipv4_rules_too() {
 
 #[test]
 fn redirect_dns_without_servers_is_disabled_with_a_warning() {
-    let set = build(&config(&raw(&["--redirect-dns"])), &facts(&[], false));
-    assert_eq!(set.warnings.len(), 1);
-    assert!(set.warnings[0].contains("DNS capture disabled"));
+    let cfg = config(&raw(&["--redirect-dns"]));
+    let (dns, warning) = DnsCapture::resolve(&cfg, &[]);
+    assert_eq!(dns, DnsCapture::Off);
+    assert!(warning.is_some_and(|w| w.contains("DNS capture is off")));
+    let set = build(&cfg, &dns, false);
     // As istio's empty.golden: no DNS rule at all.
     assert_text(
         &harness_record(&set),
@@ -709,12 +731,11 @@ fn redirect_dns_without_servers_is_disabled_with_a_warning() {
     );
     // An IPv6-only resolv.conf on an IPv4-only pod keeps DNS on: raw OUTPUT jump and the v4
     // nat rules for localhost-style multiport, but no v4 server rules.
-    let set = build(
+    let set = build_for(
         &config(&raw(&["--redirect-dns"])),
         &facts(&["fd00::a"], false),
     );
     let out = set.dry_run();
-    assert!(set.warnings.is_empty());
     assert!(
         out.contains("* raw\n-N ISTIO_OUTPUT_DNS\n-A OUTPUT -j ISTIO_OUTPUT_DNS\n"),
         "{out}"
@@ -728,7 +749,7 @@ fn redirect_dns_without_servers_is_disabled_with_a_warning() {
 
 #[test]
 fn dns_servers_of_both_families() {
-    let set = build(
+    let set = build_for(
         &config(&raw(&["--redirect-dns"])),
         &facts(&["10.96.0.10", "fd00::a"], true),
     );
@@ -753,7 +774,7 @@ fn dns_servers_of_both_families() {
 fn ipv4_loopback_cidr_replaces_localhost_everywhere() {
     let mut r = raw(&["-i", "*"]);
     r.ipv4_loopback_cidr = Some("127.0.0.1/8".into());
-    let out = build(&config(&r), &facts(&[], false)).dry_run();
+    let out = build_for(&config(&r), &facts(&[], false)).dry_run();
     assert!(!out.contains("127.0.0.1/32"), "{out}");
     assert_eq!(out.matches("127.0.0.1/8").count(), 3, "{out}");
     assert!(out.contains("-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN\n"));
@@ -765,7 +786,7 @@ fn owner_groups() {
         let mut r = raw(&[]);
         r.owner_groups_include = include.map(str::to_string);
         r.owner_groups_exclude = exclude.map(str::to_string);
-        build(&config(&r), &facts(&[], false)).dry_run()
+        build_for(&config(&r), &facts(&[], false)).dry_run()
     };
     let gid_rule = "-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN\n";
     // Default (`*`, nothing excluded): no rule of its own.
@@ -813,7 +834,7 @@ fn drop_invalid_comes_first_in_mangle() {
 #[test]
 fn tproxy_moves_inbound_to_mangle() {
     let flags = ["-m", "TPROXY", "-b", "9080", "-c", "eth9", "-u", "1337"];
-    let set = build(&config(&raw(&flags)), &facts(&[], true));
+    let set = build_for(&config(&raw(&flags)), &facts(&[], true));
     let v4 = set.restore_input(Family::V4);
     let expected_mangle = "* mangle\n-N ISTIO_DIVERT\n-N ISTIO_TPROXY\n-N ISTIO_INBOUND\n\
         -A PREROUTING -i eth9 -j RETURN\n\
