@@ -18,6 +18,14 @@ pub enum Family {
 impl Family {
     pub const ALL: [Family; 2] = [Family::V4, Family::V6];
 
+    /// The family of `ip` (an IPv4-mapped IPv6 address is IPv6: that is the socket's family).
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
     pub fn other(self) -> Family {
         match self {
             Family::V4 => Family::V6,
