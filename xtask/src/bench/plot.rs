@@ -40,6 +40,21 @@ fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, Shift>> {
     Ok(root)
 }
 
+/// A chart on `root` with the plots' caption style, margins and label areas.
+fn chart_on<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    y_label_area: u32,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label_area);
+    builder
+}
+
 /// One mode's medians joined by a line (named in the legend), and its min–max as a bar at
 /// each point; values divided by `scale`.
 fn medians_and_ranges<'a, CT: CoordTranslate<From = (f64, f64)>>(
@@ -168,11 +183,7 @@ fn latency(path: &Path, r: &Results, case: Case, title: &str) -> Result<bool> {
         .max(0.001)
         / 1.5;
     let root = canvas(path)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let mut chart = chart_on(&root, title, 60)
         .build_cartesian_2d(
             -0.4f64..2.4f64,
             (y_min..y_max.max(y_min * 10.0)).log_scale(),
@@ -271,11 +282,7 @@ fn cidr_scaling(path: &Path, r: &Results, title: &str) -> Result<bool> {
         * 1.15;
 
     let root = canvas(path)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let mut chart = chart_on(&root, title, 70)
         .build_cartesian_2d((zero_x * 0.7..x_max).log_scale(), 0f64..y_max.max(1.0))
         .map_err(err)?;
     let zero_label = zero_x;
