@@ -65,7 +65,7 @@ pub(crate) fn place_command(
         if let Some(procs) = &procs {
             write_own_pid(procs.as_raw_fd())?;
         }
-        // SAFETY (each): plain syscalls on fds owned by this closure; no allocation after fork.
+        // No allocation after fork: plain syscalls only.
         // SAFETY: setns only reads the descriptor and changes this (the child's) thread.
         check(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) })?;
         // SAFETY: an empty group list; the null pointer is not read.
