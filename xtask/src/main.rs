@@ -36,7 +36,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check and clippy on the host crates.
+    /// cargo fmt --check, clippy on the host crates and on the kernel crate (nightly, bpf target).
     Lint,
     /// Compare interception modes (direct, explicit, iptables-legacy, iptables-nft, ebpf) on
     /// real traffic; writes bench/results/<timestamp>/ (needs root; installs nginx, wrk, iperf3).
@@ -118,7 +118,17 @@ fn main() -> anyhow::Result<()> {
                 "--",
                 "-D",
                 "warnings",
-            ]))
+            ]))?;
+            // The kernel crate: its library on the host, its programs as aya-build compiles them
+            // (nightly, bpf target, core from source; the host build fails on the panic handler).
+            let lib = "clippy -p interceptor-ebpf --lib --tests --features user -- -D warnings";
+            run(cargo(&root).args(lib.split_whitespace()))?;
+            let bin = "run nightly cargo clippy -p interceptor-ebpf --bin interceptor-ebpf \
+                       --target bpfel-unknown-none -Z build-std=core -- -D warnings";
+            run(Command::new("rustup")
+                .current_dir(&root)
+                .env_remove("RUSTC")
+                .args(bin.split_whitespace()))
         }
     }
 }
