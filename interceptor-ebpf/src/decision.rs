@@ -9,7 +9,7 @@ use crate::{
     counters::Counter,
     family::Family,
     model::{CidrSet, DNS_CAPTURE_PORT, DNS_PORT, PodConfig, PortSet, flags},
-    wire::{RawIpv4, RawIpv6},
+    wire::{RawIpv4, RawIpv6, UNSPECIFIED4, ipv4_from_mapped},
 };
 
 /// The transport of a connect or datagram.
@@ -21,7 +21,7 @@ pub enum Proto {
 }
 
 /// A TCP connect, a UDP connect or a UDP `sendto()`, as the cgroup hooks see it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connect<A> {
     pub proto: Proto,
     /// Destination the application asked for.
@@ -38,6 +38,23 @@ pub struct Connect<A> {
 pub type Connect4 = Connect<RawIpv4>;
 /// An IPv6 connect.
 pub type Connect6 = Connect<RawIpv6>;
+
+impl Connect6 {
+    /// The IPv4 connect a dual-stack socket makes when it dials an IPv4-mapped destination
+    /// (`::ffff:a.b.c.d`): addresses unmapped, a bound address that is not IPv4-mapped
+    /// unspecified.
+    #[inline(always)]
+    pub fn unmapped(&self) -> Option<Connect4> {
+        Some(Connect {
+            proto: self.proto,
+            dst: ipv4_from_mapped(self.dst)?,
+            dst_port: self.dst_port,
+            src: ipv4_from_mapped(self.src).unwrap_or(UNSPECIFIED4),
+            uid: self.uid,
+            gid: self.gid,
+        })
+    }
+}
 
 /// What to do with the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -581,6 +598,27 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_connect_is_an_ipv4_one() {
+        let mapped = |text| crate::wire::ipv4_mapped(V4::ip(text));
+        let c = Connect {
+            src: mapped("10.1.0.2"),
+            ..to::<V6>(mapped("10.2.0.1"), 80, APP, PROXY)
+        };
+        let want = Connect {
+            src: V4::ip("10.1.0.2"),
+            ..tcp::<V4>("10.2.0.1", 80, APP, PROXY)
+        };
+        assert_eq!(c.unmapped(), Some(want));
+        // Bound to an IPv6 address (only ever so on a socket dialling IPv6): unspecified.
+        let c = Connect {
+            src: V6::ip("fd00::2"),
+            ..c
+        };
+        assert_eq!(c.unmapped().map(|c| c.src), Some(UNSPECIFIED4));
+        assert!(tcp::<V6>("10.2.0.1", 80, APP, APP).unmapped().is_none());
     }
 
     #[test]

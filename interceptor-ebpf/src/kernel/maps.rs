@@ -199,6 +199,11 @@ pub struct MapSets;
 
 impl<F: KernelFamily> RuleSets<F> for MapSets {
     #[inline(always)]
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, LLVM packs the key into a register before storing it: more \
+                  instructions in every connect (measured with the xlated length)"
+    )]
     fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool {
         let key = PortKey {
             rules,
@@ -206,7 +211,7 @@ impl<F: KernelFamily> RuleSets<F> for MapSets {
             port,
         };
         // SAFETY: only whether an entry exists is read.
-        unsafe { PORT_SET.get(key) }.is_some()
+        unsafe { PORT_SET.get(&key) }.is_some()
     }
 
     #[inline(always)]

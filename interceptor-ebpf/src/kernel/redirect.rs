@@ -17,10 +17,7 @@ use interceptor_ebpf::{
     Counter, OrigDst, PodConfig,
     decision::{Connect, Proto, Verdict, decide_outbound},
     family::{V4, V6},
-    wire::{
-        LOCALHOST4, LOCALHOST6, UNSPECIFIED4, ipv4_from_mapped, ipv4_mapped, ipv6_octets,
-        port_from_user_port,
-    },
+    wire::{LOCALHOST4, LOCALHOST6, ipv4_mapped, ipv6_octets, port_from_user_port},
 };
 
 use crate::{
@@ -68,31 +65,27 @@ pub fn decide_and_rewrite6(ctx: &SockAddrContext, hook: Hook) {
     let Some((cfg, proto)) = of_pod(ctx, sa) else {
         return;
     };
-    let dst = V6::user_ip(sa);
-    let src = bound_address::<V6>(sa);
-    if let Some(dst4) = ipv4_from_mapped(dst) {
+    let conn = outbound(sa, proto, V6::user_ip(sa), bound_address::<V6>(sa));
+    if let Some(conn4) = conn.unmapped() {
         if hook == Hook::Sendmsg {
             return;
         }
-        let src4 = ipv4_from_mapped(src).unwrap_or(UNSPECIFIED4);
-        let conn = outbound(sa, proto, dst4, src4);
-        if let Some(port) = redirect::<V4, V6>(ctx, sa, cfg, &conn, ipv4_mapped(LOCALHOST4)) {
+        if let Some(port) = redirect::<V4, V6>(ctx, sa, cfg, &conn4, ipv4_mapped(LOCALHOST4)) {
             debug!(
                 ctx,
                 "redirect {:i}:{} (mapped) -> ::ffff:127.0.0.1:{}",
-                u32::from_be(dst4),
-                conn.dst_port,
+                u32::from_be(conn4.dst),
+                conn4.dst_port,
                 port
             );
         }
         return;
     }
-    let conn = outbound(sa, proto, dst, src);
     if let Some(port) = redirect::<V6, V6>(ctx, sa, cfg, &conn, LOCALHOST6) {
         debug!(
             ctx,
             "redirect [{:i}]:{} -> [::1]:{}",
-            ipv6_octets(dst),
+            ipv6_octets(conn.dst),
             conn.dst_port,
             port
         );

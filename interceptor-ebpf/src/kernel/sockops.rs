@@ -76,15 +76,19 @@ fn tuple<F: KernelFamily>(ctx: &SockOpsContext) -> SockTuple<F::Addr> {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys by reference, as `MapSets::has_port` (measured)"
+)]
 fn on_established<F: KernelFamily>(ctx: &SockOpsContext) {
     let cookie = socket_cookie(ctx);
     // SAFETY: copied out before the entry is removed.
-    let Some(orig) = (unsafe { F::orig_dst_by_cookie().get(cookie) }).copied() else {
+    let Some(orig) = (unsafe { F::orig_dst_by_cookie().get(&cookie) }).copied() else {
         return; // not a connection connect4/connect6 redirected
     };
-    let _ = F::orig_dst_by_cookie().remove(cookie);
+    let _ = F::orig_dst_by_cookie().remove(&cookie);
     let key = tuple::<F>(ctx);
-    if F::orig_dst_by_tuple().insert(key, orig, 0).is_err() {
+    if F::orig_dst_by_tuple().insert(&key, &orig, 0).is_err() {
         count_in(key.netns, Counter::OrigDstLost);
         return;
     }
@@ -93,9 +97,13 @@ fn on_established<F: KernelFamily>(ctx: &SockOpsContext) {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys by reference, as `MapSets::has_port` (measured)"
+)]
 fn on_state_change<F: KernelFamily>(ctx: &SockOpsContext) {
     if ctx.arg(1) == BPF_TCP_CLOSE {
-        let _ = F::orig_dst_by_tuple().remove(tuple::<F>(ctx));
+        let _ = F::orig_dst_by_tuple().remove(&tuple::<F>(ctx));
     }
 }
 
