@@ -36,7 +36,7 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check, clippy on the host crates and on the kernel crate (nightly, bpf target).
+    /// cargo fmt --check and clippy on the host crates.
     Lint,
     /// Compare interception modes (direct, explicit, iptables-legacy, iptables-nft, ebpf) on
     /// real traffic; writes bench/results/<timestamp>/ (needs root; installs nginx, wrk, iperf3).
