@@ -510,7 +510,7 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() -> Result<()> {
     );
     let out = dns_dry_run("no-ns-resolv.conf", "search svc.cluster.local\n")?;
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ISTIO_OUTPUT_DNS"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("DNS capture disabled"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DNS capture is off"));
     Ok(())
 }
 
