@@ -3,14 +3,13 @@
 //! istio-iptables writes, rule by rule, so that the same flags mean the same thing under either
 //! backend. One function serves both families (`Family`): istio-iptables writes the same chain
 //! into iptables and ip6tables, with only the loopback, passthrough and CIDR values differing.
+//! IPv4-mapped destinations of a dual-stack socket are IPv4 connections, decided as `V4`.
 
 use crate::{
     counters::Counter,
+    family::Family,
     model::{CidrSet, DNS_CAPTURE_PORT, DNS_PORT, PodConfig, PortSet, flags},
-    wire::{
-        LOCALHOST4, LOCALHOST6, PASSTHROUGH_SRC4, PASSTHROUGH_SRC6, RawIpv4, RawIpv6, UNSPECIFIED4,
-        UNSPECIFIED6,
-    },
+    wire::{RawIpv4, RawIpv6, UNSPECIFIED4, ipv4_from_mapped},
 };
 
 /// The transport of a connect or datagram.
@@ -22,7 +21,7 @@ pub enum Proto {
 }
 
 /// A TCP connect, a UDP connect or a UDP `sendto()`, as the cgroup hooks see it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connect<A> {
     pub proto: Proto,
     /// Destination the application asked for.
@@ -40,6 +39,23 @@ pub type Connect4 = Connect<RawIpv4>;
 /// An IPv6 connect.
 pub type Connect6 = Connect<RawIpv6>;
 
+impl Connect6 {
+    /// The IPv4 connect a dual-stack socket makes when it dials an IPv4-mapped destination
+    /// (`::ffff:a.b.c.d`): addresses unmapped, a bound address that is not IPv4-mapped
+    /// unspecified.
+    #[inline(always)]
+    pub fn unmapped(&self) -> Option<Connect4> {
+        Some(Connect {
+            proto: self.proto,
+            dst: ipv4_from_mapped(self.dst)?,
+            dst_port: self.dst_port,
+            src: ipv4_from_mapped(self.src).unwrap_or(UNSPECIFIED4),
+            uid: self.uid,
+            gid: self.gid,
+        })
+    }
+}
+
 /// What to do with the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -50,118 +66,25 @@ pub enum Verdict {
     Redirect { port: u16, counter: Counter },
 }
 
-/// Membership tests the decision needs from the per-pod sets (maps in the kernel).
-pub trait RuleSets {
+/// Membership tests the decision needs from the per-pod sets of one family (maps in the kernel).
+pub trait RuleSets<F: Family> {
     fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool;
-    fn has_cidr4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> bool;
-    fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool;
+    /// The value of the most specific `set` range holding `addr` (a longest-prefix match), if
+    /// any range holds it.
+    fn longest_match(&self, rules: u32, set: CidrSet, addr: F::Addr) -> Option<u8>;
+
+    /// Whether one of the `set` ranges (`-i`, `-x`) holds `addr`.
+    #[inline(always)]
+    fn has_cidr(&self, rules: u32, set: CidrSet, addr: F::Addr) -> bool {
+        self.longest_match(rules, set, addr).is_some()
+    }
+
     /// Whether the pod's route to `addr` (the most specific `CidrSet::Route` entry) goes
     /// through a `-c` interface.
-    fn route_excluded4(&self, rules: u32, addr: RawIpv4) -> bool;
-    fn route_excluded6(&self, rules: u32, addr: RawIpv6) -> bool;
-}
-
-/// What differs between the iptables and the ip6tables chain.
-pub trait Family {
-    type Addr: Copy + PartialEq + core::fmt::Debug;
-    /// `127.0.0.1/32` / `::1/128` (istio's `-d <localhost> -j RETURN`).
-    const LOCALHOST: Self::Addr;
-    /// `127.0.0.6/32` / `::6/128` (`-o lo -s <passthrough> -j RETURN`).
-    const PASSTHROUGH_SRC: Self::Addr;
-    /// A connect to it goes to `LOCALHOST`, which is what netfilter sees.
-    const UNSPECIFIED: Self::Addr;
-    const HAS_INCLUDE_CIDRS: u32;
-    const HAS_EXCLUDE_CIDRS: u32;
-    /// The flag without which this family is not captured at all (0: always captured).
-    const ENABLED_BY: u32;
-    const HAS_EXCLUDED_ROUTES: u32;
-    /// istio's localhost (`-d <localhost>`): `ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR` / `::1/128`.
-    fn is_localhost(cfg: &PodConfig, addr: Self::Addr) -> bool;
-    fn route_excluded(sets: &impl RuleSets, rules: u32, addr: Self::Addr) -> bool;
-    /// Whether a connection to `addr` leaves through lo (istio's `-o lo`).
-    fn is_local(cfg: &PodConfig, addr: Self::Addr) -> bool;
-    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: Self::Addr) -> bool;
-    /// Whether DNS to `addr` is captured (`ISTIO_OUTPUT_DNS`).
-    fn is_captured_dns_server(cfg: &PodConfig, addr: Self::Addr) -> bool;
-}
-
-/// IPv4 (iptables).
-pub struct V4;
-/// IPv6 (ip6tables).
-pub struct V6;
-
-impl Family for V4 {
-    type Addr = RawIpv4;
-    const LOCALHOST: RawIpv4 = LOCALHOST4;
-    const PASSTHROUGH_SRC: RawIpv4 = PASSTHROUGH_SRC4;
-    const UNSPECIFIED: RawIpv4 = UNSPECIFIED4;
-    const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS;
-    const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS;
-    const ENABLED_BY: u32 = 0;
-    const HAS_EXCLUDED_ROUTES: u32 = flags::HAS_EXCLUDED_ROUTES4;
     #[inline(always)]
-    fn is_localhost(cfg: &PodConfig, addr: RawIpv4) -> bool {
-        cfg.is_localhost4(addr)
+    fn route_excluded(&self, rules: u32, addr: F::Addr) -> bool {
+        self.longest_match(rules, CidrSet::Route, addr) == Some(1)
     }
-    #[inline(always)]
-    fn route_excluded(sets: &impl RuleSets, rules: u32, addr: RawIpv4) -> bool {
-        sets.route_excluded4(rules, addr)
-    }
-    #[inline(always)]
-    fn is_local(cfg: &PodConfig, addr: RawIpv4) -> bool {
-        cfg.is_local4(addr)
-    }
-    #[inline(always)]
-    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv4) -> bool {
-        sets.has_cidr4(rules, set, addr)
-    }
-    #[inline(always)]
-    fn is_captured_dns_server(cfg: &PodConfig, addr: RawIpv4) -> bool {
-        cfg.is_captured_dns_server4(addr)
-    }
-}
-
-impl Family for V6 {
-    type Addr = RawIpv6;
-    const LOCALHOST: RawIpv6 = LOCALHOST6;
-    const PASSTHROUGH_SRC: RawIpv6 = PASSTHROUGH_SRC6;
-    const UNSPECIFIED: RawIpv6 = UNSPECIFIED6;
-    const HAS_INCLUDE_CIDRS: u32 = flags::HAS_INCLUDE_CIDRS6;
-    const HAS_EXCLUDE_CIDRS: u32 = flags::HAS_EXCLUDE_CIDRS6;
-    const ENABLED_BY: u32 = flags::IPV6;
-    const HAS_EXCLUDED_ROUTES: u32 = flags::HAS_EXCLUDED_ROUTES6;
-    #[inline(always)]
-    fn is_localhost(_: &PodConfig, addr: RawIpv6) -> bool {
-        addr == LOCALHOST6
-    }
-    #[inline(always)]
-    fn route_excluded(sets: &impl RuleSets, rules: u32, addr: RawIpv6) -> bool {
-        sets.route_excluded6(rules, addr)
-    }
-    #[inline(always)]
-    fn is_local(cfg: &PodConfig, addr: RawIpv6) -> bool {
-        cfg.is_local6(addr)
-    }
-    #[inline(always)]
-    fn has_cidr(sets: &impl RuleSets, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
-        sets.has_cidr6(rules, set, addr)
-    }
-    #[inline(always)]
-    fn is_captured_dns_server(cfg: &PodConfig, addr: RawIpv6) -> bool {
-        cfg.is_captured_dns_server6(addr)
-    }
-}
-
-/// `decide_outbound` for IPv4 (and IPv4-mapped) destinations.
-#[inline(always)]
-pub fn decide_outbound4(cfg: &PodConfig, c: &Connect4, sets: &impl RuleSets) -> Verdict {
-    decide_outbound::<V4>(cfg, c, sets)
-}
-
-/// `decide_outbound` for IPv6 destinations (not IPv4-mapped ones: those are IPv4).
-#[inline(always)]
-pub fn decide_outbound6(cfg: &PodConfig, c: &Connect6, sets: &impl RuleSets) -> Verdict {
-    decide_outbound::<V6>(cfg, c, sets)
 }
 
 /// Which owner rule group is being walked: istio-iptables writes the same three rules per uid
@@ -206,7 +129,7 @@ enum Owner {
 pub fn decide_outbound<F: Family>(
     cfg: &PodConfig,
     c: &Connect<F::Addr>,
-    sets: &impl RuleSets,
+    sets: &impl RuleSets<F>,
 ) -> Verdict {
     // No ip6tables rules at all (istio-iptables' EnableIPv6 off): IPv6 goes direct.
     if F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY) {
@@ -222,7 +145,7 @@ pub fn decide_outbound<F: Family>(
     };
     let over_lo = F::is_local(cfg, dst);
     // Local destinations leave through lo, never through a `-c` interface.
-    if cfg.has(F::HAS_EXCLUDED_ROUTES) && !over_lo && F::route_excluded(sets, rules, dst) {
+    if cfg.has(F::HAS_EXCLUDED_ROUTES) && !over_lo && sets.route_excluded(rules, dst) {
         return Verdict::Direct(Counter::DirectExcludedInterface);
     }
     if cfg.has(flags::HAS_OUTBOUND_PORTS_EXCLUDE)
@@ -255,7 +178,7 @@ pub fn decide_outbound<F: Family>(
     if F::is_localhost(cfg, dst) {
         return Verdict::Direct(Counter::DirectLocal);
     }
-    if cfg.has(F::HAS_EXCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Exclude, dst) {
+    if cfg.has(F::HAS_EXCLUDE_CIDRS) && sets.has_cidr(rules, CidrSet::Exclude, dst) {
         return Verdict::Direct(Counter::DirectExcludedCidr);
     }
     if !tcp {
@@ -271,7 +194,7 @@ pub fn decide_outbound<F: Family>(
         return redirect;
     }
     if cfg.has(flags::INCLUDE_ALL)
-        || (cfg.has(F::HAS_INCLUDE_CIDRS) && F::has_cidr(sets, rules, CidrSet::Include, dst))
+        || (cfg.has(F::HAS_INCLUDE_CIDRS) && sets.has_cidr(rules, CidrSet::Include, dst))
     {
         return redirect;
     }
@@ -328,520 +251,195 @@ fn owner_rules<F: Family>(
 
 #[cfg(test)]
 mod tests {
-    extern crate std;
-    use std::{collections::HashSet, vec::Vec};
-
     use super::*;
-    use crate::wire::{ipv6_octets, raw_ipv4, raw_ipv6};
+    use crate::{
+        family::{V4, V6},
+        testing::{APP, Fixture, POD_IP, PROXY, Sets, in_both_families, pod},
+        wire::LOCALHOST4,
+    };
+    use Counter::*;
+    use Verdict::Direct;
 
-    /// Sets held in std collections; CIDRs matched by linear scan (the kernel uses an LPM trie).
-    #[derive(Default)]
-    struct Sets {
-        ports: HashSet<(u32, u16, u16)>,
-        cidrs: Vec<(u32, u32, [u8; 4], u8)>,
-        cidrs6: Vec<(u32, u32, [u8; 16], u8)>,
-        /// (rules, network, prefix length, through an excluded interface)
-        routes4: Vec<(u32, [u8; 4], u8, bool)>,
-    }
+    const OUT: Verdict = Verdict::Redirect {
+        port: 15001,
+        counter: Redirected,
+    };
+    const IN: Verdict = Verdict::Redirect {
+        port: 15006,
+        counter: InboundCaptured,
+    };
+    const DNS: Verdict = Verdict::Redirect {
+        port: 15053,
+        counter: DnsCaptured,
+    };
 
-    impl RuleSets for Sets {
-        fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool {
-            self.ports.contains(&(rules, set as u16, port))
-        }
-        fn has_cidr4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> bool {
-            let a = u32::from_be_bytes(crate::wire::ipv4_octets(addr));
-            self.cidrs.iter().any(|&(r, s, net, len)| {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                r == rules && s == set as u32 && a & mask == u32::from_be_bytes(net) & mask
-            })
-        }
-        fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
-            let a = u128::from_be_bytes(ipv6_octets(addr));
-            self.cidrs6.iter().any(|&(r, s, net, len)| {
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                r == rules && s == set as u32 && a & mask == u128::from_be_bytes(net) & mask
-            })
-        }
-        fn route_excluded4(&self, rules: u32, addr: RawIpv4) -> bool {
-            let a = u32::from_be_bytes(crate::wire::ipv4_octets(addr));
-            self.routes4
-                .iter()
-                .filter(|&&(r, net, len, _)| {
-                    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                    r == rules && a & mask == u32::from_be_bytes(net) & mask
-                })
-                .max_by_key(|&&(_, _, len, _)| len)
-                .is_some_and(|&(_, _, _, excluded)| excluded)
-        }
-        fn route_excluded6(&self, _: u32, _: RawIpv6) -> bool {
-            false
-        }
-    }
-
-    const POD_IP: [u8; 4] = [10, 1, 0, 2];
-    const APP: u32 = 1000;
-    const PROXY: u32 = 1337;
-
-    fn pod(flags_: u32) -> PodConfig {
-        let mut cfg = PodConfig::empty();
-        cfg.rules = 1;
-        cfg.flags = flags_;
-        cfg.proxy_port = 15001;
-        cfg.inbound_capture_port = 15006;
-        cfg.inbound_tunnel_port = 15008;
-        cfg.uids[0] = PROXY;
-        cfg.n_uids = 1;
-        cfg.gids[0] = PROXY;
-        cfg.n_gids = 1;
-        cfg.local4[0] = raw_ipv4(POD_IP);
-        cfg.n_local4 = 1;
-        cfg
-    }
-
-    fn conn(dst: [u8; 4], port: u16, uid: u32, gid: u32) -> Connect4 {
-        Connect4 {
+    /// A TCP connect from an unbound socket.
+    fn to<F: Family>(dst: F::Addr, port: u16, uid: u32, gid: u32) -> Connect<F::Addr> {
+        Connect {
             proto: Proto::Tcp,
-            dst: raw_ipv4(dst),
+            dst,
             dst_port: port,
-            src: 0,
+            src: F::UNSPECIFIED,
             uid,
             gid,
         }
     }
 
-    const OUT: Verdict = Verdict::Redirect {
-        port: 15001,
-        counter: Counter::Redirected,
-    };
-    const IN: Verdict = Verdict::Redirect {
-        port: 15006,
-        counter: Counter::InboundCaptured,
-    };
+    fn tcp<F: Fixture>(dst: &str, port: u16, uid: u32, gid: u32) -> Connect<F::Addr> {
+        to::<F>(F::ip(dst), port, uid, gid)
+    }
 
-    #[test]
-    fn include_all_table() {
-        let cfg =
-            pod(flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS | flags::HAS_OUTBOUND_PORTS_EXCLUDE);
-        let mut sets = Sets::default();
-        sets.cidrs
-            .push((1, CidrSet::Exclude as u32, [10, 9, 0, 0], 16));
-        sets.ports
-            .insert((1, PortSet::OutboundExclude as u16, 3306));
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        use Counter::*;
-        let cases = [
-            (conn([10, 2, 0, 1], 80, APP, APP), OUT),
-            (
-                conn([10, 9, 3, 4], 80, APP, APP),
-                Verdict::Direct(DirectExcludedCidr),
-            ),
-            (
-                conn([10, 2, 0, 1], 3306, APP, APP),
-                Verdict::Direct(DirectExcludedPort),
-            ),
-            (
-                conn([10, 2, 0, 1], 80, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            (
-                conn([10, 2, 0, 1], 80, APP, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            (
-                conn([10, 2, 0, 1], 80, PROXY, APP),
-                Verdict::Direct(DirectProxy),
-            ),
-            (
-                conn([127, 0, 0, 1], 80, APP, APP),
-                Verdict::Direct(DirectLocal),
-            ),
-            (
-                conn([127, 0, 0, 5], 80, APP, APP),
-                Verdict::Direct(DirectLocal),
-            ),
-            (conn(POD_IP, 9080, APP, APP), Verdict::Direct(DirectLocal)),
-            // The proxy calling its own pod is captured inbound, except on localhost and -e.
-            (conn(POD_IP, 9080, PROXY, PROXY), IN),
-            (
-                conn([127, 0, 0, 1], 9080, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            (
-                conn(POD_IP, 15008, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            // Over lo only the first uid's rules apply: gid-only processes go direct.
-            (conn(POD_IP, 9080, APP, PROXY), Verdict::Direct(DirectLocal)),
-        ];
-        for (c, want) in cases {
-            assert_eq!(d(c), want, "{c:?}");
+    fn udp<F: Fixture>(dst: &str, port: u16, uid: u32, gid: u32) -> Connect<F::Addr> {
+        Connect {
+            proto: Proto::Udp,
+            ..tcp::<F>(dst, port, uid, gid)
         }
-        // Bound to 127.0.0.6 (Envoy's inbound passthrough) and going to the pod: direct.
-        let mut c = conn(POD_IP, 9080, PROXY, PROXY);
-        c.src = raw_ipv4([127, 0, 0, 6]);
-        assert_eq!(d(c), Verdict::Direct(Counter::DirectPassthrough));
+    }
+
+    /// The same connect from a socket bound to Envoy's inbound passthrough source.
+    fn from_passthrough<F: Family>(c: Connect<F::Addr>) -> Connect<F::Addr> {
+        Connect {
+            src: F::PASSTHROUGH_SRC,
+            ..c
+        }
+    }
+
+    fn check<F: Fixture>(cfg: &PodConfig, sets: &Sets, cases: &[(Connect<F::Addr>, Verdict)]) {
+        for (c, want) in cases {
+            assert_eq!(decide_outbound::<F>(cfg, c, sets), *want, "{c:?}");
+        }
+    }
+
+    fn dns_pod<F: Fixture>(extra: u32, servers: &[&str]) -> PodConfig {
+        let mut cfg = pod(flags::REDIRECT_DNS | extra);
+        F::set_dns(&mut cfg, servers);
+        cfg
+    }
+
+    in_both_families!(
+        include_all_table,
+        include_list_and_outbound_ports_include,
+        second_uid_over_lo_goes_direct_as_in_istio_iptables,
+        dns_to_the_name_servers_is_captured_except_for_the_proxy,
+        capture_all_dns_and_port_excludes,
+        without_dns_capture_udp_is_left_alone,
+        unspecified_destination_is_localhost_as_the_kernel_makes_it,
+        exclude_interfaces_follow_the_route_a_connection_takes,
+        owner_groups_spare_groups_after_the_proxy_rules,
+    );
+
+    fn include_all_table<F: Fixture>() {
+        let cfg =
+            pod(flags::INCLUDE_ALL | F::HAS_EXCLUDE_CIDRS | flags::HAS_OUTBOUND_PORTS_EXCLUDE);
+        let sets = Sets::default()
+            .range::<F>(1, CidrSet::Exclude, "10.9.0.0/16", 1)
+            .port(PortSet::OutboundExclude, 3306);
+        let (tcp, local) = (tcp::<F>, |port| to::<F>(F::LOCALHOST, port, APP, APP));
+        let remote = "10.2.0.1";
+        let proxy_local = to::<F>(F::LOCALHOST, 9080, PROXY, PROXY);
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (tcp(remote, 80, APP, APP), OUT),
+                (tcp("10.9.3.4", 80, APP, APP), Direct(DirectExcludedCidr)),
+                (tcp(remote, 3306, APP, APP), Direct(DirectExcludedPort)),
+                (tcp(remote, 80, PROXY, PROXY), Direct(DirectProxy)),
+                (tcp(remote, 80, APP, PROXY), Direct(DirectProxy)),
+                (tcp(remote, 80, PROXY, APP), Direct(DirectProxy)),
+                (local(80), Direct(DirectLocal)),
+                (tcp(POD_IP, 9080, APP, APP), Direct(DirectLocal)),
+                // Another host of the pod's subnet is not local.
+                (tcp("10.1.0.1", 80, APP, APP), OUT),
+                // The proxy calling its own pod is captured inbound, except on localhost and -e.
+                (tcp(POD_IP, 9080, PROXY, PROXY), IN),
+                (proxy_local, Direct(DirectProxy)),
+                (tcp(POD_IP, 15008, PROXY, PROXY), Direct(DirectProxy)),
+                // Over lo only the first uid's rules apply: gid-only processes go direct.
+                (tcp(POD_IP, 9080, APP, PROXY), Direct(DirectLocal)),
+                // Bound to Envoy's inbound passthrough source and going to the pod: direct.
+                (
+                    from_passthrough::<F>(tcp(POD_IP, 9080, PROXY, PROXY)),
+                    Direct(DirectPassthrough),
+                ),
+                // Leaving the pod: the passthrough rule is "-o lo" only.
+                (from_passthrough::<F>(tcp(remote, 80, APP, APP)), OUT),
+            ],
+        );
     }
 
     #[test]
-    fn include_list_and_outbound_ports_include() {
-        let cfg = pod(flags::HAS_INCLUDE_CIDRS
-            | flags::HAS_OUTBOUND_PORTS_INCLUDE
-            | flags::HAS_EXCLUDE_CIDRS);
-        let mut sets = Sets::default();
-        sets.cidrs
-            .push((1, CidrSet::Include as u32, [10, 96, 0, 0], 12));
-        sets.cidrs
-            .push((1, CidrSet::Exclude as u32, [10, 96, 5, 0], 24));
-        sets.ports
-            .insert((1, PortSet::OutboundInclude as u16, 8443));
-        // Rules of another configuration (another rules id) never match.
-        sets.cidrs
-            .push((2, CidrSet::Include as u32, [10, 50, 0, 0], 16));
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        assert_eq!(d(conn([10, 100, 1, 1], 80, APP, APP)), OUT);
-        assert_eq!(
-            d(conn([10, 96, 5, 1], 80, APP, APP)),
-            Verdict::Direct(Counter::DirectExcludedCidr)
+    fn ipv4_loopback_is_a_slash_8_but_localhost_one_address() {
+        let cfg = pod(flags::INCLUDE_ALL);
+        let tcp = tcp::<V4>;
+        check::<V4>(
+            &cfg,
+            &Sets::default(),
+            &[
+                (tcp("127.0.0.5", 80, APP, APP), Direct(DirectLocal)),
+                // Over lo, but not istio's localhost: the proxy's call is captured inbound.
+                (tcp("127.0.0.5", 9080, PROXY, PROXY), IN),
+            ],
         );
-        assert_eq!(
-            d(conn([10, 50, 0, 1], 80, APP, APP)),
-            Verdict::Direct(Counter::DirectNotIncluded)
+    }
+
+    #[test]
+    fn ipv6_link_local_and_compatible_addresses() {
+        let cfg = pod(flags::INCLUDE_ALL);
+        let tcp = tcp::<V6>;
+        check::<V6>(
+            &cfg,
+            &Sets::default(),
+            &[
+                // The pod's link-local address is its own.
+                (tcp("fe80::2", 9080, APP, APP), Direct(DirectLocal)),
+                (tcp("fe80::1", 9080, APP, APP), OUT),
+                // 127.0.0.1 in IPv6 clothing is not ::1: an IPv4-compatible address is remote.
+                (to::<V6>([0, 0, 0, LOCALHOST4], 80, APP, APP), OUT),
+            ],
         );
-        // -q redirects its ports whatever the destination, but -x still wins.
-        assert_eq!(d(conn([192, 0, 2, 1], 8443, APP, APP)), OUT);
-        assert_eq!(
-            d(conn([10, 96, 5, 1], 8443, APP, APP)),
-            Verdict::Direct(Counter::DirectExcludedCidr)
-        );
-        assert_eq!(
-            d(conn([127, 0, 0, 1], 8443, APP, APP)),
-            Verdict::Direct(Counter::DirectLocal)
+    }
+
+    fn include_list_and_outbound_ports_include<F: Fixture>() {
+        let cfg =
+            pod(F::HAS_INCLUDE_CIDRS | flags::HAS_OUTBOUND_PORTS_INCLUDE | F::HAS_EXCLUDE_CIDRS);
+        let sets = Sets::default()
+            .range::<F>(1, CidrSet::Include, "10.96.0.0/12", 1)
+            .range::<F>(1, CidrSet::Exclude, "10.96.5.0/24", 1)
+            .port(PortSet::OutboundInclude, 8443)
+            // Rules of another configuration (another rules id) never match.
+            .range::<F>(2, CidrSet::Include, "10.50.0.0/16", 1);
+        let tcp = tcp::<F>;
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (tcp("10.100.1.1", 80, APP, APP), OUT),
+                (tcp("10.96.5.1", 80, APP, APP), Direct(DirectExcludedCidr)),
+                (tcp("10.50.0.1", 80, APP, APP), Direct(DirectNotIncluded)),
+                // -q redirects its ports whatever the destination, but -x still wins.
+                (tcp("192.0.2.1", 8443, APP, APP), OUT),
+                (tcp("10.96.5.1", 8443, APP, APP), Direct(DirectExcludedCidr)),
+                (to::<F>(F::LOCALHOST, 8443, APP, APP), Direct(DirectLocal)),
+            ],
         );
     }
 
     #[test]
     fn loopback_in_include_changes_the_lo_rules() {
         let cfg = pod(flags::HAS_INCLUDE_CIDRS | flags::LOOPBACK_INCLUDED);
-        let mut sets = Sets::default();
-        sets.cidrs
-            .push((1, CidrSet::Include as u32, [127, 0, 0, 0], 8));
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        // The application calling 127.0.0.5 is now redirected; 127.0.0.1 never is.
-        assert_eq!(d(conn([127, 0, 0, 5], 80, APP, APP)), OUT);
-        assert_eq!(
-            d(conn([127, 0, 0, 1], 80, APP, APP)),
-            Verdict::Direct(Counter::DirectLocal)
-        );
-        // A gid-only proxy process calling its pod is captured inbound (no lo RETURN rule).
-        assert_eq!(d(conn(POD_IP, 9080, APP, PROXY)), IN);
-    }
-
-    #[test]
-    fn second_uid_over_lo_goes_direct_as_in_istio_iptables() {
-        let mut cfg = pod(flags::INCLUDE_ALL);
-        cfg.uids[1] = 1338;
-        cfg.n_uids = 2;
-        let sets = Sets::default();
-        assert_eq!(
-            decide_outbound4(&cfg, &conn(POD_IP, 9080, 1338, 1338), &sets),
-            Verdict::Direct(Counter::DirectLocal)
-        );
-        assert_eq!(
-            decide_outbound4(&cfg, &conn([10, 2, 0, 1], 80, 1338, 1338), &sets),
-            Verdict::Direct(Counter::DirectProxy)
-        );
-    }
-
-    fn udp(dst: [u8; 4], port: u16, uid: u32, gid: u32) -> Connect4 {
-        Connect4 {
-            proto: Proto::Udp,
-            ..conn(dst, port, uid, gid)
-        }
-    }
-
-    const DNS: Verdict = Verdict::Redirect {
-        port: 15053,
-        counter: Counter::DnsCaptured,
-    };
-
-    fn dns_pod(extra: u32, servers: &[[u8; 4]]) -> PodConfig {
-        let mut cfg = pod(flags::REDIRECT_DNS | extra);
-        for (i, s) in servers.iter().enumerate() {
-            cfg.dns4[i] = raw_ipv4(*s);
-        }
-        cfg.n_dns4 = servers.len() as u8;
-        cfg
-    }
-
-    #[test]
-    fn dns_to_the_name_servers_is_captured_except_for_the_proxy() {
-        let cfg = dns_pod(
-            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS,
-            &[[10, 96, 0, 10], [127, 0, 0, 53]],
-        );
-        let mut sets = Sets::default();
-        // -x naming the name server does not stop DNS capture: the DNS rules come first.
-        sets.cidrs
-            .push((1, CidrSet::Exclude as u32, [10, 96, 0, 0], 16));
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        use Counter::*;
-        let cases = [
-            (udp([10, 96, 0, 10], 53, APP, APP), DNS),
-            (conn([10, 96, 0, 10], 53, APP, APP), DNS),
-            // A local stub resolver: over lo, UDP and TCP/53 escape the "lo goes direct" rules.
-            (udp([127, 0, 0, 53], 53, APP, APP), DNS),
-            (conn([127, 0, 0, 53], 53, APP, APP), DNS),
-            (
-                udp([10, 96, 0, 10], 53, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            (
-                conn([10, 96, 0, 10], 53, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            // Not a name server: UDP goes direct, TCP follows the other rules (-i '*').
-            (
-                udp([192, 0, 2, 1], 53, APP, APP),
-                Verdict::Direct(DirectNotIncluded),
-            ),
-            (conn([192, 0, 2, 1], 53, APP, APP), OUT),
-            // Other UDP is never redirected.
-            (
-                udp([192, 0, 2, 1], 5353, APP, APP),
-                Verdict::Direct(DirectNotIncluded),
-            ),
-            // The proxy's TCP to its own pod on 53 is not captured inbound (uid rule)...
-            (conn(POD_IP, 53, PROXY, PROXY), Verdict::Direct(DirectProxy)),
-            // ...but a gid-only proxy process is (the gid rule spares only -e).
-            (conn(POD_IP, 53, APP, PROXY), IN),
-            // The application's UDP to its own pod is no longer settled by the lo rule.
-            (
-                udp(POD_IP, 9999, APP, APP),
-                Verdict::Direct(DirectNotIncluded),
-            ),
-            (conn(POD_IP, 9080, APP, APP), Verdict::Direct(DirectLocal)),
-        ];
-        for (c, want) in cases {
-            assert_eq!(d(c), want, "{c:?}");
-        }
-    }
-
-    #[test]
-    fn capture_all_dns_and_port_excludes() {
-        let cfg = dns_pod(
-            flags::CAPTURE_ALL_DNS | flags::HAS_OUTBOUND_PORTS_EXCLUDE,
-            &[],
-        );
-        let mut sets = Sets::default();
-        sets.ports.insert((1, PortSet::OutboundExclude as u16, 53));
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        // -o 53 is checked first, for UDP as for TCP.
-        assert_eq!(
-            d(udp([192, 0, 2, 1], 53, APP, APP)),
-            Verdict::Direct(Counter::DirectExcludedPort)
-        );
-        let cfg = dns_pod(flags::CAPTURE_ALL_DNS, &[]);
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        assert_eq!(d(udp([192, 0, 2, 1], 53, APP, APP)), DNS);
-        assert_eq!(d(udp([127, 0, 0, 1], 53, APP, APP)), DNS);
-        assert_eq!(d(conn([198, 51, 100, 7], 53, APP, APP)), DNS);
-    }
-
-    #[test]
-    fn without_dns_capture_udp_is_left_alone() {
-        let cfg = pod(flags::INCLUDE_ALL);
-        let sets = Sets::default();
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        assert_eq!(
-            d(udp([10, 96, 0, 10], 53, APP, APP)),
-            Verdict::Direct(Counter::DirectNotIncluded)
-        );
-        // Over lo the "everyone else goes direct" rule matches every protocol.
-        assert_eq!(
-            d(udp(POD_IP, 53, APP, APP)),
-            Verdict::Direct(Counter::DirectLocal)
-        );
-    }
-
-    #[test]
-    fn unspecified_destination_is_localhost_as_the_kernel_makes_it() {
-        let cfg = pod(flags::INCLUDE_ALL);
-        let sets = Sets::default();
-        assert_eq!(
-            decide_outbound4(&cfg, &conn([0, 0, 0, 0], 80, APP, APP), &sets),
-            Verdict::Direct(Counter::DirectLocal)
-        );
-        // Not the proxy's inbound capture either: it is 127.0.0.1 by the time netfilter looks.
-        assert_eq!(
-            decide_outbound4(&cfg, &conn([0, 0, 0, 0], 80, PROXY, PROXY), &sets),
-            Verdict::Direct(Counter::DirectProxy)
-        );
-        let c6 = conn6(UNSPECIFIED6, 80, APP, APP);
-        assert_eq!(
-            decide_outbound6(&pod6(flags::INCLUDE_ALL), &c6, &sets),
-            Verdict::Direct(Counter::DirectLocal)
-        );
-    }
-
-    #[test]
-    fn without_ipv6_capture_every_ipv6_connection_goes_direct() {
-        // istio-iptables without --dual-stack in a pod whose first address is IPv4: no
-        // ip6tables rules, so nothing IPv6 is captured, not even DNS or the proxy's own pod.
-        let mut cfg = pod6(flags::INCLUDE_ALL | flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS);
-        cfg.flags &= !flags::IPV6;
-        let sets = Sets::default();
-        let off = Verdict::Direct(Counter::DirectIpv6Disabled);
-        for c in [
-            conn6(v6("fd00:200:1::1"), 80, APP, APP),
-            conn6(v6("fd00:200::2"), 9080, PROXY, PROXY),
-            udp6(v6("fd00:200:1::1"), 53, APP, APP),
-        ] {
-            assert_eq!(decide_outbound6(&cfg, &c, &sets), off, "{c:?}");
-        }
-        // IPv4 (also what a dual-stack socket dials as ::ffff:a.b.c.d) is decided as ever.
-        assert_eq!(
-            decide_outbound4(&cfg, &conn([10, 2, 0, 1], 80, APP, APP), &sets),
-            OUT
-        );
-    }
-
-    fn v6(s: &str) -> RawIpv6 {
-        raw_ipv6(s.parse::<std::net::Ipv6Addr>().unwrap().octets())
-    }
-
-    fn prefix6(s: &str) -> [u8; 16] {
-        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
-    }
-
-    /// `pod()` with IPv6 addresses (fd00:200::2 and a link-local one), IPv6 captured.
-    fn pod6(flags_: u32) -> PodConfig {
-        let mut cfg = pod(flags_ | flags::IPV6);
-        cfg.local6[0] = v6("fd00:200::2");
-        cfg.local6[1] = v6("fe80::2");
-        cfg.n_local6 = 2;
-        cfg
-    }
-
-    fn conn6(dst: RawIpv6, port: u16, uid: u32, gid: u32) -> Connect6 {
-        Connect6 {
-            proto: Proto::Tcp,
-            dst,
-            dst_port: port,
-            src: UNSPECIFIED6,
-            uid,
-            gid,
-        }
-    }
-
-    #[test]
-    fn ipv6_follows_the_ip6tables_chain() {
-        let cfg = pod6(
-            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS6 | flags::HAS_OUTBOUND_PORTS_EXCLUDE,
-        );
-        let mut sets = Sets::default();
-        sets.cidrs6
-            .push((1, CidrSet::Exclude as u32, prefix6("fd00:9::"), 32));
-        // An IPv4 exclude never applies to IPv6 (and vice versa).
-        sets.cidrs
-            .push((1, CidrSet::Exclude as u32, [0, 0, 0, 0], 0));
-        sets.ports
-            .insert((1, PortSet::OutboundExclude as u16, 3306));
-        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
-        use Counter::*;
-        let remote = v6("fd00:200:1::1");
-        let cases = [
-            (conn6(remote, 80, APP, APP), OUT),
-            (
-                conn6(v6("fd00:9:1::1"), 80, APP, APP),
-                Verdict::Direct(DirectExcludedCidr),
-            ),
-            (
-                conn6(remote, 3306, APP, APP),
-                Verdict::Direct(DirectExcludedPort),
-            ),
-            (
-                conn6(remote, 80, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            (conn6(remote, 80, APP, PROXY), Verdict::Direct(DirectProxy)),
-            (
-                conn6(LOCALHOST6, 80, APP, APP),
-                Verdict::Direct(DirectLocal),
-            ),
-            (
-                conn6(v6("fd00:200::2"), 9080, APP, APP),
-                Verdict::Direct(DirectLocal),
-            ),
-            (
-                conn6(v6("fe80::2"), 9080, APP, APP),
-                Verdict::Direct(DirectLocal),
-            ),
-            // Another host on the pod's /64 is not local.
-            (conn6(v6("fd00:200::1"), 80, APP, APP), OUT),
-            // The proxy calling its own pod: inbound capture, except ::1 and -e.
-            (conn6(v6("fd00:200::2"), 9080, PROXY, PROXY), IN),
-            (
-                conn6(LOCALHOST6, 9080, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            (
-                conn6(v6("fd00:200::2"), 15008, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            // 127.0.0.1 in IPv6 clothing is not ::1: an IPv4-compatible address is remote.
-            (conn6([0, 0, 0, LOCALHOST4], 80, APP, APP), OUT),
-        ];
-        for (c, want) in cases {
-            assert_eq!(d(c), want, "{c:?}");
-        }
-        // Bound to ::6 (Envoy's IPv6 inbound passthrough) and going to the pod: direct.
-        let mut c = conn6(v6("fd00:200::2"), 9080, PROXY, PROXY);
-        c.src = PASSTHROUGH_SRC6;
-        assert_eq!(d(c), Verdict::Direct(DirectPassthrough));
-        // Bound to ::6 but leaving the pod: the passthrough rule is "-o lo" only.
-        let mut c = conn6(remote, 80, APP, APP);
-        c.src = PASSTHROUGH_SRC6;
-        assert_eq!(d(c), OUT);
-    }
-
-    #[test]
-    fn mixed_include_lists_select_per_family() {
-        // -i 10.96.0.0/12,fd00:96::/64: each family sees only its own ranges.
-        let cfg = pod6(flags::HAS_INCLUDE_CIDRS | flags::HAS_INCLUDE_CIDRS6);
-        let mut sets = Sets::default();
-        sets.cidrs
-            .push((1, CidrSet::Include as u32, [10, 96, 0, 0], 12));
-        sets.cidrs6
-            .push((1, CidrSet::Include as u32, prefix6("fd00:96::"), 64));
-        sets.cidrs6
-            .push((2, CidrSet::Include as u32, prefix6("fd00:50::"), 64));
-        assert_eq!(
-            decide_outbound6(&cfg, &conn6(v6("fd00:96::1"), 80, APP, APP), &sets),
-            OUT
-        );
-        assert_eq!(
-            decide_outbound6(&cfg, &conn6(v6("fd00:97::1"), 80, APP, APP), &sets),
-            Verdict::Direct(Counter::DirectNotIncluded)
-        );
-        assert_eq!(
-            decide_outbound6(&cfg, &conn6(v6("fd00:50::1"), 80, APP, APP), &sets),
-            Verdict::Direct(Counter::DirectNotIncluded),
-            "another rule set's range"
-        );
-        assert_eq!(
-            decide_outbound4(&cfg, &conn([10, 100, 1, 1], 80, APP, APP), &sets),
-            OUT
-        );
-        // Only IPv6 ranges given: IPv4 destinations are not included (and the reverse).
-        let only6 = pod6(flags::HAS_INCLUDE_CIDRS6);
-        assert_eq!(
-            decide_outbound4(&only6, &conn([10, 100, 1, 1], 80, APP, APP), &sets),
-            Verdict::Direct(Counter::DirectNotIncluded)
-        );
-        let only4 = pod6(flags::HAS_INCLUDE_CIDRS);
-        assert_eq!(
-            decide_outbound6(&only4, &conn6(v6("fd00:96::1"), 80, APP, APP), &sets),
-            Verdict::Direct(Counter::DirectNotIncluded)
+        let sets = Sets::default().range::<V4>(1, CidrSet::Include, "127.0.0.0/8", 1);
+        let tcp = tcp::<V4>;
+        check::<V4>(
+            &cfg,
+            &sets,
+            &[
+                // The application calling 127.0.0.5 is now redirected; 127.0.0.1 never is.
+                (tcp("127.0.0.5", 80, APP, APP), OUT),
+                (tcp("127.0.0.1", 80, APP, APP), Direct(DirectLocal)),
+                // A gid-only proxy process calling its pod is captured inbound (no lo RETURN).
+                (tcp(POD_IP, 9080, APP, PROXY), IN),
+            ],
         );
     }
 
@@ -849,176 +447,338 @@ mod tests {
     fn a_loopback_range_in_either_family_changes_the_lo_rules_of_both() {
         // -i ::1/128 sets LOOPBACK_INCLUDED, as istio-iptables drops the "-o lo ! --owner"
         // RETURN rules from both tables when either family's -i has a loopback address.
-        let cfg = pod6(flags::HAS_INCLUDE_CIDRS6 | flags::LOOPBACK_INCLUDED);
+        let cfg = pod(flags::HAS_INCLUDE_CIDRS6 | flags::LOOPBACK_INCLUDED);
         let sets = Sets::default();
-        assert_eq!(
-            decide_outbound4(&cfg, &conn(POD_IP, 9080, APP, PROXY), &sets),
-            IN
-        );
-        assert_eq!(
-            decide_outbound6(&cfg, &conn6(v6("fd00:200::2"), 9080, APP, PROXY), &sets),
-            IN
+        check::<V4>(&cfg, &sets, &[(tcp::<V4>(POD_IP, 9080, APP, PROXY), IN)]);
+        check::<V6>(&cfg, &sets, &[(tcp::<V6>(POD_IP, 9080, APP, PROXY), IN)]);
+    }
+
+    fn second_uid_over_lo_goes_direct_as_in_istio_iptables<F: Fixture>() {
+        let mut cfg = pod(flags::INCLUDE_ALL);
+        cfg.uids[1] = 1338;
+        cfg.n_uids = 2;
+        check::<F>(
+            &cfg,
+            &Sets::default(),
+            &[
+                (tcp::<F>(POD_IP, 9080, 1338, 1338), Direct(DirectLocal)),
+                (tcp::<F>("10.2.0.1", 80, 1338, 1338), Direct(DirectProxy)),
+            ],
         );
     }
 
-    fn dns6_pod(extra: u32, servers: &[&str]) -> PodConfig {
-        let mut cfg = pod6(flags::REDIRECT_DNS | extra);
-        for (i, s) in servers.iter().enumerate() {
-            cfg.dns6[i] = v6(s);
-        }
-        cfg.n_dns6 = servers.len() as u8;
-        cfg
-    }
-
-    fn udp6(dst: RawIpv6, port: u16, uid: u32, gid: u32) -> Connect6 {
-        Connect6 {
-            proto: Proto::Udp,
-            ..conn6(dst, port, uid, gid)
-        }
-    }
-
-    #[test]
-    fn ipv6_dns_to_the_name_servers_is_captured_as_ip6tables_does() {
-        let cfg = dns6_pod(
-            flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS6,
-            &["fd00:96::10"],
-        );
-        let mut sets = Sets::default();
+    fn dns_to_the_name_servers_is_captured_except_for_the_proxy<F: Fixture>() {
+        let name_server = "10.96.0.10";
+        let cfg = dns_pod::<F>(flags::INCLUDE_ALL | F::HAS_EXCLUDE_CIDRS, &[name_server]);
         // -x naming the name server does not stop DNS capture: the DNS rules come first.
-        sets.cidrs6
-            .push((1, CidrSet::Exclude as u32, prefix6("fd00:96::"), 64));
-        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
-        use Counter::*;
-        let ns = v6("fd00:96::10");
-        let other = v6("fd00:97::10");
-        let cases = [
-            (udp6(ns, 53, APP, APP), DNS),
-            (conn6(ns, 53, APP, APP), DNS),
-            (udp6(ns, 53, PROXY, PROXY), Verdict::Direct(DirectProxy)),
-            (conn6(ns, 53, APP, PROXY), Verdict::Direct(DirectProxy)),
-            // Not a name server: UDP goes direct, TCP follows the other rules (-i '*').
-            (
-                udp6(other, 53, APP, APP),
-                Verdict::Direct(DirectNotIncluded),
-            ),
-            (conn6(other, 53, APP, APP), OUT),
-            (
-                udp6(ns, 5353, APP, APP),
-                Verdict::Direct(DirectExcludedCidr),
-            ),
-            // The proxy's TCP to its own pod on 53: spared by the uid rule under DNS capture.
-            (
-                conn6(v6("fd00:200::2"), 53, PROXY, PROXY),
-                Verdict::Direct(DirectProxy),
-            ),
-            (conn6(v6("fd00:200::2"), 53, APP, PROXY), IN),
-        ];
-        for (c, want) in cases {
-            assert_eq!(d(c), want, "{c:?}");
-        }
-        // An IPv4 name server says nothing about IPv6 (and an IPv6 one nothing about IPv4).
-        let mut v4_only = cfg;
-        v4_only.n_dns6 = 0;
-        v4_only.dns4[0] = raw_ipv4([10, 96, 0, 10]);
-        v4_only.n_dns4 = 1;
-        assert_eq!(
-            decide_outbound6(&v4_only, &udp6(ns, 53, APP, APP), &sets),
-            Verdict::Direct(DirectExcludedCidr)
-        );
-        assert_eq!(
-            decide_outbound4(&cfg, &udp([10, 96, 0, 10], 53, APP, APP), &sets),
-            Verdict::Direct(DirectNotIncluded)
+        let sets = Sets::default().range::<F>(1, CidrSet::Exclude, "10.96.0.0/16", 1);
+        let (tcp, udp) = (tcp::<F>, udp::<F>);
+        let other = "192.0.2.1";
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (udp(name_server, 53, APP, APP), DNS),
+                (tcp(name_server, 53, APP, APP), DNS),
+                (udp(name_server, 53, PROXY, PROXY), Direct(DirectProxy)),
+                (tcp(name_server, 53, PROXY, PROXY), Direct(DirectProxy)),
+                (tcp(name_server, 53, APP, PROXY), Direct(DirectProxy)),
+                // Not a name server: UDP goes direct, TCP follows the other rules (-i '*').
+                (udp(other, 53, APP, APP), Direct(DirectNotIncluded)),
+                (tcp(other, 53, APP, APP), OUT),
+                // Other UDP is never redirected.
+                (udp(other, 5353, APP, APP), Direct(DirectNotIncluded)),
+                (udp(name_server, 5353, APP, APP), Direct(DirectExcludedCidr)),
+                // The proxy's TCP to its own pod on 53 is not captured inbound (uid rule)...
+                (tcp(POD_IP, 53, PROXY, PROXY), Direct(DirectProxy)),
+                // ...but a gid-only proxy process is (the gid rule spares only -e).
+                (tcp(POD_IP, 53, APP, PROXY), IN),
+                // The application's UDP to its own pod is no longer settled by the lo rule.
+                (udp(POD_IP, 9999, APP, APP), Direct(DirectNotIncluded)),
+                (tcp(POD_IP, 9080, APP, APP), Direct(DirectLocal)),
+            ],
         );
     }
 
     #[test]
-    fn ipv6_capture_all_dns_takes_every_server_and_localhost() {
-        let cfg = dns6_pod(flags::CAPTURE_ALL_DNS, &[]);
+    fn a_local_stub_resolver_is_captured_over_lo() {
+        let cfg = dns_pod::<V4>(flags::INCLUDE_ALL, &["10.96.0.10", "127.0.0.53"]);
+        // Over lo, UDP and TCP/53 escape the "lo goes direct" rules.
+        check::<V4>(
+            &cfg,
+            &Sets::default(),
+            &[
+                (udp::<V4>("127.0.0.53", 53, APP, APP), DNS),
+                (tcp::<V4>("127.0.0.53", 53, APP, APP), DNS),
+            ],
+        );
+    }
+
+    #[test]
+    fn name_servers_of_one_family_say_nothing_about_the_other() {
         let sets = Sets::default();
-        let d = |c: Connect6| decide_outbound6(&cfg, &c, &sets);
-        assert_eq!(d(udp6(v6("fd00:97::10"), 53, APP, APP)), DNS);
-        assert_eq!(d(udp6(LOCALHOST6, 53, APP, APP)), DNS);
-        assert_eq!(d(conn6(v6("2001:db8::53"), 53, APP, APP)), DNS);
-        // TCP/53 over lo by the application: the "others over lo" rule spares port 53.
-        assert_eq!(d(conn6(v6("fd00:200::2"), 53, APP, APP)), DNS);
-        assert_eq!(
-            d(udp6(v6("fd00:97::10"), 53, PROXY, PROXY)),
-            Verdict::Direct(Counter::DirectProxy)
+        let only4 = dns_pod::<V4>(flags::INCLUDE_ALL, &["10.96.0.10"]);
+        check::<V6>(
+            &only4,
+            &sets,
+            &[(
+                udp::<V6>("10.96.0.10", 53, APP, APP),
+                Direct(DirectNotIncluded),
+            )],
+        );
+        let only6 = dns_pod::<V6>(flags::INCLUDE_ALL, &["10.96.0.10"]);
+        check::<V4>(
+            &only6,
+            &sets,
+            &[(
+                udp::<V4>("10.96.0.10", 53, APP, APP),
+                Direct(DirectNotIncluded),
+            )],
+        );
+    }
+
+    fn capture_all_dns_and_port_excludes<F: Fixture>() {
+        let (tcp, udp) = (tcp::<F>, udp::<F>);
+        let cfg = dns_pod::<F>(
+            flags::CAPTURE_ALL_DNS | flags::HAS_OUTBOUND_PORTS_EXCLUDE,
+            &[],
+        );
+        let sets = Sets::default().port(PortSet::OutboundExclude, 53);
+        // -o 53 is checked first, for UDP as for TCP.
+        check::<F>(
+            &cfg,
+            &sets,
+            &[(udp("192.0.2.1", 53, APP, APP), Direct(DirectExcludedPort))],
+        );
+        let cfg = dns_pod::<F>(flags::CAPTURE_ALL_DNS, &[]);
+        let localhost = Connect {
+            proto: Proto::Udp,
+            ..to::<F>(F::LOCALHOST, 53, APP, APP)
+        };
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (udp("192.0.2.1", 53, APP, APP), DNS),
+                (localhost, DNS),
+                (tcp("198.51.100.7", 53, APP, APP), DNS),
+                // TCP/53 over lo by the application: the "others over lo" rule spares port 53.
+                (tcp(POD_IP, 53, APP, APP), DNS),
+                (udp("192.0.2.1", 53, PROXY, PROXY), Direct(DirectProxy)),
+            ],
+        );
+    }
+
+    fn without_dns_capture_udp_is_left_alone<F: Fixture>() {
+        check::<F>(
+            &pod(flags::INCLUDE_ALL),
+            &Sets::default(),
+            &[
+                (
+                    udp::<F>("10.96.0.10", 53, APP, APP),
+                    Direct(DirectNotIncluded),
+                ),
+                // Over lo the "everyone else goes direct" rule matches every protocol.
+                (udp::<F>(POD_IP, 53, APP, APP), Direct(DirectLocal)),
+            ],
+        );
+    }
+
+    fn unspecified_destination_is_localhost_as_the_kernel_makes_it<F: Fixture>() {
+        check::<F>(
+            &pod(flags::INCLUDE_ALL),
+            &Sets::default(),
+            &[
+                (to::<F>(F::UNSPECIFIED, 80, APP, APP), Direct(DirectLocal)),
+                // Not the proxy's inbound capture either: it is localhost by the time netfilter
+                // looks.
+                (
+                    to::<F>(F::UNSPECIFIED, 80, PROXY, PROXY),
+                    Direct(DirectProxy),
+                ),
+            ],
         );
     }
 
     #[test]
-    fn exclude_interfaces_follow_the_route_a_connection_takes() {
-        let cfg = pod(flags::INCLUDE_ALL | flags::HAS_EXCLUDED_ROUTES4);
-        let mut sets = Sets::default();
+    fn an_ipv4_mapped_connect_is_an_ipv4_one() {
+        let mapped = |text| crate::wire::ipv4_mapped(V4::ip(text));
+        let c = Connect {
+            src: mapped("10.1.0.2"),
+            ..to::<V6>(mapped("10.2.0.1"), 80, APP, PROXY)
+        };
+        let want = Connect {
+            src: V4::ip("10.1.0.2"),
+            ..tcp::<V4>("10.2.0.1", 80, APP, PROXY)
+        };
+        assert_eq!(c.unmapped(), Some(want));
+        // Bound to an IPv6 address (only ever so on a socket dialling IPv6): unspecified.
+        let c = Connect {
+            src: V6::ip("fd00::2"),
+            ..c
+        };
+        assert_eq!(c.unmapped().map(|c| c.src), Some(UNSPECIFIED4));
+        assert!(tcp::<V6>("10.2.0.1", 80, APP, APP).unmapped().is_none());
+    }
+
+    #[test]
+    fn without_ipv6_capture_every_ipv6_connection_goes_direct() {
+        // istio-iptables without --dual-stack in a pod whose first address is IPv4: no
+        // ip6tables rules, so nothing IPv6 is captured, not even DNS or the proxy's own pod.
+        let mut cfg = pod(flags::INCLUDE_ALL | flags::REDIRECT_DNS | flags::CAPTURE_ALL_DNS);
+        cfg.flags &= !flags::IPV6;
+        let sets = Sets::default();
+        let off = Direct(DirectIpv6Disabled);
+        check::<V6>(
+            &cfg,
+            &sets,
+            &[
+                (tcp::<V6>("10.2.0.1", 80, APP, APP), off),
+                (tcp::<V6>(POD_IP, 9080, PROXY, PROXY), off),
+                (udp::<V6>("10.2.0.1", 53, APP, APP), off),
+            ],
+        );
+        // IPv4 (also what a dual-stack socket dials as ::ffff:a.b.c.d) is decided as ever.
+        check::<V4>(&cfg, &sets, &[(tcp::<V4>("10.2.0.1", 80, APP, APP), OUT)]);
+    }
+
+    #[test]
+    fn mixed_include_lists_select_per_family() {
+        // -i 10.96.0.0/12,fd00:96::/64: each family sees only its own ranges.
+        let cfg = pod(flags::HAS_INCLUDE_CIDRS | flags::HAS_INCLUDE_CIDRS6);
+        let sets = Sets::default()
+            .range::<V4>(1, CidrSet::Include, "10.96.0.0/12", 1)
+            .range::<V6>(1, CidrSet::Include, "fd00:96::/64", 1)
+            .range::<V6>(2, CidrSet::Include, "fd00:50::/64", 1);
+        let tcp6 = tcp::<V6>;
+        check::<V6>(
+            &cfg,
+            &sets,
+            &[
+                (tcp6("fd00:96::1", 80, APP, APP), OUT),
+                (tcp6("fd00:97::1", 80, APP, APP), Direct(DirectNotIncluded)),
+                // Another rule set's range.
+                (tcp6("fd00:50::1", 80, APP, APP), Direct(DirectNotIncluded)),
+            ],
+        );
+        check::<V4>(&cfg, &sets, &[(tcp::<V4>("10.100.1.1", 80, APP, APP), OUT)]);
+        // Only IPv6 ranges given: IPv4 destinations are not included (and the reverse).
+        let only6 = pod(flags::HAS_INCLUDE_CIDRS6);
+        check::<V4>(
+            &only6,
+            &sets,
+            &[(
+                tcp::<V4>("10.100.1.1", 80, APP, APP),
+                Direct(DirectNotIncluded),
+            )],
+        );
+        let only4 = pod(flags::HAS_INCLUDE_CIDRS);
+        check::<V6>(
+            &only4,
+            &sets,
+            &[(tcp6("fd00:96::1", 80, APP, APP), Direct(DirectNotIncluded))],
+        );
+    }
+
+    #[test]
+    fn exclude_ranges_of_one_family_never_apply_to_the_other() {
+        let cfg = pod(flags::INCLUDE_ALL | flags::HAS_EXCLUDE_CIDRS | flags::HAS_EXCLUDE_CIDRS6);
+        let all4 = Sets::default().range::<V4>(1, CidrSet::Exclude, "0.0.0.0/0", 1);
+        let all6 = Sets::default().range::<V6>(1, CidrSet::Exclude, "::/0", 1);
+        let (remote4, remote6) = (
+            tcp::<V4>("10.2.0.1", 80, APP, APP),
+            tcp::<V6>("fd00:200:1::1", 80, APP, APP),
+        );
+        check::<V4>(&cfg, &all4, &[(remote4, Direct(DirectExcludedCidr))]);
+        check::<V6>(&cfg, &all4, &[(remote6, OUT)]);
+        check::<V6>(&cfg, &all6, &[(remote6, Direct(DirectExcludedCidr))]);
+        check::<V4>(&cfg, &all6, &[(remote4, OUT)]);
+    }
+
+    fn exclude_interfaces_follow_the_route_a_connection_takes<F: Fixture>() {
+        let cfg = pod(flags::INCLUDE_ALL | F::HAS_EXCLUDED_ROUTES);
         // Default route and 10.1.0.0/24 via eth0; 10.9.0.0/16 via eth1 (excluded), except a
         // more specific 10.9.9.0/24 via eth0.
-        sets.routes4.push((1, [0, 0, 0, 0], 0, false));
-        sets.routes4.push((1, [10, 1, 0, 0], 24, false));
-        sets.routes4.push((1, [10, 9, 0, 0], 16, true));
-        sets.routes4.push((1, [10, 9, 9, 0], 24, false));
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        assert_eq!(
-            d(conn([10, 9, 1, 1], 80, APP, APP)),
-            Verdict::Direct(Counter::DirectExcludedInterface)
+        let sets = Sets::default()
+            .range::<F>(1, CidrSet::Route, "0.0.0.0/0", 0)
+            .range::<F>(1, CidrSet::Route, "10.1.0.0/24", 0)
+            .range::<F>(1, CidrSet::Route, "10.9.0.0/16", 1)
+            .range::<F>(1, CidrSet::Route, "10.9.9.0/24", 0);
+        let tcp = tcp::<F>;
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (
+                    tcp("10.9.1.1", 80, APP, APP),
+                    Direct(DirectExcludedInterface),
+                ),
+                // Before everything else, the proxy's own rules included.
+                (
+                    tcp("10.9.1.1", 80, PROXY, PROXY),
+                    Direct(DirectExcludedInterface),
+                ),
+                (tcp("10.9.9.1", 80, APP, APP), OUT),
+                (tcp("192.0.2.1", 80, APP, APP), OUT),
+                // The pod's own address is reached through lo, whatever its /24's route says.
+                (tcp(POD_IP, 9080, PROXY, PROXY), IN),
+            ],
         );
-        // Before everything else, the proxy's own rules included.
-        assert_eq!(
-            d(conn([10, 9, 1, 1], 80, PROXY, PROXY)),
-            Verdict::Direct(Counter::DirectExcludedInterface)
-        );
-        assert_eq!(d(conn([10, 9, 9, 1], 80, APP, APP)), OUT);
-        assert_eq!(d(conn([192, 0, 2, 1], 80, APP, APP)), OUT);
-        // The pod's own address is reached through lo, whatever its /24's route says.
-        assert_eq!(d(conn(POD_IP, 9080, PROXY, PROXY)), IN);
     }
 
-    #[test]
-    fn owner_groups_spare_groups_after_the_proxy_rules() {
+    fn owner_groups_spare_groups_after_the_proxy_rules<F: Fixture>() {
         let mut cfg = pod(flags::INCLUDE_ALL | flags::OWNER_GROUPS_EXCEPT);
         cfg.owner_groups[0] = 3000;
         cfg.n_owner_groups = 1;
         let sets = Sets::default();
-        let d = |cfg: &PodConfig, c: Connect4| decide_outbound4(cfg, &c, &sets);
-        assert_eq!(
-            d(&cfg, conn([10, 2, 0, 1], 80, 2000, 3000)),
-            Verdict::Direct(Counter::DirectOwnerGroup)
+        let tcp = tcp::<F>;
+        let remote = "10.2.0.1";
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (tcp(remote, 80, 2000, 3000), Direct(DirectOwnerGroup)),
+                (tcp(remote, 80, 2000, 2000), OUT),
+            ],
         );
-        assert_eq!(d(&cfg, conn([10, 2, 0, 1], 80, 2000, 2000)), OUT);
         // Only these groups are captured.
-        cfg.flags = flags::INCLUDE_ALL | flags::OWNER_GROUPS_ONLY;
-        assert_eq!(d(&cfg, conn([10, 2, 0, 1], 80, 2000, 3000)), OUT);
-        assert_eq!(
-            d(&cfg, conn([10, 2, 0, 1], 80, 2000, 2000)),
-            Verdict::Direct(Counter::DirectOwnerGroup)
+        cfg.flags = flags::INCLUDE_ALL | flags::OWNER_GROUPS_ONLY | flags::IPV6;
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (tcp(remote, 80, 2000, 3000), OUT),
+                (tcp(remote, 80, 2000, 2000), Direct(DirectOwnerGroup)),
+            ],
         );
         // An empty include list captures nobody; the proxy rules still come first.
         cfg.n_owner_groups = 0;
-        assert_eq!(
-            d(&cfg, conn([10, 2, 0, 1], 80, APP, APP)),
-            Verdict::Direct(Counter::DirectOwnerGroup)
+        check::<F>(
+            &cfg,
+            &sets,
+            &[
+                (tcp(remote, 80, APP, APP), Direct(DirectOwnerGroup)),
+                (tcp(POD_IP, 9080, PROXY, PROXY), IN),
+            ],
         );
-        assert_eq!(d(&cfg, conn(POD_IP, 9080, PROXY, PROXY)), IN);
     }
 
     #[test]
     fn a_wider_ipv4_loopback_cidr_moves_the_localhost_rules() {
         // ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8 (istio writes `-d 127.0.0.1/8`).
         let mut cfg = pod(flags::HAS_INCLUDE_CIDRS | flags::LOOPBACK_INCLUDED);
-        cfg.loopback4_net = raw_ipv4([127, 0, 0, 0]);
-        cfg.loopback4_mask = raw_ipv4([255, 0, 0, 0]);
-        let mut sets = Sets::default();
-        sets.cidrs
-            .push((1, CidrSet::Include as u32, [127, 0, 0, 0], 8));
-        let d = |c: Connect4| decide_outbound4(&cfg, &c, &sets);
-        assert_eq!(
-            d(conn([127, 0, 0, 5], 80, APP, APP)),
-            Verdict::Direct(Counter::DirectLocal)
-        );
-        // The proxy calling 127.0.0.5 is no longer inbound-captured either.
-        assert_eq!(
-            d(conn([127, 0, 0, 5], 80, PROXY, PROXY)),
-            Verdict::Direct(Counter::DirectProxy)
+        cfg.loopback4_net = V4::ip("127.0.0.0");
+        cfg.loopback4_mask = V4::ip("255.0.0.0");
+        let sets = Sets::default().range::<V4>(1, CidrSet::Include, "127.0.0.0/8", 1);
+        let tcp = tcp::<V4>;
+        check::<V4>(
+            &cfg,
+            &sets,
+            &[
+                (tcp("127.0.0.5", 80, APP, APP), Direct(DirectLocal)),
+                // The proxy calling 127.0.0.5 is no longer inbound-captured either.
+                (tcp("127.0.0.5", 80, PROXY, PROXY), Direct(DirectProxy)),
+            ],
         );
     }
 }

@@ -8,7 +8,8 @@
 
 use crate::{
     counters::Counter,
-    decision::{Family, RuleSets, V4, V6},
+    decision::RuleSets,
+    family::Family,
     model::{LOOPBACK_IFINDEX, PodConfig, PortSet, flags},
     wire::{RawIpv4, RawIpv6},
 };
@@ -41,32 +42,12 @@ pub enum InboundVerdict {
     Steer,
 }
 
-/// `decide_inbound` for IPv4.
-#[inline(always)]
-pub fn decide_inbound4(
-    cfg: &PodConfig,
-    c: &InboundLookup4,
-    sets: &impl RuleSets,
-) -> InboundVerdict {
-    decide_inbound::<V4>(cfg, c, sets)
-}
-
-/// `decide_inbound` for IPv6.
-#[inline(always)]
-pub fn decide_inbound6(
-    cfg: &PodConfig,
-    c: &InboundLookup6,
-    sets: &impl RuleSets,
-) -> InboundVerdict {
-    decide_inbound::<V6>(cfg, c, sets)
-}
-
 /// Decide one inbound connection of a pod with inbound capture configured or not.
 #[inline(always)]
 pub fn decide_inbound<F: Family>(
     cfg: &PodConfig,
     c: &InboundLookup<F::Addr>,
-    sets: &impl RuleSets,
+    sets: &impl RuleSets<F>,
 ) -> InboundVerdict {
     // No inbound capture, or none for this family (no ip6tables rules without IPv6).
     if !cfg.has(flags::INBOUND_CAPTURE) || (F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY)) {
@@ -103,182 +84,121 @@ pub fn decide_inbound<F: Family>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::CidrSet, wire::raw_ipv4};
+    use crate::{
+        family::{V4, V6},
+        testing::{Fixture, POD_IP, Sets, in_both_families, pod},
+    };
+    use InboundVerdict::{Pass, Steer};
 
-    /// Port sets as plain lists.
-    struct Sets {
-        include: &'static [u16],
-        exclude: &'static [u16],
+    /// A connection from a host outside the pod, to `port`, arriving on interface `ifindex`.
+    fn on<F: Fixture>(port: u16, ifindex: u32) -> InboundLookup<F::Addr> {
+        from::<F>(F::ip("10.1.0.1"), port, ifindex)
     }
 
-    impl RuleSets for Sets {
-        fn has_port(&self, _rules: u32, set: PortSet, port: u16) -> bool {
-            match set {
-                PortSet::InboundInclude => self.include.contains(&port),
-                PortSet::InboundExclude => self.exclude.contains(&port),
-                _ => false,
-            }
-        }
-        fn has_cidr4(&self, _: u32, _: CidrSet, _: RawIpv4) -> bool {
-            false
-        }
-        fn has_cidr6(&self, _: u32, _: CidrSet, _: crate::wire::RawIpv6) -> bool {
-            false
-        }
-        fn route_excluded4(&self, _: u32, _: RawIpv4) -> bool {
-            false
-        }
-        fn route_excluded6(&self, _: u32, _: crate::wire::RawIpv6) -> bool {
-            false
-        }
-    }
-
-    fn cfg(flags: u32) -> PodConfig {
-        let mut c = PodConfig::empty();
-        c.flags = flags;
-        c.inbound_capture_port = 15006;
-        c.inbound_tunnel_port = 15008;
-        c.exclude_ifindex[0] = 7;
-        c.n_exclude_ifindex = 1;
-        c.local4[0] = POD_IP;
-        c.n_local4 = 1;
-        c
-    }
-
-    const POD_IP: RawIpv4 = raw_ipv4([10, 0, 0, 2]);
-
-    fn on(port: u16, ifindex: u32) -> InboundLookup4 {
+    fn from<F: Family>(remote: F::Addr, port: u16, ifindex: u32) -> InboundLookup<F::Addr> {
         InboundLookup {
             port,
             ifindex,
-            remote: raw_ipv4([10, 0, 0, 1]),
+            remote,
         }
     }
 
-    const SEED: Sets = Sets {
-        include: &[9080],
-        exclude: &[],
-    };
+    /// `pod()` with inbound capture, and `-c` naming interface 7.
+    fn cfg(flags_: u32) -> PodConfig {
+        let mut c = pod(flags_);
+        c.exclude_ifindex[0] = 7;
+        c.n_exclude_ifindex = 1;
+        c
+    }
 
-    #[test]
-    fn listed_ports_are_steered_and_others_pass() {
+    fn check<F: Fixture>(
+        c: &PodConfig,
+        sets: &Sets,
+        cases: &[(InboundLookup<F::Addr>, InboundVerdict)],
+    ) {
+        for (lookup, want) in cases {
+            assert_eq!(decide_inbound::<F>(c, lookup, sets), *want, "{lookup:?}");
+        }
+    }
+
+    /// `-b 9080`.
+    fn seed() -> Sets {
+        Sets::default().port(PortSet::InboundInclude, 9080)
+    }
+
+    in_both_families!(
+        listed_ports_are_steered_and_others_pass,
+        wildcard_minus_excluded_ports_never_the_tunnel_or_capture_port,
+        loopback_local_sources_excluded_interfaces_and_no_capture_pass,
+    );
+
+    fn listed_ports_are_steered_and_others_pass<F: Fixture>() {
         let c = cfg(flags::INBOUND_CAPTURE);
-        assert_eq!(
-            decide_inbound4(&c, &on(9080, 2), &SEED),
-            InboundVerdict::Steer
-        );
-        assert_eq!(
-            decide_inbound4(&c, &on(8080, 2), &SEED),
-            InboundVerdict::Pass(Some(Counter::InboundDirectPort))
+        check::<F>(
+            &c,
+            &seed(),
+            &[
+                (on::<F>(9080, 2), Steer),
+                (on::<F>(8080, 2), Pass(Some(Counter::InboundDirectPort))),
+            ],
         );
     }
 
-    #[test]
-    fn wildcard_minus_excluded_ports_never_the_tunnel_or_capture_port() {
-        let sets = Sets {
-            include: &[],
-            exclude: &[15020, 15090],
-        };
+    fn wildcard_minus_excluded_ports_never_the_tunnel_or_capture_port<F: Fixture>() {
+        let sets = Sets::default()
+            .port(PortSet::InboundExclude, 15020)
+            .port(PortSet::InboundExclude, 15090);
         let c = cfg(flags::INBOUND_CAPTURE
             | flags::INBOUND_ALL_PORTS
             | flags::HAS_INBOUND_PORTS_EXCLUDE);
-        assert_eq!(
-            decide_inbound4(&c, &on(9080, 2), &sets),
-            InboundVerdict::Steer
+        check::<F>(
+            &c,
+            &sets,
+            &[(on::<F>(9080, 2), Steer), (on::<F>(1, 2), Steer)],
         );
-        assert_eq!(decide_inbound4(&c, &on(1, 2), &sets), InboundVerdict::Steer);
         for port in [15020, 15090, 15008, 15006] {
-            assert_eq!(
-                decide_inbound4(&c, &on(port, 2), &sets),
-                InboundVerdict::Pass(Some(Counter::InboundDirectPort)),
-                "port {port}"
+            check::<F>(
+                &c,
+                &sets,
+                &[(on::<F>(port, 2), Pass(Some(Counter::InboundDirectPort)))],
             );
         }
         // -d is only a filter when -b is '*' (istio-iptables ignores it otherwise).
         let c = cfg(flags::INBOUND_CAPTURE | flags::INBOUND_ALL_PORTS);
-        assert_eq!(
-            decide_inbound4(&c, &on(15020, 2), &sets),
-            InboundVerdict::Steer
-        );
+        check::<F>(&c, &sets, &[(on::<F>(15020, 2), Steer)]);
     }
 
-    #[test]
-    fn loopback_excluded_interfaces_and_no_capture_pass() {
+    fn loopback_local_sources_excluded_interfaces_and_no_capture_pass<F: Fixture>() {
         let c = cfg(flags::INBOUND_CAPTURE | flags::INBOUND_ALL_PORTS);
-        assert_eq!(
-            decide_inbound4(&c, &on(9080, LOOPBACK_IFINDEX), &SEED),
-            InboundVerdict::Pass(None)
+        check::<F>(
+            &c,
+            &seed(),
+            &[
+                (on::<F>(9080, LOOPBACK_IFINDEX), Pass(None)),
+                // Made inside the pod, whatever interface the kernel reports: the sidecar's
+                // passthrough connection (from 127.0.0.6 or ::6), or from localhost or the
+                // pod's own address.
+                (from::<F>(F::PASSTHROUGH_SRC, 9080, 2), Pass(None)),
+                (from::<F>(F::LOCALHOST, 9080, 2), Pass(None)),
+                (from::<F>(F::ip(POD_IP), 9080, 2), Pass(None)),
+                (
+                    on::<F>(9080, 7),
+                    Pass(Some(Counter::InboundDirectInterface)),
+                ),
+            ],
         );
-        // The sidecar's passthrough connection to the pod's address: from 127.0.0.6, or from
-        // the pod's own address, reported on the pod's interface.
-        for remote in [raw_ipv4([127, 0, 0, 6]), POD_IP] {
-            let c2 = InboundLookup {
-                remote,
-                ..on(9080, 2)
-            };
-            assert_eq!(decide_inbound4(&c, &c2, &SEED), InboundVerdict::Pass(None));
-        }
-        assert_eq!(
-            decide_inbound4(&c, &on(9080, 7), &SEED),
-            InboundVerdict::Pass(Some(Counter::InboundDirectInterface))
-        );
-        let c = cfg(0);
-        assert_eq!(
-            decide_inbound4(&c, &on(9080, 2), &SEED),
-            InboundVerdict::Pass(None)
-        );
+        check::<F>(&cfg(0), &seed(), &[(on::<F>(9080, 2), Pass(None))]);
     }
 
     #[test]
-    fn ipv6_follows_the_same_rules_with_its_own_local_addresses() {
-        use crate::wire::{LOCALHOST6, PASSTHROUGH_SRC6, raw_ipv6};
-        let v6 = |s: &str| raw_ipv6(s.parse::<core::net::Ipv6Addr>().unwrap().octets());
-        let mut c = cfg(flags::INBOUND_CAPTURE | flags::IPV6);
-        c.local6[0] = v6("fd00:200::2");
-        c.n_local6 = 1;
-        let from = |remote, port, ifindex| InboundLookup6 {
-            port,
-            ifindex,
-            remote,
-        };
-        let client = v6("fd00:200::1");
-        assert_eq!(
-            decide_inbound6(&c, &from(client, 9080, 2), &SEED),
-            InboundVerdict::Steer
-        );
-        for port in [8080, 15008, 15006] {
-            assert_eq!(
-                decide_inbound6(&c, &from(client, port, 2), &SEED),
-                InboundVerdict::Pass(Some(Counter::InboundDirectPort)),
-                "port {port}"
-            );
-        }
-        assert_eq!(
-            decide_inbound6(&c, &from(client, 9080, 7), &SEED),
-            InboundVerdict::Pass(Some(Counter::InboundDirectInterface))
-        );
-        // Made inside the pod: from ::6 (the sidecar's passthrough), ::1 or its own address,
-        // whatever interface the kernel reports.
-        for remote in [PASSTHROUGH_SRC6, LOCALHOST6, v6("fd00:200::2")] {
-            assert_eq!(
-                decide_inbound6(&c, &from(remote, 9080, 2), &SEED),
-                InboundVerdict::Pass(None)
-            );
-        }
+    fn ipv6_is_steered_only_where_it_is_captured() {
+        let mut c = cfg(flags::INBOUND_CAPTURE);
         // The pod's IPv4 address in IPv4-compatible form is not the pod.
-        assert_eq!(
-            decide_inbound6(&c, &from([0, 0, 0, POD_IP], 9080, 2), &SEED),
-            InboundVerdict::Steer
-        );
+        let compatible = from::<V6>([0, 0, 0, V4::ip(POD_IP)], 9080, 2);
+        check::<V6>(&c, &seed(), &[(compatible, Steer)]);
         // IPv6 not captured in this pod: never steered; IPv4 still is.
         c.flags &= !flags::IPV6;
-        assert_eq!(
-            decide_inbound6(&c, &from(client, 9080, 2), &SEED),
-            InboundVerdict::Pass(None)
-        );
-        assert_eq!(
-            decide_inbound4(&c, &on(9080, 2), &SEED),
-            InboundVerdict::Steer
-        );
+        check::<V6>(&c, &seed(), &[(on::<V6>(9080, 2), Pass(None))]);
+        check::<V4>(&c, &seed(), &[(on::<V4>(9080, 2), Steer)]);
     }
 }

@@ -8,8 +8,11 @@
 
 pub mod counters;
 pub mod decision;
+pub mod family;
 pub mod inbound;
 pub mod model;
+#[cfg(test)]
+mod testing;
 pub mod wire;
 
 pub use counters::Counter;

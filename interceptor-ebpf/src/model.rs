@@ -270,8 +270,7 @@ impl PodConfig {
     /// Whether DNS traffic to `addr` is captured (DNS capture on, and all servers or this one).
     #[inline(always)]
     pub fn is_captured_dns_server4(&self, addr: RawIpv4) -> bool {
-        self.has(flags::REDIRECT_DNS)
-            && (self.has(flags::CAPTURE_ALL_DNS) || contains(&self.dns4, self.n_dns4, addr))
+        self.captures_dns_to(&self.dns4, self.n_dns4, addr)
     }
 
     /// Whether `-c` excludes the interface with this index.
@@ -283,33 +282,26 @@ impl PodConfig {
     /// Whether a connection to the IPv6 `addr` leaves through the loopback device.
     #[inline(always)]
     pub fn is_local6(&self, addr: RawIpv6) -> bool {
-        addr == crate::wire::LOCALHOST6 || contains6(&self.local6, self.n_local6, addr)
+        addr == crate::wire::LOCALHOST6 || contains(&self.local6, self.n_local6, addr)
     }
 
     /// Whether DNS traffic to the IPv6 `addr` is captured (ip6tables' `ISTIO_OUTPUT_DNS`).
     #[inline(always)]
     pub fn is_captured_dns_server6(&self, addr: RawIpv6) -> bool {
-        self.has(flags::REDIRECT_DNS)
-            && (self.has(flags::CAPTURE_ALL_DNS) || contains6(&self.dns6, self.n_dns6, addr))
+        self.captures_dns_to(&self.dns6, self.n_dns6, addr)
     }
-}
 
-/// `contains` for IPv6 addresses.
-#[inline(always)]
-fn contains6(values: &[RawIpv6; 8], n: u8, wanted: RawIpv6) -> bool {
-    let mut i = 0;
-    while i < values.len() {
-        if i < n as usize && values[i] == wanted {
-            return true;
-        }
-        i += 1;
+    /// DNS capture on, and for every server or one of the first `n` of `servers`.
+    #[inline(always)]
+    fn captures_dns_to<A: Copy + PartialEq>(&self, servers: &[A; 8], n: u8, addr: A) -> bool {
+        self.has(flags::REDIRECT_DNS)
+            && (self.has(flags::CAPTURE_ALL_DNS) || contains(servers, n, addr))
     }
-    false
 }
 
 /// Bounded scan (at most 8 steps, unrolled by the compiler) of the first `n` values.
 #[inline(always)]
-fn contains(values: &[u32; 8], n: u8, wanted: u32) -> bool {
+fn contains<T: Copy + PartialEq>(values: &[T; 8], n: u8, wanted: T) -> bool {
     let mut i = 0;
     while i < values.len() {
         if i < n as usize && values[i] == wanted {
@@ -344,7 +336,7 @@ pub struct PortKey {
     pub port: u16,
 }
 
-/// Which CIDR set a `Cidr4Key` belongs to.
+/// Which CIDR set a `CidrKey` belongs to.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CidrSet {
@@ -358,57 +350,76 @@ pub enum CidrSet {
     Route = 3,
 }
 
-/// Data of an LPM-trie key of `CIDR4`. The trie's prefix length counts the `rules` and `set`
-/// bits too (`CIDR4_KEY_PREFIX_BITS + cidr_len`), so one trie serves every pod and set.
+/// Data of an LPM-trie key of `CIDR4` (`Cidr4Key`) and `CIDR6` (`Cidr6Key`). The trie's prefix
+/// length counts the `rules` and `set` bits too (`CIDR_KEY_PREFIX_BITS + cidr_len`), so one
+/// trie per family serves every pod and set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr4Key {
+pub struct CidrKey<A> {
     pub rules: u32,
     pub set: u32,
     /// Network order bytes.
-    pub addr: RawIpv4,
+    pub addr: A,
 }
 
+/// Key data of `CIDR4`.
+pub type Cidr4Key = CidrKey<RawIpv4>;
+/// Key data of `CIDR6`.
+pub type Cidr6Key = CidrKey<RawIpv6>;
+
+/// Bits of a `CidrKey` before the address.
+pub const CIDR_KEY_PREFIX_BITS: u32 = 64;
 /// Bits of a `Cidr4Key` before the address.
-pub const CIDR4_KEY_PREFIX_BITS: u32 = 64;
-
-/// Data of an LPM-trie key of `CIDR6`, laid out as `Cidr4Key` with a 16-byte address.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr6Key {
-    pub rules: u32,
-    pub set: u32,
-    /// Network order bytes.
-    pub addr: RawIpv6,
-}
-
+pub const CIDR4_KEY_PREFIX_BITS: u32 = CIDR_KEY_PREFIX_BITS;
 /// Bits of a `Cidr6Key` before the address.
-pub const CIDR6_KEY_PREFIX_BITS: u32 = 64;
+pub const CIDR6_KEY_PREFIX_BITS: u32 = CIDR_KEY_PREFIX_BITS;
 
 /// An original destination as the application dialled it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrigDst4 {
-    pub addr: RawIpv4,
+pub struct OrigDst<A> {
+    pub addr: A,
     /// Host order.
     pub port: u16,
     pub _pad: u16,
 }
 
+impl<A> OrigDst<A> {
+    #[inline(always)]
+    pub const fn new(addr: A, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            _pad: 0,
+        }
+    }
+}
+
+/// An IPv4 original destination (also an IPv4-mapped destination of a dual-stack socket: that
+/// connection is IPv4).
+pub type OrigDst4 = OrigDst<RawIpv4>;
+/// An IPv6 original destination.
+pub type OrigDst6 = OrigDst<RawIpv6>;
+
 /// A TCP connection inside one network namespace, named from the client's side. The proxy's
 /// accepted socket sees the same connection with local and remote swapped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SockTuple4 {
+pub struct SockTuple<A> {
     pub netns: u64,
-    pub client_addr: RawIpv4,
-    pub server_addr: RawIpv4,
+    pub client_addr: A,
+    pub server_addr: A,
     /// Host order.
     pub client_port: u16,
     /// Host order.
     pub server_port: u16,
     pub _pad: u32,
 }
+
+/// An IPv4 connection (also one a dual-stack socket makes to an IPv4-mapped address).
+pub type SockTuple4 = SockTuple<RawIpv4>;
+/// An IPv6 connection.
+pub type SockTuple6 = SockTuple<RawIpv6>;
 
 /// Key of `INBOUND_LISTENERS`: the pod and the address family of its capture listener.
 #[repr(C)]
@@ -428,31 +439,6 @@ pub struct ListenerKey {
 pub struct CaptureMark {
     /// Cookie of the namespace the socket was marked in.
     pub netns: u64,
-}
-
-/// An IPv6 original destination as the application dialled it. (An IPv4-mapped destination
-/// of a dual-stack socket is recorded as an `OrigDst4`: that connection is IPv4.)
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrigDst6 {
-    pub addr: RawIpv6,
-    /// Host order.
-    pub port: u16,
-    pub _pad: u16,
-}
-
-/// An IPv6 TCP connection inside one network namespace, named from the client's side.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SockTuple6 {
-    pub netns: u64,
-    pub client_addr: RawIpv6,
-    pub server_addr: RawIpv6,
-    /// Host order.
-    pub client_port: u16,
-    /// Host order.
-    pub server_port: u16,
-    pub _pad: u32,
 }
 
 /// Size of the `INSTANCE_META` value: a JSON description of the instance written by the loader
@@ -483,19 +469,30 @@ pub struct PodRecordBlob {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are #[repr(C)], Copy, and have no implicit padding.
-    unsafe impl aya::Pod for PodConfig {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for Cidr4Key {}
-    unsafe impl aya::Pod for OrigDst4 {}
-    unsafe impl aya::Pod for SockTuple4 {}
-    unsafe impl aya::Pod for InstanceMeta {}
-    unsafe impl aya::Pod for ListenerKey {}
-    unsafe impl aya::Pod for CaptureMark {}
-    unsafe impl aya::Pod for PodRecordBlob {}
-    unsafe impl aya::Pod for Cidr6Key {}
-    unsafe impl aya::Pod for OrigDst6 {}
-    unsafe impl aya::Pod for SockTuple6 {}
+
+    /// Lets aya copy the types in and out of maps as bytes.
+    macro_rules! plain_data {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: #[repr(C)] and Copy, with no implicit padding
+            // (`layouts_have_no_implicit_padding`): every byte is defined.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    plain_data!(
+        PodConfig,
+        PortKey,
+        Cidr4Key,
+        Cidr6Key,
+        OrigDst4,
+        OrigDst6,
+        SockTuple4,
+        SockTuple6,
+        InstanceMeta,
+        ListenerKey,
+        CaptureMark,
+        PodRecordBlob,
+    );
 }
 
 #[cfg(test)]

@@ -65,13 +65,15 @@ pub(crate) fn place_command(
         if let Some(procs) = &procs {
             write_own_pid(procs.as_raw_fd())?;
         }
-        // SAFETY: plain syscalls on fds owned by this closure; no allocation after fork.
-        unsafe {
-            check(libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET))?;
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setresgid(gid, gid, gid))?;
-            check(libc::setresuid(uid, uid, uid))?;
-        }
+        // No allocation after fork: plain syscalls only.
+        // SAFETY: setns only reads the descriptor and changes this (the child's) thread.
+        check(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) })?;
+        // SAFETY: an empty group list; the null pointer is not read.
+        check(unsafe { libc::setgroups(0, std::ptr::null()) })?;
+        // SAFETY: plain ids.
+        check(unsafe { libc::setresgid(gid, gid, gid) })?;
+        // SAFETY: plain ids.
+        check(unsafe { libc::setresuid(uid, uid, uid) })?;
         Ok(())
     };
     // SAFETY: the hook only makes async-signal-safe syscalls and formats into a stack buffer.
@@ -324,11 +326,11 @@ mod tests {
         // SAFETY: pipe fills the two-element array.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         write_own_pid(fds[1]).unwrap();
-        // SAFETY: both fds were just created by pipe and are closed exactly once.
-        let (mut read_end, _write_end) = unsafe {
-            use std::os::fd::FromRawFd;
-            (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
-        };
+        use std::os::fd::FromRawFd;
+        // SAFETY: just created by pipe, owned once, closed when dropped.
+        let mut read_end = unsafe { File::from_raw_fd(fds[0]) };
+        // SAFETY: as above.
+        let _write_end = unsafe { File::from_raw_fd(fds[1]) };
         let mut buf = [0u8; 16];
         let n = read_end.read(&mut buf).unwrap();
         assert_eq!(

@@ -120,8 +120,8 @@ impl Topology {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
             "tag {tag:?}: use 1-16 of [a-z0-9-]"
         );
-        // SAFETY: geteuid cannot fail.
         ensure!(
+            // SAFETY: geteuid cannot fail.
             unsafe { libc::geteuid() } == 0,
             "network namespaces and cgroups need root"
         );

@@ -5,11 +5,21 @@
 //!
 //! The proxy answers `*.mesh.test` itself with 10.200.9.9; the DNS server answers it with
 //! 10.200.8.8, so every answer says which way the query went.
+//!
+//! The tests of `per_family!` run once per family of the name server (`ipv4::...`,
+//! `ipv6::...`); the test pods' first address is IPv4, so IPv6 is captured with
+//! `--dual-stack`, as with istio-iptables.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use anyhow::Result;
-use interceptor_tests::{DnsTransport, Identity, Intercepted, TempFile, Topology};
+use interceptor_tests::family::Family;
+use interceptor_tests::{DnsTransport, Identity, Intercepted, TempFile, Topology, per_family};
+
+per_family!(
+    dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport,
+    real_resolvers_get_the_dns_proxys_answers,
+);
 
 const VIA_PROXY: Ipv4Addr = Ipv4Addr::new(10, 200, 9, 9);
 const VIA_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 8, 8);
@@ -114,10 +124,14 @@ impl DnsPod {
     }
 }
 
-/// The pod's name server `ns` (of either family): every transport reaches the DNS proxy and
-/// its answer appears to come from `ns`; names the proxy forwards, the proxy's own queries and
-/// UDP to `other` (not in resolv.conf) reach the real server.
-fn name_server_traffic_reaches_the_dns_proxy(p: &DnsPod, ns: IpAddr, other: IpAddr) -> Result<()> {
+/// Every transport to the pod's name server reaches the DNS proxy, and its answer appears to
+/// come from the name server; names the proxy forwards, the proxy's own queries and UDP to
+/// another server (not in resolv.conf) reach the real server.
+fn dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport(f: Family) -> Result<()> {
+    // Sent to 127.0.0.1:15053 or [::1]:15053; the reply (and a connected socket's peer) shows
+    // the name server's address, port 53.
+    let p = DnsPod::new(&f.tag("dns"), &f.capture(&["--redirect-dns", "-i", "*"]))?;
+    let (ns, [other, ..]) = (f.server_ip(p.topo()), f.server_extra_ips(p.topo()));
     for t in DnsTransport::ALL {
         assert_eq!(
             p.ask(Identity::APP, ns, "a.mesh.test", t)?,
@@ -161,37 +175,34 @@ fn name_server_traffic_reaches_the_dns_proxy(p: &DnsPod, ns: IpAddr, other: IpAd
     Ok(())
 }
 
-#[test]
-fn dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport() -> Result<()> {
-    let p = DnsPod::new("dns", &["--redirect-dns", "-i", "*"])?;
-    let t = p.topo();
-    name_server_traffic_reaches_the_dns_proxy(&p, t.server_ip.into(), t.server_extra_ips[0].into())
-}
-
-#[test]
-fn real_resolvers_get_the_dns_proxys_answers() -> Result<()> {
-    let p = DnsPod::new("dnsres", &["--redirect-dns"])?;
-    let ns = p.topo().server_ip;
-    // dig checks that the reply comes from the server it asked.
+/// dig and glibc's getaddrinfo, with resolv.conf naming only the family's name server.
+fn real_resolvers_get_the_dns_proxys_answers(f: Family) -> Result<()> {
+    let topo = Topology::new(&f.tag("dnsres"))?;
+    let servers = [f.server_ip(&topo)];
+    let p = DnsPod::with_name_servers(topo, &servers, &f.capture(&["--redirect-dns"]))?;
+    let ns = servers[0];
+    // dig (-4 or -6 by the server's address) checks that the reply comes from the server it
+    // asked.
+    for tcp in [false, true] {
+        assert_eq!(
+            p.topo().dig(Identity::APP, ns, "c.mesh.test", tcp)?,
+            vec![VIA_PROXY.to_string()],
+            "tcp: {tcp}"
+        );
+    }
     assert_eq!(
-        p.topo().dig(Identity::APP, ns, "c.mesh.test", false)?,
-        vec![VIA_PROXY.to_string()]
-    );
-    assert_eq!(
-        p.topo().dig(Identity::APP, ns, "c.mesh.test", true)?,
-        vec![VIA_PROXY.to_string()]
-    );
-    // glibc's getaddrinfo, reading the pod's resolv.conf.
-    assert_eq!(
-        p.topo()
-            .getaddrinfo(Identity::APP, p.resolv_conf.path(), "d.mesh.test")?,
-        vec![VIA_PROXY.to_string()]
-    );
-    assert_eq!(
-        p.topo()
-            .getaddrinfo(Identity::PROXY, p.resolv_conf.path(), "d.mesh.test")?,
+        p.topo().dig(Identity::PROXY, ns, "c.mesh.test", false)?,
         vec![VIA_SERVER.to_string()]
     );
+    // glibc's getaddrinfo, reading the pod's resolv.conf.
+    for (who, want) in [(Identity::APP, VIA_PROXY), (Identity::PROXY, VIA_SERVER)] {
+        assert_eq!(
+            p.topo()
+                .getaddrinfo(who, p.resolv_conf.path(), "d.mesh.test")?,
+            vec![want.to_string()],
+            "{who:?}"
+        );
+    }
     Ok(())
 }
 
@@ -248,18 +259,6 @@ fn redirect_dns_without_name_servers_is_off_with_a_warning() -> Result<()> {
 }
 
 #[test]
-fn ipv6_dns_to_the_pods_name_server_reaches_the_dns_proxy_over_every_transport() -> Result<()> {
-    // Sent to [::1]:15053; the reply (and a connected socket's peer) shows [ns]:53.
-    let p = DnsPod::new("dns6", &["--redirect-dns", "-i", "*", "--dual-stack"])?;
-    let t = p.topo();
-    name_server_traffic_reaches_the_dns_proxy(
-        &p,
-        t.server_ip6.into(),
-        t.server_extra_ips6[0].into(),
-    )
-}
-
-#[test]
 fn each_family_is_decided_by_its_own_name_servers_and_mapped_ones_by_ipv4s() -> Result<()> {
     // resolv.conf names only the IPv6 server: IPv4 DNS (also from a dual-stack socket, which
     // is IPv4 on the wire) is not captured; IPv6 DNS is.
@@ -306,32 +305,5 @@ fn a_dual_stack_socket_asking_an_ipv4_name_server_gets_the_proxy_and_a_mapped_so
             "{t:?}"
         );
     }
-    Ok(())
-}
-
-#[test]
-fn real_resolvers_over_ipv6_get_the_dns_proxys_answers() -> Result<()> {
-    let topo = Topology::new("dnsres6")?;
-    let servers = [topo.server_ip6.into()];
-    let p = DnsPod::with_name_servers(topo, &servers, &["--redirect-dns", "--dual-stack"])?;
-    let ns = p.topo().server_ip6;
-    // dig -6 @fd00:200::1, which checks the reply's source.
-    for tcp in [false, true] {
-        assert_eq!(
-            p.topo().dig(Identity::APP, ns, "h.mesh.test", tcp)?,
-            vec![VIA_PROXY.to_string()],
-            "tcp: {tcp}"
-        );
-    }
-    assert_eq!(
-        p.topo().dig(Identity::PROXY, ns, "h.mesh.test", false)?,
-        vec![VIA_SERVER.to_string()]
-    );
-    // glibc's getaddrinfo with only an IPv6 name server.
-    assert_eq!(
-        p.topo()
-            .getaddrinfo(Identity::APP, p.resolv_conf.path(), "i.mesh.test")?,
-        vec![VIA_PROXY.to_string()]
-    );
     Ok(())
 }

@@ -1,16 +1,28 @@
 //! Inbound capture on the real kernel: connections from the server namespace to the pod reach
 //! the sidecar's listener on `-z` (15006) with their destination kept, or the application
 //! directly, as istio-iptables' `ISTIO_INBOUND` rules (iptables and ip6tables) would send them.
-//! Over IPv4 and IPv6; the test pods' first address is IPv4, so IPv6 is captured with
-//! `--dual-stack`, as with istio-iptables.
+//! The tests of `per_family!` run once per address family (`ipv4::...`, `ipv6::...`); the
+//! test pods' first address is IPv4, so IPv6 is captured with `--dual-stack`, as with
+//! istio-iptables. What only one family has (`-c` interfaces, dual-stack and IPv6-only
+//! listeners) is written for it alone.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
+use interceptor_tests::family::Family;
+use interceptor_tests::outcome::assert_exit;
 use interceptor_tests::{
     Identity, Intercepted, Place, ProbeOptions, ProbeResult, Process, SEED_FLAGS, Topology, addr,
-    addr6, any, any6, instance_dir,
+    addr6, any, any6, instance_dir, per_family,
 };
+
+per_family!(
+    the_seed_inbound_port_reaches_the_sidecar_with_its_destination_then_the_app,
+    wildcard_captures_every_port_but_d_and_never_the_tunnel_port,
+    a_restarted_sidecar_registers_again_and_fail_open_passes_meanwhile,
+    a_listener_open_before_init_is_found,
+);
+
 /// Envoy's inbound passthrough: the sidecar dials the application from 127.0.0.6 (::6 over
 /// IPv6, which init puts on lo when IPv6 is captured).
 const SIDECAR_ARGS: [&str; 5] = [
@@ -21,8 +33,6 @@ const SIDECAR_ARGS: [&str; 5] = [
     "::6",
 ];
 const CAPTURE_PORT: u16 = 15006;
-const PASSTHROUGH4: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6));
-const PASSTHROUGH6: IpAddr = IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6));
 
 /// Where an inbound connection ended up.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,11 +55,7 @@ fn inbound_path(r: &ProbeResult) -> Inbound {
             return Inbound::Failed(format!("sidecar listener {}: {r:?}", s.port));
         }
         // The sidecar forwarded to the application, as Envoy's passthrough does.
-        let passthrough = if orig.is_ipv4() {
-            PASSTHROUGH4
-        } else {
-            PASSTHROUGH6
-        };
+        let passthrough = Family::of(orig.ip()).passthrough();
         return match r.server_line() {
             Some(app) if app.local == orig && app.peer.ip() == passthrough => {
                 Inbound::Sidecar { orig, local }
@@ -98,25 +104,24 @@ fn counter(p: &Intercepted, name: &str) -> Result<u64> {
         .with_context(|| format!("counter {name}"))
 }
 
-#[test]
-fn the_seed_inbound_port_reaches_the_sidecar_with_its_destination_then_the_app() -> Result<()> {
-    let p = Intercepted::new("inb-seed", &SEED_FLAGS)?;
+fn the_seed_inbound_port_reaches_the_sidecar_with_its_destination_then_the_app(
+    f: Family,
+) -> Result<()> {
+    let p = Intercepted::new(&f.tag("inb-seed"), &f.capture(&SEED_FLAGS))?;
     let t = &p.topo;
     let _app = app(t, &[9080, 8000])?;
     let _sidecar = sidecar(t)?;
-    let to = addr(t.pod_ip, 9080);
+    let to = SocketAddr::new(f.pod_ip(t), 9080);
     let r = from_outside(t, to)?;
-    // getsockname and SO_ORIGINAL_DST both give pod-ip:9080; the application answered once,
-    // from 127.0.0.6 (the sidecar's own connection was not captured again: no loop).
+    // Steered to the sidecar's 15006 listener of the family: getsockname and SO_ORIGINAL_DST
+    // (IP6T_SO_ORIGINAL_DST) both give pod-ip:9080; the application answered once, from
+    // 127.0.0.6 or ::6 (the sidecar's own connection was not captured again: no loop).
     assert_eq!(inbound_path(&r), steered(to), "{r:?}");
     // A port not in -b reaches the application directly, from the client itself.
-    let r = from_outside(t, addr(t.pod_ip, 8000))?;
-    assert_eq!(
-        inbound_path(&r),
-        Inbound::App(addr(t.pod_ip, 8000)),
-        "{r:?}"
-    );
-    assert_eq!(r.server_line().unwrap().peer.ip(), IpAddr::V4(t.server_ip));
+    let direct = SocketAddr::new(f.pod_ip(t), 8000);
+    let r = from_outside(t, direct)?;
+    assert_eq!(inbound_path(&r), Inbound::App(direct), "{r:?}");
+    assert_eq!(r.server_line().unwrap().peer.ip(), f.server_ip(t));
 
     let c = p.counters()?;
     // The sidecar listens on 0.0.0.0:15006 and [::]:15006: one listener per family.
@@ -128,23 +133,26 @@ fn the_seed_inbound_port_reaches_the_sidecar_with_its_destination_then_the_app()
     Ok(())
 }
 
-#[test]
-fn wildcard_captures_every_port_but_d_and_never_the_tunnel_port() -> Result<()> {
-    let p = Intercepted::new("inb-wild", &["-b", "*", "-d", "8000,15020"])?;
+fn wildcard_captures_every_port_but_d_and_never_the_tunnel_port(f: Family) -> Result<()> {
+    let p = Intercepted::new(
+        &f.tag("inb-wild"),
+        &f.capture(&["-b", "*", "-d", "8000,15020"]),
+    )?;
     let t = &p.topo;
     let _app = app(t, &[9080, 7070, 8000, 15008])?;
     let _sidecar = sidecar(t)?;
+    let at = |port| SocketAddr::new(f.pod_ip(t), port);
     for (port, want) in [
-        (9080, steered(addr(t.pod_ip, 9080))),
-        (7070, steered(addr(t.pod_ip, 7070))),
-        (8000, Inbound::App(addr(t.pod_ip, 8000))),
-        (15008, Inbound::App(addr(t.pod_ip, 15008))),
+        (9080, steered(at(9080))),
+        (7070, steered(at(7070))),
+        (8000, Inbound::App(at(8000))),
+        (15008, Inbound::App(at(15008))),
     ] {
-        let r = from_outside(t, addr(t.pod_ip, port))?;
+        let r = from_outside(t, at(port))?;
         assert_eq!(inbound_path(&r), want, "port {port}: {r:?}");
     }
     // A connection made to the capture port itself has no other destination to report.
-    let r = from_outside(t, addr(t.pod_ip, CAPTURE_PORT))?;
+    let r = from_outside(t, at(CAPTURE_PORT))?;
     let line = r.sidecar_line().context("the sidecar answered")?;
     assert_eq!(line.orig, Err("ENOENT".to_owned()), "{r:?}");
     Ok(())
@@ -159,10 +167,7 @@ fn an_excluded_interface_is_not_captured_and_unknown_ones_are_refused() -> Resul
         (vec!["-b", "*", "-c", "eth9"], "\"eth9\""),
         (vec!["-b", "*", "--inbound-fail", "maybe"], "\"maybe\""),
     ] {
-        let out = p.try_init(&flags);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
-        assert!(err.contains(needle), "{flags:?}: {err}");
+        assert_exit(&p.try_init(&flags), 2, needle, &flags);
         assert!(
             !instance_dir(&p.topo.pod_cgroup).exists(),
             "{flags:?} left pins"
@@ -182,43 +187,57 @@ fn an_excluded_interface_is_not_captured_and_unknown_ones_are_refused() -> Resul
     Ok(())
 }
 
-#[test]
-fn a_restarted_sidecar_registers_again_and_fail_open_passes_meanwhile() -> Result<()> {
-    let p = Intercepted::new("inb-restart", &SEED_FLAGS)?;
+fn a_restarted_sidecar_registers_again_and_fail_open_passes_meanwhile(f: Family) -> Result<()> {
+    let p = Intercepted::new(&f.tag("inb-restart"), &f.capture(&SEED_FLAGS))?;
     let t = &p.topo;
     let _app = app(t, &[9080])?;
-    let to = addr(t.pod_ip, 9080);
-    let mut first = sidecar(t)?;
+    let to = SocketAddr::new(f.pod_ip(t), 9080);
+    let first = sidecar(t)?;
     assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
+    // Registered by the kernel (2), then again after the restart (2 more).
+    let _second = restart(&p, first, to, 4)?;
+    Ok(())
+}
 
-    // Its listener closed, the kernel dropped it from the map: connections reach the
-    // application (fail open is the default), and are counted.
+fn a_listener_open_before_init_is_found(f: Family) -> Result<()> {
+    let topo = Topology::new(&f.tag("inb-early"))?;
+    let _app = app(&topo, &[9080])?;
+    let first = sidecar(&topo)?;
+    let p = Intercepted::bare(topo);
+    p.init(&f.capture(&SEED_FLAGS))?;
+    let t = &p.topo;
+    let to = SocketAddr::new(f.pod_ip(t), 9080);
+    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
+    // Found by the init-time scan (/proc/net/tcp, tcp6), not registered by the kernel (it
+    // listened before the programs were there).
+    assert_eq!(counter(&p, "inbound_listener_registered")?, 0);
+    assert_eq!(counter(&p, "original_dst_hits")?, 1);
+    assert_eq!(p.status()?["inbound_listeners"], 2);
+    // A listener found by the scan leaves the map on close too; the next one is registered.
+    let _second = restart(&p, first, to, 2)?;
+    Ok(())
+}
+
+/// Kills the sidecar `first`: the kernel drops its listeners from the map, and connections
+/// to `to` reach the application meanwhile (fail open is the default), counted. Then starts
+/// another, steered to once the kernel registered it (`registered` listeners in all).
+fn restart(
+    p: &Intercepted,
+    mut first: Process,
+    to: SocketAddr,
+    registered: u64,
+) -> Result<Process> {
+    let t = &p.topo;
     first.kill();
     assert_eq!(p.status()?["inbound_listeners"], 0);
     let r = from_outside(t, to)?;
     assert_eq!(inbound_path(&r), Inbound::App(to), "{r:?}");
-    assert_eq!(counter(&p, "inbound_no_listener_passed")?, 1);
+    assert_eq!(counter(p, "inbound_no_listener_passed")?, 1);
 
-    let _second = sidecar(t)?;
+    let second = sidecar(t)?;
     assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 4);
-    Ok(())
-}
-
-#[test]
-fn a_listener_open_before_init_is_found() -> Result<()> {
-    let topo = Topology::new("inb-early")?;
-    let _app = app(&topo, &[9080])?;
-    let _sidecar = sidecar(&topo)?;
-    let p = Intercepted::bare(topo);
-    p.init(&SEED_FLAGS)?;
-    let t = &p.topo;
-    let to = addr(t.pod_ip, 9080);
-    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
-    // Found by the scan, not by the kernel (it listened before the programs were there).
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 0);
-    assert_eq!(counter(&p, "original_dst_hits")?, 1);
-    Ok(())
+    assert_eq!(counter(p, "inbound_listener_registered")?, registered);
+    Ok(second)
 }
 
 #[test]
@@ -283,76 +302,21 @@ fn reinit_applies_new_ports_and_keeps_the_registered_listener() -> Result<()> {
 }
 
 #[test]
-fn ipv6_inbound_reaches_the_sidecar_with_its_destination_then_the_app() -> Result<()> {
-    let p = Intercepted::new("inb6-seed", &dual(&SEED_FLAGS))?;
+fn with_dual_stack_each_family_is_steered_to_its_own_listener() -> Result<()> {
+    let p = Intercepted::new("inb-both", &dual(&SEED_FLAGS))?;
     let t = &p.topo;
-    let _app = app(t, &[9080, 8000])?;
+    let _app = app(t, &[9080])?;
     let _sidecar = sidecar(t)?;
-    // [pod]:9080 from the server namespace: steered to [::]:15006; getsockname and
-    // IP6T_SO_ORIGINAL_DST both give [pod]:9080; the sidecar reaches the application from ::6
-    // without being captured again.
-    let to = addr6(t.pod_ip6, 9080);
-    let r = from_outside(t, to)?;
-    assert_eq!(inbound_path(&r), steered(to), "{r:?}");
-    let direct = addr6(t.pod_ip6, 8000);
-    let r = from_outside(t, direct)?;
-    assert_eq!(inbound_path(&r), Inbound::App(direct), "{r:?}");
-    assert_eq!(r.server_line().unwrap().peer.ip(), IpAddr::V6(t.server_ip6));
-    // IPv4 goes to the IPv4 listener as before.
-    let to4 = addr(t.pod_ip, 9080);
-    assert_eq!(inbound_path(&from_outside(t, to4)?), steered(to4));
-
+    // IPv4 goes to the IPv4 listener as before, IPv6 to the IPv6 one.
+    for to in [addr(t.pod_ip, 9080), addr6(t.pod_ip6, 9080)] {
+        let r = from_outside(t, to)?;
+        assert_eq!(inbound_path(&r), steered(to), "{r:?}");
+    }
     let c = p.counters()?;
     assert_eq!(c["inbound_listener_registered"], 2, "{c}");
     assert_eq!(c["inbound_steered"], 2, "{c}");
     assert_eq!(c["original_dst_hits"], 2, "{c}");
     assert_eq!(p.status()?["inbound_listeners"], 2);
-    Ok(())
-}
-
-#[test]
-fn ipv6_wildcard_captures_every_port_but_d_and_never_the_tunnel_port() -> Result<()> {
-    let p = Intercepted::new("inb6-wild", &dual(&["-b", "*", "-d", "8000"]))?;
-    let t = &p.topo;
-    let _app = app(t, &[9080, 8000, 15008])?;
-    let _sidecar = sidecar(t)?;
-    for (port, want) in [
-        (9080, steered(addr6(t.pod_ip6, 9080))),
-        (8000, Inbound::App(addr6(t.pod_ip6, 8000))),
-        (15008, Inbound::App(addr6(t.pod_ip6, 15008))),
-    ] {
-        let r = from_outside(t, addr6(t.pod_ip6, port))?;
-        assert_eq!(inbound_path(&r), want, "port {port}: {r:?}");
-    }
-    let r = from_outside(t, addr6(t.pod_ip6, CAPTURE_PORT))?;
-    let line = r.sidecar_line().context("the sidecar answered")?;
-    assert_eq!(line.orig, Err("ENOENT".to_owned()), "{r:?}");
-    Ok(())
-}
-
-#[test]
-fn ipv6_sidecar_restart_and_a_listener_open_before_init() -> Result<()> {
-    let topo = Topology::new("inb6-restart")?;
-    let _app = app(&topo, &[9080])?;
-    let mut first = sidecar(&topo)?;
-    let p = Intercepted::bare(topo);
-    p.init(&dual(&SEED_FLAGS))?;
-    let t = &p.topo;
-    let to = addr6(t.pod_ip6, 9080);
-    // Found by the init-time scan (/proc/net/tcp6), not registered by the kernel.
-    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 0);
-    assert_eq!(p.status()?["inbound_listeners"], 2);
-
-    first.kill();
-    assert_eq!(p.status()?["inbound_listeners"], 0);
-    let r = from_outside(t, to)?;
-    assert_eq!(inbound_path(&r), Inbound::App(to), "{r:?}");
-    assert_eq!(counter(&p, "inbound_no_listener_passed")?, 1);
-
-    let _second = sidecar(t)?;
-    assert_eq!(inbound_path(&from_outside(t, to)?), steered(to));
-    assert_eq!(counter(&p, "inbound_listener_registered")?, 2);
     Ok(())
 }
 

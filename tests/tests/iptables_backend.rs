@@ -6,10 +6,11 @@
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::Deref,
-    process::Command,
+    process::{Command, Output},
 };
 
 use anyhow::{Context as _, Result, ensure};
+use interceptor_tests::outcome::{assert_exit, assert_success};
 use interceptor_tests::{
     Backend, Identity, Intercepted, IptablesMode, Place, ProbeOptions, ProbeResult, SEED_FLAGS,
     Side, TempFile, Topology, addr, addr6, any, any6, interceptor,
@@ -328,12 +329,7 @@ fn reinit_replaces_and_clean_removes_only_ours(mode: IptablesMode) -> Result<()>
     assert_eq!(istio_lines(&pod.save(false)?), istio_lines(&save));
 
     // Clean removes exactly ours; the user's rules stay, traffic goes direct.
-    let out = pod.clean();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&pod.clean());
     let save = pod.save(false)?;
     assert!(istio_lines(&save).is_empty(), "{save}");
     for user in [
@@ -348,12 +344,7 @@ fn reinit_replaces_and_clean_removes_only_ours(mode: IptablesMode) -> Result<()>
         Path_::Direct(other)
     );
     // Cleaning again is not an error.
-    let out = pod.clean();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&pod.clean());
     Ok(())
 }
 
@@ -373,13 +364,13 @@ fn a_failed_restore_changes_nothing(mode: IptablesMode) -> Result<()> {
         &["-t", "nat", "-A", "USER_CHAIN", "-j", "ISTIO_REDIRECT"],
     )?;
     let before = pod.save(false)?;
-    let out = pod.try_init(&SEED_FLAGS);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("-X ISTIO_REDIRECT") && err.contains("nothing was changed"),
-        "{err}"
+    let err = assert_exit(
+        &pod.try_init(&SEED_FLAGS),
+        1,
+        "-X ISTIO_REDIRECT",
+        &SEED_FLAGS,
     );
+    assert!(err.contains("nothing was changed"), "{err}");
     assert_eq!(
         err.matches("interceptor: error").count(),
         1,
@@ -418,12 +409,7 @@ fn a_failed_restore_changes_nothing(mode: IptablesMode) -> Result<()> {
     );
     // Once the user's rule is gone, clean works again.
     pod.iptables(false, &["-t", "nat", "-F", "USER_CHAIN"])?;
-    let out = pod.clean();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&pod.clean());
     assert!(istio_lines(&pod.save(false)?).is_empty());
     Ok(())
 }
@@ -476,10 +462,8 @@ fn dual_stack_writes_both_families(mode: IptablesMode) -> Result<()> {
         &["-t", "nat", "-A", "USER_CHAIN", "-j", "ISTIO_REDIRECT"],
     )?;
     let (v4_before, v6_before) = (pod.save(false)?, pod.save(true)?);
-    let out = pod.try_init(&["-i", "10.0.0.0/8", "--dual-stack"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("IPv6"), "{err}");
+    let flags = ["-i", "10.0.0.0/8", "--dual-stack"];
+    assert_exit(&pod.try_init(&flags), 1, "IPv6", &flags);
     assert_eq!(
         istio_lines(&pod.save(false)?),
         istio_lines(&v4_before),
@@ -499,25 +483,24 @@ fn dual_stack_writes_both_families(mode: IptablesMode) -> Result<()> {
 fn dry_run_prints_the_restore_input_and_changes_nothing() -> Result<()> {
     let pod = Pod::new("dry", IptablesMode::Nft)?;
     let out = pod.try_init(&[&SEED_FLAGS[..], &["--dry-run"]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), SEED_RULES);
     assert!(istio_lines(&pod.save(false)?).is_empty());
 
     // DNS capture matches resolv.conf's servers; with none it is off, with a warning.
-    let with_server = TempFile::new(
-        &format!("{}-resolv.conf", pod.topo.name),
+    let dns_dry_run = |name: &str, resolv_conf: &str| -> Result<Output> {
+        let file = TempFile::new(&format!("{}-{name}", pod.topo.name), resolv_conf)?;
+        Ok(pod.try_init(&[
+            "--redirect-dns",
+            "--resolv-conf",
+            file.path_str(),
+            "--dry-run",
+        ]))
+    };
+    let out = dns_dry_run(
+        "resolv.conf",
         "search svc.cluster.local\nnameserver 10.96.0.10\n",
     )?;
-    let out = pod.try_init(&[
-        "--redirect-dns",
-        "--resolv-conf",
-        with_server.path_str(),
-        "--dry-run",
-    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(
@@ -525,18 +508,9 @@ fn dry_run_prints_the_restore_input_and_changes_nothing() -> Result<()> {
         ),
         "{text}"
     );
-    let without = TempFile::new(
-        &format!("{}-no-ns-resolv.conf", pod.topo.name),
-        "search svc.cluster.local\n",
-    )?;
-    let out = pod.try_init(&[
-        "--redirect-dns",
-        "--resolv-conf",
-        without.path_str(),
-        "--dry-run",
-    ]);
+    let out = dns_dry_run("no-ns-resolv.conf", "search svc.cluster.local\n")?;
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ISTIO_OUTPUT_DNS"));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("DNS capture disabled"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DNS capture is off"));
     Ok(())
 }
 
@@ -583,10 +557,7 @@ fn unsupported_and_bad_options_are_one_clear_error() -> Result<()> {
     for (flags, code, needle) in cases {
         let mut args = vec!["init", "--backend", "iptables", "--netns", &netns];
         args.extend(&flags);
-        let out = interceptor(&args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{flags:?}: {err}");
-        assert!(err.contains(needle), "{flags:?}: {err}");
+        assert_exit(&interceptor(&args), code, needle, &flags);
         assert!(
             istio_lines(&pod.save(false)?).is_empty(),
             "{flags:?} left rules"

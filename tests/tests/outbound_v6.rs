@@ -1,16 +1,19 @@
-//! Outbound interception over IPv6 on the real kernel, with istio-iptables' ip6tables rules as
-//! the reference: the behaviours of outbound.rs with IPv6 addresses, and IPv4 dialled from a
-//! dual-stack socket (an IPv4-mapped `::ffff:a.b.c.d`), which iptables, not ip6tables, decides.
+//! Outbound interception of what only IPv6 has, on the real kernel, with istio-iptables'
+//! ip6tables rules as the reference: IPv4 dialled from a dual-stack socket (an IPv4-mapped
+//! `::ffff:a.b.c.d`), which iptables, not ip6tables, decides; `--dual-stack` itself; instances
+//! made without the IPv6 programs. The behaviours both families share are in outbound.rs, once
+//! per family.
 //!
 //! The test pods' first address is IPv4, so, as with istio-iptables, IPv6 is captured only
 //! with `--dual-stack` (`dual()`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{Context as _, Result};
+use interceptor_tests::outcome::assert_success;
 use interceptor_tests::{
-    Identity, Intercepted, Place, ProbeOptions, Route, SEED_FLAGS, Side, Topology, addr, addr6,
-    any, any6, instance_dir, interceptor, route_of,
+    Identity, Intercepted, Place, Process, Route, SEED_FLAGS, Side, Topology, addr, addr6, any,
+    any6, instance_dir, interceptor, route_of,
 };
 
 /// `flags` and `--dual-stack`: IPv6 is captured in the (IPv4-first) test pods.
@@ -25,146 +28,39 @@ fn mapped(ip: Ipv4Addr, port: u16) -> SocketAddr {
     addr6(ip.to_ipv6_mapped(), port)
 }
 
-#[test]
-fn include_all_sends_ipv6_through_the_sidecar_with_its_original_destination() -> Result<()> {
-    let p = Intercepted::new("v6-all", &dual(&SEED_FLAGS))?;
-    let t = &p.topo;
-    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
-    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-    let target = addr6(t.server_ip6, 8080);
-
-    let r = p.probe(Identity::APP, target)?;
-    // The sidecar read the destination with getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST).
-    assert_eq!(route_of(&r), Route::Sidecar(target), "{r:?}");
-    let upstream = r
-        .server_line()
-        .context("the server answered through the sidecar")?;
-    assert_eq!(upstream.local, target);
-    assert_eq!(upstream.peer.ip(), IpAddr::V6(t.pod_ip6));
-    // getpeername6: the dialled address, not [::1]:15001.
-    assert_eq!(r.peer_name, Some(target));
-
-    let c = p.counters()?;
-    assert_eq!(c["redirected"], 1, "{c}");
-    assert_eq!(c["original_dst_hits"], 1, "{c}");
-    assert_eq!(c["peer_name_restored"], 1, "{c}");
-    Ok(())
+/// A pod intercepted with `flags`, a server on 8080 of each family and the sidecar on 15001.
+struct BothFamilies {
+    // Before `p`: the processes go first, then `p` cleans.
+    _server: Process,
+    _sidecar: Process,
+    p: Intercepted,
+    /// The server's IPv4 and IPv6 addresses on 8080.
+    v4: SocketAddr,
+    v6: SocketAddr,
 }
 
-#[test]
-fn ipv6_ranges_of_mixed_lists_and_ports_follow_the_decision_table() -> Result<()> {
-    let topo = Topology::new("v6-table")?;
-    let [a, b, c] = [
-        topo.server_extra_ips6[0],
-        topo.server_extra_ips6[1],
-        topo.server_extra_ips6[2],
-    ];
-    // Mixed IPv4/IPv6 lists, as istio-iptables takes them; host bits are ignored (b/96).
-    let include = format!("{}/24,{}/64,{a}/64,{b}/64", topo.server_ip, topo.server_ip6);
-    let exclude = format!("{a}/128,{b}/96,{}/32", topo.server_extra_ips[0]);
-    let p = Intercepted::bare(topo);
-    p.init(&dual(&[
-        "-i", &include, "-x", &exclude, "-o", "3306", "-q", "8443", "-u", "1337",
-    ]))?;
-    let t = &p.topo;
-    let _server = t.spawn_server(
-        &Place::Server,
-        Identity::APP,
-        &[any6(8080), any6(3306), any6(8443), any(8080)],
-        &[],
-    )?;
-    let _local = t.spawn_server(&Place::Pod, Identity::APP, &[any6(9080)], &[])?;
-    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-    let s = t.server_ip6;
-    let table = [
-        // included /64
-        (addr6(s, 8080), Route::Sidecar(addr6(s, 8080))),
-        // -o wins over everything
-        (addr6(s, 3306), Route::Direct(addr6(s, 3306))),
-        // excluded /128 inside an included /64
-        (addr6(a, 8080), Route::Direct(addr6(a, 8080))),
-        // excluded /96 inside an included /64
-        (addr6(b, 8080), Route::Direct(addr6(b, 8080))),
-        // not included at all
-        (addr6(c, 8080), Route::Direct(addr6(c, 8080))),
-        // -q redirects its port whatever the destination ...
-        (addr6(c, 8443), Route::Sidecar(addr6(c, 8443))),
-        // ... but not past -x
-        (addr6(a, 8443), Route::Direct(addr6(a, 8443))),
-        // ::1 and the pod's own address stay local
-        (
-            addr6(Ipv6Addr::LOCALHOST, 9080),
-            Route::Direct(addr6(Ipv6Addr::LOCALHOST, 9080)),
-        ),
-        (
-            addr6(t.pod_ip6, 9080),
-            Route::Direct(addr6(t.pod_ip6, 9080)),
-        ),
-        // the IPv4 half of the same lists still applies to IPv4
-        (
-            addr(t.server_ip, 8080),
-            Route::Sidecar(addr(t.server_ip, 8080)),
-        ),
-    ];
-    for (to, want) in table {
-        let r = p.probe(Identity::APP, to)?;
-        assert_eq!(route_of(&r), want, "{to}: {r:?}");
+impl BothFamilies {
+    fn new(tag: &str, flags: &[&str]) -> Result<Self> {
+        let p = Intercepted::new(tag, flags)?;
+        let t = &p.topo;
+        Ok(Self {
+            _server: t.spawn_server(
+                &Place::Server,
+                Identity::APP,
+                &[any(8080), any6(8080)],
+                &[],
+            )?,
+            _sidecar: t.spawn_sidecar(&[15001], &["--announce"])?,
+            v4: addr(t.server_ip, 8080),
+            v6: addr6(t.server_ip6, 8080),
+            p,
+        })
     }
-    let counters = p.counters()?;
-    assert_eq!(counters["direct_excluded_cidr"], 3, "{counters}");
-    assert_eq!(counters["direct_not_included"], 1, "{counters}");
-    Ok(())
-}
 
-#[test]
-fn the_proxy_uid_or_gid_goes_direct_over_ipv6() -> Result<()> {
-    let p = Intercepted::new("v6-owner", &dual(&["-u", "1337", "-g", "1337", "-i", "*"]))?;
-    let t = &p.topo;
-    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
-    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-    let target = addr6(t.server_ip6, 8080);
-    for (who, want) in [
-        (Identity::PROXY, Route::Direct(target)),
-        (Identity::new(1337, 1000), Route::Direct(target)),
-        (Identity::new(1000, 1337), Route::Direct(target)),
-        (Identity::new(2000, 2000), Route::Sidecar(target)),
-    ] {
-        let r = p.probe(who, target)?;
-        assert_eq!(route_of(&r), want, "{who:?}: {r:?}");
+    /// Where the application's connection to `to` went.
+    fn route(&self, to: SocketAddr) -> Result<Route> {
+        Ok(route_of(&self.p.probe(Identity::APP, to)?))
     }
-    Ok(())
-}
-
-#[test]
-fn the_proxy_calling_its_own_pod_over_ipv6_goes_to_inbound_capture_except_from_6() -> Result<()> {
-    let topo = Topology::new("v6-self")?;
-    let p = Intercepted::bare(topo);
-    // Envoy binds ::6 for IPv6 inbound passthrough: init puts it on lo, as istio-iptables.
-    p.init(&dual(&SEED_FLAGS))?;
-    let t = &p.topo;
-    let _app = t.spawn_server(&Place::Pod, Identity::APP, &[any6(9080), any6(15008)], &[])?;
-    let _sidecar = t.spawn_sidecar(&[15001, 15006], &["--announce"])?;
-    let app = addr6(t.pod_ip6, 9080);
-    // The proxy dials the pod's IPv6 address: captured on [::1]:-z with the original destination.
-    let r = p.probe(Identity::PROXY, app)?;
-    let line = r.sidecar_line().context("captured by the sidecar")?;
-    assert_eq!((line.port, line.orig.clone()), (15006, Ok(app)), "{r:?}");
-    // Bound to ::6 it reaches the application.
-    let opts = ProbeOptions {
-        bind: Some(IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6))),
-        ..Default::default()
-    };
-    let r = t.probe(Identity::PROXY, app, &opts)?;
-    assert_eq!(route_of(&r), Route::Direct(app), "{r:?}");
-    // Neither ::1 nor the tunnel port is captured.
-    for to in [addr6(Ipv6Addr::LOCALHOST, 9080), addr6(t.pod_ip6, 15008)] {
-        let r = p.probe(Identity::PROXY, to)?;
-        assert_eq!(route_of(&r), Route::Direct(to), "{r:?}");
-    }
-    // An application calling its own pod goes direct.
-    let r = p.probe(Identity::APP, app)?;
-    assert_eq!(route_of(&r), Route::Direct(app), "{r:?}");
-    Ok(())
 }
 
 #[test]
@@ -240,43 +136,10 @@ fn a_dual_stack_socket_dialling_ipv4_is_decided_by_the_ipv4_rules() -> Result<()
 }
 
 #[test]
-fn original_destination_errors_over_ipv6_match_netfilter() -> Result<()> {
-    let p = Intercepted::new("v6-errno", &dual(&SEED_FLAGS))?;
-    let t = &p.topo;
-    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080)], &[])?;
-    let target = addr6(t.server_ip6, 8080);
-    {
-        // Dialling the sidecar itself is not redirected (::1 is local): nothing to report.
-        let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-        let r = p.probe(Identity::APP, addr6(Ipv6Addr::LOCALHOST, 15001))?;
-        let line = r.sidecar_line().context("the sidecar answered")?;
-        assert_eq!(line.orig, Err("ENOENT".to_owned()), "{r:?}");
-        assert_eq!(p.counters()?["original_dst_misses"], 1);
-    }
-    for (args, want) in [
-        // A buffer for a sockaddr_in (16 bytes) is too short for a sockaddr_in6.
-        (["--original-dst-len", "16"], "EINVAL"),
-        // The IPv4 option on an IPv6 connection finds nothing.
-        (["--original-dst-level", "ip"], "ENOENT"),
-    ] {
-        let mut sidecar_args = vec!["--announce"];
-        sidecar_args.extend(args);
-        let _sidecar = t.spawn_sidecar(&[15001], &sidecar_args)?;
-        let r = p.probe(Identity::APP, target)?;
-        let line = r.sidecar_line().context("the sidecar answered")?;
-        assert_eq!(line.orig, Err(want.to_owned()), "{args:?}: {r:?}");
-    }
-    Ok(())
-}
-
-#[test]
 fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
-    let p = Intercepted::new("v6-upgrade", &dual(&["-i", "*"]))?;
-    let t = &p.topo;
-    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
-    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-    let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
-    let dir = instance_dir(&t.pod_cgroup);
+    let pod = BothFamilies::new("v6-upgrade", &dual(&["-i", "*"]))?;
+    let (p, v4, v6) = (&pod.p, pod.v4, pod.v6);
+    let dir = instance_dir(&p.topo.pod_cgroup);
 
     // What a build without IPv6 support leaves: none of the IPv6 programs' links.
     // (Unpinning a link nothing else holds detaches its program.)
@@ -289,8 +152,8 @@ fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
     ] {
         std::fs::remove_file(dir.join(link))?;
     }
-    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Direct(v6));
-    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(pod.route(v6)?, Route::Direct(v6));
+    assert_eq!(pod.route(v4)?, Route::Sidecar(v4));
 
     // Re-running init attaches what is missing, in place: IPv4 was never interrupted and the
     // counters go on.
@@ -298,7 +161,7 @@ fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
     let r = p.probe(Identity::APP, v6)?;
     assert_eq!(route_of(&r), Route::Sidecar(v6));
     assert_eq!(r.peer_name, Some(v6), "getpeername6 is back too");
-    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(pod.route(v4)?, Route::Sidecar(v4));
     assert_eq!(links(&dir)?, PROGRAMS, "one link per program");
     assert_eq!(p.counters()?["redirected"], 3);
     Ok(())
@@ -306,24 +169,21 @@ fn an_instance_without_the_ipv6_programs_gets_them_on_reinit() -> Result<()> {
 
 #[test]
 fn an_instance_with_maps_of_another_layout_is_replaced_on_reinit() -> Result<()> {
-    let p = Intercepted::new("v6-layout", &dual(&["-i", "*"]))?;
-    let t = &p.topo;
-    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any(8080), any6(8080)], &[])?;
-    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-    let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
-    let dir = instance_dir(&t.pod_cgroup);
-    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    let pod = BothFamilies::new("v6-layout", &dual(&["-i", "*"]))?;
+    let (p, v4, v6) = (&pod.p, pod.v4, pod.v6);
+    let dir = instance_dir(&p.topo.pod_cgroup);
+    assert_eq!(pod.route(v4)?, Route::Sidecar(v4));
 
     // What an older build with a smaller pod configuration leaves: a POD_CONFIG map whose
     // values the new programs would read past. (The running programs keep their own map.)
     std::fs::remove_file(dir.join("POD_CONFIG"))?;
     pin_hash_map(&dir.join("POD_CONFIG"), 8, 4)?;
-    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(pod.route(v4)?, Route::Sidecar(v4));
 
     // Re-running init builds a new instance beside the old one, then removes the old one.
     p.init(&dual(&["-i", "*"]))?;
-    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Sidecar(v6));
-    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    assert_eq!(pod.route(v6)?, Route::Sidecar(v6));
+    assert_eq!(pod.route(v4)?, Route::Sidecar(v4));
     assert_eq!(links(&dir)?, PROGRAMS, "one link per program");
     let mut staging = dir.clone().into_os_string();
     staging.push("-new");
@@ -403,11 +263,7 @@ fn dry_run_shows_the_ipv6_entries() -> Result<()> {
         "-x",
         "fd00:96::5/128",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let maps = &plan["maps"];
     assert_eq!(
@@ -434,13 +290,10 @@ fn dry_run_shows_the_ipv6_entries() -> Result<()> {
 
 #[test]
 fn without_dual_stack_an_ipv4_first_pod_leaves_ipv6_alone_as_istio_iptables() -> Result<()> {
-    let p = Intercepted::new("v6-off", &SEED_FLAGS)?;
-    let t = &p.topo;
-    let _server = t.spawn_server(&Place::Server, Identity::APP, &[any6(8080), any(8080)], &[])?;
-    let _sidecar = t.spawn_sidecar(&[15001], &["--announce"])?;
-    let (v4, v6) = (addr(t.server_ip, 8080), addr6(t.server_ip6, 8080));
-    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Direct(v6));
-    assert_eq!(route_of(&p.probe(Identity::APP, v4)?), Route::Sidecar(v4));
+    let pod = BothFamilies::new("v6-off", &SEED_FLAGS)?;
+    let (p, t, v4, v6) = (&pod.p, &pod.p.topo, pod.v4, pod.v6);
+    assert_eq!(pod.route(v6)?, Route::Direct(v6));
+    assert_eq!(pod.route(v4)?, Route::Sidecar(v4));
     let c = p.counters()?;
     assert_eq!(c["direct_ipv6_disabled"], 1, "{c}");
     let plan = p.status()?["record"]["config"]["dual_stack"].clone();
@@ -449,7 +302,7 @@ fn without_dual_stack_an_ipv4_first_pod_leaves_ipv6_alone_as_istio_iptables() ->
     assert!(!lo_has_passthrough6(t)?);
     p.init(&dual(&SEED_FLAGS))?;
     assert!(lo_has_passthrough6(t)?);
-    assert_eq!(route_of(&p.probe(Identity::APP, v6)?), Route::Sidecar(v6));
+    assert_eq!(pod.route(v6)?, Route::Sidecar(v6));
     Ok(())
 }
 

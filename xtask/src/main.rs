@@ -118,7 +118,17 @@ fn main() -> anyhow::Result<()> {
                 "--",
                 "-D",
                 "warnings",
-            ]))
+            ]))?;
+            // The kernel crate: its library on the host, its programs as aya-build compiles them
+            // (nightly, bpf target, core from source; the host build fails on the panic handler).
+            let lib = "clippy -p interceptor-ebpf --lib --tests --features user -- -D warnings";
+            run(cargo(&root).args(lib.split_whitespace()))?;
+            let bin = "run nightly cargo clippy -p interceptor-ebpf --bin interceptor-ebpf \
+                       --target bpfel-unknown-none -Z build-std=core -- -D warnings";
+            run(Command::new("rustup")
+                .current_dir(&root)
+                .env_remove("RUSTC")
+                .args(bin.split_whitespace()))
         }
     }
 }

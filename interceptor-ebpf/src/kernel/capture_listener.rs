@@ -3,16 +3,14 @@
 //! starts listening and the sockets it accepts are known as steered ones. The uid is checked
 //! here because bind runs in the process's context, which `sockops` does not have.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_get_current_uid_gid, generated::bpf_get_netns_cookie},
-    programs::SockContext,
-};
+use aya_ebpf::{EbpfContext as _, programs::SockContext};
 use interceptor_ebpf::{CaptureMark, wire::port_from_sock_src};
 
-use crate::maps::{CAPTURE_SOCKETS, pod_config};
-
-const IPPROTO_TCP: u32 = 6;
+use crate::{
+    helpers::{caller_ids, netns_cookie},
+    linux::IPPROTO_TCP,
+    maps::{CAPTURE_SOCKETS, pod_config},
+};
 
 #[inline(always)]
 pub fn mark_if_capture_listener(ctx: &SockContext) {
@@ -21,15 +19,15 @@ pub fn mark_if_capture_listener(ctx: &SockContext) {
     if sk.protocol != IPPROTO_TCP {
         return;
     }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let netns = netns_cookie(ctx);
     let Some(cfg) = pod_config(netns) else {
         return;
     };
     if port_from_sock_src(sk.src_port) != cfg.inbound_capture_port {
         return;
     }
-    let uid_gid = bpf_get_current_uid_gid();
-    if cfg.is_proxy_uid(uid_gid as u32) || cfg.is_proxy_gid((uid_gid >> 32) as u32) {
+    let (uid, gid) = caller_ids();
+    if cfg.is_proxy_uid(uid) || cfg.is_proxy_gid(gid) {
         let mut mark = CaptureMark { netns };
         CAPTURE_SOCKETS.get_or_insert(ctx.as_ptr(), &mut mark);
     }

@@ -3,10 +3,10 @@
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::redirect4::decide_and_rewrite;
+use crate::redirect::decide_and_rewrite4;
 
 #[cgroup_sock_addr(connect4)]
 pub fn redirect_connect4(ctx: SockAddrContext) -> i32 {
-    decide_and_rewrite(&ctx);
+    decide_and_rewrite4(&ctx);
     1 // always let the connect proceed (to the original or the rewritten address)
 }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::redirect6::{Hook, decide_and_rewrite6};
+use crate::redirect::{Hook, decide_and_rewrite6};
 
 #[cgroup_sock_addr(connect6)]
 pub fn redirect_connect6(ctx: SockAddrContext) -> i32 {

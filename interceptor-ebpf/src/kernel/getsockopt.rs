@@ -14,248 +14,258 @@
 //! with IPv4-mapped addresses) answers `SOL_IP` with the IPv4 destination, and `SOL_IPV6`
 //! with ENOENT.
 
-use aya_ebpf::bindings::bpf_sock;
+use core::{mem::size_of, ptr};
+
 use aya_ebpf::{
-    EbpfContext as _, helpers::generated::bpf_get_netns_cookie, macros::cgroup_sockopt,
+    bindings::{bpf_sock, bpf_sockopt},
+    macros::cgroup_sockopt,
     programs::SockoptContext,
 };
 use interceptor_ebpf::{
-    Counter, OrigDst4, OrigDst6, PodConfig,
+    Counter, OrigDst, PodConfig,
+    family::{V4, V6},
     wire::{ipv4_from_mapped, port_from_sock_src, sin_port},
 };
 
-use crate::maps::{
-    CAPTURE_SOCKETS, ORIG_DST_BY_TUPLE, ORIG_DST6_BY_TUPLE, count, pod_config, read_ip6,
-    tuple_from_server_side, tuple6_from_server_side,
+use crate::{
+    family::{KernelFamily, tuple_from_server_side},
+    helpers::netns_cookie,
+    linux::{
+        AF_INET, AF_INET6, EFAULT, EINVAL, ENOENT, ENOPROTOOPT, IP6T_SO_ORIGINAL_DST, IPPROTO_TCP,
+        PAGE_SIZE, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SockaddrIn, SockaddrIn6,
+    },
+    maps::{CAPTURE_SOCKETS, count, pod_config},
 };
-
-const SOL_IP: i32 = 0;
-const SO_ORIGINAL_DST: i32 = 80;
-const SOL_IPV6: i32 = 41;
-/// Same number as `SO_ORIGINAL_DST`, at level `SOL_IPV6`.
-const IP6T_SO_ORIGINAL_DST: i32 = 80;
-const IPPROTO_TCP: u32 = 6;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const SOCKADDR_IN_LEN: i32 = 16;
-const SOCKADDR_IN6_LEN: i32 = 28;
-const PAGE_SIZE: i32 = 4096;
-const EINVAL: i32 = 22;
-const ENOENT: i32 = 2;
-const EFAULT: i32 = 14;
-const ENOPROTOOPT: i32 = 92;
-
-/// `struct sockaddr_in`.
-#[repr(C)]
-struct SockaddrIn {
-    family: u16,
-    port: u16,
-    addr: u32,
-    zero: [u8; 8],
-}
-
-/// `struct sockaddr_in6`.
-#[repr(C)]
-struct SockaddrIn6 {
-    family: u16,
-    port: u16,
-    flowinfo: u32,
-    addr: [u32; 4],
-    scope_id: u32,
-}
 
 #[cgroup_sockopt(getsockopt)]
 pub fn answer_original_dst(ctx: SockoptContext) -> i32 {
-    if unsafe { (*ctx.sockopt).level } == SOL_IPV6 {
-        answer6(&ctx);
+    let so = Sockopt::of(&ctx);
+    if so.level() == SOL_IPV6 {
+        answer::<V6>(&ctx, so);
     } else {
-        answer(&ctx);
+        answer::<V4>(&ctx, so);
     }
     1
 }
 
-#[inline(always)]
-fn answer(ctx: &SockoptContext) {
-    let so = ctx.sockopt;
-    // SAFETY: the context pointer is valid for the program's run. Each field is read and
-    // written on its own: the verifier rejects merged wide accesses to this context.
-    unsafe {
-        if (*so).level != SOL_IP || (*so).optname != SO_ORIGINAL_DST || (*so).retval == 0 {
-            return; // not ours, or the kernel (conntrack) already answered
+/// netfilter's original-destination option of a family, and its answer.
+trait OriginalDst: KernelFamily {
+    /// `SOL_IP` / `SOL_IPV6`.
+    const LEVEL: i32;
+    /// `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`.
+    const OPTNAME: i32;
+    /// `struct sockaddr_in` / `struct sockaddr_in6`.
+    type Sockaddr;
+    fn sockaddr(orig: OrigDst<Self::Addr>) -> Self::Sockaddr;
+    /// Whether netfilter would be asked at all on `sk`.
+    fn asked_on(sk: &bpf_sock) -> bool;
+    /// `sk`'s local address, if its connection is of this family.
+    fn local_addr(sk: &bpf_sock) -> Option<Self::Addr>;
+}
+
+impl OriginalDst for V4 {
+    const LEVEL: i32 = SOL_IP;
+    const OPTNAME: i32 = SO_ORIGINAL_DST;
+    type Sockaddr = SockaddrIn;
+    #[inline(always)]
+    fn sockaddr(orig: OrigDst<Self::Addr>) -> SockaddrIn {
+        SockaddrIn {
+            family: AF_INET as u16,
+            port: sin_port(orig.port),
+            addr: orig.addr,
+            zero: [0; 8],
         }
-        let netns = bpf_get_netns_cookie(ctx.as_ptr());
-        let Some(cfg) = pod_config(netns) else {
-            return;
-        };
-        let sk = (*so).__bindgen_anon_1.sk;
-        if sk.is_null() {
-            return;
-        }
-        if (*sk).protocol != IPPROTO_TCP {
-            set_retval(so, -ENOPROTOOPT);
-            return;
-        }
-        let optlen = (*so).optlen;
-        if optlen < SOCKADDR_IN_LEN {
-            set_retval(so, -EINVAL);
-            return;
-        }
-        let orig = match ORIG_DST_BY_TUPLE.get(&tuple_from_server_side(netns, &*sk)) {
-            Some(orig) => Some(*orig),
-            None => steered_destination(netns, cfg, sk),
-        };
-        let Some(orig) = orig else {
-            count(cfg, Counter::OrigDstMiss);
-            set_retval(so, -ENOENT);
-            return;
-        };
-        let optval = (*so).__bindgen_anon_2.optval as *mut u8;
-        let optval_end = (*so).__bindgen_anon_3.optval_end as *mut u8;
-        if optval.wrapping_add(SOCKADDR_IN_LEN as usize) > optval_end {
-            set_retval(so, -EFAULT);
-            return;
-        }
-        let out = optval as *mut SockaddrIn;
-        core::ptr::write_volatile(
-            out,
-            SockaddrIn {
-                family: AF_INET,
-                port: sin_port(orig.port),
-                addr: orig.addr,
-                zero: [0; 8],
-            },
-        );
-        // netfilter leaves the caller's length as it was; the kernel only hands a program a
-        // buffer of at most a page, so a longer one is reported as the 16 bytes written.
-        if optlen > PAGE_SIZE {
-            core::ptr::write_volatile(&mut (*so).optlen, SOCKADDR_IN_LEN);
-        }
-        set_retval(so, 0);
-        count(cfg, Counter::OrigDstHit);
+    }
+    #[inline(always)]
+    fn asked_on(_: &bpf_sock) -> bool {
+        true
+    }
+    /// An IPv4 socket, or an IPv4 connection a dual-stack socket accepted.
+    #[inline(always)]
+    fn local_addr(sk: &bpf_sock) -> Option<Self::Addr> {
+        let ipv4 = sk.family == AF_INET
+            || (sk.family == AF_INET6 && ipv4_from_mapped(V6::sock_src(sk)).is_some());
+        if ipv4 { Some(sk.src_ip4) } else { None }
     }
 }
 
-/// `ipv6_getorigdst()`'s checks, in its order, then the answer from the IPv6 tuple map.
-#[inline(always)]
-fn answer6(ctx: &SockoptContext) {
-    let so = ctx.sockopt;
-    // SAFETY: as in `answer`.
-    unsafe {
-        if (*so).optname != IP6T_SO_ORIGINAL_DST || (*so).retval == 0 {
-            return;
+impl OriginalDst for V6 {
+    const LEVEL: i32 = SOL_IPV6;
+    const OPTNAME: i32 = IP6T_SO_ORIGINAL_DST;
+    type Sockaddr = SockaddrIn6;
+    /// netfilter fills flowinfo from the socket's own flow label and the scope id from its
+    /// bound device for link-local addresses; neither is known here, and both are 0 for the
+    /// usual unbound, unlabelled socket.
+    #[inline(always)]
+    fn sockaddr(orig: OrigDst<Self::Addr>) -> SockaddrIn6 {
+        SockaddrIn6 {
+            family: AF_INET6 as u16,
+            port: sin_port(orig.port),
+            flowinfo: 0,
+            addr: orig.addr,
+            scope_id: 0,
         }
-        let netns = bpf_get_netns_cookie(ctx.as_ptr());
-        let Some(cfg) = pod_config(netns) else {
-            return;
-        };
-        let sk = (*so).__bindgen_anon_1.sk;
-        // On an IPv4 socket the kernel never reaches netfilter for SOL_IPV6: leave its error.
-        if sk.is_null() || (*sk).family != u32::from(AF_INET6) {
-            return;
+    }
+    /// On an IPv4 socket the kernel never reaches netfilter for SOL_IPV6: leave its error.
+    #[inline(always)]
+    fn asked_on(sk: &bpf_sock) -> bool {
+        sk.family == AF_INET6
+    }
+    /// An IPv6 connection (not an IPv4 one on a dual-stack socket: netfilter has no IPv6
+    /// original destination for it either).
+    #[inline(always)]
+    fn local_addr(sk: &bpf_sock) -> Option<Self::Addr> {
+        let local = V6::sock_src(sk);
+        if sk.family != AF_INET6 || ipv4_from_mapped(local).is_some() {
+            return None;
         }
-        if (*sk).protocol != IPPROTO_TCP {
-            set_retval(so, -ENOPROTOOPT);
-            return;
-        }
-        let optlen = (*so).optlen;
-        if optlen < SOCKADDR_IN6_LEN {
-            set_retval(so, -EINVAL);
-            return;
-        }
-        let orig = match ORIG_DST6_BY_TUPLE.get(&tuple6_from_server_side(netns, &*sk)) {
-            Some(orig) => Some(*orig),
-            None => steered_destination6(netns, cfg, sk),
-        };
-        let Some(orig) = orig else {
-            count(cfg, Counter::OrigDstMiss);
-            set_retval(so, -ENOENT);
-            return;
-        };
-        let optval = (*so).__bindgen_anon_2.optval as *mut u8;
-        let optval_end = (*so).__bindgen_anon_3.optval_end as *mut u8;
-        if optval.wrapping_add(SOCKADDR_IN6_LEN as usize) > optval_end {
-            set_retval(so, -EFAULT);
-            return;
-        }
-        // netfilter fills flowinfo from the socket's own flow label and the scope id from its
-        // bound device for link-local addresses; neither is known here, and both are 0 for
-        // the usual unbound, unlabelled socket.
-        core::ptr::write_volatile(
-            optval as *mut SockaddrIn6,
-            SockaddrIn6 {
-                family: AF_INET6,
-                port: sin_port(orig.port),
-                flowinfo: 0,
-                addr: orig.addr,
-                scope_id: 0,
-            },
-        );
-        if optlen > PAGE_SIZE {
-            core::ptr::write_volatile(&mut (*so).optlen, SOCKADDR_IN6_LEN);
-        }
-        set_retval(so, 0);
-        count(cfg, Counter::OrigDstHit);
+        Some(local)
     }
 }
 
+/// `getorigdst()`'s (or `ipv6_getorigdst()`'s) checks, in its order, then the answer.
 #[inline(always)]
-unsafe fn set_retval(so: *mut aya_ebpf::bindings::bpf_sockopt, retval: i32) {
-    unsafe { core::ptr::write_volatile(&mut (*so).retval, retval) };
-}
-
-/// The destination of a connection `sk_lookup` steered: a socket accepted from the capture
-/// listener (it carries the listener's cloned mark) whose local port is not the capture port
-/// (a connection made to the capture port itself has no other destination). IPv4: an IPv4
-/// socket, or an IPv4 connection a dual-stack listener accepted.
-#[inline(always)]
-unsafe fn steered_destination(netns: u64, cfg: &PodConfig, sk: *mut bpf_sock) -> Option<OrigDst4> {
-    // SAFETY: as the caller's.
-    let sk = unsafe { steered_socket(netns, cfg, sk)? };
-    let ipv4 = sk.family == u32::from(AF_INET)
-        || (sk.family == u32::from(AF_INET6) && ipv4_from_mapped(read_ip6(&sk.src_ip6)).is_some());
-    if !ipv4 {
-        return None;
+fn answer<F: OriginalDst>(ctx: &SockoptContext, mut so: Sockopt<'_>) {
+    if so.level() != F::LEVEL || so.optname() != F::OPTNAME || so.retval() == 0 {
+        return; // not ours, or the kernel (conntrack) already answered
     }
-    Some(OrigDst4 {
-        addr: sk.src_ip4,
-        port: port_from_sock_src(sk.src_port),
-        _pad: 0,
-    })
-}
-
-/// `steered_destination` for an IPv6 connection (not an IPv4 one on a dual-stack socket:
-/// netfilter has no IPv6 original destination for it either).
-#[inline(always)]
-unsafe fn steered_destination6(netns: u64, cfg: &PodConfig, sk: *mut bpf_sock) -> Option<OrigDst6> {
-    // SAFETY: as the caller's.
-    let sk = unsafe { steered_socket(netns, cfg, sk)? };
-    let local = read_ip6(&sk.src_ip6);
-    if sk.family != u32::from(AF_INET6) || ipv4_from_mapped(local).is_some() {
-        return None;
+    let netns = netns_cookie(ctx);
+    let Some(cfg) = pod_config(netns) else {
+        return;
+    };
+    let Some(sk) = so.socket() else {
+        return;
+    };
+    if !F::asked_on(sk) {
+        return;
     }
-    Some(OrigDst6 {
-        addr: local,
-        port: port_from_sock_src(sk.src_port),
-        _pad: 0,
-    })
+    if sk.protocol != IPPROTO_TCP {
+        so.set_retval(-ENOPROTOOPT);
+        return;
+    }
+    let len = size_of::<F::Sockaddr>() as i32;
+    let optlen = so.optlen();
+    if optlen < len {
+        so.set_retval(-EINVAL);
+        return;
+    }
+    let Some(orig) = original_dst::<F>(netns, cfg, sk) else {
+        count(cfg, Counter::OrigDstMiss);
+        so.set_retval(-ENOENT);
+        return;
+    };
+    let Some(out) = so.buffer::<F::Sockaddr>() else {
+        so.set_retval(-EFAULT);
+        return;
+    };
+    // SAFETY: `buffer` checked that the option's buffer holds a whole `Sockaddr`.
+    unsafe { ptr::write_volatile(out, F::sockaddr(orig)) };
+    // netfilter leaves the caller's length as it was; the kernel only hands a program a
+    // buffer of at most a page, so a longer one is reported as the bytes written.
+    if optlen > PAGE_SIZE {
+        so.set_optlen(len);
+    }
+    so.set_retval(0);
+    count(cfg, Counter::OrigDstHit);
 }
 
-/// `sk` if it was accepted from this pod's capture listener on another port than the capture
-/// port.
+/// The original destination of the proxy's accepted socket `sk`: that of the connection
+/// `connect4`/`connect6` redirected, or of the one `sk_lookup` steered.
 #[inline(always)]
-unsafe fn steered_socket<'a>(
+fn original_dst<F: OriginalDst>(
     netns: u64,
     cfg: &PodConfig,
-    sk: *mut bpf_sock,
-) -> Option<&'a bpf_sock> {
-    match CAPTURE_SOCKETS.get(sk.cast()) {
+    sk: &bpf_sock,
+) -> Option<OrigDst<F::Addr>> {
+    // SAFETY: the entry is copied out at once.
+    match unsafe { F::orig_dst_by_tuple().get(tuple_from_server_side::<F>(netns, sk)) } {
+        Some(orig) => Some(*orig),
+        None => steered_destination::<F>(netns, cfg, sk),
+    }
+}
+
+/// The destination of a connection `sk_lookup` steered: a socket accepted from this pod's
+/// capture listener (it carries the listener's cloned mark) whose local port is not the capture
+/// port (a connection made to the capture port itself has no other destination).
+#[inline(always)]
+fn steered_destination<F: OriginalDst>(
+    netns: u64,
+    cfg: &PodConfig,
+    sk: &bpf_sock,
+) -> Option<OrigDst<F::Addr>> {
+    match CAPTURE_SOCKETS.get(ptr::from_ref(sk).cast_mut().cast()) {
         Some(mark) if mark.netns == netns => {}
         _ => return None,
     }
-    // SAFETY: a full socket the verifier checked.
-    let sk = unsafe { &*sk };
-    if port_from_sock_src(sk.src_port) == cfg.inbound_capture_port {
+    let port = port_from_sock_src(sk.src_port);
+    if port == cfg.inbound_capture_port {
         return None;
     }
-    Some(sk)
+    Some(OrigDst::new(F::local_addr(sk)?, port))
+}
+
+/// The program's `bpf_sockopt`, read and written one field at a time: the verifier rejects
+/// wider accesses, and LLVM merges adjacent plain stores into one (`optlen` and `retval`).
+struct Sockopt<'a>(&'a mut bpf_sockopt);
+
+impl Sockopt<'_> {
+    #[inline(always)]
+    fn of(ctx: &SockoptContext) -> Self {
+        // SAFETY: the context is valid for the program's run, and this is its only borrow.
+        Self(unsafe { &mut *ctx.sockopt })
+    }
+
+    #[inline(always)]
+    fn level(&self) -> i32 {
+        self.0.level
+    }
+
+    #[inline(always)]
+    fn optname(&self) -> i32 {
+        self.0.optname
+    }
+
+    #[inline(always)]
+    fn optlen(&self) -> i32 {
+        self.0.optlen
+    }
+
+    #[inline(always)]
+    fn retval(&self) -> i32 {
+        self.0.retval
+    }
+
+    /// The socket asked (a full socket, which the verifier checks).
+    #[inline(always)]
+    fn socket<'s>(&self) -> Option<&'s bpf_sock> {
+        // SAFETY: `sk` is the member of this union the kernel sets.
+        let sk = unsafe { self.0.__bindgen_anon_1.sk };
+        // SAFETY: a socket valid for the program's run, or null.
+        unsafe { sk.as_ref() }
+    }
+
+    /// The option's buffer, if it holds a whole `T`.
+    #[inline(always)]
+    fn buffer<T>(&self) -> Option<*mut T> {
+        // SAFETY: `optval` is the member of this union the kernel sets.
+        let start = unsafe { self.0.__bindgen_anon_2.optval }.cast::<u8>();
+        // SAFETY: `optval_end` is the member of this union the kernel sets.
+        let end = unsafe { self.0.__bindgen_anon_3.optval_end }.cast::<u8>();
+        if start.wrapping_add(size_of::<T>()) > end {
+            return None;
+        }
+        Some(start.cast())
+    }
+
+    #[inline(always)]
+    fn set_retval(&mut self, retval: i32) {
+        // SAFETY: a mutable reference is valid for writes.
+        unsafe { ptr::write_volatile(&mut self.0.retval, retval) };
+    }
+
+    #[inline(always)]
+    fn set_optlen(&mut self, optlen: i32) {
+        // SAFETY: a mutable reference is valid for writes.
+        unsafe { ptr::write_volatile(&mut self.0.optlen, optlen) };
+    }
 }

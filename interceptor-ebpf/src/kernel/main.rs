@@ -2,23 +2,29 @@
 #![no_std]
 #![no_main]
 
-mod capture_listener;
+// One module per hook, named after its section; each holds one program named after what it does.
 mod connect4;
 mod connect6;
 mod getpeername4;
 mod getpeername6;
 mod getsockopt;
-mod maps;
 mod post_bind4;
 mod post_bind6;
 mod recvmsg4;
 mod recvmsg6;
-mod redirect4;
-mod redirect6;
 mod sendmsg4;
 mod sendmsg6;
 mod sk_lookup;
 mod sockops;
+
+// What the hooks share.
+mod capture_listener;
+mod family;
+mod helpers;
+mod linux;
+mod maps;
+mod redirect;
+mod restore;
 
 #[cfg(not(test))]
 #[panic_handler]

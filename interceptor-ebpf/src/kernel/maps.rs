@@ -15,12 +15,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use interceptor_ebpf::{
-    CIDR4_KEY_PREFIX_BITS, CIDR6_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrSet,
-    Counter, InstanceMeta, ListenerKey, OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey,
-    PortSet, SockTuple4, SockTuple6,
-    decision::RuleSets,
-    wire::{RawIpv4, RawIpv6},
+    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrKey, CidrSet, Counter, InstanceMeta,
+    ListenerKey, OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4,
+    SockTuple6, decision::RuleSets,
 };
+
+use crate::family::KernelFamily;
 
 /// Network-namespace cookie -> the pod's configuration.
 #[map]
@@ -30,11 +30,11 @@ pub static POD_CONFIG: HashMap<u64, PodConfig> = HashMap::with_max_entries(1024,
 #[map]
 pub static PORT_SET: HashMap<PortKey, u8> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
-/// (rules, set, prefix) -> 1: `-i` and `-x`.
+/// (rules, set, prefix) -> 1: `-i` and `-x`; the pod's routes (`CidrSet::Route`).
 #[map]
 pub static CIDR4: LpmTrie<Cidr4Key, u8> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
-/// (rules, set, IPv6 prefix) -> 1: the IPv6 ranges of `-i` and `-x`.
+/// (rules, set, IPv6 prefix): the same for IPv6.
 #[map]
 pub static CIDR6: LpmTrie<Cidr6Key, u8> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
@@ -62,6 +62,7 @@ pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> =
 #[map]
 pub static ORIG_DST6_BY_TUPLE: LruHashMap<SockTuple6, OrigDst6> =
     LruHashMap::with_max_entries(65536, LRU_FLAGS);
+
 /// A redirected UDP socket's original destination (DNS capture), stored on the socket and
 /// freed with it: UDP has no close callback that could clean a hash map. IPv4 destinations,
 /// also those a dual-stack socket dialled as `::ffff:a.b.c.d`.
@@ -85,6 +86,7 @@ pub fn store_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext, mut v
     // A plain `*slot = value` may become a call to `memmove` (the helper saw `value`'s
     // address), whose pointer subtraction the verifier only allows with CAP_PERFMON: copy as
     // non-overlapping, which is inlined into loads and stores.
+    // SAFETY: `slot` is the socket's entry (not null), `value` a local: they cannot overlap.
     unsafe { core::ptr::copy_nonoverlapping(&value, slot, 1) };
     true
 }
@@ -94,11 +96,8 @@ pub fn store_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext, mut v
 pub fn stored_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext) -> Option<T> {
     // SAFETY: as above; null or a valid entry back.
     let slot = unsafe { map.get_ptr_mut(ctx) };
-    if slot.is_null() {
-        None
-    } else {
-        Some(unsafe { *slot })
-    }
+    // SAFETY: the socket's entry, valid for the program's run, or null.
+    unsafe { slot.as_ref() }.copied()
 }
 
 /// `pod_index * Counter::COUNT + counter` -> count, per CPU.
@@ -147,12 +146,10 @@ impl<V> CloneSkStorage<V> {
     #[inline(always)]
     pub fn get(&self, sk: *mut c_void) -> Option<&V> {
         let map = ptr::from_ref(self).cast_mut().cast();
-        // SAFETY: a map and a socket pointer the verifier accepts; null or a valid value back.
-        unsafe {
-            bpf_sk_storage_get(map, sk, ptr::null_mut(), 0)
-                .cast::<V>()
-                .as_ref()
-        }
+        // SAFETY: a map and a socket pointer the verifier accepts.
+        let value = unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), 0) }.cast::<V>();
+        // SAFETY: the socket's value, valid for the program's run, or null.
+        unsafe { value.as_ref() }
     }
 
     /// Stores `value` on `sk` unless something is stored already; true when `sk` has a value.
@@ -178,7 +175,7 @@ pub static POD_RECORDS: HashMap<u64, PodRecordBlob> =
 pub fn pod_config(netns_cookie: u64) -> Option<&'static PodConfig> {
     // SAFETY: entries are plain data; a concurrent update replaces the value, which at worst
     // gives this call the previous configuration (never a torn read of `rules`).
-    unsafe { POD_CONFIG.get(&netns_cookie) }
+    unsafe { POD_CONFIG.get(netns_cookie) }
 }
 
 #[inline(always)]
@@ -189,158 +186,43 @@ pub fn count(cfg: &PodConfig, counter: Counter) {
     }
 }
 
-/// The per-pod sets, backed by `PORT_SET` and `CIDR4`.
+/// `count` for the pod of network namespace `netns`, if it is one.
+#[inline(always)]
+pub fn count_in(netns: u64, counter: Counter) {
+    if let Some(cfg) = pod_config(netns) {
+        count(cfg, counter);
+    }
+}
+
+/// The per-pod sets: `PORT_SET`, and `CIDR4` or `CIDR6`.
 pub struct MapSets;
 
-impl RuleSets for MapSets {
+impl<F: KernelFamily> RuleSets<F> for MapSets {
     #[inline(always)]
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, LLVM packs the key into a register before storing it: more \
+                  instructions in every connect (measured with the xlated length)"
+    )]
     fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool {
         let key = PortKey {
             rules,
             set: set as u16,
             port,
         };
+        // SAFETY: only whether an entry exists is read.
         unsafe { PORT_SET.get(&key) }.is_some()
     }
 
     #[inline(always)]
-    fn has_cidr4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> bool {
-        let key = Key::new(
-            CIDR4_KEY_PREFIX_BITS + 32,
-            Cidr4Key {
-                rules,
-                set: set as u32,
-                addr,
-            },
-        );
-        CIDR4.get(&key).is_some()
-    }
-
-    #[inline(always)]
-    fn has_cidr6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> bool {
-        let key = Key::new(
-            CIDR6_KEY_PREFIX_BITS + 128,
-            Cidr6Key {
-                rules,
-                set: set as u32,
-                addr,
-            },
-        );
-        CIDR6.get(&key).is_some()
-    }
-
-    #[inline(always)]
-    fn route_excluded4(&self, rules: u32, addr: RawIpv4) -> bool {
-        let key = Key::new(
-            CIDR4_KEY_PREFIX_BITS + 32,
-            Cidr4Key {
-                rules,
-                set: CidrSet::Route as u32,
-                addr,
-            },
-        );
-        CIDR4
-            .get(&key)
-            .is_some_and(|via_excluded| *via_excluded == 1)
-    }
-
-    #[inline(always)]
-    fn route_excluded6(&self, rules: u32, addr: RawIpv6) -> bool {
-        let key = Key::new(
-            CIDR6_KEY_PREFIX_BITS + 128,
-            Cidr6Key {
-                rules,
-                set: CidrSet::Route as u32,
-                addr,
-            },
-        );
-        CIDR6
-            .get(&key)
-            .is_some_and(|via_excluded| *via_excluded == 1)
-    }
-}
-
-/// Connection key from a `bpf_sock` seen on the client's side (src = client).
-#[inline(always)]
-pub fn tuple_from_client_side(netns: u64, sk: &aya_ebpf::bindings::bpf_sock) -> SockTuple4 {
-    use interceptor_ebpf::wire::{port_from_sock_dst, port_from_sock_src};
-    SockTuple4 {
-        netns,
-        client_addr: sk.src_ip4,
-        server_addr: sk.dst_ip4,
-        client_port: port_from_sock_src(sk.src_port),
-        server_port: port_from_sock_dst(sk.dst_port),
-        _pad: 0,
-    }
-}
-
-/// Connection key from a `bpf_sock` seen on the server's side (src = server), e.g. the
-/// proxy's accepted socket.
-#[inline(always)]
-pub fn tuple_from_server_side(netns: u64, sk: &aya_ebpf::bindings::bpf_sock) -> SockTuple4 {
-    use interceptor_ebpf::wire::{port_from_sock_dst, port_from_sock_src};
-    SockTuple4 {
-        netns,
-        client_addr: sk.dst_ip4,
-        server_addr: sk.src_ip4,
-        client_port: port_from_sock_dst(sk.dst_port),
-        server_port: port_from_sock_src(sk.src_port),
-        _pad: 0,
-    }
-}
-
-/// The IPv6 address fields of a `bpf_sock`, read one 32-bit word at a time (the verifier
-/// allows no wider access to them).
-#[inline(always)]
-pub fn read_ip6(words: &[u32; 4]) -> RawIpv6 {
-    // SAFETY: reads of a context field the caller holds a reference to.
-    unsafe {
-        [
-            core::ptr::read_volatile(&words[0]),
-            core::ptr::read_volatile(&words[1]),
-            core::ptr::read_volatile(&words[2]),
-            core::ptr::read_volatile(&words[3]),
-        ]
-    }
-}
-
-/// Writes an IPv6 address into a context field (e.g. `bpf_sock_addr.user_ip6`) one 32-bit word
-/// at a time, so that LLVM cannot merge the stores into an access the verifier rejects.
-#[inline(always)]
-pub fn write_ip6(words: &mut [u32; 4], addr: RawIpv6) {
-    // SAFETY: writes to a context field the caller holds a mutable reference to.
-    unsafe {
-        core::ptr::write_volatile(&mut words[0], addr[0]);
-        core::ptr::write_volatile(&mut words[1], addr[1]);
-        core::ptr::write_volatile(&mut words[2], addr[2]);
-        core::ptr::write_volatile(&mut words[3], addr[3]);
-    }
-}
-
-/// IPv6 connection key from a `bpf_sock` seen on the client's side (src = client).
-#[inline(always)]
-pub fn tuple6_from_client_side(netns: u64, sk: &aya_ebpf::bindings::bpf_sock) -> SockTuple6 {
-    use interceptor_ebpf::wire::{port_from_sock_dst, port_from_sock_src};
-    SockTuple6 {
-        netns,
-        client_addr: read_ip6(&sk.src_ip6),
-        server_addr: read_ip6(&sk.dst_ip6),
-        client_port: port_from_sock_src(sk.src_port),
-        server_port: port_from_sock_dst(sk.dst_port),
-        _pad: 0,
-    }
-}
-
-/// IPv6 connection key from a `bpf_sock` seen on the server's side (src = server).
-#[inline(always)]
-pub fn tuple6_from_server_side(netns: u64, sk: &aya_ebpf::bindings::bpf_sock) -> SockTuple6 {
-    use interceptor_ebpf::wire::{port_from_sock_dst, port_from_sock_src};
-    SockTuple6 {
-        netns,
-        client_addr: read_ip6(&sk.dst_ip6),
-        server_addr: read_ip6(&sk.src_ip6),
-        client_port: port_from_sock_dst(sk.dst_port),
-        server_port: port_from_sock_src(sk.src_port),
-        _pad: 0,
+    fn longest_match(&self, rules: u32, set: CidrSet, addr: F::Addr) -> Option<u8> {
+        let key = CidrKey {
+            rules,
+            set: set as u32,
+            addr,
+        };
+        F::cidrs()
+            .get(Key::new(CIDR_KEY_PREFIX_BITS + F::BITS, key))
+            .copied()
     }
 }

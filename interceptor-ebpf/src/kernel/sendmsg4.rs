@@ -3,10 +3,10 @@
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::redirect4::decide_and_rewrite;
+use crate::redirect::decide_and_rewrite4;
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn redirect_sendmsg4(ctx: SockAddrContext) -> i32 {
-    decide_and_rewrite(&ctx);
+    decide_and_rewrite4(&ctx);
     1 // always send (to the original or the rewritten address)
 }

@@ -8,20 +8,27 @@
 //! with no IPv4 listener goes to the IPv6 one, which takes it if it is dual-stack (the kernel
 //! refuses an IPv6-only socket, and the connection is then treated as having no listener).
 
-use aya_ebpf::{macros::sk_lookup, programs::SkLookupContext};
+use aya_ebpf::{
+    bindings::{
+        bpf_sk_lookup,
+        sk_action::{SK_DROP, SK_PASS},
+    },
+    macros::sk_lookup,
+    programs::SkLookupContext,
+};
 use interceptor_ebpf::{
-    Counter, ListenerKey, flags,
-    inbound::{InboundLookup, InboundVerdict, decide_inbound4, decide_inbound6},
+    Counter, ListenerKey, PodConfig,
+    family::{V4, V6},
+    flags,
+    inbound::{InboundLookup, InboundVerdict, decide_inbound},
     wire::port_from_sk_lookup_local,
 };
 
-use crate::maps::{INBOUND_LISTENERS, MapSets, count, pod_config, read_ip6};
-
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
-const IPPROTO_TCP: u32 = 6;
-const SK_DROP: u32 = 0;
-const SK_PASS: u32 = 1;
+use crate::{
+    family::KernelFamily,
+    linux::{AF_INET, AF_INET6, IPPROTO_TCP},
+    maps::{INBOUND_LISTENERS, MapSets, count, pod_config},
+};
 
 /// The cookie of the namespace this copy of the program is attached to, set at load time
 /// (`sk_lookup` programs cannot call `bpf_get_netns_cookie`).
@@ -46,22 +53,10 @@ fn steer(ctx: &SkLookupContext) -> u32 {
     let Some(cfg) = pod_config(netns) else {
         return SK_PASS;
     };
-    let port = port_from_sk_lookup_local(l.local_port);
-    let ifindex = l.ingress_ifindex;
     let verdict = if family == AF_INET {
-        let lookup = InboundLookup {
-            port,
-            ifindex,
-            remote: l.remote_ip4,
-        };
-        decide_inbound4(cfg, &lookup, &MapSets)
+        decide::<V4>(cfg, l)
     } else {
-        let lookup = InboundLookup {
-            port,
-            ifindex,
-            remote: read_ip6(&l.remote_ip6),
-        };
-        decide_inbound6(cfg, &lookup, &MapSets)
+        decide::<V6>(cfg, l)
     };
     match verdict {
         InboundVerdict::Pass(None) => SK_PASS,
@@ -85,6 +80,17 @@ fn steer(ctx: &SkLookupContext) -> u32 {
             }
         }
     }
+}
+
+/// The decision on the connection, in family `F`.
+#[inline(always)]
+fn decide<F: KernelFamily>(cfg: &PodConfig, l: &bpf_sk_lookup) -> InboundVerdict {
+    let lookup = InboundLookup {
+        port: port_from_sk_lookup_local(l.local_port),
+        ifindex: l.ingress_ifindex,
+        remote: F::lookup_remote(l),
+    };
+    decide_inbound::<F>(cfg, &lookup, &MapSets)
 }
 
 /// Hands the connection to the pod's listener of `family`; false when there is none or the

@@ -13,37 +13,35 @@
 //! one; every other IPv6 connection goes to the IPv6 maps. Either way one cookie lookup.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
         BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, bpf_sock_ops,
     },
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use interceptor_ebpf::{
-    Counter, ListenerKey, SockTuple4, SockTuple6,
-    wire::{RawIpv6, ipv4_from_mapped, port_from_sock_ops_local, port_from_sock_ops_remote},
+    Counter, ListenerKey, SockTuple,
+    family::{V4, V6},
+    wire::{ipv4_from_mapped, port_from_sock_ops_local, port_from_sock_ops_remote},
 };
 
-use crate::maps::{
-    CAPTURE_SOCKETS, INBOUND_LISTENERS, ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, ORIG_DST6_BY_COOKIE,
-    ORIG_DST6_BY_TUPLE, count, pod_config, read_ip6,
+use crate::{
+    family::KernelFamily,
+    helpers::{netns_cookie, socket_cookie},
+    linux::{AF_INET, AF_INET6},
+    maps::{CAPTURE_SOCKETS, INBOUND_LISTENERS, count, count_in, pod_config},
 };
-
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 #[sock_ops]
 pub fn track_redirected_sockets(ctx: SockOpsContext) -> u32 {
     let family = ctx.family();
     if family == AF_INET || family == AF_INET6 {
         match ctx.op() {
-            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if is_ipv6(&ctx) => on_established6(&ctx),
-            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established(&ctx),
-            BPF_SOCK_OPS_STATE_CB if is_ipv6(&ctx) => on_state_change6(&ctx),
-            BPF_SOCK_OPS_STATE_CB => on_state_change(&ctx),
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if is_ipv6(&ctx) => on_established::<V6>(&ctx),
+            BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_established::<V4>(&ctx),
+            BPF_SOCK_OPS_STATE_CB if is_ipv6(&ctx) => on_state_change::<V6>(&ctx),
+            BPF_SOCK_OPS_STATE_CB => on_state_change::<V4>(&ctx),
             BPF_SOCK_OPS_TCP_LISTEN_CB => on_listen(&ctx),
             _ => {}
         }
@@ -51,49 +49,47 @@ pub fn track_redirected_sockets(ctx: SockOpsContext) -> u32 {
     0
 }
 
+#[inline(always)]
+fn ops(ctx: &SockOpsContext) -> &bpf_sock_ops {
+    // SAFETY: the context is valid for the program's run.
+    unsafe { &*ctx.ops }
+}
+
 /// An IPv6 connection, as opposed to IPv4 on an IPv4 or a dual-stack socket.
 #[inline(always)]
 fn is_ipv6(ctx: &SockOpsContext) -> bool {
-    ctx.family() == AF_INET6 && ipv4_from_mapped(remote_ip6(ctx)).is_none()
+    ctx.family() == AF_INET6 && ipv4_from_mapped(V6::sock_ops_remote(ops(ctx))).is_none()
 }
 
-// The context's address words are read one at a time at fixed offsets: the verifier refuses
-// the copy through a derived pointer that `SockOpsContext::local_ip6()` compiles to.
+/// The connection, named from the client's side (this socket's).
 #[inline(always)]
-fn local_ip6(ctx: &SockOpsContext) -> RawIpv6 {
-    read_ip6(unsafe { &(*ctx.ops).local_ip6 })
-}
-
-#[inline(always)]
-fn remote_ip6(ctx: &SockOpsContext) -> RawIpv6 {
-    read_ip6(unsafe { &(*ctx.ops).remote_ip6 })
-}
-
-#[inline(always)]
-fn tuple(ctx: &SockOpsContext) -> SockTuple4 {
-    SockTuple4 {
-        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        client_addr: ctx.local_ip4(),
-        server_addr: ctx.remote_ip4(),
-        client_port: port_from_sock_ops_local(ctx.local_port()),
-        server_port: port_from_sock_ops_remote(ctx.remote_port()),
+fn tuple<F: KernelFamily>(ctx: &SockOpsContext) -> SockTuple<F::Addr> {
+    let ops = ops(ctx);
+    SockTuple {
+        netns: netns_cookie(ctx),
+        client_addr: F::sock_ops_local(ops),
+        server_addr: F::sock_ops_remote(ops),
+        client_port: port_from_sock_ops_local(ops.local_port),
+        server_port: port_from_sock_ops_remote(ops.remote_port),
         _pad: 0,
     }
 }
 
 #[inline(always)]
-fn on_established(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys by reference, as `MapSets::has_port` (measured)"
+)]
+fn on_established<F: KernelFamily>(ctx: &SockOpsContext) {
+    let cookie = socket_cookie(ctx);
     // SAFETY: copied out before the entry is removed.
-    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
-        return; // not a connection connect4 redirected
+    let Some(orig) = (unsafe { F::orig_dst_by_cookie().get(&cookie) }).copied() else {
+        return; // not a connection connect4/connect6 redirected
     };
-    let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
-    let key = tuple(ctx);
-    if ORIG_DST_BY_TUPLE.insert(&key, &orig, 0).is_err() {
-        if let Some(cfg) = pod_config(key.netns) {
-            count(cfg, Counter::OrigDstLost);
-        }
+    let _ = F::orig_dst_by_cookie().remove(&cookie);
+    let key = tuple::<F>(ctx);
+    if F::orig_dst_by_tuple().insert(&key, &orig, 0).is_err() {
+        count_in(key.netns, Counter::OrigDstLost);
         return;
     }
     // Ask for state changes of this socket only, to drop the entry when it closes.
@@ -101,20 +97,24 @@ fn on_established(ctx: &SockOpsContext) {
 }
 
 #[inline(always)]
-fn on_state_change(ctx: &SockOpsContext) {
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys by reference, as `MapSets::has_port` (measured)"
+)]
+fn on_state_change<F: KernelFamily>(ctx: &SockOpsContext) {
     if ctx.arg(1) == BPF_TCP_CLOSE {
-        let _ = ORIG_DST_BY_TUPLE.remove(&tuple(ctx));
+        let _ = F::orig_dst_by_tuple().remove(&tuple::<F>(ctx));
     }
 }
 
 #[inline(always)]
 fn on_listen(ctx: &SockOpsContext) {
-    // SAFETY: the context pointer is valid for the program's run.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    // SAFETY: `sk` is the member of this union the kernel sets.
+    let sk = unsafe { ops(ctx).__bindgen_anon_2.sk };
     if sk.is_null() {
         return;
     }
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let netns = netns_cookie(ctx);
     match CAPTURE_SOCKETS.get(sk.cast()) {
         Some(mark) if mark.netns == netns => {}
         _ => return, // not the proxy's socket on the capture port
@@ -124,7 +124,8 @@ fn on_listen(ctx: &SockOpsContext) {
         family: ctx.family(),
         _pad: 0,
     };
-    // SAFETY: as above; the helper only reads the context's socket.
+    // SAFETY: the context is valid for the program's run, and no other borrow of it lives;
+    // the helper only reads the context's socket.
     let ops = unsafe { &mut *ctx.ops };
     if INBOUND_LISTENERS
         .update(&mut key, ops, BPF_ANY as u64)
@@ -132,42 +133,5 @@ fn on_listen(ctx: &SockOpsContext) {
         && let Some(cfg) = pod_config(netns)
     {
         count(cfg, Counter::InboundListenerRegistered);
-    }
-}
-
-#[inline(always)]
-fn tuple6(ctx: &SockOpsContext) -> SockTuple6 {
-    SockTuple6 {
-        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        client_addr: local_ip6(ctx),
-        server_addr: remote_ip6(ctx),
-        client_port: port_from_sock_ops_local(ctx.local_port()),
-        server_port: port_from_sock_ops_remote(ctx.remote_port()),
-        _pad: 0,
-    }
-}
-
-#[inline(always)]
-fn on_established6(ctx: &SockOpsContext) {
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out before the entry is removed.
-    let Some(orig) = (unsafe { ORIG_DST6_BY_COOKIE.get(&cookie) }).copied() else {
-        return; // not a connection connect6 redirected
-    };
-    let _ = ORIG_DST6_BY_COOKIE.remove(&cookie);
-    let key = tuple6(ctx);
-    if ORIG_DST6_BY_TUPLE.insert(&key, &orig, 0).is_err() {
-        if let Some(cfg) = pod_config(key.netns) {
-            count(cfg, Counter::OrigDstLost);
-        }
-        return;
-    }
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-}
-
-#[inline(always)]
-fn on_state_change6(ctx: &SockOpsContext) {
-    if ctx.arg(1) == BPF_TCP_CLOSE {
-        let _ = ORIG_DST6_BY_TUPLE.remove(&tuple6(ctx));
     }
 }

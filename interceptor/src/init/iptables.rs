@@ -5,11 +5,10 @@ use anyhow::Context as _;
 
 use super::{CleanOptions, InitOptions, name_servers};
 use crate::{
-    config::{InboundFail, InterceptConfig, InterceptionMode},
+    config::{DnsCapture, InboundFail, InterceptConfig, InterceptionMode},
     error::ConfigError,
     iptables::{
         Family, Mode,
-        facts::PodFacts as RuleFacts,
         mode::{self, Flavour},
         restore, ruleset,
     },
@@ -37,10 +36,11 @@ pub fn init(
     let ipv6 = facts
         .ipv6_enabled(cfg.dual_stack)
         .with_context(|| format!("--netns {}", netns.path.display()))?;
-    let set = ruleset::build(cfg, &RuleFacts::new(&facts.name_servers, ipv6));
-    for warning in &set.warnings {
-        tracing::warn!("{warning}");
+    let (dns, warning) = DnsCapture::resolve(cfg, &facts.name_servers);
+    if let Some(w) = warning {
+        tracing::warn!(resolv_conf = %opts.resolv_conf.display(), "{w}");
     }
+    let set = ruleset::build(cfg, &dns, ipv6);
     if opts.dry_run {
         return Ok(Some(set.dry_run()));
     }

@@ -1,14 +1,13 @@
 //! The iptables backend: istio-iptables' own rules, written into the pod's network namespace
 //! with one atomic `iptables-restore --noflush` per address family.
 //!
-//! - [`facts`]: what the rules depend on besides the options (DNS servers, IPv6), pure;
-//! - [`ruleset`]: options + facts -> the rules, rendered as istio-iptables renders them, pure;
+//! - [`ruleset`]: options, DNS capture and IPv6 -> the rules, rendered as istio-iptables
+//!   renders them, pure;
 //! - [`save`]: reading `iptables-save` output: which rules and chains are ours, pure;
 //! - [`mode`]: legacy or nft binaries, and `auto` detection;
 //! - [`restore`]: apply (replacing what an earlier run wrote) and clean, running the binaries
 //!   inside the namespace (`pod::exec`).
 
-pub mod facts;
 pub mod mode;
 pub mod restore;
 pub mod ruleset;

@@ -100,9 +100,9 @@ fn main() {
 
 fn run() -> Result<()> {
     for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
         ensure!(
+            // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
             unsafe { libc::signal(signal, handler) } != libc::SIG_ERR,
             "installing handler"
         );

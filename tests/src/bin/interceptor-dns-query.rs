@@ -107,26 +107,27 @@ fn udp_socket(server: SocketAddr) -> Result<UdpSocket> {
     if server.is_ipv4() {
         return Ok(UdpSocket::bind("0.0.0.0:0")?);
     }
-    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped.
-    let sock = unsafe {
-        let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        let sock = UdpSocket::from_raw_fd(fd);
-        let off: libc::c_int = 0;
-        if libc::setsockopt(
+    // SAFETY: plain arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    // SAFETY: a new descriptor this function owns; the socket closes it.
+    let sock = unsafe { UdpSocket::from_raw_fd(fd) };
+    let off: libc::c_int = 0;
+    // SAFETY: a valid fd and an option value of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
             fd,
             libc::IPPROTO_IPV6,
             libc::IPV6_V6ONLY,
             (&raw const off).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error()).context("IPV6_V6ONLY");
-        }
-        sock
+        )
     };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("IPV6_V6ONLY");
+    }
     // Bound through a sockaddr_in6 via std: [::]:0.
     bind_any6(&sock)?;
     Ok(sock)

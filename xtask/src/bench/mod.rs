@@ -16,6 +16,7 @@ mod pod;
 mod report;
 mod results;
 mod stats;
+mod table;
 mod workloads;
 
 use std::fs;

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 use super::modes::Mode;
@@ -30,6 +31,76 @@ fn color(mode: Mode) -> RGBColor {
 
 fn err(e: impl std::fmt::Debug) -> anyhow::Error {
     anyhow!("drawing a plot: {e:?}")
+}
+
+/// A white canvas of the plots' size, to be written to `path`.
+fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, Shift>> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    Ok(root)
+}
+
+/// A chart on `root` with the plots' caption style, margins and label areas.
+fn chart_on<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    y_label_area: u32,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label_area);
+    builder
+}
+
+/// One mode's medians joined by a line (named in the legend), and its min–max as a bar at
+/// each point; values divided by `scale`.
+fn medians_and_ranges<'a, CT: CoordTranslate<From = (f64, f64)>>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    mode: Mode,
+    points: &[(f64, Summary)],
+    scale: f64,
+) -> Result<()> {
+    let c = color(mode);
+    chart
+        .draw_series(
+            LineSeries::new(
+                points.iter().map(|(x, s)| (*x, s.median / scale)),
+                c.stroke_width(2),
+            )
+            .point_size(3),
+        )
+        .map_err(err)?
+        .label(mode.name())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    chart
+        .draw_series(points.iter().map(|(x, s)| {
+            PathElement::new(
+                vec![(*x, s.min / scale), (*x, s.max / scale)],
+                c.stroke_width(1),
+            )
+        }))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Draws the legend at `position` and writes the file.
+fn finish<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'_>, Shift>,
+    position: SeriesLabelPosition,
+) -> Result<bool> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(true)
 }
 
 pub fn draw_all(dir: &Path, r: &Results) -> Result<Vec<Plot>> {
@@ -111,13 +182,8 @@ fn latency(path: &Path, r: &Results, case: Case, title: &str) -> Result<bool> {
         .fold(f64::INFINITY, f64::min)
         .max(0.001)
         / 1.5;
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
+    let root = canvas(path)?;
+    let mut chart = chart_on(&root, title, 60)
         .build_cartesian_2d(
             -0.4f64..2.4f64,
             (y_min..y_max.max(y_min * 10.0)).log_scale(),
@@ -147,38 +213,16 @@ fn latency(path: &Path, r: &Results, case: Case, title: &str) -> Result<bool> {
         .map_err(err)?;
     let n = series.len() as f64;
     for (k, (mode, summaries)) in series.iter().enumerate() {
-        let c = color(*mode);
         // Spread the modes a little around each percentile so that the bars do not overlap.
         let dx = (k as f64 - (n - 1.0) / 2.0) * 0.08;
-        let points: Vec<(f64, f64)> = summaries
+        let points: Vec<(f64, Summary)> = summaries
             .iter()
             .enumerate()
-            .map(|(i, s)| (i as f64 + dx, s.median / 1000.0))
+            .map(|(i, s)| (i as f64 + dx, *s))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)).point_size(3))
-            .map_err(err)?
-            .label(mode.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(summaries.iter().enumerate().map(|(i, s)| {
-                let x = i as f64 + dx;
-                PathElement::new(
-                    vec![(x, s.min / 1000.0), (x, s.max / 1000.0)],
-                    c.stroke_width(1),
-                )
-            }))
-            .map_err(err)?;
+        medians_and_ranges(&mut chart, *mode, &points, 1000.0)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(true)
+    finish(&mut chart, &root, SeriesLabelPosition::UpperLeft)
 }
 
 /// Connections/s against the number of excluded CIDRs (log scale; 0 drawn at the left edge),
@@ -237,13 +281,8 @@ fn cidr_scaling(path: &Path, r: &Results, title: &str) -> Result<bool> {
         .fold(0.0, f64::max)
         * 1.15;
 
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
+    let root = canvas(path)?;
+    let mut chart = chart_on(&root, title, 70)
         .build_cartesian_2d((zero_x * 0.7..x_max).log_scale(), 0f64..y_max.max(1.0))
         .map_err(err)?;
     let zero_label = zero_x;
@@ -278,30 +317,7 @@ fn cidr_scaling(path: &Path, r: &Results, title: &str) -> Result<bool> {
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(1)));
     }
     for (mode, pts) in &lines {
-        let c = color(*mode);
-        chart
-            .draw_series(
-                LineSeries::new(pts.iter().map(|(x, s)| (*x, s.median)), c.stroke_width(2))
-                    .point_size(3),
-            )
-            .map_err(err)?
-            .label(mode.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(
-                pts.iter().map(|(x, s)| {
-                    PathElement::new(vec![(*x, s.min), (*x, s.max)], c.stroke_width(1))
-                }),
-            )
-            .map_err(err)?;
+        medians_and_ranges(&mut chart, *mode, pts, 1.0)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(true)
+    finish(&mut chart, &root, SeriesLabelPosition::LowerLeft)
 }

@@ -331,9 +331,10 @@ fn pin(cmd: &mut Command, cpus: &[usize]) {
     if cpus.is_empty() {
         return;
     }
-    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET only sets bits in it.
+    // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus {
+        // SAFETY: CPU_SET only sets a bit of `set`, indexing its array with bounds checks.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
     let hook = move || {
@@ -351,16 +352,16 @@ fn pin(cmd: &mut Command, cpus: &[usize]) {
 
 /// The CPUs this process may run on, in order.
 pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity fills the zeroed set; CPU_ISSET only reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes at most the size given, that of `set`.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+        return Vec::new();
     }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET only reads a bit of `set`, and c is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
 }
 
 /// Identical in both namespaces and every mode: a new-connection-per-request load reuses

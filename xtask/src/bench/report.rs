@@ -11,6 +11,7 @@ use super::modes::Mode;
 use super::plot;
 use super::results::{Case, Figure, Results, Workload};
 use super::stats::{Summary, paired_ratios};
+use super::table::{Column, Table};
 
 /// Writes report.md, the plots and performance-section.md into `dir`.
 pub fn write_all(root: &Path, dir: &Path, r: &Results) -> Result<()> {
@@ -80,6 +81,18 @@ fn with_range(s: Option<Summary>, f: impl Fn(f64) -> String) -> String {
         Some(s) if s.n == 1 => f(s.median),
         Some(s) => format!("{} ({}–{})", f(s.median), f(s.min), f(s.max)),
     }
+}
+
+fn ms(x: f64) -> String {
+    format!("{x:.0} ms")
+}
+
+fn ns(x: f64) -> String {
+    format!("{x:.0} ns")
+}
+
+fn count(n: u32) -> String {
+    thousands(n.into())
 }
 
 fn ratio(s: Option<Summary>) -> String {
@@ -153,6 +166,39 @@ struct Target {
     cpu: String,
 }
 
+impl Target {
+    /// A ratio of throughputs, `of` a figure, against `ok`; the same ratio of the pod's CPU
+    /// time per request beside it.
+    fn throughput(
+        what: impl Into<String>,
+        of: impl Fn(Figure) -> Option<Summary>,
+        ok: impl Fn(f64) -> bool,
+    ) -> Self {
+        let s = of(Figure::RequestsPerS);
+        Self {
+            what: what.into(),
+            measured: ratio(s),
+            verdict: verdict(s, ok),
+            cpu: ratio(of(Figure::PodCpuPerRequestUs)),
+        }
+    }
+
+    /// A figure `s`, shown by `show`, against `ok`.
+    fn figure(
+        what: impl Into<String>,
+        s: Option<Summary>,
+        show: impl Fn(Option<Summary>) -> String,
+        ok: impl Fn(f64) -> bool,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            measured: show(s),
+            verdict: verdict(s, ok),
+            cpu: String::new(),
+        }
+    }
+}
+
 /// `met`, `missed`, or `met by the median, not in every round`.
 fn verdict(s: Option<Summary>, ok: impl Fn(f64) -> bool) -> String {
     match s {
@@ -164,100 +210,77 @@ fn verdict(s: Option<Summary>, ok: impl Fn(f64) -> bool) -> String {
 }
 
 fn targets(r: &Results) -> Vec<Target> {
-    let mut out = Vec::new();
-    let nft = Mode::IptablesNft;
+    let (ebpf, nft, explicit) = (Mode::Ebpf, Mode::IptablesNft, Mode::Explicit);
     let close0 = close_case(r, 0);
     let max_cidrs = r.settings.cidr_counts.iter().copied().max().unwrap_or(0);
     let close_max = close_case(r, max_cidrs);
     let ka32 = case(Workload::KeepAlive, 32, 0);
-    let rps = Figure::RequestsPerS;
-    let cpu = Figure::PodCpuPerRequestUs;
-
-    let s = ratio_to(r, Mode::Ebpf, nft, close0, rps);
-    out.push(Target {
-        cpu: ratio(ratio_to(r, Mode::Ebpf, nft, close0, cpu)),
-        what: "new connections/s: ebpf ≥ 1.20× iptables-nft".into(),
-        measured: ratio(s),
-        verdict: verdict(s, |x| x >= 1.2),
-    });
-    let s = ratio_to(r, Mode::Ebpf, Mode::Explicit, close0, rps);
-    out.push(Target {
-        cpu: ratio(ratio_to(r, Mode::Ebpf, Mode::Explicit, close0, cpu)),
-        what: "new connections/s: ebpf within 5% of explicit (≥ 0.95×)".into(),
-        measured: ratio(s),
-        verdict: verdict(s, |x| x >= 0.95),
-    });
-    let s = ratio_cases(r, Mode::Ebpf, close_max, close0, rps);
-    out.push(Target {
-        cpu: ratio(ratio_cases(r, Mode::Ebpf, close_max, close0, cpu)),
-        what: format!(
-            "new connections/s: ebpf flat within 5% from 0 to {} CIDRs (≥ 0.95×)",
-            thousands(max_cidrs.into())
+    let mut out = vec![
+        Target::throughput(
+            "new connections/s: ebpf ≥ 1.20× iptables-nft",
+            |f| ratio_to(r, ebpf, nft, close0, f),
+            |x| x >= 1.2,
         ),
-        measured: ratio(s),
-        verdict: verdict(s, |x| x >= 0.95),
-    });
-    let s = ratio_to(r, Mode::Ebpf, nft, ka32, rps);
-    out.push(Target {
-        cpu: ratio(ratio_to(r, Mode::Ebpf, nft, ka32, cpu)),
-        what: "keep-alive requests/s at 32 connections: ebpf ≥ 1.15× iptables-nft".into(),
-        measured: ratio(s),
-        verdict: verdict(s, |x| x >= 1.15),
-    });
-    let s = ratio_to(r, Mode::Ebpf, Mode::Explicit, ka32, rps);
-    out.push(Target {
-        cpu: ratio(ratio_to(r, Mode::Ebpf, Mode::Explicit, ka32, cpu)),
-        what: "keep-alive requests/s at 32 connections: ebpf within 5% of explicit (≥ 0.95×)"
-            .into(),
-        measured: ratio(s),
-        verdict: verdict(s, |x| x >= 0.95),
-    });
+        Target::throughput(
+            "new connections/s: ebpf within 5% of explicit (≥ 0.95×)",
+            |f| ratio_to(r, ebpf, explicit, close0, f),
+            |x| x >= 0.95,
+        ),
+        Target::throughput(
+            format!(
+                "new connections/s: ebpf flat within 5% from 0 to {} CIDRs (≥ 0.95×)",
+                count(max_cidrs)
+            ),
+            |f| ratio_cases(r, ebpf, close_max, close0, f),
+            |x| x >= 0.95,
+        ),
+        Target::throughput(
+            "keep-alive requests/s at 32 connections: ebpf ≥ 1.15× iptables-nft",
+            |f| ratio_to(r, ebpf, nft, ka32, f),
+            |x| x >= 1.15,
+        ),
+        Target::throughput(
+            "keep-alive requests/s at 32 connections: ebpf within 5% of explicit (≥ 0.95×)",
+            |f| ratio_to(r, ebpf, explicit, ka32, f),
+            |x| x >= 0.95,
+        ),
+    ];
     if let Some(connect4) = connect4_name(r) {
         for &cidrs in &r.settings.kernel_cost_cidrs {
-            let s = Summary::of_series(&r.program_ns(&connect4, cidrs));
-            out.push(Target {
-                what: format!(
-                    "connect4 < 250 ns per call, {} CIDRs",
-                    thousands(cidrs.into())
-                ),
-                measured: with_range(s, |x| format!("{x:.0} ns")),
-                verdict: verdict(s, |x| x < 250.0),
-                cpu: String::new(),
-            });
+            out.push(Target::figure(
+                format!("connect4 < 250 ns per call, {} CIDRs", count(cidrs)),
+                Summary::of_series(&r.program_ns(&connect4, cidrs)),
+                |s| with_range(s, ns),
+                |x| x < 250.0,
+            ));
         }
         let (lo, hi) = kernel_cidr_span(r);
-        let s = Summary::of(paired_ratios(
-            &r.program_ns(&connect4, hi),
-            &r.program_ns(&connect4, lo),
-        ));
-        out.push(Target {
-            what: format!(
+        out.push(Target::figure(
+            format!(
                 "connect4 flat within 10% from {} to {} CIDRs (≤ 1.10×)",
-                thousands(lo.into()),
-                thousands(hi.into())
+                count(lo),
+                count(hi)
             ),
-            measured: ratio(s),
-            verdict: verdict(s, |x| x <= 1.10),
-            cpu: String::new(),
-        });
+            Summary::of(paired_ratios(
+                &r.program_ns(&connect4, hi),
+                &r.program_ns(&connect4, lo),
+            )),
+            ratio,
+            |x| x <= 1.10,
+        ));
     }
-    let s = Summary::of_series(&r.init_series(Mode::Ebpf, 0));
-    out.push(Target {
-        what: "`interceptor init` < 100 ms (default flags)".into(),
-        measured: with_range(s, |x| format!("{x:.0} ms")),
-        verdict: verdict(s, |x| x < 100.0),
-        cpu: String::new(),
-    });
-    let s = Summary::of_series(&r.init_series(Mode::Ebpf, max_cidrs));
-    out.push(Target {
-        what: format!(
-            "`interceptor init` < 1 s with {} CIDRs",
-            thousands(max_cidrs.into())
-        ),
-        measured: with_range(s, |x| format!("{x:.0} ms")),
-        verdict: verdict(s, |x| x < 1000.0),
-        cpu: String::new(),
-    });
+    out.push(Target::figure(
+        "`interceptor init` < 100 ms (default flags)",
+        Summary::of_series(&r.init_series(ebpf, 0)),
+        |s| with_range(s, ms),
+        |x| x < 100.0,
+    ));
+    out.push(Target::figure(
+        format!("`interceptor init` < 1 s with {} CIDRs", count(max_cidrs)),
+        Summary::of_series(&r.init_series(ebpf, max_cidrs)),
+        |s| with_range(s, ms),
+        |x| x < 1000.0,
+    ));
     out
 }
 
@@ -301,18 +324,16 @@ fn report(r: &Results, plots: &[plot::Plot]) -> String {
          less CPU): a cross-check that other work on the machine disturbs much less than \
          throughput.\n"
     );
-    let _ = writeln!(
-        o,
-        "| target | measured | verdict | pod CPU per request, same ratio |\n|---|---|---|---|"
-    );
+    let mut table = Table::new([
+        "target",
+        "measured",
+        "verdict",
+        "pod CPU per request, same ratio",
+    ]);
     for t in targets(r) {
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} |",
-            t.what, t.measured, t.verdict, t.cpu
-        );
+        table.row([t.what, t.measured, t.verdict, t.cpu]);
     }
-    let _ = writeln!(o);
+    let _ = writeln!(o, "{table}");
 
     for &conns in &s.keepalive_conns {
         let c = case(Workload::KeepAlive, conns, 0);
@@ -468,33 +489,54 @@ fn bytes(n: usize) -> String {
 
 fn http_table(o: &mut String, r: &Results, c: Case, unit: &str) {
     let base = r.settings.baseline;
-    let _ = writeln!(
-        o,
-        "| mode | {unit} | vs {base} | p50 | p90 | p99 | pod CPU µs/request | vs {base} | server CPU µs/request | errors |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|");
-    for &mode in &r.settings.modes {
-        if !r.has(mode, c) {
-            continue;
-        }
-        let _ = writeln!(
-            o,
-            "| {mode} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            with_range(summary(r, mode, c, Figure::RequestsPerS), num),
-            ratio(ratio_to(r, mode, base, c, Figure::RequestsPerS)),
-            median_only(summary(r, mode, c, Figure::P50Us), us),
-            median_only(summary(r, mode, c, Figure::P90Us), us),
-            with_range(summary(r, mode, c, Figure::P99Us), us),
-            median_only(summary(r, mode, c, Figure::PodCpuPerRequestUs), num),
-            ratio(ratio_to(r, mode, base, c, Figure::PodCpuPerRequestUs)),
-            median_only(summary(r, mode, c, Figure::ServerCpuPerRequestUs), num),
-            errors(r, mode, c)
-        );
-    }
+    let modes: Vec<Mode> = r
+        .settings
+        .modes
+        .iter()
+        .copied()
+        .filter(|&m| r.has(m, c))
+        .collect();
+    let of = |m, fig| summary(r, m, c, fig);
+    let columns = [
+        Column::new(unit, |m| with_range(of(m, Figure::RequestsPerS), num)),
+        Column::new(format!("vs {base}"), |m| {
+            ratio(ratio_to(r, m, base, c, Figure::RequestsPerS))
+        }),
+        Column::new("p50", |m| median_only(of(m, Figure::P50Us), us)),
+        Column::new("p90", |m| median_only(of(m, Figure::P90Us), us)),
+        Column::new("p99", |m| with_range(of(m, Figure::P99Us), us)),
+        Column::new("pod CPU µs/request", |m| {
+            median_only(of(m, Figure::PodCpuPerRequestUs), num)
+        }),
+        Column::new(format!("vs {base}"), |m| {
+            ratio(ratio_to(r, m, base, c, Figure::PodCpuPerRequestUs))
+        }),
+        Column::new("server CPU µs/request", |m| {
+            median_only(of(m, Figure::ServerCpuPerRequestUs), num)
+        }),
+        Column::new("errors", |m| errors(r, m, c).to_string()),
+    ];
+    let _ = write!(o, "{}", Table::of("mode", &modes, &columns));
     let _ = writeln!(
         o,
         "\nLatencies are medians over rounds (p99 with its min–max).\n"
     );
+}
+
+/// One row per mode, one column per number of excluded CIDRs (headed `header(n)`).
+fn by_cidrs(
+    first: &str,
+    modes: &[Mode],
+    counts: &[u32],
+    header: impl Fn(u32) -> String,
+    cell: impl Fn(Mode, u32) -> String,
+) -> Table {
+    let cell = &cell;
+    let columns: Vec<Column<'_, Mode>> = counts
+        .iter()
+        .map(|&n| Column::new(header(n), move |m| cell(m, n)))
+        .collect();
+    Table::of(first, modes, &columns)
 }
 
 fn rule_scaling(o: &mut String, r: &Results) {
@@ -510,65 +552,31 @@ fn rule_scaling(o: &mut String, r: &Results) {
          the server).\n",
         s.close_conns
     );
-    let header: Vec<String> = s.cidr_counts.iter().map(|&n| thousands(n.into())).collect();
-    let _ = writeln!(o, "| mode | {} |", header.join(" | "));
-    let _ = writeln!(o, "|---|{}", "---|".repeat(header.len()));
-    for &mode in &modes {
-        let cells: Vec<String> = s
-            .cidr_counts
-            .iter()
-            .map(|&n| {
-                with_range(
-                    summary(r, mode, close_case(r, n), Figure::RequestsPerS),
-                    num,
-                )
-            })
-            .collect();
-        let _ = writeln!(o, "| {mode} | {} |", cells.join(" | "));
-    }
+    let rps = Figure::RequestsPerS;
+    let table =
+        |cell: &dyn Fn(Mode, u32) -> String| by_cidrs("mode", &modes, &s.cidr_counts, count, cell);
+    let _ = write!(
+        o,
+        "{}",
+        table(&|m, n| with_range(summary(r, m, close_case(r, n), rps), num))
+    );
     let _ = writeln!(
         o,
         "\nThe same, relative to the mode with 0 CIDRs (round by round):\n"
     );
-    let _ = writeln!(o, "| mode | {} |", header.join(" | "));
-    let _ = writeln!(o, "|---|{}", "---|".repeat(header.len()));
-    for &mode in &modes {
-        let cells: Vec<String> = s
-            .cidr_counts
-            .iter()
-            .map(|&n| {
-                ratio(ratio_cases(
-                    r,
-                    mode,
-                    close_case(r, n),
-                    close_case(r, 0),
-                    Figure::RequestsPerS,
-                ))
-            })
-            .collect();
-        let _ = writeln!(o, "| {mode} | {} |", cells.join(" | "));
-    }
+    let _ = write!(
+        o,
+        "{}",
+        table(&|m, n| ratio(ratio_cases(r, m, close_case(r, n), close_case(r, 0), rps)))
+    );
     let base = s.baseline;
     if base.intercepts() {
         let _ = writeln!(o, "\nRelative to {base} with the same number of CIDRs:\n");
-        let _ = writeln!(o, "| mode | {} |", header.join(" | "));
-        let _ = writeln!(o, "|---|{}", "---|".repeat(header.len()));
-        for &mode in &modes {
-            let cells: Vec<String> = s
-                .cidr_counts
-                .iter()
-                .map(|&n| {
-                    ratio(ratio_to(
-                        r,
-                        mode,
-                        base,
-                        close_case(r, n),
-                        Figure::RequestsPerS,
-                    ))
-                })
-                .collect();
-            let _ = writeln!(o, "| {mode} | {} |", cells.join(" | "));
-        }
+        let _ = write!(
+            o,
+            "{}",
+            table(&|m, n| ratio(ratio_to(r, m, base, close_case(r, n), rps)))
+        );
     }
     let _ = writeln!(o);
 }
@@ -586,24 +594,24 @@ fn bulk(o: &mut String, r: &Results) {
         bytes(s.large_body_bytes),
         s.http_bulk_conns
     );
-    let _ = writeln!(
-        o,
-        "| mode | iperf3 Gbit/s | vs {base} | pod CPU s/GB | HTTP Gbit/s | vs {base} | pod CPU s/GB |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|");
-    for &mode in &s.modes {
-        let _ = writeln!(
-            o,
-            "| {mode} | {} | {} | {} | {} | {} | {} |",
-            with_range(summary(r, mode, iperf, Figure::Gbps), num),
-            ratio(ratio_to(r, mode, base, iperf, Figure::Gbps)),
-            median_only(summary(r, mode, iperf, Figure::PodCpuPerGbS), num),
-            with_range(summary(r, mode, http, Figure::Gbps), num),
-            ratio(ratio_to(r, mode, base, http, Figure::Gbps)),
-            median_only(summary(r, mode, http, Figure::PodCpuPerGbS), num),
-        );
-    }
-    let _ = writeln!(o);
+    // The same three columns for each load.
+    let columns: Vec<Column<'_, Mode>> = [(iperf, "iperf3"), (http, "HTTP")]
+        .into_iter()
+        .flat_map(|(c, load)| {
+            [
+                Column::new(format!("{load} Gbit/s"), move |m| {
+                    with_range(summary(r, m, c, Figure::Gbps), num)
+                }),
+                Column::new(format!("vs {base}"), move |m| {
+                    ratio(ratio_to(r, m, base, c, Figure::Gbps))
+                }),
+                Column::new("pod CPU s/GB", move |m| {
+                    median_only(summary(r, m, c, Figure::PodCpuPerGbS), num)
+                }),
+            ]
+        })
+        .collect();
+    let _ = writeln!(o, "{}", Table::of("mode", &s.modes, &columns));
 }
 
 fn kernel_cost(o: &mut String, r: &Results) {
@@ -620,38 +628,33 @@ fn kernel_cost(o: &mut String, r: &Results) {
          sidecar's (proxy uid: decided early), so its average is over both.\n",
         r.settings.close_conns
     );
-    let _ = writeln!(
-        o,
-        "| program | calls per request | ns/call, {} CIDRs | ns/call, {} CIDRs | {}/{} |",
-        thousands(lo.into()),
-        thousands(hi.into()),
-        thousands(hi.into()),
-        thousands(lo.into())
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|");
-    let mut idle = Vec::new();
-    for name in r.program_names() {
-        let calls = Summary::of_series(&r.program_runs_per_request(&name, lo));
-        if calls.is_none_or(|c| c.max == 0.0) {
-            idle.push(format!("`{name}`"));
-            continue;
+    let runs = |name: &str, n| Summary::of_series(&r.program_runs_per_request(name, n));
+    let (called, idle): (Vec<String>, Vec<String>) = r
+        .program_names()
+        .into_iter()
+        .partition(|name| runs(name, lo).is_some_and(|c| c.max != 0.0));
+    let called: Vec<&str> = called.iter().map(String::as_str).collect();
+    let ns_at = |n: u32| {
+        move |name: &str| {
+            with_range(Summary::of_series(&r.program_ns(name, n)), |x| {
+                format!("{x:.0}")
+            })
         }
-        let _ = writeln!(
-            o,
-            "| {name} | {} | {} | {} | {} |",
-            median_only(calls, |x| format!("{x:.2}")),
-            with_range(Summary::of_series(&r.program_ns(&name, lo)), |x| format!(
-                "{x:.0}"
-            )),
-            with_range(Summary::of_series(&r.program_ns(&name, hi)), |x| format!(
-                "{x:.0}"
-            )),
+    };
+    let columns = [
+        Column::new("calls per request", |name: &str| {
+            median_only(runs(name, lo), |x| format!("{x:.2}"))
+        }),
+        Column::new(format!("ns/call, {} CIDRs", count(lo)), ns_at(lo)),
+        Column::new(format!("ns/call, {} CIDRs", count(hi)), ns_at(hi)),
+        Column::new(format!("{}/{}", count(hi), count(lo)), |name: &str| {
             ratio(Summary::of(paired_ratios(
-                &r.program_ns(&name, hi),
-                &r.program_ns(&name, lo)
-            ))),
-        );
-    }
+                &r.program_ns(name, hi),
+                &r.program_ns(name, lo),
+            )))
+        }),
+    ];
+    let _ = write!(o, "{}", Table::of("program", &called, &columns));
     let _ = writeln!(
         o,
         "\nA request here is one client connection through the sidecar: two connects (the \
@@ -660,6 +663,7 @@ fn kernel_cost(o: &mut String, r: &Results) {
          that returns at once, as most of sockops' do, shows it)."
     );
     if !idle.is_empty() {
+        let idle: Vec<String> = idle.iter().map(|name| format!("`{name}`")).collect();
         let _ = writeln!(
             o,
             "Attached but not called by this load: {}.",
@@ -680,22 +684,17 @@ fn init_cost(o: &mut String, r: &Results) {
         "## Set-up cost: `interceptor init` wall time (release build)\n\nFrom process start to \
          exit, into a fresh pod, in every round.\n"
     );
-    let header: Vec<String> = s.cidr_counts.iter().map(|&n| thousands(n.into())).collect();
-    let _ = writeln!(o, "| backend | {} |", header.join(" CIDRs | ") + " CIDRs");
-    let _ = writeln!(o, "|---|{}", "---|".repeat(header.len()));
-    for &mode in &modes {
-        let cells: Vec<String> = s
-            .cidr_counts
-            .iter()
-            .map(|&n| {
-                with_range(Summary::of_series(&r.init_series(mode, n)), |x| {
-                    format!("{x:.0} ms")
-                })
-            })
-            .collect();
-        let _ = writeln!(o, "| {mode} | {} |", cells.join(" | "));
-    }
-    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "{}",
+        by_cidrs(
+            "backend",
+            &modes,
+            &s.cidr_counts,
+            |n| format!("{} CIDRs", count(n)),
+            |m, n| with_range(Summary::of_series(&r.init_series(m, n)), ms),
+        )
+    );
 }
 
 fn notes(o: &mut String, r: &Results) {
@@ -784,6 +783,64 @@ fn summary_sentences(o: &mut String, r: &Results, close0: Case, close_max: Case,
     );
 }
 
+/// The README's table: per mode, the headline figures, each with its ratio to the baseline.
+fn headline_table(r: &Results, ka: Case, close0: Case, close_max: Case) -> Table {
+    let s = &r.settings;
+    let base = s.baseline;
+    let iperf = case(Workload::Iperf3, s.iperf_streams, 0);
+    let rps = Figure::RequestsPerS;
+    let cell = |mode: Mode, c: Case, fig: Figure| {
+        if !r.has(mode, c) {
+            return "–".to_owned();
+        }
+        let v = median_only(summary(r, mode, c, fig), num);
+        match ratio_to(r, mode, base, c, fig) {
+            Some(x) if mode != base => format!("{v} ({:.2}×)", x.median),
+            _ => v,
+        }
+    };
+    let columns = [
+        Column::new("keep-alive req/s, 32 conns", |m| cell(m, ka, rps)),
+        Column::new("p99", |m| median_only(summary(r, m, ka, Figure::P99Us), us)),
+        Column::new("new connections/s", |m| cell(m, close0, rps)),
+        Column::new(
+            format!("conn/s, {} excluded CIDRs", count(close_max.cidrs)),
+            |m| cell(m, close_max, rps),
+        ),
+        Column::new("iperf3 Gbit/s", |m| cell(m, iperf, Figure::Gbps)),
+    ];
+    Table::of("mode", &s.modes, &columns)
+}
+
+/// What the eBPF decision and `interceptor init` cost, in words.
+fn cost_sentences(o: &mut String, r: &Results, max_cidrs: u32) {
+    if let Some(connect4) = connect4_name(r) {
+        let (lo, hi) = kernel_cidr_span(r);
+        let at = |n| median_only(Summary::of_series(&r.program_ns(&connect4, n)), ns);
+        let _ = writeln!(
+            o,
+            "The eBPF decision itself (`{connect4}`, from the kernel's BPF run statistics, \
+             their own timing included) takes {} per connect with {} excluded CIDRs and {} with \
+             {}.",
+            at(lo),
+            count(lo),
+            at(hi),
+            count(hi)
+        );
+    }
+    let init = |mode, n| median_only(Summary::of_series(&r.init_series(mode, n)), ms);
+    let _ = writeln!(
+        o,
+        "`interceptor init` takes {} (eBPF) and {} (iptables-nft) with no excluded CIDRs, {} \
+         and {} with {}.\n",
+        init(Mode::Ebpf, 0),
+        init(Mode::IptablesNft, 0),
+        init(Mode::Ebpf, max_cidrs),
+        init(Mode::IptablesNft, max_cidrs),
+        count(max_cidrs)
+    );
+}
+
 fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String {
     let s = &r.settings;
     let m = &r.meta.machine;
@@ -820,69 +877,9 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
     let close0 = close_case(r, 0);
     let max_cidrs = s.cidr_counts.iter().copied().max().unwrap_or(0);
     let close_max = close_case(r, max_cidrs);
-    let iperf = case(Workload::Iperf3, s.iperf_streams, 0);
-    let _ = writeln!(
-        o,
-        "| mode | keep-alive req/s, 32 conns | p99 | new connections/s | conn/s, {} excluded CIDRs | iperf3 Gbit/s |",
-        thousands(max_cidrs.into())
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|");
-    let cell = |mode: Mode, c: Case, fig: Figure| {
-        if !r.has(mode, c) {
-            return "–".to_owned();
-        }
-        let v = median_only(summary(r, mode, c, fig), num);
-        match ratio_to(r, mode, base, c, fig) {
-            Some(x) if mode != base => format!("{v} ({:.2}×)", x.median),
-            _ => v,
-        }
-    };
-    for &mode in &s.modes {
-        let _ = writeln!(
-            o,
-            "| {mode} | {} | {} | {} | {} | {} |",
-            cell(mode, ka, Figure::RequestsPerS),
-            median_only(summary(r, mode, ka, Figure::P99Us), us),
-            cell(mode, close0, Figure::RequestsPerS),
-            cell(mode, close_max, Figure::RequestsPerS),
-            cell(mode, iperf, Figure::Gbps),
-        );
-    }
-    let _ = writeln!(o);
+    let _ = writeln!(o, "{}", headline_table(r, ka, close0, close_max));
     summary_sentences(&mut o, r, close0, close_max, ka);
-    if let Some(connect4) = connect4_name(r) {
-        let (lo, hi) = kernel_cidr_span(r);
-        let at = |n| {
-            median_only(Summary::of_series(&r.program_ns(&connect4, n)), |x| {
-                format!("{x:.0} ns")
-            })
-        };
-        let _ = writeln!(
-            o,
-            "The eBPF decision itself (`{connect4}`, from the kernel's BPF run statistics, \
-             their own timing included) takes {} per connect with {} excluded CIDRs and {} with \
-             {}.",
-            at(lo),
-            thousands(lo.into()),
-            at(hi),
-            thousands(hi.into())
-        );
-    }
-    let init = |mode, n| {
-        median_only(Summary::of_series(&r.init_series(mode, n)), |x| {
-            format!("{x:.0} ms")
-        })
-    };
-    let _ = writeln!(
-        o,
-        "`interceptor init` takes {} (eBPF) and {} (iptables-nft) with no excluded CIDRs, {} \
-         and {} with {}.\n",
-        init(Mode::Ebpf, 0),
-        init(Mode::IptablesNft, 0),
-        init(Mode::Ebpf, max_cidrs),
-        init(Mode::IptablesNft, max_cidrs),
-        thousands(max_cidrs.into())
-    );
+    cost_sentences(&mut o, r, max_cidrs);
     for p in plots {
         let _ = writeln!(o, "![{}]({})\n", p.title, rel.join(&p.file).display());
     }

@@ -1,0 +1,110 @@
+//! What `getpeername4/6` and `recvmsg4/6` share: a redirected client socket is shown the
+//! address it dialled (or the name server it asked), not where the proxy answers.
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr},
+    programs::SockAddrContext,
+};
+use interceptor_ebpf::{
+    Counter, DNS_CAPTURE_PORT, OrigDst, OrigDst4, OrigDst6,
+    family::{V4, V6},
+    wire::{LOCALHOST4, LOCALHOST6, RawIpv6, ipv4_from_mapped, ipv4_mapped, port_to_user_port},
+};
+
+use crate::{
+    family::{KernelFamily, set_destination, tuple_from_client_side},
+    helpers::netns_cookie,
+    linux::SOCK_DGRAM,
+    maps::{UDP_ORIG_DST, UDP_ORIG_DST6, count_in, stored_on_socket},
+};
+
+/// `getpeername4` and `getpeername6`, on a socket of family `S`.
+#[inline(always)]
+pub fn restore_peer_name<S: PeerFamily>(ctx: &SockAddrContext) {
+    // SAFETY: the context is valid for the program's run, and this is its only borrow.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: `sk` is the member of this union the kernel sets.
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    // SAFETY: the context's socket, valid for the program's run, or null.
+    let Some(sk) = (unsafe { sk.as_ref() }) else {
+        return;
+    };
+    let netns = netns_cookie(ctx);
+    let orig = if sa.type_ == SOCK_DGRAM {
+        // Only while still connected to where we sent it.
+        if sa.user_port != port_to_user_port(DNS_CAPTURE_PORT) {
+            None
+        } else {
+            S::dns_server(ctx, sa)
+        }
+    } else {
+        S::dialled(netns, sk)
+    };
+    if let Some(orig) = orig {
+        set_destination::<S>(sa, orig.addr, orig.port);
+        count_in(netns, Counter::PeerNameRestored);
+    }
+}
+
+/// How a client socket of a family shows its original destination.
+pub trait PeerFamily: KernelFamily {
+    /// The original destination of the TCP connection `sk` made.
+    fn dialled(netns: u64, sk: &bpf_sock) -> Option<OrigDst<Self::Addr>>;
+    /// The name server a redirected UDP socket, connected to the DNS proxy, asked.
+    fn dns_server(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> Option<OrigDst<Self::Addr>>;
+}
+
+impl PeerFamily for V4 {
+    #[inline(always)]
+    fn dialled(netns: u64, sk: &bpf_sock) -> Option<OrigDst4> {
+        dialled::<V4>(netns, sk)
+    }
+    #[inline(always)]
+    fn dns_server(ctx: &SockAddrContext, _: &bpf_sock_addr) -> Option<OrigDst4> {
+        stored_on_socket(&UDP_ORIG_DST, ctx)
+    }
+}
+
+impl PeerFamily for V6 {
+    #[inline(always)]
+    fn dialled(netns: u64, sk: &bpf_sock) -> Option<OrigDst6> {
+        if ipv4_from_mapped(V6::sock_dst(sk)).is_some() {
+            // An IPv4-mapped peer: the bpf_sock's IPv4 fields hold the IPv4 connection.
+            dialled::<V4>(netns, sk).map(mapped)
+        } else {
+            dialled::<V6>(netns, sk)
+        }
+    }
+    #[inline(always)]
+    fn dns_server(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> Option<OrigDst6> {
+        dns_server6(ctx, V6::user_ip(sa))
+    }
+}
+
+/// The original destination of the TCP connection (of family `F`) the client socket `sk`
+/// made.
+#[inline(always)]
+fn dialled<F: KernelFamily>(netns: u64, sk: &bpf_sock) -> Option<OrigDst<F::Addr>> {
+    // SAFETY: the entry is copied out at once.
+    unsafe { F::orig_dst_by_tuple().get(tuple_from_client_side::<F>(netns, sk)) }.copied()
+}
+
+/// The name server a redirected UDP socket asked, as an IPv6 socket shows it, when `from` is
+/// where the DNS proxy answers: `::1`, or `::ffff:127.0.0.1` on a dual-stack socket speaking
+/// IPv4 (then the server is `::ffff:<the IPv4 server>`).
+#[inline(always)]
+pub fn dns_server6(ctx: &SockAddrContext, from: RawIpv6) -> Option<OrigDst6> {
+    if from == LOCALHOST6 {
+        stored_on_socket(&UDP_ORIG_DST6, ctx)
+    } else if from == ipv4_mapped(LOCALHOST4) {
+        stored_on_socket(&UDP_ORIG_DST, ctx).map(mapped)
+    } else {
+        None
+    }
+}
+
+/// An IPv4 destination as a dual-stack socket sees it: `::ffff:a.b.c.d`.
+#[inline(always)]
+fn mapped(orig: OrigDst4) -> OrigDst6 {
+    OrigDst::new(ipv4_mapped(orig.addr), orig.port)
+}
