@@ -341,6 +341,23 @@ fn requests_that_cannot_be_served_are_answered_promptly_and_hold_up_no_other() -
     ensure!(out.status.success(), "{}", out.stderr);
     assert_eq!(registered(&node)?, ["a", "b"]);
 
+    // The socket's mode keeps other users out; the daemon checks the client's uid as well
+    // (SO_PEERCRED), for a socket made reachable by mistake.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&node.socket, std::fs::Permissions::from_mode(0o666))?;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=1000", "--regid=1000", "--clear-groups"])
+        .arg(interceptor_bin());
+    let out = pod_cli_with(&node, cmd, &["list"])?;
+    std::fs::set_permissions(&node.socket, std::fs::Permissions::from_mode(0o600))?;
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        stderr_of(&out)
+            .contains("permission denied: only root may use the interceptor API (client uid 1000)"),
+        "{}",
+        out.stderr
+    );
+
     // The idle client is told why it is cut off, at the read deadline.
     idle.set_read_timeout(Some(ANSWERED_WITHIN))?;
     let mut answer = String::new();

@@ -81,12 +81,15 @@ pub fn run(args: &DaemonOptions) -> anyhow::Result<()> {
     } else {
         None
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("interceptor-daemon")
         .build()
-        .context("starting the async runtime")?
-        .block_on(serve(args.clone(), cgroup))
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(args.clone(), cgroup));
+    // A node call that never returns must not keep a failing daemon from exiting.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(args: DaemonOptions, cgroup: Cgroup) -> anyhow::Result<()> {
@@ -107,10 +110,12 @@ async fn serve(args: DaemonOptions, cgroup: Cgroup) -> anyhow::Result<()> {
         },
         max_pods: args.max_pods.max(1),
     };
+    let cgroup_path = cgroup.path.clone();
     let (started, done) = tokio::task::spawn_blocking(move || Node::start(&cgroup, opts))
         .await
         .context("starting the node instance")??;
     tracing::info!(
+        cgroup = %cgroup_path.display(),
         instance = %started.dir().display(),
         adopted = done.adopted.len(),
         dropped = done.dropped.len(),
@@ -374,12 +379,15 @@ async fn read_request(stream: &mut UnixStream, limits: ApiLimits) -> Result<Requ
         .map_err(|e| refused(format!("reading the client's credentials: {e}"), false))?
         .uid();
     if uid != limits.client_uid {
+        let allowed = match limits.client_uid {
+            0 => "root".to_string(),
+            other => format!("uid {other}"),
+        };
         return Err(refused(
             format!(
-                "permission denied: only uid {} may use the interceptor API (client uid {uid})",
-                limits.client_uid
+                "permission denied: only {allowed} may use the interceptor API (client uid {uid})"
             ),
-            true,
+            false,
         ));
     }
     let mut line = Vec::new();
