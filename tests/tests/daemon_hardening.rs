@@ -127,6 +127,20 @@ fn registered(node: &CniNode) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Raises this process's stack limit to 64 MiB (run in a child before exec: the kernel then
+/// takes up to 6 MiB of arguments).
+fn raise_stack_limit() -> std::io::Result<()> {
+    let stack = libc::rlimit {
+        rlim_cur: 64 << 20,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid pointer to a local rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_STACK, &stack) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn mkfifo(path: &Path) -> Result<()> {
     let out = Command::new("mkfifo").arg(path).output()?;
     ensure!(
@@ -424,19 +438,8 @@ fn an_oversized_request_is_refused_with_its_size_and_the_limit() -> Result<()> {
         args.extend(["-i", chunk.as_str()]);
     }
     let mut cmd = Command::new(interceptor_bin());
-    // SAFETY: the hook only calls setrlimit(2), which is async-signal-safe, on a local value.
-    unsafe {
-        cmd.pre_exec(|| {
-            let stack = libc::rlimit {
-                rlim_cur: 64 << 20,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            if libc::setrlimit(libc::RLIMIT_STACK, &stack) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
+    // SAFETY: the hook only calls setrlimit(2), which is async-signal-safe.
+    unsafe { cmd.pre_exec(raise_stack_limit) };
     let out = pod_cli_with(&node, cmd, &args)?;
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     let stderr = stderr_of(&out);
