@@ -2,7 +2,10 @@
 //! configuration on stdin (see `interceptor::cni`). `interceptor-cni install|uninstall` is the
 //! DaemonSet's installer.
 
-use std::{io::Read as _, path::PathBuf};
+use std::{
+    io::{Read as _, Write as _},
+    path::PathBuf,
+};
 
 use clap::{Parser, Subcommand};
 use interceptor::cni::{self, Env, install};
@@ -72,20 +75,46 @@ fn main() {
         }
         return;
     }
+    // Whatever happens, the runtime gets the spec's answer: a result, or an error object on
+    // stdout with exit 1. A panic (a bug) is answered too, not left as exit 101 and no output.
+    let answer = std::panic::catch_unwind(plugin).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(cni::err(cni::code::INTERNAL, "interceptor-cni failed (a bug)").with_details(what))
+    });
+    let mut stdout = std::io::stdout().lock();
+    // Nothing is left to tell the runtime if stdout itself fails: the exit code still does.
+    let code = match answer {
+        Ok(Some(out)) => {
+            let _ = writeln!(stdout, "{out}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            let json = serde_json::to_string(&e).unwrap_or_else(|_| {
+                format!(
+                    r#"{{"cniVersion":"1.0.0","code":{},"msg":"interceptor-cni failed (a bug)"}}"#,
+                    cni::code::INTERNAL
+                )
+            });
+            let _ = writeln!(stdout, "{json}");
+            1
+        }
+    };
+    let _ = stdout.flush();
+    std::process::exit(code);
+}
+
+/// One CNI command: the environment and the configuration on stdin.
+fn plugin() -> Result<Option<String>, cni::CniError> {
+    let env = Env::from_process()?;
     let mut stdin = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
         stdin.clear();
         eprintln!("interceptor-cni: reading stdin: {e}");
     }
-    match cni::run(&Env::from_process(), &stdin) {
-        Ok(Some(out)) => println!("{out}"),
-        Ok(None) => {}
-        Err(e) => {
-            println!(
-                "{}",
-                serde_json::to_string(&e).unwrap_or_else(|_| r#"{"code":999}"#.into())
-            );
-            std::process::exit(1);
-        }
-    }
+    cni::run(&env, &stdin)
 }

@@ -10,7 +10,7 @@ use crate::{
     error::{ConfigError, RemoteError},
     node::{
         AddPod, PodSelector,
-        api::{self, Request, Response},
+        api::{self, ClientError, Request, Response},
         daemon::{self, DaemonOptions},
     },
 };
@@ -31,9 +31,20 @@ pub fn daemon(args: &DaemonArgs) -> anyhow::Result<()> {
 /// How long the client waits for a daemon that is (re)starting.
 const CLIENT_WAIT: Duration = Duration::from_secs(10);
 
-/// One request to the daemon; a failure it reports becomes this command's error.
+/// One request to the daemon; a failure it reports becomes this command's error, and so does
+/// a request larger than it reads (the caller's mistake: exit 2).
 fn ask(socket: &Path, request: &Request) -> anyhow::Result<Response> {
-    let response = api::call(socket, request, CLIENT_WAIT)?;
+    let response = match api::call(socket, request, CLIENT_WAIT) {
+        Ok(response) => response,
+        Err(e @ ClientError::TooLarge { .. }) => {
+            return Err(ConfigError::Unsupported {
+                flag: "pod add",
+                reason: format!("{e} (fewer CIDRs, ports or ids per pod)"),
+            }
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(message) = response.error.clone() {
         return Err(RemoteError {
             message,

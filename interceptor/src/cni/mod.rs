@@ -8,7 +8,8 @@
 //! - `options`: defaults for every pod, by `init`'s long flag names
 //!   (`{"istio-service-cidr": "*", "proxy-uid": "1337", "redirect-dns": true}`);
 //! - `excludeNamespaces`: Kubernetes namespaces whose pods are never registered;
-//! - `daemonWaitSeconds`: how long ADD waits for a daemon that is (re)starting (default 10).
+//! - `daemonWaitSeconds`: how long ADD and CHECK wait for a daemon that is (re)starting (a whole
+//!   number of seconds, default 10, at most [`MAX_DAEMON_WAIT_SECONDS`]).
 //!
 //! Per-pod overrides, later ones winning: `CNI_ARGS` keys `INTERCEPTOR_<FLAG>` (the long flag
 //! name in upper case with `_`, e.g. `INTERCEPTOR_ENVOY_PORT=15002`), then
@@ -46,7 +47,16 @@ pub mod code {
     pub const REGISTRATION_FAILED: u32 = 100;
     /// Plugin-specific: CHECK found the pod not registered (or registered for another netns).
     pub const NOT_REGISTERED: u32 = 101;
+    /// Plugin-specific: the plugin itself failed (a bug); `details` says where.
+    pub const INTERNAL: u32 = 102;
 }
+
+/// How long ADD and CHECK wait for a daemon unless told (`daemonWaitSeconds`).
+pub const DEFAULT_DAEMON_WAIT_SECONDS: u64 = 10;
+/// The longest `daemonWaitSeconds` taken: a runtime gives a whole sandbox creation a few
+/// minutes (kubelet's runtime request timeout is 2 minutes), so a longer wait only hides a
+/// daemon that is not coming back.
+pub const MAX_DAEMON_WAIT_SECONDS: u64 = 300;
 
 /// The spec's error object, printed on stdout with a non-zero exit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,12 +69,22 @@ pub struct CniError {
     pub details: String,
 }
 
-fn err(code: u32, msg: impl Into<String>) -> CniError {
+pub fn err(code: u32, msg: impl Into<String>) -> CniError {
     CniError {
         cni_version: "1.0.0".into(),
         code,
         msg: msg.into(),
         details: String::new(),
+    }
+}
+
+impl CniError {
+    /// The same error with `details`.
+    pub fn with_details(self, details: impl Into<String>) -> CniError {
+        CniError {
+            details: details.into(),
+            ..self
+        }
     }
 }
 
@@ -79,15 +99,24 @@ pub struct Env {
 }
 
 impl Env {
-    pub fn from_process() -> Self {
-        let var = |n: &str| std::env::var(n).unwrap_or_default();
-        Env {
-            command: var("CNI_COMMAND"),
-            container_id: var("CNI_CONTAINERID"),
-            netns: var("CNI_NETNS"),
-            ifname: var("CNI_IFNAME"),
-            args: var("CNI_ARGS"),
-        }
+    /// The variables of this process; one that is not UTF-8 is the spec's "invalid
+    /// environment variables" error.
+    pub fn from_process() -> Result<Self, CniError> {
+        let var = |n: &str| match std::env::var(n) {
+            Ok(v) => Ok(v),
+            Err(std::env::VarError::NotPresent) => Ok(String::new()),
+            Err(std::env::VarError::NotUnicode(v)) => Err(err(
+                code::INVALID_ENV,
+                format!("{n} is not valid UTF-8: {}", v.to_string_lossy()),
+            )),
+        };
+        Ok(Env {
+            command: var("CNI_COMMAND")?,
+            container_id: var("CNI_CONTAINERID")?,
+            netns: var("CNI_NETNS")?,
+            ifname: var("CNI_IFNAME")?,
+            args: var("CNI_ARGS")?,
+        })
     }
 }
 
@@ -105,8 +134,9 @@ struct NetConf {
     options: BTreeMap<String, serde_json::Value>,
     #[serde(rename = "excludeNamespaces", default)]
     exclude_namespaces: Vec<String>,
+    /// Checked by [`daemon_wait`]: taken as any JSON value so that a bad one is named.
     #[serde(rename = "daemonWaitSeconds", default)]
-    daemon_wait_seconds: Option<u64>,
+    daemon_wait_seconds: Option<serde_json::Value>,
     /// The pods' name servers for `redirect-dns` (the cluster DNS service address): a pod's
     /// resolv.conf is written after the CNI ADD.
     #[serde(rename = "dnsServers", default)]
@@ -195,6 +225,23 @@ fn arg<'a>(cni_args: &'a [(String, String)], key: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// `daemonWaitSeconds`, bounded: a whole number of seconds up to [`MAX_DAEMON_WAIT_SECONDS`].
+fn daemon_wait(conf: &NetConf) -> Result<Duration, CniError> {
+    let Some(value) = &conf.daemon_wait_seconds else {
+        return Ok(Duration::from_secs(DEFAULT_DAEMON_WAIT_SECONDS));
+    };
+    match value.as_u64() {
+        Some(seconds) if seconds <= MAX_DAEMON_WAIT_SECONDS => Ok(Duration::from_secs(seconds)),
+        _ => Err(err(
+            code::INVALID_CONFIG,
+            format!(
+                "daemonWaitSeconds {value}: expected a whole number of seconds from 0 to \
+                 {MAX_DAEMON_WAIT_SECONDS} (how long ADD and CHECK wait for a restarting daemon)"
+            ),
+        )),
+    }
+}
+
 fn require(value: &str, name: &str) -> Result<(), CniError> {
     if value.is_empty() {
         return Err(err(code::INVALID_ENV, format!("{name} is not set")));
@@ -251,9 +298,9 @@ fn run_with(env: &Env, conf: &NetConf) -> Result<Option<String>, CniError> {
         .socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(api::DEFAULT_SOCKET));
-    let wait = Duration::from_secs(conf.daemon_wait_seconds.unwrap_or(10));
     match env.command.as_str() {
         "ADD" => {
+            let wait = daemon_wait(conf)?;
             require(&env.container_id, "CNI_CONTAINERID")?;
             require(&env.netns, "CNI_NETNS")?;
             let prev = conf.prev_result.as_ref().ok_or_else(|| {
@@ -317,6 +364,7 @@ fn run_with(env: &Env, conf: &NetConf) -> Result<Option<String>, CniError> {
             }
         }
         "CHECK" => {
+            let wait = daemon_wait(conf)?;
             require(&env.container_id, "CNI_CONTAINERID")?;
             require(&env.netns, "CNI_NETNS")?;
             if conf.prev_result.is_none() {
@@ -354,8 +402,11 @@ fn run_with(env: &Env, conf: &NetConf) -> Result<Option<String>, CniError> {
 
 fn call(socket: &Path, request: &Request, wait: Duration) -> Result<api::Response, CniError> {
     api::call(socket, request, wait).map_err(|e| match e {
-        ClientError::Unreachable { .. } => err(code::TRY_AGAIN_LATER, e.to_string()),
-        ClientError::Io { .. } => err(code::TRY_AGAIN_LATER, e.to_string()),
+        // Too many options for one request: the configuration's (or the pod's) mistake.
+        ClientError::TooLarge { .. } => err(code::INVALID_CONFIG, e.to_string()),
+        ClientError::Unreachable { .. } | ClientError::Io { .. } => {
+            err(code::TRY_AGAIN_LATER, e.to_string())
+        }
     })
 }
 
@@ -450,6 +501,56 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
         assert!(e.msg.contains("CNI_CONTAINERID"));
+    }
+
+    #[test]
+    fn daemon_wait_is_a_bounded_whole_number_of_seconds() {
+        let env = Env {
+            command: "ADD".into(),
+            container_id: "c1".into(),
+            netns: "/run/netns/x".into(),
+            ..Env::default()
+        };
+        for bad in [
+            "18446744073709551615",
+            "301",
+            "-1",
+            "1.5",
+            "\"10\"",
+            "true",
+            "1e30",
+        ] {
+            let stdin = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","socket":"/dev/null/s",
+                     "daemonWaitSeconds":{bad},"prevResult":{{}}}}"#
+            );
+            for command in ["ADD", "CHECK"] {
+                let env = Env {
+                    command: command.into(),
+                    ..env.clone()
+                };
+                let e = run(&env, &stdin).unwrap_err();
+                assert_eq!(e.code, code::INVALID_CONFIG, "{bad}: {e:?}");
+                let shown: serde_json::Value = serde_json::from_str(bad).unwrap();
+                assert!(
+                    e.msg.contains(&format!("daemonWaitSeconds {shown}"))
+                        && e.msg.contains("from 0 to 300"),
+                    "{}",
+                    e.msg
+                );
+            }
+        }
+        // The limit itself, and null (the default), are taken: no daemon, so "try again".
+        for good in ["0", "null"] {
+            let stdin = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","socket":"/dev/null/s",
+                     "daemonWaitSeconds":{good},"prevResult":{{}}}}"#
+            );
+            let e = run(&env, &stdin).unwrap_err();
+            assert_eq!(e.code, code::TRY_AGAIN_LATER, "{good}: {e:?}");
+        }
+        let conf: NetConf = serde_json::from_str(r#"{"daemonWaitSeconds":300}"#).unwrap();
+        assert_eq!(daemon_wait(&conf).unwrap(), Duration::from_secs(300));
     }
 
     #[test]

@@ -1,210 +1,230 @@
-//! The daemon's HTTP endpoint: `/metrics` (Prometheus text format 0.0.4), `/healthz` (the
-//! process answers) and `/readyz` (the node instance is attached and the API is up).
+//! The daemon's HTTP endpoint: `/metrics` (Prometheus text format 0.0.4, through the
+//! Prometheus project's `prometheus-client`), `/healthz` (the process answers) and `/readyz`
+//! (the node instance is attached and the API is up), served by hyper on tokio. One request per
+//! connection, each connection bounded in time: a slow or stuck client holds up no other.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
 };
-
+use hyper_util::rt::{TokioIo, TokioTimer};
 use interceptor_ebpf::Counter;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, prometheus_text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use tokio::{net::TcpListener, time::Instant};
 
-use super::{Node, Snapshot};
+use super::Snapshot;
 
-pub fn serve(listener: TcpListener, node: Arc<Mutex<Option<Node>>>, ready: Arc<AtomicBool>) {
-    for stream in listener.incoming().filter_map(Result::ok) {
-        let (node, ready) = (node.clone(), ready.clone());
-        std::thread::spawn(move || {
-            if let Err(e) = answer(stream, &node, &ready) {
-                tracing::debug!(error = %e, "metrics client");
+/// The headers of a request must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole connection (one request and its answer) ends within this.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(15);
+/// Reading the node's state for one answer ends within this (less than the connection's).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the endpoints read from the daemon.
+pub trait Source: Send + Sync + 'static {
+    /// `/readyz`: the node instance is attached and the API is up.
+    fn ready(&self, deadline: Instant) -> impl Future<Output = bool> + Send;
+    /// `/metrics`: `None` while the daemon is starting.
+    fn snapshot(
+        &self,
+        deadline: Instant,
+    ) -> impl Future<Output = anyhow::Result<Option<Snapshot>>> + Send;
+}
+
+/// Serves the endpoints for ever, each connection on its own task.
+pub async fn serve(listener: TcpListener, source: Arc<impl Source>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: accepting a client");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let source = source.clone();
+                async move { Ok::<_, Infallible>(respond(&*source, &request).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_DEADLINE, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics client"),
+                Err(_) => tracing::debug!("metrics client: connection deadline passed"),
             }
         });
     }
 }
 
-fn answer(
-    mut stream: TcpStream,
-    node: &Mutex<Option<Node>>,
-    ready: &AtomicBool,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    // The request line is all that matters; read the head (bounded).
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+async fn respond(source: &impl Source, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    if request.method() != Method::GET {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, "GET only\n".into());
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return r;
     }
-    let head = String::from_utf8_lossy(&head);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") => {
-            let attached = node
-                .lock()
-                .map(|n| n.as_ref().is_some_and(Node::attached))
-                .unwrap_or(false);
-            if ready.load(Ordering::SeqCst) && attached {
-                ("200 OK", "text/plain", "ready\n".to_string())
+    let deadline = Instant::now() + ANSWER_DEADLINE;
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
+        "/readyz" => {
+            if source.ready(deadline).await {
+                text(StatusCode::OK, PLAIN, "ready\n".into())
             } else {
-                (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready\n".to_string(),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "not ready\n".into())
             }
         }
-        ("GET", "/metrics") => {
-            let snapshot = node
-                .lock()
-                .ok()
-                .and_then(|n| n.as_ref().map(Node::snapshot));
-            match snapshot {
-                Some(Ok(s)) => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    render(&s),
-                ),
-                Some(Err(e)) => (
-                    "500 Internal Server Error",
-                    "text/plain",
-                    format!("{e:#}\n"),
-                ),
-                None => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "starting\n".to_string(),
-                ),
-            }
-        }
-        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+        "/metrics" => match source.snapshot(deadline).await {
+            Ok(Some(snapshot)) => text(
+                StatusCode::OK,
+                prometheus_text::CONTENT_TYPE,
+                render(snapshot),
+            ),
+            Ok(None) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, "starting\n".into()),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("{e:#}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "not found\n".into()),
+    }
 }
 
-/// A label value escaped as the text format wants.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// The metrics in Prometheus' text format.
-pub fn render(s: &Snapshot) -> String {
+/// The metrics in Prometheus' text format (0.0.4).
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotMetrics(snapshot)));
     let mut out = String::new();
-    let w = &mut out;
-    let _ = writeln!(
-        w,
-        "# HELP interceptor_pods Pods registered with the daemon."
-    );
-    let _ = writeln!(w, "# TYPE interceptor_pods gauge");
-    let _ = writeln!(w, "interceptor_pods {}", s.pods.len());
-
-    let _ = writeln!(
-        w,
-        "# HELP interceptor_pod_events_total What the kernel programs did for each pod \
-         (event: redirected, direct_*, original_dst_*, inbound_*, dns_*)."
-    );
-    let _ = writeln!(w, "# TYPE interceptor_pod_events_total counter");
-    let mut lost = 0;
-    for pod in &s.pods {
-        let r = &pod.record;
-        for c in Counter::ALL {
-            let value = pod.counters.get(c.name()).copied().unwrap_or(0);
-            if c == Counter::OrigDstLost {
-                lost += value;
-            }
-            let _ = writeln!(
-                w,
-                "interceptor_pod_events_total{{namespace=\"{}\",pod=\"{}\",netns_cookie=\"{}\",event=\"{}\"}} {value}",
-                label(&r.namespace),
-                label(&r.name),
-                r.netns_cookie,
-                c.name()
-            );
-        }
+    // Writing into a String cannot fail; a metric that cannot be encoded is a bug, shown.
+    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+        out.push_str(&format!("# encoding failed: {e}\n"));
     }
-
-    // Several links (one sk_lookup per pod) may run copies of one program: summed per name.
-    let mut programs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for p in &s.programs {
-        let name = p.name.split('@').next().unwrap_or(&p.name);
-        let e = programs.entry(name).or_default();
-        e.0 += p.run_count;
-        e.1 += p.run_time_ns;
-    }
-    let _ = writeln!(
-        w,
-        "# HELP interceptor_program_runs_total Runs of each kernel program (counted while BPF \
-         statistics are on: daemon --bpf-stats or kernel.bpf_stats_enabled=1)."
-    );
-    let _ = writeln!(w, "# TYPE interceptor_program_runs_total counter");
-    for (name, (runs, _)) in &programs {
-        let _ = writeln!(
-            w,
-            "interceptor_program_runs_total{{program=\"{name}\"}} {runs}"
-        );
-    }
-    let _ = writeln!(
-        w,
-        "# HELP interceptor_program_run_seconds_total Kernel time spent in each program."
-    );
-    let _ = writeln!(w, "# TYPE interceptor_program_run_seconds_total counter");
-    for (name, (_, ns)) in &programs {
-        let _ = writeln!(
-            w,
-            "interceptor_program_run_seconds_total{{program=\"{name}\"}} {}",
-            *ns as f64 / 1e9
-        );
-    }
-
-    let _ = writeln!(w, "# HELP interceptor_map_entries Entries in each map.");
-    let _ = writeln!(w, "# TYPE interceptor_map_entries gauge");
-    for (name, entries, _) in &s.maps {
-        let _ = writeln!(w, "interceptor_map_entries{{map=\"{name}\"}} {entries}");
-    }
-    let _ = writeln!(
-        w,
-        "# HELP interceptor_map_capacity Most entries each map holds (LRU maps evict beyond)."
-    );
-    let _ = writeln!(w, "# TYPE interceptor_map_capacity gauge");
-    for (name, _, capacity) in &s.maps {
-        let _ = writeln!(w, "interceptor_map_capacity{{map=\"{name}\"}} {capacity}");
-    }
-    let _ = writeln!(
-        w,
-        "# HELP interceptor_connection_map_evictions_total Redirected connections whose \
-         original destination was evicted from the LRU connection maps before it was used \
-         (sum of the pods' original_dst_lost)."
-    );
-    let _ = writeln!(
-        w,
-        "# TYPE interceptor_connection_map_evictions_total counter"
-    );
-    let _ = writeln!(w, "interceptor_connection_map_evictions_total {lost}");
     out
+}
+
+/// One snapshot of the node, exposed as it was read (the counters live in the kernel's maps:
+/// each scrape reads them afresh, so they are constant metrics here).
+#[derive(Debug)]
+struct SnapshotMetrics(Snapshot);
+
+impl Collector for SnapshotMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let pods = encoder.encode_descriptor(
+            "interceptor_pods",
+            "Pods registered with the daemon.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.pods.len() as i64).encode(pods)?;
+
+        let mut events = encoder.encode_descriptor(
+            "interceptor_pod_events",
+            "What the kernel programs did for each pod \
+             (event: redirected, direct_*, original_dst_*, inbound_*, dns_*).",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut lost = 0;
+        for pod in &s.pods {
+            let r = &pod.record;
+            let cookie = r.netns_cookie.to_string();
+            for c in Counter::ALL {
+                let value = pod.counters.get(c.name()).copied().unwrap_or(0);
+                if c == Counter::OrigDstLost {
+                    lost += value;
+                }
+                let labels = [
+                    ("namespace", r.namespace.as_str()),
+                    ("pod", r.name.as_str()),
+                    ("netns_cookie", cookie.as_str()),
+                    ("event", c.name()),
+                ];
+                ConstCounter::new(value).encode(events.encode_family(&labels)?)?;
+            }
+        }
+
+        // Several links (one sk_lookup per pod) may run copies of one program: summed per name.
+        let mut programs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for p in &s.programs {
+            let name = p.name.split('@').next().unwrap_or(&p.name);
+            let e = programs.entry(name).or_default();
+            e.0 += p.run_count;
+            e.1 += p.run_time_ns;
+        }
+        let mut runs = encoder.encode_descriptor(
+            "interceptor_program_runs",
+            "Runs of each kernel program (counted while BPF statistics are on: daemon \
+             --bpf-stats or kernel.bpf_stats_enabled=1).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, (count, _)) in &programs {
+            ConstCounter::new(*count).encode(runs.encode_family(&[("program", *name)])?)?;
+        }
+        let mut time = encoder.encode_descriptor(
+            "interceptor_program_run",
+            "Kernel time spent in each program.",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?;
+        for (name, (_, ns)) in &programs {
+            ConstCounter::new(*ns as f64 / 1e9)
+                .encode(time.encode_family(&[("program", *name)])?)?;
+        }
+
+        let mut entries = encoder.encode_descriptor(
+            "interceptor_map_entries",
+            "Entries in each map.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, count, _) in &s.maps {
+            ConstGauge::new(*count as i64).encode(entries.encode_family(&[("map", *name)])?)?;
+        }
+        let mut capacity = encoder.encode_descriptor(
+            "interceptor_map_capacity",
+            "Most entries each map holds (LRU maps evict beyond).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, _, most) in &s.maps {
+            ConstGauge::new(i64::from(*most)).encode(capacity.encode_family(&[("map", *name)])?)?;
+        }
+        let evictions = encoder.encode_descriptor(
+            "interceptor_connection_map_evictions",
+            "Redirected connections whose original destination was evicted from the LRU \
+             connection maps before it was used (sum of the pods' original_dst_lost).",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(lost).encode(evictions)
+    }
 }
 
 #[cfg(test)]
@@ -249,7 +269,7 @@ mod tests {
             ],
             maps: vec![("ORIG_DST_BY_TUPLE", 5, 65536)],
         };
-        let text = render(&s);
+        let text = render(s);
         assert!(text.contains("interceptor_pods 1\n"), "{text}");
         assert!(
             text.contains(
@@ -262,16 +282,131 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("interceptor_program_run_seconds_total{program=\"steer_inbound\"} 2\n"),
+            text.contains("interceptor_program_run_seconds_total{program=\"steer_inbound\"} 2.0\n"),
             "{text}"
         );
         assert!(text.contains("interceptor_map_entries{map=\"ORIG_DST_BY_TUPLE\"} 5\n"));
         assert!(text.contains("interceptor_map_capacity{map=\"ORIG_DST_BY_TUPLE\"} 65536\n"));
         assert!(text.contains("interceptor_connection_map_evictions_total 2\n"));
-        // Every sample line belongs to a declared metric.
+        // Every sample line belongs to a declared metric, of the type it had.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
             assert!(text.contains(&format!("# TYPE {name} ")), "{line}");
         }
+        for (name, kind) in [
+            ("interceptor_pods", "gauge"),
+            ("interceptor_pod_events_total", "counter"),
+            ("interceptor_program_runs_total", "counter"),
+            ("interceptor_program_run_seconds_total", "counter"),
+            ("interceptor_map_entries", "gauge"),
+            ("interceptor_map_capacity", "gauge"),
+            ("interceptor_connection_map_evictions_total", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}: {text}"
+            );
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+        }
+        // Prometheus text 0.0.4, not OpenMetrics: no `# EOF`, no `# UNIT`.
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+    }
+
+    /// Stands in for the daemon: ready or not, and a snapshot that waits for `release`.
+    struct Fake {
+        ready: std::sync::atomic::AtomicBool,
+        release: tokio::sync::Notify,
+    }
+
+    impl Source for Fake {
+        async fn ready(&self, _: Instant) -> bool {
+            self.ready.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        async fn snapshot(&self, _: Instant) -> anyhow::Result<Option<Snapshot>> {
+            if !self.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(None);
+            }
+            self.release.notified().await;
+            Ok(Some(Snapshot {
+                pods: Vec::new(),
+                programs: Vec::new(),
+                maps: vec![("POD_CONFIG", 0, 16)],
+            }))
+        }
+    }
+
+    /// One HTTP/1.1 exchange on a fresh connection: (status, head, body).
+    async fn get(addr: std::net::SocketAddr, request: String) -> (u16, String, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, head.to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_and_a_stalled_client_holds_up_no_other() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = Arc::new(Fake {
+            ready: false.into(),
+            release: tokio::sync::Notify::new(),
+        });
+        tokio::spawn(serve(listener, fake.clone()));
+        let req = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+        // Starting: alive, not ready, no metrics yet.
+        assert_eq!(get(addr, req("/healthz")).await.0, 200);
+        assert_eq!(get(addr, req("/readyz")).await.0, 503);
+        assert_eq!(get(addr, req("/metrics")).await.0, 503);
+        fake.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(get(addr, req("/readyz")).await.0, 200);
+        assert_eq!(get(addr, req("/nowhere")).await.0, 404);
+        let (status, head, _) = get(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n".into()).await;
+        assert_eq!(status, 405);
+        assert!(head.to_ascii_lowercase().contains("allow: get"), "{head}");
+
+        // A client that never finishes its headers, and a scrape whose snapshot is slow:
+        // neither holds up anybody else.
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+        {
+            use tokio::io::AsyncWriteExt as _;
+            stalled
+                .write_all(b"GET /metrics HTTP/1.1\r\nHo")
+                .await
+                .unwrap();
+        }
+        let scrape = tokio::spawn(get(addr, req("/metrics")));
+        assert_eq!(get(addr, req("/healthz")).await.0, 200);
+        assert_eq!(get(addr, req("/readyz")).await.0, 200);
+        fake.release.notify_one();
+        let (status, head, body) = scrape.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            head.contains("text/plain; version=0.0.4; charset=utf-8"),
+            "{head}"
+        );
+        assert!(
+            body.contains("interceptor_map_capacity{map=\"POD_CONFIG\"} 16\n"),
+            "{body}"
+        );
+        // The stalled client is cut off (its headers never came): the server closes.
+        let mut rest = Vec::new();
+        use tokio::io::AsyncReadExt as _;
+        let closed = tokio::time::timeout(
+            CONNECTION_DEADLINE + Duration::from_secs(5),
+            stalled.read_to_end(&mut rest),
+        )
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the server closes a connection whose headers never come"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //!   built on `aya_obj::generated`'s `bpf_attr` with the kernel's names;
 //! - [`fs`]: file-system magic, mounting bpffs, directory locks, mountinfo's escapes;
 //! - [`net`]: a namespace's interfaces and addresses, its cookie, `setns`;
-//! - [`process`]: other processes' file descriptors (`pidfd_getfd`), a unix peer's uid;
+//! - [`process`]: other processes' file descriptors (`pidfd_getfd`);
 //! - [`time`]: the monotonic clock the programs stamp with;
 //! - [`users`]: the passwd and group databases, and whether we are root.
 
