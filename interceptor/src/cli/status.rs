@@ -42,7 +42,11 @@ fn print(s: &Status) {
             d.inbound_listeners, d.connections_in_flight
         );
         for n in &d.nodes {
-            println!("  node:     cgroup {} ({} links)", n.cgroup_id, n.links.len());
+            println!(
+                "  node:     cgroup {} ({} links)",
+                n.cgroup_id,
+                n.links.len()
+            );
         }
         for b in &d.programs {
             for p in &b.programs {
@@ -74,13 +78,12 @@ fn print(s: &Status) {
         println!("  netns:    {} (cookie {})", p.netns, p.netns_cookie);
         println!("  links:    {}", p.links.join(", "));
         if let Some(o) = &p.options {
-            println!("  options:  {}", serde_json::to_string(o).unwrap_or_default());
+            println!(
+                "  options:  {}",
+                serde_json::to_string(o).unwrap_or_default()
+            );
         }
-        let counters: Vec<String> = p
-            .counters
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let counters: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("  counters: {}", counters.join(" "));
     }
     for l in &s.legacy {
@@ -90,12 +93,13 @@ fn print(s: &Status) {
         }
         println!("  links:    {}", l.links.join(", "));
         for p in &l.pods {
-            let counters: Vec<String> = p
-                .counters
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            println!("  pod:      netns cookie {}: {}", p.netns_cookie, counters.join(" "));
+            let counters: Vec<String> =
+                p.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "  pod:      netns cookie {}: {}",
+                p.netns_cookie,
+                counters.join(" ")
+            );
         }
     }
 }

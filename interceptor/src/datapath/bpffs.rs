@@ -76,7 +76,12 @@ pub fn node_dirs(datapath: &Path) -> Vec<(u64, PathBuf)> {
     subdirs(datapath, |name| name.starts_with("node-"))
         .into_iter()
         .filter_map(|dir| {
-            let id = dir.file_name()?.to_str()?.strip_prefix("node-")?.parse().ok()?;
+            let id = dir
+                .file_name()?
+                .to_str()?
+                .strip_prefix("node-")?
+                .parse()
+                .ok()?;
             Some((id, dir))
         })
         .collect()

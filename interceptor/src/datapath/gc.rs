@@ -84,14 +84,21 @@ impl Datapath {
             .into_iter()
             .map(|(c, _)| c)
             .collect();
-        let nodes = !bpffs::node_dirs(&self.dir).is_empty();
+        let nodes: BTreeSet<u64> = bpffs::node_dirs(&self.dir)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         let mut with_dir = BTreeSet::new();
         for pod in bpffs::pod_dirs(&self.dir) {
             let cookie = pod.cookie();
             with_dir.insert(cookie);
             let reason = if !configs.contains(&cookie) {
                 Some("its registration was cut short (no configuration)".to_string())
-            } else if matches!(pod, PodDir::Node { .. }) && !nodes {
+            } else if matches!(pod, PodDir::Node { .. })
+                && !self
+                    .pod_record(cookie)
+                    .is_some_and(|r| nodes.contains(&r.cgroup_id))
+            {
                 Some("no node daemon's links cover it any more".to_string())
             } else {
                 liveness(&pod.path(&self.dir), pod).err()
@@ -163,7 +170,10 @@ impl Datapath {
     fn sweep_programs(&mut self, swept: &mut Swept) -> anyhow::Result<()> {
         let dirs = bpffs::programs_dirs(&self.dir);
         let current = self.programs.as_ref().map(|p| p.dir.clone());
-        let others: Vec<_> = dirs.iter().filter(|d| Some(*d) != current.as_ref()).collect();
+        let others: Vec<_> = dirs
+            .iter()
+            .filter(|d| Some(*d) != current.as_ref())
+            .collect();
         if others.is_empty() {
             return Ok(());
         }

@@ -9,11 +9,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use interceptor_ebpf::{
     Counter, INSTANCE_META_SIZE, InstanceMeta, POD_RECORD_SIZE, PodConfig, PodRecordBlob,
-    map_names, program_names,
-    wire::ipv6_octets,
+    map_names, program_names, wire::ipv6_octets,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,8 @@ pub struct LegacyPod {
     pub record: PodRecord,
     /// Its configuration, when its layout is this build's (its name servers, for one).
     pub config: Option<PodConfig>,
+    /// Its counters.
+    pub counters: Vec<(Counter, u64)>,
 }
 
 /// What `status` shows of a version 0.1 instance.
@@ -86,9 +88,13 @@ pub fn record(dir: &Path) -> Option<LegacyRecord> {
 }
 
 /// Detaches an instance (its redirecting programs first, the rest after a grace) and removes
-/// its maps.
-pub fn remove(dir: &Path) -> anyhow::Result<()> {
-    links::detach_all(dir, Some(HANDOVER_GRACE))
+/// its maps. Returns the counters of the pods `slots` names, as they were once nothing counted
+/// any more.
+pub fn remove(dir: &Path, slots: &[u32]) -> anyhow::Result<Vec<Vec<(Counter, u64)>>> {
+    links::unpin_links(dir, Some(HANDOVER_GRACE))?;
+    let counts = slots.iter().map(|slot| counters(dir, *slot)).collect();
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(counts)
 }
 
 /// Why a per-pod instance's pod is gone (its cgroup or namespace), or `None` while it lives.
@@ -122,8 +128,11 @@ pub fn node_pods(dir: &Path) -> anyhow::Result<Vec<LegacyPod>> {
         };
         record.mode = InstanceMode::Node;
         record.netns_cookie = cookie;
+        let config = configs.get(&cookie).copied();
+        let slot = config.map_or(record.pod_index, |c| c.pod_index);
         out.push(LegacyPod {
-            config: configs.get(&cookie).copied(),
+            config,
+            counters: counters(dir, slot),
             record,
         });
     }
@@ -139,6 +148,25 @@ pub fn dns_servers(cfg: &PodConfig) -> Vec<IpAddr> {
         .iter()
         .map(|a| IpAddr::from(Ipv6Addr::from(ipv6_octets(*a))));
     v4.chain(v6).collect()
+}
+
+/// A pod's counters in a version 0.1 instance (`slot`: its `pod_index`).
+pub fn counters(dir: &Path, slot: u32) -> Vec<(Counter, u64)> {
+    let Ok(map) = open_pinned(dir, map_names::COUNTERS) else {
+        return Vec::new();
+    };
+    let Ok(counters) = PerCpuArray::<MapData, u64>::try_from(map) else {
+        return Vec::new();
+    };
+    Counter::ALL
+        .iter()
+        .take(COUNTERS_V01 as usize)
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let per_cpu = counters.get(&(slot * COUNTERS_V01 + i as u32), 0).ok()?;
+            Some((*c, per_cpu.iter().sum()))
+        })
+        .collect()
 }
 
 /// The instance's pod configurations, when their layout is this build's.
@@ -171,8 +199,6 @@ pub fn list(base: &Path) -> Vec<LegacyStatus> {
 }
 
 fn read(dir: &Path) -> anyhow::Result<LegacyStatus> {
-    let counters: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(open_pinned(dir, map_names::COUNTERS)?)?;
     let names: BTreeMap<u64, String> = node_pods(dir)
         .unwrap_or_default()
         .into_iter()
@@ -183,16 +209,13 @@ fn read(dir: &Path) -> anyhow::Result<LegacyStatus> {
         .collect();
     let mut pods = Vec::new();
     for (cookie, cfg) in configs(dir) {
-        let mut values = BTreeMap::new();
-        for (i, c) in Counter::ALL.iter().take(COUNTERS_V01 as usize).enumerate() {
-            let slot = cfg.pod_index * COUNTERS_V01 + i as u32;
-            let per_cpu = counters.get(&slot, 0)?;
-            values.insert(c.name(), per_cpu.iter().sum());
-        }
         pods.push(LegacyPodStatus {
             netns_cookie: cookie,
             pod: names.get(&cookie).cloned(),
-            counters: values,
+            counters: counters(dir, cfg.pod_index)
+                .into_iter()
+                .map(|(c, v)| (c.name(), v))
+                .collect(),
         });
     }
     let mut links: Vec<String> = std::fs::read_dir(dir)?

@@ -55,23 +55,25 @@ fn attach_type(program: &str) -> bpf_attach_type {
 /// beside whatever else is attached there (a runtime's, a CNI's programs).
 pub fn attach(prog: BorrowedFd<'_>, name: &str, target: Target) -> anyhow::Result<OwnedFd> {
     match target {
-        Target::Netns(netns) => bpf::link_create(&prog, &netns.file, attach_type(name))
-            .map_err(|e| {
+        Target::Netns(netns) => {
+            bpf::link_create(&prog, &netns.file, attach_type(name)).map_err(|e| {
                 anyhow!(
                     "attaching {name} to the network namespace {}: {e} (sk_lookup needs Linux \
                      >= 5.9)",
                     netns.path.display()
                 )
-            }),
-        Target::Cgroup(cgroup) => bpf::link_create(&prog, &cgroup.dir, attach_type(name))
-            .map_err(|e| {
+            })
+        }
+        Target::Cgroup(cgroup) => {
+            bpf::link_create(&prog, &cgroup.dir, attach_type(name)).map_err(|e| {
                 let hint = if e.raw_os_error() == Some(libc::EINVAL) {
                     " (bpf links for cgroups need Linux >= 5.7)"
                 } else {
                     ""
                 };
                 anyhow!("attaching {name} to {}: {e}{hint}", cgroup.path.display())
-            }),
+            })
+        }
     }
 }
 
@@ -131,19 +133,29 @@ fn redirects(program: &str) -> bool {
     )
 }
 
-/// Detaches every link pinned in `dir` and removes the directory. The programs that redirect
-/// go first; with a `grace`, the ones that serve connections redirected until then (the
-/// proxy's `SO_ORIGINAL_DST`, the application's `getpeername`) stay that long before they go
-/// too, so that a connection being set up while interception moves elsewhere still finds its
-/// original destination.
+/// Detaches every link pinned in `dir` and removes the directory (and whatever else is pinned
+/// in it). See `unpin_links` for the order.
 pub fn detach_all(dir: &Path, grace: Option<Duration>) -> anyhow::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
+    unpin_links(dir, grace)?;
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Detaches every link pinned in `dir`. The programs that redirect go first; with a `grace`,
+/// the ones that serve connections redirected until then (the proxy's `SO_ORIGINAL_DST`, the
+/// application's `getpeername`) stay that long before they go too, so that a connection being
+/// set up while interception moves elsewhere still finds its original destination.
+pub fn unpin_links(dir: &Path, grace: Option<Duration>) -> anyhow::Result<()> {
     let pins: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+        })
         .collect();
     let is_redirector = |pin: &PathBuf| {
         pin.file_name()
@@ -161,5 +173,5 @@ pub fn detach_all(dir: &Path, grace: Option<Duration>) -> anyhow::Result<()> {
     for pin in then {
         fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
     }
-    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+    Ok(())
 }

@@ -13,9 +13,9 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use interceptor_ebpf::{
-    CaptureMark, Cidr4Key, Cidr6Key, Counter, INSTANCE_META_SIZE, InFlight4, InFlight6,
-    InstanceMeta, ListenerKey, POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey, SockTuple4,
-    SockTuple6, map_names,
+    CaptureMark, Cidr4Key, Cidr6Key, Counter, IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE, InFlight4,
+    InFlight6, InstanceMeta, ListenerKey, POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey,
+    SockTuple4, SockTuple6, map_names,
     wire::{RawIpv4, RawIpv6, raw_ipv4, raw_ipv6},
 };
 
@@ -108,6 +108,9 @@ impl Maps {
     pub fn remove_pod(&mut self, cookie: u64) -> anyhow::Result<()> {
         match self.pod_config.remove(&cookie) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             Err(e) => Err(e).context("removing a pod configuration"),
         }
     }
@@ -208,7 +211,11 @@ impl Maps {
         let mut out = Vec::new();
         for word in 0..self.slot_count()?.div_ceil(64) {
             let used = self.slots.get(&word, 0)?;
-            out.extend((0..64).filter(|b| used & (1 << b) != 0).map(|b| word * 64 + b));
+            out.extend(
+                (0..64)
+                    .filter(|b| used & (1 << b) != 0)
+                    .map(|b| word * 64 + b),
+            );
         }
         Ok(out)
     }
@@ -221,6 +228,27 @@ impl Maps {
             out.push((c, per_cpu.iter().sum()));
         }
         Ok(out)
+    }
+
+    /// Adds counts to a slot's counters (a pod moving here from another datapath keeps
+    /// counting where it was).
+    pub fn add_counters(&mut self, slot: u32, counts: &[(Counter, u64)]) -> anyhow::Result<()> {
+        for (c, add) in counts.iter().filter(|(_, v)| *v > 0) {
+            let mut values: Vec<u64> = self
+                .counters
+                .get(&c.slot(slot), 0)?
+                .iter()
+                .copied()
+                .collect();
+            if let Some(first) = values.first_mut() {
+                *first += add;
+            }
+            let values = aya::maps::PerCpuValues::try_from(values)?;
+            self.counters
+                .set(c.slot(slot), values, 0)
+                .context("carrying a pod's counters over")?;
+        }
+        Ok(())
     }
 
     fn zero_counters(&mut self, slot: u32) -> anyhow::Result<()> {
@@ -279,7 +307,10 @@ impl Maps {
     }
 
     pub fn write_datapath_record(&mut self, json: &[u8]) -> anyhow::Result<()> {
-        anyhow::ensure!(json.len() <= INSTANCE_META_SIZE, "datapath record too large");
+        anyhow::ensure!(
+            json.len() <= INSTANCE_META_SIZE,
+            "datapath record too large"
+        );
         let mut meta = InstanceMeta {
             len: json.len() as u32,
             json: [0; INSTANCE_META_SIZE],
@@ -357,9 +388,6 @@ impl Maps {
             family: family.af(),
             _pad: 0,
         };
-        if self.listeners.get(&key, 0).is_ok() {
-            return Ok(false);
-        }
         let mark = CaptureMark {
             netns: netns_cookie,
         };
@@ -391,30 +419,44 @@ impl Maps {
         self.listeners.keys().count()
     }
 
+    /// The pod's registered capture listeners (one per family at most). (A socket map's
+    /// values cannot be read from user space; its keys can.)
+    pub fn listeners_of(&self, cookie: u64) -> usize {
+        self.listeners
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns == cookie)
+            .count()
+    }
+
     // --- connections in flight -------------------------------------------------------------
 
     /// Connections handed from an application to its proxy right now: (IPv4, IPv6).
     pub fn in_flight(&self) -> (usize, usize) {
-        (self.in_flight4.keys().count(), self.in_flight6.keys().count())
+        (
+            self.in_flight4.keys().count(),
+            self.in_flight6.keys().count(),
+        )
     }
 
     /// Removes hand-overs older than `max_age_ns`: the proxy never took them (it never
     /// accepted the connection, and the client gave up). Returns how many went.
     pub fn sweep_in_flight(&mut self, max_age_ns: u64) -> usize {
-        let now = sys::time::monotonic_ns();
-        let old = |since: u64| now.saturating_sub(since) > max_age_ns;
+        let now = sys::time::monotonic_ns() >> IN_FLIGHT_CLOCK_SHIFT;
+        let max_age = max_age_ns >> IN_FLIGHT_CLOCK_SHIFT;
+        let old = |since: u32| now.saturating_sub(u64::from(since)) > max_age;
         let stale4: Vec<SockTuple4> = self
             .in_flight4
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, v)| old(v.since_ns))
+            .filter(|(_, v)| old(v.since))
             .map(|(k, _)| k)
             .collect();
         let stale6: Vec<SockTuple6> = self
             .in_flight6
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, v)| old(v.since_ns))
+            .filter(|(_, v)| old(v.since))
             .map(|(k, _)| k)
             .collect();
         let n = stale4.len() + stale6.len();

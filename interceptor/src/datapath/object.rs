@@ -139,7 +139,10 @@ pub fn load(
         .map_max_entries(map_names::COUNTERS, Counter::COUNT * pods)
         .map_max_entries(map_names::POD_ADDRS4, Sizes::ADDRS_PER_POD * pods)
         .map_max_entries(map_names::POD_ADDRS6, Sizes::ADDRS_PER_POD * pods)
-        .map_max_entries(map_names::INBOUND_LISTENERS, Sizes::LISTENERS_PER_POD * pods)
+        .map_max_entries(
+            map_names::INBOUND_LISTENERS,
+            Sizes::LISTENERS_PER_POD * pods,
+        )
         .map_max_entries(map_names::PORT_SET, Sizes::SET_ENTRIES)
         .map_max_entries(map_names::CIDR4, Sizes::SET_ENTRIES)
         .map_max_entries(map_names::CIDR6, Sizes::SET_ENTRIES)

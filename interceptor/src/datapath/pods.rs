@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::anyhow;
-use interceptor_ebpf::{POD_RECORD_SIZE, flags, program_names};
+use interceptor_ebpf::{Counter, POD_RECORD_SIZE, flags, program_names};
 
 use super::{
     Datapath, InstanceMode, PodRecord,
@@ -39,6 +39,14 @@ pub enum Enrolment<'a> {
     Init(&'a Cgroup),
     /// The node daemon: only `sk_lookup` on the pod's netns; the node's cgroup links cover it.
     Node,
+}
+
+/// What `unregister` removed.
+#[derive(Clone, Debug, Default)]
+pub struct Removed {
+    pub record: Option<PodRecord>,
+    /// Its counters, once nothing of it counted any more.
+    pub counters: Vec<(Counter, u64)>,
 }
 
 /// What `register` did.
@@ -120,14 +128,27 @@ impl Datapath {
         } else {
             a
         };
-        let result = self.write_pod(netns, facts, enrolment, dir, &mut record, slot, rules, &plan);
+        let result = self.write_pod(
+            netns,
+            facts,
+            enrolment,
+            dir,
+            &mut record,
+            slot,
+            rules,
+            &plan,
+        );
         match result {
             Ok(own_sk_lookup) => {
                 if let Some(p) = previous {
                     self.maps.clear_rules(&[p.rules]);
                 }
                 if let Some(prev) = &previous_record {
-                    for addr in prev.addresses.iter().filter(|a| !record.addresses.contains(a)) {
+                    for addr in prev
+                        .addresses
+                        .iter()
+                        .filter(|a| !record.addresses.contains(a))
+                    {
                         self.maps.remove_address(*addr, cookie);
                     }
                 }
@@ -239,25 +260,37 @@ impl Datapath {
     /// Removes the pod `cookie`: its configuration first (its connections go direct from that
     /// write on), then its links, sets, addresses, listeners, record and slot. With a `grace`,
     /// the programs that serve connections redirected until then stay that long after the ones
-    /// that redirect (see `links::detach_all`). Returns its record, if it had one.
-    pub fn unregister(
-        &mut self,
-        cookie: u64,
-        grace: Option<Duration>,
-    ) -> anyhow::Result<Option<PodRecord>> {
+    /// that redirect (see `links::unpin_links`); the pod's configuration then stays until they
+    /// are gone, so that they still serve, and count, what was redirected meanwhile.
+    pub fn unregister(&mut self, cookie: u64, grace: Option<Duration>) -> anyhow::Result<Removed> {
         let record = self.pod_record(cookie);
         let slot = match self.maps.pod_config(cookie)? {
             Some(c) => Some(c.pod_index),
             None => record.as_ref().map(|r| r.pod_index),
         };
+        if grace.is_none() {
+            self.maps.remove_pod(cookie)?;
+        }
+        if let Some(pod) = self.pod_dir(cookie) {
+            links::detach_all(&pod.path(&self.dir), grace)?;
+        }
+        let counters = match slot {
+            Some(s) => self.maps.pod_counters(s).unwrap_or_default(),
+            None => Vec::new(),
+        };
         self.maps.remove_pod(cookie)?;
-        self.forget(cookie, slot, grace)?;
-        Ok(record)
+        self.forget(cookie, slot, None)?;
+        Ok(Removed { record, counters })
     }
 
     /// Everything of `cookie` but its configuration: links, sets, addresses, listeners,
     /// record, slot.
-    fn forget(&mut self, cookie: u64, slot: Option<u32>, grace: Option<Duration>) -> anyhow::Result<()> {
+    fn forget(
+        &mut self,
+        cookie: u64,
+        slot: Option<u32>,
+        grace: Option<Duration>,
+    ) -> anyhow::Result<()> {
         if let Some(pod) = self.pod_dir(cookie) {
             links::detach_all(&pod.path(&self.dir), grace)?;
         }
@@ -269,6 +302,22 @@ impl Datapath {
         self.maps.remove_pod_record(cookie);
         if let Some(slot) = slot {
             self.maps.free_slot(slot)?;
+        }
+        Ok(())
+    }
+}
+
+impl Datapath {
+    /// Removes every pod the daemon of the cgroup `node_cgroup_id` registered.
+    pub fn unregister_node_pods(&mut self, node_cgroup_id: u64) -> anyhow::Result<()> {
+        for pod in bpffs::pod_dirs(&self.dir) {
+            if let PodDir::Node { cookie } = pod
+                && self
+                    .pod_record(cookie)
+                    .is_none_or(|r| r.cgroup_id == node_cgroup_id)
+            {
+                self.unregister(cookie, None)?;
+            }
         }
         Ok(())
     }
@@ -289,6 +338,14 @@ fn refuse_other_owner(
             path: previous.cgroup.clone(),
         }
         .into()),
+        (InstanceMode::Node, Enrolment::Node) if previous.cgroup_id != new.cgroup_id => {
+            Err(anyhow!(
+                "the pod's network namespace ({}) is registered already with the daemon of \
+                 the cgroup {}",
+                new.netns,
+                previous.cgroup
+            ))
+        }
         (InstanceMode::Pod, Enrolment::Init(cgroup)) if previous.cgroup_id != cgroup.id => {
             Err(anyhow!(
                 "the pod's network namespace ({}) is intercepted already for the cgroup {}: \
@@ -302,31 +359,29 @@ fn refuse_other_owner(
     }
 }
 
-/// Whether the pod directory's links are all there and attached: its cgroup (per-pod mode)
-/// and its network namespace still exist. Why not, otherwise.
+/// Whether a registered pod is still there: its cgroup (per-pod mode) and its network
+/// namespace exist, as the kernel's links to them say. Why not, otherwise. A pod whose links
+/// are partly missing (pins removed by hand) is still there: its next `init` attaches them.
 pub fn liveness(dir: &Path, pod: PodDir) -> Result<(), String> {
-    let sk_lookup = links::link_pin(dir, program_names::SK_LOOKUP);
-    match links::info(&sk_lookup) {
+    let mut seen = false;
+    match links::info(&links::link_pin(dir, program_names::SK_LOOKUP)) {
         Ok(i) if i.netns_ino == 0 => return Err("its network namespace is gone".into()),
-        Ok(_) => {}
-        Err(_) => return Err("its registration was cut short (no inbound link)".into()),
+        Ok(_) => seen = true,
+        Err(_) => {}
     }
     if let PodDir::Init { .. } = pod {
+        // One cgroup link tells for all of them.
         for name in object::cgroup_programs() {
             match links::info(&links::link_pin(dir, name)) {
                 Ok(i) if i.cgroup_id == 0 => return Err("its cgroup is gone".into()),
-                Ok(_) => {}
-                Err(_) => return Err(format!("its registration was cut short (no {name} link)")),
+                Ok(_) => return Ok(()),
+                Err(_) => {}
             }
-            // One cgroup link tells for all of them.
-            break;
-        }
-        let complete = program_names::ALL
-            .iter()
-            .all(|p| links::link_pin(dir, p).exists());
-        if !complete {
-            return Err("its registration was cut short (links missing)".into());
         }
     }
-    Ok(())
+    if seen {
+        Ok(())
+    } else {
+        Err("it has no links".into())
+    }
 }

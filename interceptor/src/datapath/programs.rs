@@ -112,9 +112,12 @@ pub fn own_sk_lookup(
         cookie,
         &[program_names::SK_LOOKUP],
     )?;
-    let prog = ebpf
-        .program(program_names::SK_LOOKUP)
-        .ok_or_else(|| anyhow!("program {} missing from the object", program_names::SK_LOOKUP))?;
+    let prog = ebpf.program(program_names::SK_LOOKUP).ok_or_else(|| {
+        anyhow!(
+            "program {} missing from the object",
+            program_names::SK_LOOKUP
+        )
+    })?;
     let fd = prog.fd().context("program fd")?;
     Ok(fd.as_fd().try_clone_to_owned()?)
 }

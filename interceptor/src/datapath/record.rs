@@ -92,7 +92,10 @@ impl PodRecord {
             record.options = None;
             json = serde_json::to_vec(&record)?;
         }
-        anyhow::ensure!(json.len() <= max, "the pod's record does not fit in {max} bytes");
+        anyhow::ensure!(
+            json.len() <= max,
+            "the pod's record does not fit in {max} bytes"
+        );
         Ok(json)
     }
 }

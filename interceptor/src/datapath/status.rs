@@ -15,7 +15,10 @@ use super::{
     links::{self, link_pin},
     pods::liveness,
 };
-use crate::{config::RawOptions, sys::{bpf, fs::lock_dir_shared}};
+use crate::{
+    config::RawOptions,
+    sys::{bpf, fs::lock_dir_shared},
+};
 
 /// Everything on the node.
 #[derive(Debug, Default, Serialize)]
@@ -87,6 +90,8 @@ pub struct PodStatus {
     pub pod_index: u32,
     pub rules: u32,
     pub own_sk_lookup: bool,
+    /// The proxy's inbound capture listeners registered (one per family).
+    pub inbound_listeners: usize,
     pub options: Option<RawOptions>,
     pub config: Option<serde_json::Value>,
     pub counters: BTreeMap<&'static str, u64>,
@@ -197,7 +202,7 @@ impl Datapath {
                 cgroup: record.cgroup.clone(),
                 cgroup_id: match pod {
                     PodDir::Init { cgroup_id, .. } => cgroup_id,
-                    PodDir::Node { .. } => 0,
+                    PodDir::Node { .. } => record.cgroup_id,
                 },
                 netns: record.netns.clone(),
                 netns_cookie: cookie,
@@ -206,6 +211,7 @@ impl Datapath {
                 pod_index: slot,
                 rules: config.map_or(0, |c| c.rules),
                 own_sk_lookup: record.own_sk_lookup,
+                inbound_listeners: self.maps.listeners_of(cookie),
                 options: record.options.clone(),
                 config: record.config.clone(),
                 counters,
@@ -233,7 +239,10 @@ impl Datapath {
             out.push(BuildPrograms { build, programs });
         }
         for pod in bpffs::pod_dirs(&self.dir) {
-            if !self.pod_record(pod.cookie()).is_some_and(|r| r.own_sk_lookup) {
+            if !self
+                .pod_record(pod.cookie())
+                .is_some_and(|r| r.own_sk_lookup)
+            {
                 continue;
             }
             let pin = link_pin(&pod.path(&self.dir), program_names::SK_LOOKUP);
@@ -250,8 +259,8 @@ impl Datapath {
         out
     }
 
-    /// What `/metrics` shows of the pods: record and counters of each registered pod.
-    pub fn registered(&self) -> anyhow::Result<Vec<(PodRecord, PodConfig, Vec<(Counter, u64)>)>> {
+    /// Every registered pod: its record, configuration and counters.
+    pub fn registered(&self) -> anyhow::Result<Vec<Registration>> {
         let mut out = Vec::new();
         for (cookie, config) in self.maps.pod_configs()? {
             let mut record = self.pod_record(cookie).unwrap_or_default();
@@ -263,6 +272,9 @@ impl Datapath {
         Ok(out)
     }
 }
+
+/// A registered pod: its record, configuration and counters.
+pub type Registration = (PodRecord, PodConfig, Vec<(Counter, u64)>);
 
 fn stats(name: &str, info: bpf::ProgInfo) -> ProgramStats {
     ProgramStats {

@@ -87,7 +87,7 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
             return Err(e);
         }
     };
-    let moved = move_out(&base, &dp, cgroup.id)?;
+    let moved = move_out(&base, &mut dp, cgroup.id, registered.slot)?;
     tracing::info!(
         pod = %registered.dir.display(),
         cgroup = %cgroup.path.display(),
@@ -108,26 +108,38 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
 }
 
 /// The pod's interception by another build (another datapath, or a version 0.1 instance) goes,
-/// now that this build's is in place. True when there was one.
-fn move_out(base: &Path, dp: &Datapath, cgroup_id: u64) -> anyhow::Result<bool> {
+/// now that this build's is in place; its counters go on in `slot`. True when there was one.
+fn move_out(base: &Path, dp: &mut Datapath, cgroup_id: u64, slot: u32) -> anyhow::Result<bool> {
     let mut moved = false;
-    for dir in bpffs::datapath_dirs(base).into_iter().filter(|d| *d != dp.dir) {
+    let others = bpffs::datapath_dirs(base)
+        .into_iter()
+        .filter(|d| *d != dp.dir);
+    for dir in others.collect::<Vec<_>>() {
         for pod in bpffs::pod_dirs(&dir) {
-            if let PodDir::Init { cgroup_id: id, cookie } = pod
-                && id == cgroup_id
-            {
-                let mut other = Datapath::existing(&dir)?;
-                other.unregister(cookie, Some(HANDOVER_GRACE))?;
-                if Datapath::is_unused(&dir) {
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("removing {}", dir.display()))?;
-                }
-                moved = true;
+            let PodDir::Init {
+                cgroup_id: id,
+                cookie,
+            } = pod
+            else {
+                continue;
+            };
+            if id != cgroup_id {
+                continue;
             }
+            let removed = Datapath::existing(&dir)?.unregister(cookie, Some(HANDOVER_GRACE))?;
+            dp.maps.add_counters(slot, &removed.counters)?;
+            if Datapath::is_unused(&dir) {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            moved = true;
         }
     }
     if let Some(dir) = legacy::find(base, cgroup_id) {
-        legacy::remove(&dir)?;
+        // One pod per instance, in slot 0.
+        for counters in legacy::remove(&dir, &[0])? {
+            dp.maps.add_counters(slot, &counters)?;
+        }
         moved = true;
     }
     Ok(moved)
@@ -167,9 +179,8 @@ pub fn clean(opts: &CleanOptions) -> anyhow::Result<()> {
     require_root(ROOT_NEEDED)?;
     let root = &opts.target.bpffs;
     let cgroup_id = match &opts.instance {
-        Some(name) => bpffs::parse_legacy_instance_name(name).with_context(|| {
-            format!("--instance {name:?}: not an instance name (cgroup-<id>)")
-        })?,
+        Some(name) => bpffs::parse_legacy_instance_name(name)
+            .with_context(|| format!("--instance {name:?}: not an instance name (cgroup-<id>)"))?,
         None => open_cgroup(opts.target.cgroup.as_deref())?.id,
     };
     let base = bpffs::interceptor_dir(root);
@@ -181,12 +192,18 @@ pub fn clean(opts: &CleanOptions) -> anyhow::Result<()> {
     gc::sweep(&base)?;
     let mut removed = false;
     for dir in bpffs::datapath_dirs(&base) {
-        if bpffs::node_dirs(&dir).iter().any(|(id, _)| *id == cgroup_id) {
+        if bpffs::node_dirs(&dir)
+            .iter()
+            .any(|(id, _)| *id == cgroup_id)
+        {
             remove_node(&dir, cgroup_id)?;
             removed = true;
         }
         for pod in bpffs::pod_dirs(&dir) {
-            if let PodDir::Init { cgroup_id: id, cookie } = pod
+            if let PodDir::Init {
+                cgroup_id: id,
+                cookie,
+            } = pod
                 && id == cgroup_id
             {
                 Datapath::existing(&dir)?.unregister(cookie, None)?;
@@ -213,13 +230,7 @@ pub fn clean(opts: &CleanOptions) -> anyhow::Result<()> {
 /// `clean` of a node daemon's cgroup: its links and every pod it registered.
 fn remove_node(dir: &Path, cgroup_id: u64) -> anyhow::Result<()> {
     crate::datapath::links::detach_all(&bpffs::node_dir(dir, cgroup_id), None)?;
-    let mut dp = Datapath::existing(dir)?;
-    for pod in bpffs::pod_dirs(dir) {
-        if let PodDir::Node { cookie } = pod {
-            dp.unregister(cookie, None)?;
-        }
-    }
-    Ok(())
+    Datapath::existing(dir)?.unregister_node_pods(cgroup_id)
 }
 
 /// The pod's cgroup: the one given, else the parent of the caller's own.

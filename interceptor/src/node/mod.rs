@@ -24,7 +24,6 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use interceptor_ebpf::{Counter, program_names};
 
-pub use api::{AddPod, Added, PodInfo, PodRecord, PodSelector};
 use crate::{
     config::DnsCapture,
     datapath::{
@@ -41,6 +40,7 @@ use crate::{
     pod::{self, Cgroup, NameServers, Netns, PodFacts},
     sys::fs::DirLock,
 };
+pub use api::{AddPod, Added, PodInfo, PodRecord, PodSelector};
 
 /// How the daemon runs its datapath.
 #[derive(Clone, Debug)]
@@ -154,6 +154,11 @@ impl Node {
         )
     }
 
+    /// Whether the daemon registered this pod (not `init`, not another daemon).
+    fn owns(&self, record: &datapath::PodRecord) -> bool {
+        record.mode == InstanceMode::Node && record.cgroup_id == self.cgroup.id
+    }
+
     /// The datapath directory on bpffs.
     pub fn dir(&self) -> &Path {
         &self.dp.dir
@@ -170,11 +175,13 @@ impl Node {
             let PodDir::Node { cookie } = pod else {
                 continue;
             };
-            let who = self
-                .dp
-                .pod_record(cookie)
-                .map(|r| r.describe())
-                .unwrap_or_else(|| format!("netns cookie {cookie}"));
+            let Some(record) = self.dp.pod_record(cookie) else {
+                continue; // a registration cut short: the sweep takes it
+            };
+            if record.cgroup_id != self.cgroup.id {
+                continue; // another daemon's pod
+            }
+            let who = record.describe();
             let dir = pod.path(&self.dp.dir);
             match liveness(&dir, pod) {
                 Ok(()) => {
@@ -197,43 +204,50 @@ impl Node {
         let pin = links::link_pin(dir, program_names::SK_LOOKUP);
         let own = self.dp.pod_record(cookie).is_some_and(|r| r.own_sk_lookup);
         if own {
-            let fd = programs::own_sk_lookup(
-                &self.dp.dir,
-                self.dp.sizes,
-                self.dp.log_level,
-                cookie,
-            )?;
-            links::replace(&pin, program_names::SK_LOOKUP, std::os::fd::AsFd::as_fd(&fd))
+            let fd =
+                programs::own_sk_lookup(&self.dp.dir, self.dp.sizes, self.dp.log_level, cookie)?;
+            links::replace(
+                &pin,
+                program_names::SK_LOOKUP,
+                std::os::fd::AsFd::as_fd(&fd),
+            )
         } else {
             let programs = self
                 .dp
                 .programs
                 .as_ref()
                 .ok_or_else(|| anyhow!("the datapath was opened without programs"))?;
-            links::replace(&pin, program_names::SK_LOOKUP, programs.fd(program_names::SK_LOOKUP)?)
+            links::replace(
+                &pin,
+                program_names::SK_LOOKUP,
+                programs.fd(program_names::SK_LOOKUP)?,
+            )
         }
     }
 
     /// Pods a daemon of another build left for this cgroup (another datapath, or a version 0.1
     /// instance) are registered here; then the old links go, the programs that redirect first
-    /// and, after a grace, those that serve connections redirected until then.
+    /// and, after a grace, those that serve connections redirected until then. The pods'
+    /// counters go on from the old ones.
     fn take_over_other_builds(&mut self, done: &mut Reconciled) -> anyhow::Result<()> {
-        let mut old_pods: Vec<datapath::PodRecord> = Vec::new();
+        // (old datapath or None for version 0.1, old cookie, old slot) -> new slot
+        let mut moved: Vec<(Option<PathBuf>, u64, u32, u32)> = Vec::new();
         let mut old_node_dirs = Vec::new();
         for dir in bpffs::datapath_dirs(&self.base) {
-            if dir == self.dp.dir {
-                continue;
-            }
             let node_dir = bpffs::node_dir(&dir, self.cgroup.id);
-            if !node_dir.exists() {
+            if dir == self.dp.dir || !node_dir.exists() {
                 continue;
             }
             let other = Datapath::existing(&dir)?;
             for pod in bpffs::pod_dirs(&dir) {
                 if let PodDir::Node { cookie } = pod
                     && let Some(record) = other.pod_record(cookie)
+                    && record.cgroup_id == self.cgroup.id
                 {
-                    old_pods.push(record);
+                    let old_slot = record.pod_index;
+                    if let Some(slot) = self.take_pod(record, done) {
+                        moved.push((Some(dir.clone()), cookie, old_slot, slot));
+                    }
                 }
             }
             old_node_dirs.push((dir, node_dir));
@@ -248,46 +262,61 @@ impl Node {
                 {
                     record.dns_servers = legacy::dns_servers(&config);
                 }
-                old_pods.push(record);
-            }
-        }
-        if old_pods.is_empty() && old_node_dirs.is_empty() && legacy_dir.is_none() {
-            return Ok(());
-        }
-        for record in old_pods {
-            let who = record.describe();
-            match self.register_record(record) {
-                Ok(()) => {
-                    tracing::info!("took pod {who} over from another build");
-                    done.migrated.push(who);
-                }
-                Err(e) => {
-                    tracing::warn!("dropped pod {who}: {e:#}");
-                    done.dropped.push(format!("{who}: {e:#}"));
+                let (cookie, old_slot) = (record.netns_cookie, record.pod_index);
+                let old_slot = pod.config.map_or(old_slot, |c| c.pod_index);
+                if let Some(slot) = self.take_pod(record, done) {
+                    moved.push((None, cookie, old_slot, slot));
                 }
             }
         }
+        // The old links go: the node's (redirecting programs first, then after a grace the
+        // ones serving what they redirected), then each pod's; then the counts they made.
         for (dir, node_dir) in old_node_dirs {
             links::detach_all(&node_dir, Some(HANDOVER_GRACE))?;
             let mut other = Datapath::existing(&dir)?;
-            for pod in bpffs::pod_dirs(&dir) {
-                if let PodDir::Node { cookie } = pod {
-                    other.unregister(cookie, None)?;
-                }
+            for (_, cookie, _, slot) in moved.iter().filter(|m| m.0.as_ref() == Some(&dir)) {
+                let removed = other.unregister(*cookie, None)?;
+                self.dp.maps.add_counters(*slot, &removed.counters)?;
             }
+            other.unregister_node_pods(self.cgroup.id)?;
             if Datapath::is_unused(&dir) {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("removing {}", dir.display()))?;
             }
         }
         if let Some(dir) = legacy_dir {
-            legacy::remove(&dir)?;
+            let from_legacy: Vec<_> = moved.iter().filter(|m| m.0.is_none()).collect();
+            let old_slots: Vec<u32> = from_legacy.iter().map(|m| m.2).collect();
+            for (counters, (_, _, _, slot)) in legacy::remove(&dir, &old_slots)?
+                .into_iter()
+                .zip(from_legacy)
+            {
+                self.dp.maps.add_counters(*slot, &counters)?;
+            }
         }
         Ok(())
     }
 
-    /// Registers a pod another build registered, from its record.
-    fn register_record(&mut self, old: datapath::PodRecord) -> anyhow::Result<()> {
+    /// Registers here a pod another build registered; its new slot, or `None` when it could
+    /// not be (it is dropped: its namespace is gone, say).
+    fn take_pod(&mut self, record: datapath::PodRecord, done: &mut Reconciled) -> Option<u32> {
+        let who = record.describe();
+        match self.register_record(record) {
+            Ok(slot) => {
+                tracing::info!("took pod {who} over from another build");
+                done.migrated.push(who);
+                Some(slot)
+            }
+            Err(e) => {
+                tracing::warn!("dropped pod {who}: {e:#}");
+                done.dropped.push(format!("{who}: {e:#}"));
+                None
+            }
+        }
+    }
+
+    /// Registers a pod another build registered, from its record; its slot.
+    fn register_record(&mut self, old: datapath::PodRecord) -> anyhow::Result<u32> {
         let netns = Netns::open(Path::new(&old.netns))?;
         anyhow::ensure!(
             old.netns_inode == 0 || netns.inode == old.netns_inode,
@@ -303,7 +332,7 @@ impl Node {
             resolv_conf: None,
             dns_servers: old.dns_servers.clone(),
         };
-        self.register(&request, &netns).map(|_| ())
+        Ok(self.register(&request, &netns)?.pod.record.pod_index)
     }
 
     /// Registers a pod, or replaces its configuration when its namespace is registered already
@@ -334,6 +363,9 @@ impl Node {
         let record = datapath::PodRecord {
             mode: InstanceMode::Node,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            // The daemon's cgroup: several daemons (one per parent cgroup) may share a datapath.
+            cgroup: self.cgroup.path.display().to_string(),
+            cgroup_id: self.cgroup.id,
             name: req.name.clone(),
             namespace: req.namespace.clone(),
             container_id: req.container_id.clone(),
@@ -343,9 +375,11 @@ impl Node {
             dns_servers: facts.name_servers.clone(),
             ..datapath::PodRecord::default()
         };
-        let registered = self.dp.register(netns, &facts, Enrolment::Node, record, |r, s| {
-            MapPlan::build(&cfg, &facts, &dns, r, s)
-        })?;
+        let registered = self
+            .dp
+            .register(netns, &facts, Enrolment::Node, record, |r, s| {
+                MapPlan::build(&cfg, &facts, &dns, r, s)
+            })?;
         tracing::info!(
             pod = %format!("{}/{}", req.namespace, req.name),
             netns = %netns.path.display(),
@@ -382,21 +416,21 @@ impl Node {
         let _lock = self.lock()?;
         let mut removed = Vec::new();
         for (record, config, values) in self.dp.registered()? {
-            if record.mode != InstanceMode::Node {
+            if !self.owns(&record) {
                 continue;
             }
             let c = record.netns_cookie;
-            let matches = sel
-                .container_id
-                .as_ref()
-                .is_none_or(|id| *id == record.container_id)
-                && sel.netns.as_ref().is_none_or(|p| {
-                    cookie == Some(c) || Path::new(&record.netns) == p.as_path()
-                })
-                && sel
-                    .pod
+            let matches =
+                sel.container_id
                     .as_ref()
-                    .is_none_or(|(ns, name)| *ns == record.namespace && *name == record.name);
+                    .is_none_or(|id| *id == record.container_id)
+                    && sel.netns.as_ref().is_none_or(|p| {
+                        cookie == Some(c) || Path::new(&record.netns) == p.as_path()
+                    })
+                    && sel
+                        .pod
+                        .as_ref()
+                        .is_none_or(|(ns, name)| *ns == record.namespace && *name == record.name);
             if !matches {
                 continue;
             }
@@ -417,7 +451,7 @@ impl Node {
             .dp
             .registered()?
             .into_iter()
-            .filter(|(r, _, _)| r.mode == InstanceMode::Node)
+            .filter(|(r, _, _)| self.owns(r))
             .map(|(record, config, values)| PodInfo {
                 record: api_record(&record),
                 rules: config.rules,
@@ -463,9 +497,9 @@ impl Node {
 /// The daemon does not take a cgroup that `init` intercepts as one pod.
 fn refuse_per_pod(base: &Path, cgroup: &Cgroup) -> anyhow::Result<()> {
     let per_pod = bpffs::datapath_dirs(base).iter().any(|d| {
-        bpffs::pod_dirs(d).iter().any(
-            |p| matches!(p, PodDir::Init { cgroup_id, .. } if *cgroup_id == cgroup.id),
-        )
+        bpffs::pod_dirs(d)
+            .iter()
+            .any(|p| matches!(p, PodDir::Init { cgroup_id, .. } if *cgroup_id == cgroup.id))
     }) || legacy::find(base, cgroup.id)
         .is_some_and(|d| legacy::record(&d).is_some_and(|r| r.mode == InstanceMode::Pod));
     if per_pod {
