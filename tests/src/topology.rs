@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cgroup::{cgroup2_mount, remove_tree};
-use crate::lines::{ProbeOptions, ProbeResult};
+use crate::lines::{ProbeCase, ProbeOptions, ProbeResult};
 use crate::netns::{ip, ip_batch, netns_path, run_in_netns};
 use crate::process::{Identity, Process, Registry, kill_registered, place_command};
 use crate::{PROBE_BIN, SERVER_BIN, SIDECAR_BIN, bin_path};
@@ -391,6 +391,49 @@ impl Topology {
             );
         }
         ProbeResult::parse(&finished.stdout)
+    }
+
+    /// Runs `interceptor-probe batch` at `place` as `identity`: each case in turn (as
+    /// [`Topology::probe_from`] with default options but `timeout` each), in one process.
+    /// Returns one result per case, in order.
+    pub fn probe_batch(
+        &self,
+        place: &Place,
+        identity: Identity,
+        cases: &[ProbeCase],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>> {
+        if cases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = self.command(place, identity, bin_path(PROBE_BIN)?)?;
+        cmd.arg("batch")
+            .args(cases.iter().map(ProbeCase::to_string))
+            .args(["--timeout-ms", &timeout.as_millis().to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let bound = timeout * u32::try_from(cases.len())? + PROBE_SLACK;
+        let finished = self.spawn(&mut cmd)?.wait(bound)?;
+        if !finished.status.success() {
+            bail!(
+                "probe batch of {} cases failed ({}): {}",
+                cases.len(),
+                finished.status,
+                finished.stderr.trim()
+            );
+        }
+        let results = finished
+            .stdout
+            .lines()
+            .map(ProbeResult::parse)
+            .collect::<Result<Vec<_>>>()?;
+        ensure!(
+            results.len() == cases.len(),
+            "probe batch: {} results for {} cases",
+            results.len(),
+            cases.len()
+        );
+        Ok(results)
     }
 }
 
