@@ -61,6 +61,10 @@ const APP_PORTS: [u16; 6] = [8080, 3306, 15008, 53, 9080, 15020];
 const SIDECAR_PORTS: [u16; 5] = [15001, 15002, 15006, 15007, 15053];
 /// Bound for each probe's connect and read.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same for connections to [`BLACKHOLE`], which time out whatever the bound: it only has
+/// to leave the sidecar time to take the connection and announce itself (milliseconds), and
+/// the record waits for it.
+const BLACKHOLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 const APP: Identity = Identity::new(1000, 1000);
 const PROXY: Identity = Identity::new(1337, 1337);
@@ -511,16 +515,18 @@ fn inbound_cases(t: &Topology) -> Vec<(String, ProbeCase)> {
     cases
 }
 
-/// Runs `cases` at `place` as `who` in one probe process and records each under `prefix`.
+/// Runs `cases` at `place` as `who` in one probe process, each within `timeout`, and records
+/// each under `prefix`.
 fn probe_all(
     t: &Topology,
     place: &Place,
     who: Identity,
     prefix: &str,
     cases: &[(String, ProbeCase)],
+    timeout: Duration,
 ) -> Result<Vec<(String, String)>> {
     let connections: Vec<ProbeCase> = cases.iter().map(|(_, c)| *c).collect();
-    let results = t.probe_batch(place, who, &connections, PROBE_TIMEOUT)?;
+    let results = t.probe_batch(place, who, &connections, timeout)?;
     Ok(cases
         .iter()
         .zip(results)
@@ -539,7 +545,7 @@ fn record(pod: &Intercepted) -> Result<Record> {
     ];
     let outbound = outbound_cases(t);
     let mut out = BTreeMap::new();
-    // The cases that time out cost the whole probe timeout each: they run beside the rest.
+    // The cases that time out cost their whole timeout: they run beside the rest.
     let never_answers = [(
         "tcp blackhole:8080".to_owned(),
         ProbeCase::to(addr(BLACKHOLE, 8080)),
@@ -549,7 +555,10 @@ fn record(pod: &Intercepted) -> Result<Record> {
             .into_iter()
             .map(|(who_name, who)| {
                 let cases = &never_answers;
-                s.spawn(move || probe_all(t, &Place::Pod, who, &format!("{who_name} "), cases))
+                s.spawn(move || {
+                    let prefix = format!("{who_name} ");
+                    probe_all(t, &Place::Pod, who, &prefix, cases, BLACKHOLE_TIMEOUT)
+                })
             })
             .collect();
         out.extend(probe_all(
@@ -558,6 +567,7 @@ fn record(pod: &Intercepted) -> Result<Record> {
             Identity::APP,
             "",
             &inbound_cases(t),
+            PROBE_TIMEOUT,
         )?);
         for (who_name, who) in IDENTITIES {
             out.extend(probe_all(
@@ -566,6 +576,7 @@ fn record(pod: &Intercepted) -> Result<Record> {
                 who,
                 &format!("{who_name} "),
                 &outbound,
+                PROBE_TIMEOUT,
             )?);
             for transport in [DnsTransport::Udp, DnsTransport::UdpConnected] {
                 for (dest_name, ip) in name_servers {
@@ -597,7 +608,7 @@ fn record(pod: &Intercepted) -> Result<Record> {
 
 /// Rows where the records differ (or that one of them lacks), as a readable table; `ebpf` is
 /// read as REDIRECT would show it (see [`as_redirect_shows`]).
-fn differences(ebpf: &Record, other: &Record) -> Vec<String> {
+fn differences(ebpf: &Record, other: &Record, name: &str) -> Vec<String> {
     let cases: BTreeSet<&String> = ebpf.keys().chain(other.keys()).collect();
     cases
         .into_iter()
@@ -606,8 +617,9 @@ fn differences(ebpf: &Record, other: &Record) -> Vec<String> {
             let b = other.get(case);
             (a.as_ref() != b).then(|| {
                 format!(
-                    "{case}: {} | {}",
+                    "{case}:\n  ebpf:   {}\n  {:<7} {}",
                     a.as_deref().unwrap_or("-"),
+                    format!("{name}:"),
                     b.map_or("-", String::as_str)
                 )
             })
@@ -672,10 +684,10 @@ fn run_flag_set(index: usize) -> Result<()> {
         ));
     }
     for (name, (rec, _)) in &recs[1..] {
-        let diff = differences(ebpf, rec);
+        let diff = differences(ebpf, rec, name);
         if !diff.is_empty() {
             failures.push(format!(
-                "ebpf and iptables-{name} differ in {} cases (case: ebpf | {name}):\n{}",
+                "ebpf and iptables-{name} differ in {} cases:\n{}",
                 diff.len(),
                 diff.join("\n")
             ));
