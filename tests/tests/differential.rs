@@ -326,6 +326,10 @@ fn build_pod(tag: &str, backend: Backend, flag_set: &[&str]) -> Result<(Intercep
     let mut all = vec!["--resolv-conf", resolv_conf.path_str()];
     all.extend(flags);
     pod.init_env(&all, &env)?;
+    // The sidecar binds ::6 (put on lo by init when IPv6 is captured) for its IPv6
+    // passthrough connections.
+    pod.topo
+        .wait_address_settled(Side::Pod, Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6))?;
     Ok((
         pod,
         Peers {
