@@ -37,7 +37,10 @@ pub use intercepted::{
     BPFFS, Backend, Intercepted, IptablesMode, Route, SEED_FLAGS, addr, addr6, any, any6,
     instance_dir, interceptor, interceptor_bin, interceptor_env, route_of,
 };
-pub use lines::{LoopSummary, ProbeOptions, ProbeResult, ServerLine, SidecarLine, errno_name};
+pub use lines::{
+    FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeOptions, ProbeResult, ServerLine,
+    SidecarLine, errno_name,
+};
 pub use netns::{is_listening, netns_path, run_in_netns};
 pub use process::{Finished, Identity, Process};
 pub use temp_file::TempFile;

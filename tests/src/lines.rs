@@ -1,6 +1,7 @@
 //! The wire formats shared by the test binaries and the tests: one definition for both sides.
 
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,6 +21,123 @@ pub struct ProbeResult {
     pub peer_name: Option<SocketAddr>,
     /// Lines received until EOF or timeout (the response body with `--http`).
     pub lines: Vec<String>,
+    /// The first failure (the one `error` describes), classified: refused, timed out, reset...
+    /// Absent from the output of older probes.
+    #[serde(default)]
+    pub failure: Option<ProbeFailure>,
+}
+
+/// Where a probe's connection failed and how, in the terms a client can tell apart (no
+/// addresses, no port numbers): e.g. `connect refused`, `connect timed out`, `read reset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeFailure {
+    /// `bind`, `socket`, `connect`, `write`, `shutdown` or `read`.
+    pub stage: String,
+    pub kind: FailureKind,
+}
+
+impl ProbeFailure {
+    pub fn new(stage: &str, kind: FailureKind) -> Self {
+        Self {
+            stage: stage.to_owned(),
+            kind,
+        }
+    }
+}
+
+impl fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.stage, self.kind)
+    }
+}
+
+/// How a socket call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// A reset answered the SYN (nothing listens, or a refusal).
+    Refused,
+    /// No answer before the probe's deadline (the SYN, or the data, was dropped).
+    TimedOut,
+    /// An established connection was reset.
+    Reset,
+    /// The kernel had no route, or an ICMP error came back.
+    Unreachable,
+    /// Any other error, by errno (0 when there was none, e.g. a malformed HTTP answer); shown
+    /// by name where [`errno_name`] knows it.
+    Errno(i32),
+}
+
+impl FailureKind {
+    /// The kind of an I/O error from a socket call.
+    pub fn of(error: &io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::ConnectionRefused => Self::Refused,
+            io::ErrorKind::TimedOut => Self::TimedOut,
+            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Self::Reset,
+            io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => Self::Unreachable,
+            _ => Self::Errno(error.raw_os_error().unwrap_or(0)),
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused => f.write_str("refused"),
+            Self::TimedOut => f.write_str("timed out"),
+            Self::Reset => f.write_str("reset"),
+            Self::Unreachable => f.write_str("unreachable"),
+            Self::Errno(errno) => f.write_str(&errno_name(*errno)),
+        }
+    }
+}
+
+/// One connection of `interceptor-probe batch`: `TARGET`, or `TARGET@SOURCE` to bind the
+/// source address first (e.g. `10.200.0.2:8080@127.0.0.6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeCase {
+    pub target: SocketAddr,
+    pub bind: Option<IpAddr>,
+}
+
+impl ProbeCase {
+    pub fn to(target: SocketAddr) -> Self {
+        Self { target, bind: None }
+    }
+
+    pub fn from_source(bind: IpAddr, target: SocketAddr) -> Self {
+        Self {
+            target,
+            bind: Some(bind),
+        }
+    }
+}
+
+impl fmt::Display for ProbeCase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.bind {
+            Some(bind) => write!(f, "{}@{bind}", self.target),
+            None => write!(f, "{}", self.target),
+        }
+    }
+}
+
+impl FromStr for ProbeCase {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let (target, bind) = match text.split_once('@') {
+            Some((target, bind)) => (target, Some(bind.parse().context("source address")?)),
+            None => (text, None),
+        };
+        Ok(Self {
+            target: target
+                .parse()
+                .with_context(|| format!("target {target:?}"))?,
+            bind,
+        })
+    }
 }
 
 impl ProbeResult {
@@ -201,6 +319,8 @@ pub fn errno_name(errno: i32) -> String {
         libc::ENOTCONN => "ENOTCONN",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
         libc::EFAULT => "EFAULT",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EADDRINUSE => "EADDRINUSE",
         _ => return errno.to_string(),
     };
     name.to_owned()
@@ -236,6 +356,29 @@ mod tests {
         }
         assert_eq!(errno_name(libc::ENOPROTOOPT), "ENOPROTOOPT");
         assert_eq!(errno_name(9999), "9999");
+    }
+
+    #[test]
+    fn probe_cases_and_failures_round_trip() {
+        for text in [
+            "10.200.0.2:8080",
+            "[fd00:200::2]:8080@::6",
+            "10.200.0.2:80@127.0.0.6",
+        ] {
+            assert_eq!(text.parse::<ProbeCase>().unwrap().to_string(), text);
+        }
+        assert!("10.200.0.2:8080@nowhere".parse::<ProbeCase>().is_err());
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let failure = ProbeFailure::new("connect", FailureKind::of(&refused));
+        assert_eq!(failure.to_string(), "connect refused");
+        let json = serde_json::to_string(&failure).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ProbeFailure>(&json).unwrap(),
+            failure
+        );
+        let other = FailureKind::of(&io::Error::from_raw_os_error(libc::EADDRNOTAVAIL));
+        assert_eq!(other.to_string(), "EADDRNOTAVAIL");
+        assert_eq!(FailureKind::Errno(9999).to_string(), "9999");
     }
 
     #[test]

@@ -6,12 +6,12 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::cgroup::{cgroup2_mount, remove_tree};
-use crate::lines::{ProbeOptions, ProbeResult};
+use crate::lines::{ProbeCase, ProbeOptions, ProbeResult};
 use crate::netns::{ip, ip_batch, netns_path, run_in_netns};
 use crate::process::{Identity, Process, Registry, kill_registered, place_command};
 use crate::{PROBE_BIN, SERVER_BIN, SIDECAR_BIN, bin_path};
@@ -22,6 +22,8 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 const CGROUP_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Slack on top of the probe's own timeout for process start and exit.
 const PROBE_SLACK: Duration = Duration::from_secs(5);
+/// Bound for the kernel to finish with a new IPv6 address (duplicate address detection).
+const TENTATIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Makes names unique among the topologies of one process; the pid separates processes.
 static NEXT_TOPOLOGY: AtomicU32 = AtomicU32::new(0);
@@ -280,6 +282,46 @@ impl Topology {
         ip(&[&["-n", netns], args].concat())
     }
 
+    /// Waits until the IPv6 address `ip`, if the namespace has it, is no longer tentative. An
+    /// address added without `nodad` (as `init` adds `::6` to `lo` when IPv6 is captured)
+    /// cannot be bound until the kernel's address worker has run, which on a loaded machine
+    /// can be after the command that added it has returned.
+    pub fn wait_address_settled(&self, side: Side, ip: Ipv6Addr) -> Result<()> {
+        let netns = match side {
+            Side::Pod => &self.pod_netns,
+            Side::Server => &self.server_netns,
+        };
+        let deadline = Instant::now() + TENTATIVE_TIMEOUT;
+        loop {
+            let mut cmd = Command::new("ip");
+            cmd.args([
+                "-n",
+                netns,
+                "-6",
+                "addr",
+                "show",
+                "to",
+                &format!("{ip}/128"),
+            ])
+            .args(["tentative"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            let listed = Process::spawn(&mut cmd, None)?.wait(TENTATIVE_TIMEOUT)?;
+            ensure!(
+                listed.status.success(),
+                "listing tentative addresses in {netns}: {}",
+                listed.stderr.trim()
+            );
+            if listed.stdout.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{netns}: {ip} still tentative after {TENTATIVE_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Runs `f` on a thread inside a namespace (for in-process clients; not in the pod cgroup).
     pub fn run_in<T: Send>(&self, side: Side, f: impl FnOnce() -> T + Send) -> Result<T> {
         run_in_netns(&self.netns_path(side), f)
@@ -391,6 +433,49 @@ impl Topology {
             );
         }
         ProbeResult::parse(&finished.stdout)
+    }
+
+    /// Runs `interceptor-probe batch` at `place` as `identity`: each case in turn (as
+    /// [`Topology::probe_from`] with default options but `timeout` each), in one process.
+    /// Returns one result per case, in order.
+    pub fn probe_batch(
+        &self,
+        place: &Place,
+        identity: Identity,
+        cases: &[ProbeCase],
+        timeout: Duration,
+    ) -> Result<Vec<ProbeResult>> {
+        if cases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = self.command(place, identity, bin_path(PROBE_BIN)?)?;
+        cmd.arg("batch")
+            .args(cases.iter().map(ProbeCase::to_string))
+            .args(["--timeout-ms", &timeout.as_millis().to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let bound = timeout * u32::try_from(cases.len())? + PROBE_SLACK;
+        let finished = self.spawn(&mut cmd)?.wait(bound)?;
+        if !finished.status.success() {
+            bail!(
+                "probe batch of {} cases failed ({}): {}",
+                cases.len(),
+                finished.status,
+                finished.stderr.trim()
+            );
+        }
+        let results = finished
+            .stdout
+            .lines()
+            .map(ProbeResult::parse)
+            .collect::<Result<Vec<_>>>()?;
+        ensure!(
+            results.len() == cases.len(),
+            "probe batch: {} results for {} cases",
+            results.len(),
+            cases.len()
+        );
+        Ok(results)
     }
 }
 

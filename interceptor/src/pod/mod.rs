@@ -134,12 +134,13 @@ impl PodFacts {
 }
 
 /// istio-iptables puts `::6/128` on `lo` when IPv6 is enabled: Envoy's inbound passthrough
-/// binds it (IPv6 `lo` holds only `::1`, unlike IPv4's 127/8). Both backends do.
+/// binds it (IPv6 `lo` holds only `::1`, unlike IPv4's 127/8). Both backends do, without
+/// duplicate address detection, so that it can be bound as soon as `init` returns.
 pub fn add_inbound_passthrough_v6(netns: &Netns) -> anyhow::Result<()> {
     let out = exec::run(
         netns,
         "ip",
-        &["-6", "addr", "replace", "::6/128", "dev", "lo"],
+        &["-6", "addr", "replace", "::6/128", "dev", "lo", "nodad"],
         None,
     )?;
     anyhow::ensure!(

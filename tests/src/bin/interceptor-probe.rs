@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use interceptor_tests::{LoopSummary, ProbeResult, ServerLine, SidecarLine};
+use interceptor_tests::{
+    FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeResult, ServerLine, SidecarLine,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout_at};
@@ -35,6 +37,16 @@ enum Cmd {
         /// Send `GET /` and report the response body lines.
         #[arg(long, conflicts_with = "send")]
         http: bool,
+    },
+    /// Connect to each CASE in turn (`TARGET` or `TARGET@SOURCE`), as `connect` does with no
+    /// text to send, and print one JSON line per case, in order: many connections for the
+    /// cost of one process (one identity, one place).
+    Batch {
+        #[arg(required = true)]
+        cases: Vec<ProbeCase>,
+        /// Bound for connecting and reading, per case.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
     },
     /// Connect to TARGET again and again (reading each connection's first line) until stdin
     /// reaches EOF or a bound is hit, then print one JSON `LoopSummary` line.
@@ -87,6 +99,17 @@ async fn main() {
             );
             return;
         }
+        Cmd::Batch { cases, timeout_ms } => {
+            for case in cases {
+                let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+                let result = probe(case.target, case.bind, "", false, deadline).await;
+                println!(
+                    "{}",
+                    serde_json::to_string(&result).expect("ProbeResult serializes")
+                );
+            }
+            return;
+        }
     };
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let request = if http {
@@ -111,8 +134,9 @@ async fn probe(
     let mut result = ProbeResult::default();
     let mut stream = match connect(target, bind, deadline).await {
         Ok(stream) => stream,
-        Err(e) => {
-            result.error = Some(e);
+        Err((text, failure)) => {
+            result.error = Some(text);
+            result.failure = Some(failure);
             return result;
         }
     };
@@ -121,11 +145,11 @@ async fn probe(
     result.peer_name = stream.peer_addr().ok();
 
     if let Err(e) = stream.write_all(request.as_bytes()).await {
-        result.error = Some(format!("write: {e}"));
+        note_failure(&mut result, "write", &e);
     }
     // Without --http, EOF tells an echoing peer to finish; HTTP says `Connection: close` instead.
     if !http && let Err(e) = stream.shutdown().await {
-        result.error.get_or_insert(format!("shutdown: {e}"));
+        note_failure(&mut result, "shutdown", &e);
     }
     // Read chunk by chunk so that what arrived before a timeout or reset is still reported.
     let mut received = Vec::new();
@@ -134,11 +158,14 @@ async fn probe(
             Ok(Ok(0)) => break,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                result.error.get_or_insert(format!("read: {e}"));
+                note_failure(&mut result, "read", &e);
                 break;
             }
             Err(_) => {
-                result.error.get_or_insert("read: timed out".to_owned());
+                if result.error.is_none() {
+                    result.error = Some("read: timed out".to_owned());
+                    result.failure = Some(ProbeFailure::new("read", FailureKind::TimedOut));
+                }
                 break;
             }
         }
@@ -148,9 +175,10 @@ async fn probe(
         match text.split_once("\r\n\r\n") {
             Some((_head, body)) => body,
             None => {
-                result
-                    .error
-                    .get_or_insert("http: no response head".to_owned());
+                if result.error.is_none() {
+                    result.error = Some("http: no response head".to_owned());
+                    result.failure = Some(ProbeFailure::new("http", FailureKind::Errno(0)));
+                }
                 &text
             }
         }
@@ -159,6 +187,14 @@ async fn probe(
     };
     result.lines = body.lines().map(str::to_owned).collect();
     result
+}
+
+/// Records the first failure only: `error` and `failure` describe the same one.
+fn note_failure(result: &mut ProbeResult, stage: &str, e: &std::io::Error) {
+    if result.error.is_none() {
+        result.error = Some(format!("{stage}: {e}"));
+        result.failure = Some(ProbeFailure::new(stage, FailureKind::of(e)));
+    }
 }
 
 /// Sequential connections until stdin closes; each is classified by its first line.
@@ -199,7 +235,9 @@ async fn connect_loop(
 }
 
 async fn first_line(target: SocketAddr, deadline: Instant) -> Result<String, String> {
-    let mut stream = connect(target, None, deadline).await?;
+    let mut stream = connect(target, None, deadline)
+        .await
+        .map_err(|(text, _)| text)?;
     let mut received = Vec::new();
     while !received.contains(&b'\n') {
         match timeout_at(deadline, stream.read_buf(&mut received)).await {
@@ -217,24 +255,31 @@ async fn first_line(target: SocketAddr, deadline: Instant) -> Result<String, Str
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
+/// A connected stream, or the error's text and its classification.
 async fn connect(
     target: SocketAddr,
     bind: Option<IpAddr>,
     deadline: Instant,
-) -> Result<TcpStream, String> {
+) -> Result<TcpStream, (String, ProbeFailure)> {
+    let failed = |stage: &str, text: String, e: &std::io::Error| {
+        (text, ProbeFailure::new(stage, FailureKind::of(e)))
+    };
     let socket = match target {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
-    .map_err(|e| format!("socket: {e}"))?;
+    .map_err(|e| failed("socket", format!("socket: {e}"), &e))?;
     if let Some(ip) = bind {
         socket
             .bind(SocketAddr::new(ip, 0))
-            .map_err(|e| format!("bind {ip}: {e}"))?;
+            .map_err(|e| failed("bind", format!("bind {ip}: {e}"), &e))?;
     }
     match timeout_at(deadline, socket.connect(target)).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(format!("connect: {e}")),
-        Err(_) => Err("connect: timed out".to_owned()),
+        Ok(Err(e)) => Err(failed("connect", format!("connect: {e}"), &e)),
+        Err(_) => Err((
+            "connect: timed out".to_owned(),
+            ProbeFailure::new("connect", FailureKind::TimedOut),
+        )),
     }
 }
