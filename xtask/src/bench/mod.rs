@@ -224,10 +224,11 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         inbound_conns: 32,
         // The first pod and 20 further ones (quick: 5).
         init_pods: if args.quick { 6 } else { 21 },
+        // 2: whether a second pod loads programs of its own.
         scale_pods: if args.quick {
-            vec![1, 10, 100]
+            vec![1, 2, 10, 50]
         } else {
-            vec![1, 100, 1_000]
+            vec![1, 2, 100, 1_000]
         },
         // Today's per-pod instances lock ~31 MB each: 100 of them fit, 1,000 would not.
         scale_memory_budget_bytes: 4 << 30,
@@ -692,7 +693,7 @@ mod tests {
                     }
             );
         }
-        assert_eq!(s.scale_pods, vec![1, 10, 100]);
+        assert_eq!(s.scale_pods, vec![1, 2, 10, 50]);
         let bad = BenchArgs {
             modes: vec![Mode::Ebpf],
             ..args

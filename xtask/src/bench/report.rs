@@ -90,7 +90,7 @@ fn ms(x: f64) -> String {
 }
 
 fn ns(x: f64) -> String {
-    format!("{x:.0} ns")
+    format!("{} ns", thousands(x))
 }
 
 fn count(n: u32) -> String {
@@ -1007,18 +1007,22 @@ fn scale_table(o: &mut String, run: &ScaleRun) {
         return;
     }
     let at = |p| percentile(e.iter().copied(), p).map_or("–".into(), |x| format!("{x:.1} ms"));
+    let last_100 = if e.len() > 200 {
+        percentile(e.iter().rev().take(100).copied(), 50.0)
+            .map_or(String::new(), |x| format!("; the last 100: p50 {x:.1} ms"))
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         o,
-        "{what}, {} pods one after another: first {:.1} ms, then p50 {}, p90 {}, p99 {}, max \
-         {} (all pods); the last 100: p50 {}.\n",
+        "{what}, {} pods one after another: the first {:.1} ms; all of them p50 {}, p90 {}, \
+         p99 {}, max {}{last_100}.\n",
         count(e.len() as u32),
         e[0],
         at(50.0),
         at(90.0),
         at(99.0),
         at(100.0),
-        percentile(e.iter().rev().take(100).copied(), 50.0)
-            .map_or("–".into(), |x| format!("{x:.1} ms")),
     );
 }
 
@@ -1323,7 +1327,7 @@ fn scale_sentences(o: &mut String, r: &Results) {
             count(reached),
             kib(last.ours.bytes() as f64),
             run.bytes_per_further_pod(reached).map_or("–".into(), kib),
-            programs_added_after_first,
+            thousands(programs_added_after_first as f64),
         );
         if let Some(why) = &run.stopped {
             let _ = write!(o, " (not run to {}: {why})", count(run.pods_asked));

@@ -79,7 +79,8 @@ pub fn write_workdir(
 /// A stock TCP proxy as the inbound sidecar: nginx's stream module on the capture port,
 /// relaying to the application on loopback (it never reads the original destination: every
 /// captured connection is for the application's port). One worker: the pod's processes share
-/// one CPU.
+/// one CPU. `proxy_half_close` (off by default) lets the path check's probe, which shuts down
+/// its write side after the request, read the answer.
 fn inbound_sidecar_conf(stream_module: Option<&Path>) -> String {
     let load = stream_module
         .map(|m| format!("load_module {};\n", m.display()))
@@ -96,6 +97,8 @@ stream {{
     server {{
         listen {INBOUND_CAPTURE_PORT} backlog=4096;
         proxy_pass 127.0.0.1:{APP_PORT};
+        # As Envoy's TCP proxy: a client that shuts down its write side still gets the answer.
+        proxy_half_close on;
     }}
 }}
 "#
