@@ -592,3 +592,75 @@ impl Results {
         names
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_from_before_inbound_and_scale_read_as_outbound_tuned() {
+        let sample: Sample = serde_json::from_str(
+            r#"{"round":1,"mode":"ebpf","workload":"close","conns":32,"cidrs":0,"at_s":1.5,
+                "http":null,"iperf":null,"cpu":{"pod_user_us":1,"pod_system_us":2,
+                "server_user_us":3,"server_system_us":4}}"#,
+        )
+        .unwrap();
+        assert_eq!(sample.case, Case::outbound(Workload::Close, 32, 0));
+        let kernel: KernelSample =
+            serde_json::from_str(r#"{"round":1,"cidrs":0,"requests":10,"programs":[]}"#).unwrap();
+        assert_eq!(kernel.direction, Direction::Outbound);
+        // And a new one keeps its flow through the flattening.
+        let inbound = Sample {
+            case: Case {
+                flow: Flow {
+                    direction: Direction::Inbound,
+                    sysctls: Sysctls::Default,
+                },
+                ..sample.case
+            },
+            ..sample
+        };
+        let text = serde_json::to_string(&inbound).unwrap();
+        assert!(text.contains(r#""direction":"inbound","sysctls":"default""#));
+        let back: Sample = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.case, inbound.case);
+    }
+
+    fn point(pods: u32, bytes: u64) -> ScalePoint {
+        ScalePoint {
+            pods,
+            ours: Footprint {
+                programs: 13,
+                maps: 15,
+                program_bytes: 0,
+                map_bytes: bytes,
+            },
+            machine: Footprint::default(),
+        }
+    }
+
+    #[test]
+    fn memory_per_pod_counts_from_before_and_from_the_first_pod() {
+        let run = ScaleRun {
+            enrolment: Enrolment::Node,
+            flags: String::new(),
+            pods_asked: 100,
+            pods_reached: 100,
+            stopped: None,
+            daemon_start_ms: None,
+            // A node's shared 100 MB, the first pod 1 MB more (say, programs it loads), then
+            // 10 KB per pod.
+            points: vec![
+                point(0, 100_000_000),
+                point(1, 101_000_000),
+                point(100, 101_990_000),
+            ],
+            enrol_ms: Vec::new(),
+        };
+        assert_eq!(run.bytes_per_pod(1), Some(1_000_000.0));
+        assert_eq!(run.bytes_per_pod(100), Some(19_900.0));
+        assert_eq!(run.bytes_per_further_pod(100), Some(10_000.0));
+        assert_eq!(run.bytes_per_further_pod(1), None);
+        assert_eq!(run.bytes_per_pod(7), None);
+    }
+}
