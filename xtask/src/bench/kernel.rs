@@ -1,7 +1,8 @@
 //! What the kernel says about our BPF objects, through bpftool and /proc only (never through
-//! interceptor's own pins, whose layout changes with the datapath): the programs attached to
+//! the layout of interceptor's pins, which changes with the datapath): the programs attached to
 //! given cgroups and network namespaces, the maps those programs use, the objects a process
-//! (the daemon) holds open; their kernel memory (`bytes_memlock`) and run statistics.
+//! (the daemon) holds open, anything pinned in the bench's own bpffs; their kernel memory
+//! (`bytes_memlock`) and run statistics.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -30,6 +31,9 @@ pub struct Program {
     pub run_time_ns: u64,
     #[serde(default)]
     pub run_cnt: u64,
+    /// Where it is pinned (`bpftool -f`).
+    #[serde(default)]
+    pub pinned: Vec<String>,
 }
 
 /// A map, as `bpftool -j map show` lists it.
@@ -38,6 +42,9 @@ pub struct Map {
     pub id: u32,
     #[serde(default)]
     pub bytes_memlock: u64,
+    /// Where it is pinned (`bpftool -f`).
+    #[serde(default)]
+    pub pinned: Vec<String>,
 }
 
 /// Every program and map of the machine at one moment.
@@ -55,13 +62,33 @@ pub struct Ours {
 }
 
 impl Snapshot {
+    /// Every program and map, with where each is pinned.
     pub fn take() -> Result<Self> {
-        let programs: Vec<Program> = parse_list(&bpftool(&["prog", "show"])?, "prog show")?;
-        let maps: Vec<Map> = parse_list(&bpftool(&["map", "show"])?, "map show")?;
+        let programs: Vec<Program> = parse_list(&bpftool(&["-f", "prog", "show"])?, "prog show")?;
+        let maps: Vec<Map> = parse_list(&bpftool(&["-f", "map", "show"])?, "map show")?;
         Ok(Self {
             programs: programs.into_iter().map(|p| (p.id, p)).collect(),
             maps: maps.into_iter().map(|m| (m.id, m)).collect(),
         })
+    }
+
+    /// Whatever is pinned under `root` (a bpffs of our own: nobody else pins there).
+    pub fn pinned_under(&self, root: &Path) -> Ours {
+        let under = |pins: &[String]| pins.iter().any(|p| Path::new(p).starts_with(root));
+        Ours {
+            programs: self
+                .programs
+                .values()
+                .filter(|p| under(&p.pinned))
+                .map(|p| p.id)
+                .collect(),
+            maps: self
+                .maps
+                .values()
+                .filter(|m| under(&m.pinned))
+                .map(|m| m.id)
+                .collect(),
+        }
     }
 
     /// Everything on the machine.
@@ -297,7 +324,9 @@ mod tests {
         .unwrap();
         let maps: Vec<Map> = serde_json::from_str(
             r#"[{"id":1,"type":"hash","bytes_memlock":1000},{"id":2,"bytes_memlock":20000},
-                {"id":3,"bytes_memlock":300},{"id":4,"bytes_memlock":5},{"id":9,"bytes_memlock":7}]"#,
+                {"id":3,"bytes_memlock":300},{"id":4,"bytes_memlock":5,
+                 "pinned":["/run/bench-bpffs/interceptor/x/RECORDS"]},
+                {"id":9,"bytes_memlock":7,"pinned":["/sys/fs/bpf/other/M"]}]"#,
         )
         .unwrap();
         Snapshot {
@@ -326,6 +355,12 @@ mod tests {
         let all = s.machine();
         assert_eq!((all.programs, all.maps), (4, 5));
         assert_eq!(all.bytes(), 20480 + 21312);
+        // A map only user space uses, pinned in our bpffs, is ours; one pinned elsewhere is not.
+        let pinned = s.pinned_under(Path::new("/run/bench-bpffs"));
+        assert_eq!(
+            (pinned.programs, pinned.maps),
+            (BTreeSet::new(), [4].into())
+        );
     }
 
     #[test]

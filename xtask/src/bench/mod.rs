@@ -108,6 +108,9 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
     build_release()?;
     let bin = root.join("target/release");
     let workdir = std::env::temp_dir().join(format!("interceptor-bench-{}", std::process::id()));
+    let bpffs = PrivateBpffs::mount(
+        &Path::new("/run").join(format!("interceptor-bench-{}-bpffs", std::process::id())),
+    )?;
     let tools = Tools {
         interceptor: bin.join("interceptor"),
         sidecar: bin.join(interceptor_tests::SIDECAR_BIN),
@@ -115,6 +118,7 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
         workdir: workdir.clone(),
         pod_cpus: settings.pod_cpus.clone(),
         server_cpus: settings.server_cpus.clone(),
+        bpffs: bpffs.0.clone(),
     };
     if settings
         .modes
@@ -158,9 +162,12 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
         pod_inits: Vec::new(),
         scale: Vec::new(),
         default_sysctls: Default::default(),
+        leftover_pins: None,
     };
     let clock = Instant::now();
     let outcome = measure(&mut results, &tools, clock);
+    // Every pod is gone by now, each after `interceptor clean`: nothing should stay pinned.
+    results.leftover_pins = Some(pinned_files(&tools.bpffs));
     results.meta.finished = machine::iso_utc(machine::unix_now());
     results.meta.wall_s = clock.elapsed().as_secs_f64();
     // Partial results are still written: a failure late in a long run keeps what it measured.
@@ -618,6 +625,74 @@ fn write_results(root: &Path, out: &Path, results: &Results) -> Result<()> {
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("cargo xtask {}", args.join(" "))
+}
+
+/// The files (pins) under `dir`, at any depth.
+fn pinned_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(pinned_files(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A bpffs instance of the run's own, unmounted (with whatever is still pinned in it) and its
+/// mount point removed on drop.
+struct PrivateBpffs(PathBuf);
+
+impl PrivateBpffs {
+    fn mount(path: &Path) -> Result<Self> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt as _;
+        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+        let target = CString::new(path.as_os_str().as_bytes())?;
+        let fstype = c"bpf";
+        // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = fs::remove_dir(path);
+            return Err(e).with_context(|| format!("mounting bpffs at {}", path.display()));
+        }
+        Ok(Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt as _;
+        let Ok(target) = CString::new(self.0.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: a NUL-terminated path that outlives the call.
+        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+            eprintln!(
+                "bench: unmounting {}: {}",
+                self.0.display(),
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        let _ = fs::remove_dir(&self.0);
+    }
 }
 
 struct RemoveOnDrop(PathBuf);

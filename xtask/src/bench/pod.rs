@@ -36,6 +36,10 @@ pub struct Tools {
     /// CPUs the pod's processes (client, sidecar) and the server's run on; empty: anywhere.
     pub pod_cpus: Vec<usize>,
     pub server_cpus: Vec<usize>,
+    /// A bpffs mounted for this run only, which every eBPF `init`, `clean` and `daemon` is
+    /// given: what the run pins is apart from anything else on the machine (other tests'
+    /// pods, a node datapath they would share), and goes with the mount at the end.
+    pub bpffs: PathBuf,
 }
 
 impl Tools {
@@ -45,6 +49,11 @@ impl Tools {
 
     pub fn wrk_script(&self) -> PathBuf {
         self.workdir.join("report.lua")
+    }
+
+    /// `--bpffs <the run's own>`, for the eBPF backend's commands.
+    pub fn bpffs_args(&self) -> [String; 2] {
+        ["--bpffs".to_owned(), self.bpffs.display().to_string()]
     }
 
     /// Runs `interceptor <args>` (bounded), failing with its stderr; returns its stdout and
@@ -142,11 +151,14 @@ impl<'t> BenchPod<'t> {
         let cidr_list = modes::excluded_cidrs(self.cidrs);
         let netns = self.topo.netns_path(Side::Pod);
         let inbound = self.flow.direction == Direction::Inbound;
-        if let Some(args) = self
-            .mode
-            .init_args(&self.topo.pod_cgroup, &netns, &cidr_list, inbound)
+        if let Some(mut args) =
+            self.mode
+                .init_args(&self.topo.pod_cgroup, &netns, &cidr_list, inbound)
         {
             self.attached_ebpf = self.mode == Mode::Ebpf;
+            if self.attached_ebpf {
+                args.extend(self.tools.bpffs_args());
+            }
             let (_, elapsed) = self.tools.interceptor(&args)?;
             self.init_ms = Some(elapsed.as_secs_f64() * 1e3);
         }
@@ -399,11 +411,12 @@ impl<'t> BenchPod<'t> {
 impl Drop for BenchPod<'_> {
     fn drop(&mut self) {
         if self.attached_ebpf {
-            let args = vec![
+            let mut args = vec![
                 "clean".to_owned(),
                 "--cgroup".to_owned(),
                 self.topo.pod_cgroup.display().to_string(),
             ];
+            args.extend(self.tools.bpffs_args());
             if let Err(e) = self.tools.interceptor(&args) {
                 eprintln!("bench: {e:#}");
             }

@@ -1095,6 +1095,32 @@ fn notes(o: &mut String, r: &Results) {
         "- wrk reported {} socket or status errors in total.",
         thousands(total_errors as f64)
     );
+    match &r.leftover_pins {
+        Some(pins) if pins.is_empty() => {
+            let _ = writeln!(
+                o,
+                "- Every eBPF command of the run used a bpffs of its own; after every pod had \
+                 been cleaned (`interceptor clean`, and the daemon's instance), nothing was \
+                 left pinned in it."
+            );
+        }
+        Some(pins) => {
+            let shown: Vec<String> = pins.iter().take(10).map(|p| format!("`{p}`")).collect();
+            let _ = writeln!(
+                o,
+                "- Every eBPF command of the run used a bpffs of its own; after every pod had \
+                 been cleaned, **{} pins were left in it** (the bench unmounted it): {}{}.",
+                pins.len(),
+                shown.join(", "),
+                if pins.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        None => {}
+    }
     let outside = Summary::of(r.samples.iter().filter_map(|s| s.cpu.outside_share()));
     let steal = Summary::of(r.samples.iter().filter_map(|s| s.cpu.steal_share()));
     if let (Some(outside), Some(steal)) = (outside, steal) {

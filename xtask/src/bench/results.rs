@@ -27,6 +27,10 @@ pub struct Results {
     /// with), read inside one.
     #[serde(default)]
     pub default_sysctls: BTreeMap<String, String>,
+    /// What was still pinned in the run's own bpffs after every pod had been cleaned (`None`:
+    /// not checked, in runs from before).
+    #[serde(default)]
+    pub leftover_pins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

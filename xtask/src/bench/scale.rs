@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use interceptor_tests::Process;
 
-use super::kernel::{self, Ours, Snapshot};
+use super::kernel::{self, Snapshot};
 use super::modes::{self, Mode};
 use super::pod::Tools;
 use super::results::{Enrolment, PodInitSample, ScalePoint, ScaleRun, Settings};
@@ -140,10 +140,11 @@ impl<'t> LightPods<'t> {
             .cgroup
             .clone()
             .context("a per-pod-mode pod has a cgroup")?;
-        let args = mode
+        let mut args = mode
             .init_args(&cgroup, &pod.netns, &[], true)
             .with_context(|| format!("{mode} has no init"))?;
         if mode == Mode::Ebpf {
+            args.extend(self.tools.bpffs_args());
             self.to_clean.push(cgroup);
         }
         let (_, elapsed) = self.tools.interceptor(&args)?;
@@ -166,6 +167,7 @@ impl<'t> LightPods<'t> {
             .arg(&cgroup)
             .arg("--socket")
             .arg(&socket)
+            .args(self.tools.bpffs_args())
             .env("INTERCEPTOR_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -224,16 +226,15 @@ impl<'t> LightPods<'t> {
     /// Our programs and maps now, and the machine's.
     pub fn point(&self) -> Result<ScalePoint> {
         let inodes: BTreeSet<u64> = self.pods.iter().map(|p| p.netns_inode).collect();
-        let mut ours = Ours {
-            programs: kernel::attached(&self.cgroup_root, &inodes)?,
-            maps: BTreeSet::new(),
-        };
+        let snapshot = Snapshot::take()?;
+        let mut ours = snapshot.pinned_under(&self.tools.bpffs);
+        ours.programs
+            .extend(kernel::attached(&self.cgroup_root, &inodes)?);
         if let Some(daemon) = &self.daemon {
             let held = kernel::held_by(daemon.process.pid())?;
             ours.programs.extend(held.programs);
             ours.maps.extend(held.maps);
         }
-        let snapshot = Snapshot::take()?;
         Ok(ScalePoint {
             pods: self.pods.len() as u32,
             ours: snapshot.footprint(&ours),
@@ -244,11 +245,12 @@ impl<'t> LightPods<'t> {
     fn clean(&mut self) {
         let tools = self.tools;
         let clean = |cgroup: &Path| {
-            let args = vec![
+            let mut args = vec![
                 "clean".to_owned(),
                 "--cgroup".to_owned(),
                 cgroup.display().to_string(),
             ];
+            args.extend(tools.bpffs_args());
             if let Err(e) = tools.interceptor(&args) {
                 eprintln!("bench: {e:#}");
             }
