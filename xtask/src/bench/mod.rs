@@ -118,7 +118,7 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
         workdir: workdir.clone(),
         pod_cpus: settings.pod_cpus.clone(),
         server_cpus: settings.server_cpus.clone(),
-        bpffs: bpffs.0.clone(),
+        bpffs: bpffs.path.clone(),
     };
     if settings
         .modes
@@ -166,8 +166,14 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
     };
     let clock = Instant::now();
     let outcome = measure(&mut results, &tools, clock);
-    // Every pod is gone by now, each after `interceptor clean`: nothing should stay pinned.
-    results.leftover_pins = Some(pinned_files(&tools.bpffs));
+    // Every pod is gone by now, each after `interceptor clean`: nothing should stay pinned
+    // (but what the kernel itself puts in a new bpffs, e.g. `maps.debug`).
+    results.leftover_pins = Some(
+        pinned_files(&tools.bpffs)
+            .into_iter()
+            .filter(|p| !bpffs.initial.contains(p))
+            .collect(),
+    );
     results.meta.finished = machine::iso_utc(machine::unix_now());
     results.meta.wall_s = clock.elapsed().as_secs_f64();
     // Partial results are still written: a failure late in a long run keeps what it measured.
@@ -647,7 +653,11 @@ fn pinned_files(dir: &Path) -> Vec<String> {
 
 /// A bpffs instance of the run's own, unmounted (with whatever is still pinned in it) and its
 /// mount point removed on drop.
-struct PrivateBpffs(PathBuf);
+struct PrivateBpffs {
+    path: PathBuf,
+    /// What the kernel put in it at mount (the preloaded iterators, `maps.debug`...).
+    initial: Vec<String>,
+}
 
 impl PrivateBpffs {
     fn mount(path: &Path) -> Result<Self> {
@@ -671,7 +681,10 @@ impl PrivateBpffs {
             let _ = fs::remove_dir(path);
             return Err(e).with_context(|| format!("mounting bpffs at {}", path.display()));
         }
-        Ok(Self(path.to_path_buf()))
+        Ok(Self {
+            path: path.to_path_buf(),
+            initial: pinned_files(path),
+        })
     }
 }
 
@@ -679,19 +692,19 @@ impl Drop for PrivateBpffs {
     fn drop(&mut self) {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt as _;
-        let Ok(target) = CString::new(self.0.as_os_str().as_bytes()) else {
+        let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) else {
             return;
         };
         // SAFETY: a NUL-terminated path that outlives the call.
         if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
             eprintln!(
                 "bench: unmounting {}: {}",
-                self.0.display(),
+                self.path.display(),
                 std::io::Error::last_os_error()
             );
             return;
         }
-        let _ = fs::remove_dir(&self.0);
+        let _ = fs::remove_dir(&self.path);
     }
 }
 
