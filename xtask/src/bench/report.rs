@@ -164,7 +164,9 @@ fn outbound_default_case(r: &Results) -> Case {
 }
 
 fn kib(bytes: f64) -> String {
-    if bytes.abs() >= (1 << 20) as f64 {
+    if bytes.abs() >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+    } else if bytes.abs() >= (1 << 20) as f64 {
         format!("{:.1} MiB", bytes / (1 << 20) as f64)
     } else {
         format!("{:.1} KiB", bytes / 1024.0)
@@ -1358,6 +1360,16 @@ fn scale_sentences(o: &mut String, r: &Results) {
         if let Some(why) = &run.stopped {
             let _ = write!(o, " (not run to {}: {why})", count(run.pods_asked));
         }
+        if let Some(second) = run.point(2) {
+            let _ = write!(
+                o,
+                ". The second pod added {} programs of ours (the kernel's count of every \
+                 program went from {} to {})",
+                thousands(second.ours.programs as f64 - first.ours.programs as f64),
+                count(first.machine.programs),
+                count(second.machine.programs)
+            );
+        }
         let e = &run.enrol_ms;
         let at =
             |p| percentile(e.iter().copied(), p).map_or("–".into(), |x| format!("{x:.1} ms"));
@@ -1465,6 +1477,10 @@ mod tests {
         let s = Summary::of([1.1, 1.3, 1.2]);
         assert_eq!(ratio(s), "1.20× (1.10–1.30)");
         assert_eq!(ratio(None), "–");
+        assert_eq!(kib(13_032.0), "12.7 KiB");
+        assert_eq!(kib(31_213_616.0), "29.8 MiB");
+        assert_eq!(kib(3_121_361_600.0), "2.91 GiB");
+        assert_eq!(ns(3626.4), "3,626 ns");
     }
 
     #[test]
