@@ -163,6 +163,15 @@ fn outbound_default_case(r: &Results) -> Case {
     )
 }
 
+/// `1 program`, `1,287 programs`.
+fn programs(n: i64) -> String {
+    format!(
+        "{} program{}",
+        thousands(n as f64),
+        if n == 1 { "" } else { "s" }
+    )
+}
+
 fn kib(bytes: f64) -> String {
     if bytes.abs() >= (1u64 << 30) as f64 {
         format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
@@ -343,15 +352,15 @@ fn scale_targets(r: &Results, out: &mut Vec<Target>) {
             |s| with_range(s, ms),
             |x| x <= 100.0,
         ));
-        let next = next_inits(r, ebpf);
-        let nft_next = Summary::of(next_inits(r, nft)).map(|s| s.median);
+        let next = percentile(next_inits(r, ebpf), 50.0);
+        let nft_next = percentile(next_inits(r, nft), 50.0);
         out.push(Target::figure(
             format!(
-                "`init` of the next pods ≤ 16 ms and ≤ iptables-nft's ({}) (median of every \
-                 next pod)",
-                nft_next.map_or("–".into(), ms)
+                "`init` of the next pods ≤ 16 ms and ≤ iptables-nft's ({}) (p50 of every next \
+                 pod)",
+                nft_next.map_or("–".into(), |x| format!("{x:.1} ms"))
             ),
-            Summary::of(next.iter().copied()),
+            next.and_then(|x| Summary::of([x])),
             |s| median_only(s, |x| format!("{x:.1} ms")),
             |x| x <= 16.0 && nft_next.is_none_or(|n| x <= n),
         ));
@@ -956,9 +965,11 @@ fn node_scale(o: &mut String, r: &Results) {
         "Kernel memory is the sum of `bytes_memlock` (bpftool `-j prog show`, `-j map show`) \
          over ours: the programs the kernel shows attached to the run's cgroups \
          (`bpftool cgroup tree`) and to the pods' network namespaces (`bpftool link show`), the \
-         maps those programs use, and (node mode) the programs and maps the daemon holds open \
-         (its /proc/PID/fdinfo). Links and the namespaces themselves are not in it. The \
-         machine's totals (every program and map, other work included) are beside it.\n"
+         maps those programs use, whatever is pinned in the run's own bpffs (`bpftool -f`: \
+         maps only user space reads, such as pod records), and (node mode) the programs and \
+         maps the daemon holds open (its /proc/PID/fdinfo). Links and the namespaces \
+         themselves are not in it. The machine's totals (every program and map, other work \
+         included) are beside it.\n"
     );
     for run in &r.scale {
         scale_table(o, run);
@@ -1337,7 +1348,7 @@ fn scale_sentences(o: &mut String, r: &Results) {
             o,
             "{}: the first pod locked {} of kernel memory in programs and maps of ours ({} \
              programs, {} maps{}); at {} pods, {} in all, {} per pod after the first, and {} \
-             more programs than with one pod",
+             more than with one pod",
             match run.enrolment {
                 Enrolment::PerPod => "Per-pod mode (`init`)",
                 Enrolment::Node => "Node mode (`daemon` + `pod add`)",
@@ -1355,7 +1366,7 @@ fn scale_sentences(o: &mut String, r: &Results) {
             count(reached),
             kib(last.ours.bytes() as f64),
             run.bytes_per_further_pod(reached).map_or("–".into(), kib),
-            thousands(programs_added_after_first as f64),
+            programs(programs_added_after_first),
         );
         if let Some(why) = &run.stopped {
             let _ = write!(o, " (not run to {}: {why})", count(run.pods_asked));
@@ -1363,9 +1374,9 @@ fn scale_sentences(o: &mut String, r: &Results) {
         if let Some(second) = run.point(2) {
             let _ = write!(
                 o,
-                ". The second pod added {} programs of ours (the kernel's count of every \
-                 program went from {} to {})",
-                thousands(second.ours.programs as f64 - first.ours.programs as f64),
+                ". The second pod added {} of ours (the kernel's count of every program went \
+                 from {} to {})",
+                programs(second.ours.programs as i64 - first.ours.programs as i64),
                 count(first.machine.programs),
                 count(second.machine.programs)
             );

@@ -389,12 +389,13 @@ pub fn scale_run(
                     last.ours.bytes().saturating_sub(first.ours.bytes()) / u64::from(pods_so_far);
                 let projected = last.ours.bytes() + each * u64::from(target - done);
                 if projected > budget {
+                    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
                     run.stopped = Some(format!(
-                        "stopped at {done} pods: {target} would lock about {} MiB of kernel \
-                         memory ({} KiB per pod so far), over the budget of {} MiB",
-                        projected >> 20,
-                        each >> 10,
-                        budget >> 20
+                        "stopped at {done} pods: {target} would lock about {:.1} GiB of kernel \
+                         memory ({:.1} MiB per pod so far), over the budget of {:.1} GiB",
+                        gib(projected),
+                        each as f64 / (1 << 20) as f64,
+                        gib(budget)
                     ));
                     eprintln!(
                         "bench: {enrolment:?}: {}",
