@@ -39,7 +39,9 @@ enum Cmd {
     /// cargo fmt --check and clippy on the host crates.
     Lint,
     /// Compare interception modes (direct, explicit, iptables-legacy, iptables-nft, ebpf) on
-    /// real traffic; writes bench/results/<timestamp>/ (needs root; installs nginx, wrk, iperf3).
+    /// real traffic, outbound and inbound, and measure `init`, `pod add` and kernel memory at a
+    /// node's scale; writes bench/results/<timestamp>/ (needs root; installs nginx and its
+    /// stream module, wrk, iperf3, bpftool).
     Bench(bench::BenchArgs),
 }
 

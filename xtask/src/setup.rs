@@ -10,7 +10,8 @@
 //!   which the daemon tests chain `interceptor-cni` after, as a runtime would;
 //! - `kubernetes-validate` from PyPI in a virtualenv under `target/tools/`, which checks the
 //!   manifests in `deploy/` against the Kubernetes schemas offline;
-//! - for `cargo xtask bench` only: `nginx`, `wrk`, `iperf3`.
+//! - for `cargo xtask bench` only: `nginx` and its stream module (`libnginx-mod-stream`: the
+//!   inbound sidecar), `wrk`, `iperf3`, `bpftool`.
 
 use std::{
     ffi::OsString,
@@ -30,6 +31,19 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn ensure_bench_tools() -> anyhow::Result<()> {
     for (command, package) in crate::bench::TOOLS {
         ensure_command(command, package)?;
+    }
+    // Debian builds nginx's stream module as a module package of its own
+    // (`--with-stream=dynamic`); nginx-full would pull it in too, with much else.
+    let built = Command::new("nginx")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    if built.contains("--with-stream=dynamic") {
+        ensure_file(
+            "/usr/lib/nginx/modules/ngx_stream_module.so",
+            "libnginx-mod-stream",
+        )?;
     }
     Ok(())
 }

@@ -1,44 +1,61 @@
-//! `cargo xtask bench`: the interception modes side by side on real traffic.
+//! `cargo xtask bench`: the interception modes side by side on real traffic, and what a node
+//! of pods costs.
 //!
-//! Each measurement runs in a fresh pod (netns + cgroup) joined to a fresh server namespace by
-//! veth (the tests' `Topology`): nginx and an iperf3 server on the server side; wrk or iperf3 as
-//! an application user and the project's sidecar (`interceptor-sidecar`, uid 1337) in the pod.
-//! Only the interception differs between modes. Rounds interleave the modes (A B C A B C ...)
-//! so that a slow spell of the machine hits them alike, and ratios are taken round by round.
+//! Each traffic measurement runs in a fresh pod (netns + cgroup) joined to a fresh server
+//! namespace by veth (the tests' `Topology`). Outbound: nginx and an iperf3 server on the
+//! server side; wrk or iperf3 as an application user and the project's sidecar
+//! (`interceptor-sidecar`, uid 1337) in the pod. Inbound: nginx as the application in the pod
+//! behind nginx's stream module as the inbound sidecar (uid 1337), wrk in the server namespace
+//! dialling the application's port. Only the interception differs between modes. Rounds
+//! interleave the modes (A B C A B C ...) so that a slow spell of the machine hits them alike,
+//! and ratios are taken round by round. The new-connection load also runs with both namespaces
+//! at the kernel's default TCP settings, as pods have them (the other figures use
+//! `tcp_tw_reuse=1` and a wide port range, so that the client never runs out of ports).
+//!
+//! Besides traffic, every round times `interceptor init` into light pods one after another
+//! (the first on the node, then the next ones), and the eBPF programs' kernel time per
+//! connection (BPF run statistics of the programs attached to the pod, read with bpftool). At
+//! the end, pods are enrolled up to a node's worth (per-pod mode with `init`, node mode with
+//! `daemon` + `pod add`), reading our programs' and maps' kernel memory with bpftool (see
+//! `scale`). Everything is measured through the CLI and the kernel, never through
+//! interceptor's own files, so that it measures any layout of the datapath.
 //!
 //! Writes `bench/results/<timestamp>/`: `results.json` (every raw figure), `report.md`, SVG
 //! plots and `performance-section.md` (the README's Performance section, from these figures).
 
+mod kernel;
 mod machine;
 mod modes;
 mod plot;
 mod pod;
 mod report;
 mod results;
+mod scale;
 mod stats;
 mod table;
 mod workloads;
 
+use std::collections::BTreeSet;
 use std::fs;
-use std::io;
-use std::os::fd::{FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use kernel::{BpfStats, Snapshot};
 pub use modes::Mode;
 use pod::{BenchPod, Tools};
 use results::{
-    Case, InitSample, KernelSample, LoadSample, Meta, ProgramRuns, Results, Sample, Settings,
-    Workload,
+    Case, Direction, Enrolment, Flow, InitSample, KernelSample, LoadSample, Meta, Results, Sample,
+    Settings, Sysctls, Workload,
 };
 use workloads::{Http, LARGE_PATH, SMALL_PATH};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// A short run (2 rounds of 1 s per figure) to check the harness: under 3 minutes.
+    /// A short run (2 rounds of 1 s per figure, fewer pods) to check the harness: about 4
+    /// minutes.
     #[arg(long)]
     quick: bool,
     /// Measured rounds [default: 7; 2 with --quick].
@@ -65,8 +82,15 @@ pub struct BenchArgs {
     report: Option<PathBuf>,
 }
 
-/// What `cargo xtask bench` needs besides the build: the server, the load generators.
-pub const TOOLS: [(&str, &str); 3] = [("nginx", "nginx"), ("wrk", "wrk"), ("iperf3", "iperf3")];
+/// What `cargo xtask bench` needs besides the build: the server, the load generators, and
+/// bpftool (kernel memory and run statistics of the programs). nginx's stream module (the
+/// inbound sidecar) is a package of its own on Debian: see `setup`.
+pub const TOOLS: [(&str, &str); 4] = [
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("iperf3", "iperf3"),
+    ("bpftool", "bpftool"),
+];
 
 /// Builds (release) and runs the benchmark, or only redraws a report.
 pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -84,6 +108,9 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
     build_release()?;
     let bin = root.join("target/release");
     let workdir = std::env::temp_dir().join(format!("interceptor-bench-{}", std::process::id()));
+    let bpffs = PrivateBpffs::mount(
+        &Path::new("/run").join(format!("interceptor-bench-{}-bpffs", std::process::id())),
+    )?;
     let tools = Tools {
         interceptor: bin.join("interceptor"),
         sidecar: bin.join(interceptor_tests::SIDECAR_BIN),
@@ -91,6 +118,7 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
         workdir: workdir.clone(),
         pod_cpus: settings.pod_cpus.clone(),
         server_cpus: settings.server_cpus.clone(),
+        bpffs: bpffs.path.clone(),
     };
     if settings
         .modes
@@ -131,9 +159,21 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
         samples: Vec::new(),
         inits: Vec::new(),
         kernel: Vec::new(),
+        pod_inits: Vec::new(),
+        scale: Vec::new(),
+        default_sysctls: Default::default(),
+        leftover_pins: None,
     };
     let clock = Instant::now();
     let outcome = measure(&mut results, &tools, clock);
+    // Every pod is gone by now, each after `interceptor clean`: nothing should stay pinned
+    // (but what the kernel itself puts in a new bpffs, e.g. `maps.debug`).
+    results.leftover_pins = Some(
+        pinned_files(&tools.bpffs)
+            .into_iter()
+            .filter(|p| !bpffs.initial.contains(p))
+            .collect(),
+    );
     results.meta.finished = machine::iso_utc(machine::unix_now());
     results.meta.wall_s = clock.elapsed().as_secs_f64();
     // Partial results are still written: a failure late in a long run keeps what it measured.
@@ -194,6 +234,21 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         },
         cidr_counts: vec![0, 100, 1_000, 10_000],
         kernel_cost_cidrs: vec![0, 10_000],
+        inbound_conns: 32,
+        // The first pod and 20 further ones (quick: 5).
+        init_pods: if args.quick { 6 } else { 21 },
+        // 2: whether a second pod loads programs of its own.
+        scale_pods: if args.quick {
+            vec![1, 2, 10, 50]
+        } else {
+            vec![1, 2, 100, 1_000]
+        },
+        // Today's per-pod instances lock ~31 MB each: 100 of them fit, 1,000 would not.
+        scale_memory_budget_bytes: 4 << 30,
+        tuned_sysctls: pod::TUNED_SYSCTLS
+            .iter()
+            .map(|(k, v)| (k.replace('/', "."), (*v).to_owned()))
+            .collect(),
         small_body_bytes: 64,
         large_body_bytes: 1 << 20,
         nginx_workers: 2,
@@ -220,11 +275,7 @@ fn check_iptables_backend(tools: &Tools) -> Result<()> {
 /// The workloads at one CIDR count: everything without excluded CIDRs, only new connections
 /// (what the rules cost) with them.
 fn cases(settings: &Settings, cidrs: u32) -> Vec<Case> {
-    let case = |workload, conns| Case {
-        workload,
-        conns,
-        cidrs,
-    };
+    let case = |workload, conns| Case::outbound(workload, conns, cidrs);
     let mut out = Vec::new();
     if cidrs == 0 {
         out.extend(
@@ -242,13 +293,87 @@ fn cases(settings: &Settings, cidrs: u32) -> Vec<Case> {
     out
 }
 
+/// The flows measured besides outbound with tuned sysctls, each in pods of its own, and their
+/// workloads: new connections at the kernel's default TCP settings (outbound and inbound), and
+/// inbound keep-alive and new connections with tuned settings.
+fn other_flows(settings: &Settings) -> Vec<(Flow, Vec<Case>)> {
+    let case = |workload, conns, direction, sysctls| Case {
+        workload,
+        conns,
+        cidrs: 0,
+        flow: Flow { direction, sysctls },
+    };
+    let (outbound, inbound) = (Direction::Outbound, Direction::Inbound);
+    let (tuned, default) = (Sysctls::Tuned, Sysctls::Default);
+    let c = settings.inbound_conns;
+    [
+        (
+            outbound,
+            default,
+            vec![case(
+                Workload::Close,
+                settings.close_conns,
+                outbound,
+                default,
+            )],
+        ),
+        (
+            inbound,
+            tuned,
+            vec![
+                case(Workload::KeepAlive, c, inbound, tuned),
+                case(Workload::Close, c, inbound, tuned),
+            ],
+        ),
+        (
+            inbound,
+            default,
+            vec![case(Workload::Close, c, inbound, default)],
+        ),
+    ]
+    .into_iter()
+    .map(|(direction, sysctls, cases)| (Flow { direction, sysctls }, cases))
+    .collect()
+}
+
+/// Runs each case on each pod in turn (A B C A B C), recording the samples.
+fn run_cases(
+    results: &mut Results,
+    pods: &[BenchPod],
+    cases: &[Case],
+    tools: &Tools,
+    round: u32,
+    clock: Instant,
+) -> Result<()> {
+    let settings = results.settings.clone();
+    for &case in cases {
+        for pod in pods {
+            check_interrupted()?;
+            let at_s = clock.elapsed().as_secs_f64();
+            let sample = run_case(pod, case, &settings, tools, round, at_s)?;
+            let outside = sample
+                .cpu
+                .outside_share()
+                .map(|x| format!("  [other work: {:.0}% CPU]", x * 100.0))
+                .unwrap_or_default();
+            eprintln!(
+                "bench: round {round}/{}: {}{outside}",
+                settings.rounds,
+                describe(&sample)
+            );
+            results.samples.push(sample);
+        }
+    }
+    Ok(())
+}
+
 fn measure(results: &mut Results, tools: &Tools, clock: Instant) -> Result<()> {
     let settings = results.settings.clone();
 
     eprintln!("bench: warm-up ({} s per mode and load)", settings.warmup_s);
     for &mode in &settings.modes {
         check_interrupted()?;
-        let pod = BenchPod::new(mode, 0, tools)?;
+        let pod = BenchPod::new(mode, 0, Flow::OUTBOUND, tools)?;
         for close in [false, true] {
             let load = Http {
                 conns: settings.close_conns,
@@ -279,7 +404,7 @@ fn measure(results: &mut Results, tools: &Tools, clock: Instant) -> Result<()> {
             let mut pods = Vec::new();
             for &mode in &modes {
                 check_interrupted()?;
-                let pod = BenchPod::new(mode, cidrs, tools)?;
+                let pod = BenchPod::new(mode, cidrs, Flow::OUTBOUND, tools)?;
                 if let Some(wall_ms) = pod.init_ms {
                     results.inits.push(InitSample {
                         round,
@@ -291,31 +416,67 @@ fn measure(results: &mut Results, tools: &Tools, clock: Instant) -> Result<()> {
                 pods.push(pod);
             }
             // A B C A B C: each figure is taken for every mode within seconds.
-            for case in cases(&settings, cidrs) {
-                for pod in &pods {
-                    check_interrupted()?;
-                    let at_s = clock.elapsed().as_secs_f64();
-                    let sample = run_case(pod, case, &settings, tools, round, at_s)?;
-                    let outside = sample
-                        .cpu
-                        .outside_share()
-                        .map(|x| format!("  [other work: {:.0}% CPU]", x * 100.0))
-                        .unwrap_or_default();
-                    eprintln!(
-                        "bench: round {round}/{}: {}{outside}",
-                        settings.rounds,
-                        describe(&sample)
-                    );
-                    results.samples.push(sample);
-                }
+            run_cases(
+                results,
+                &pods,
+                &cases(&settings, cidrs),
+                tools,
+                round,
+                clock,
+            )?;
+        }
+        for (flow, cases) in other_flows(&settings) {
+            let mut pods = Vec::new();
+            for &mode in &settings.modes {
+                check_interrupted()?;
+                pods.push(BenchPod::new(mode, 0, flow, tools)?);
             }
+            if flow.sysctls == Sysctls::Default && results.default_sysctls.is_empty() {
+                results.default_sysctls = pods[0]
+                    .topology()
+                    .run_in(interceptor_tests::Side::Pod, pod::read_tcp_sysctls)?;
+            }
+            run_cases(results, &pods, &cases, tools, round, clock)?;
         }
         if settings.modes.contains(&Mode::Ebpf) {
-            for &cidrs in &settings.kernel_cost_cidrs {
+            let costs = settings
+                .kernel_cost_cidrs
+                .iter()
+                .map(|&c| (c, Direction::Outbound))
+                .chain([(0, Direction::Inbound)]);
+            for (cidrs, direction) in costs {
                 check_interrupted()?;
-                let sample = kernel_cost(tools, &settings, round, cidrs)?;
+                let sample = kernel_cost(tools, &settings, round, cidrs, direction)?;
                 results.kernel.push(sample);
             }
+        }
+        for mode in [Mode::Ebpf, Mode::IptablesNft] {
+            if settings.modes.contains(&mode) {
+                check_interrupted()?;
+                let inits = scale::init_series(tools, &settings, round, mode)?;
+                let ms: Vec<f64> = inits.iter().map(|i| i.wall_ms).collect();
+                eprintln!(
+                    "bench: round {round}/{}: {mode} init into {} light pods: first {:.1} ms, \
+                     next median {:.1} ms",
+                    settings.rounds,
+                    ms.len(),
+                    ms.first().copied().unwrap_or(f64::NAN),
+                    stats::Summary::of(ms.iter().skip(1).copied()).map_or(f64::NAN, |s| s.median)
+                );
+                results.pod_inits.extend(inits);
+            }
+        }
+    }
+    if settings.modes.contains(&Mode::Ebpf) {
+        for enrolment in [Enrolment::PerPod, Enrolment::Node] {
+            check_interrupted()?;
+            eprintln!(
+                "bench: scale, {}: light pods up to {:?}",
+                enrolment.name(),
+                settings.scale_pods
+            );
+            let run = scale::scale_run(tools, &settings, enrolment, &check_interrupted)?;
+            results.scale.push(run);
         }
     }
     Ok(())
@@ -366,8 +527,9 @@ fn run_case(
 
 fn describe(s: &Sample) -> String {
     let what = format!(
-        "{:<15} {:<10} c{:<3} cidrs={:<6}",
+        "{:<15} {:<16} {:<10} c{:<3} cidrs={:<6}",
         s.mode.name(),
+        s.case.flow.describe(),
         s.case.workload.name(),
         s.case.conns,
         s.case.cidrs
@@ -392,110 +554,71 @@ fn describe(s: &Sample) -> String {
     }
 }
 
-/// The eBPF programs' average cost per run, from the kernel's own run statistics, over a
+/// The eBPF programs' kernel time, from the kernel's own run statistics, over a
 /// new-connection-per-request load in a pod of its own (the statistics cost time on every run,
-/// so they are off while the other figures are taken).
-fn kernel_cost(tools: &Tools, settings: &Settings, round: u32, cidrs: u32) -> Result<KernelSample> {
-    let pod = BenchPod::new(Mode::Ebpf, cidrs, tools)?;
-    let instance = pod.instance_name()?;
+/// so they are off while the other figures are taken). The programs are those attached to the
+/// pod's cgroup and network namespace, by the kernel's account (bpftool), whatever their names.
+fn kernel_cost(
+    tools: &Tools,
+    settings: &Settings,
+    round: u32,
+    cidrs: u32,
+    direction: Direction,
+) -> Result<KernelSample> {
+    let flow = Flow {
+        direction,
+        sysctls: Sysctls::Tuned,
+    };
+    let pod = BenchPod::new(Mode::Ebpf, cidrs, flow, tools)?;
+    let programs = kernel::attached(
+        &pod.topology().pod_cgroup,
+        &BTreeSet::from([pod.netns_inode()?]),
+    )?;
+    ensure!(
+        !programs.is_empty(),
+        "the kernel shows no program attached to the eBPF pod's cgroup or namespace"
+    );
     let stats = BpfStats::enable()?;
-    let before = program_runs(tools, &instance)?;
+    let before = Snapshot::take()?.runs(&programs);
     let load = Http {
-        conns: settings.close_conns,
+        conns: if direction == Direction::Inbound {
+            settings.inbound_conns
+        } else {
+            settings.close_conns
+        },
         threads: settings.wrk_threads,
         close: true,
         path: SMALL_PATH,
         duration_s: settings.duration_s,
     };
     let (figures, _) = workloads::run_wrk(&pod, load, &tools.wrk_script())?;
-    let after = program_runs(tools, &instance)?;
+    let after = Snapshot::take()?.runs(&programs);
     drop(stats);
-    let programs: Vec<ProgramRuns> = after
-        .into_iter()
-        .map(|p| {
-            let b = before.iter().find(|b| b.name == p.name);
-            ProgramRuns {
-                run_count: p.run_count - b.map_or(0, |b| b.run_count),
-                run_time_ns: p.run_time_ns - b.map_or(0, |b| b.run_time_ns),
-                name: p.name,
-            }
-        })
-        .collect();
-    for p in &programs {
-        if p.run_count > 0 {
-            eprintln!(
-                "bench: round {round}/{}: kernel cost, {cidrs} CIDRs: {} {:.0} ns/run ({} runs)",
-                settings.rounds,
-                p.name,
-                p.run_time_ns as f64 / p.run_count as f64,
-                p.run_count
-            );
-        }
+    let programs = kernel::runs_since(&after, &before);
+    let total_ns: u64 = programs.iter().map(|p| p.run_time_ns).sum();
+    eprintln!(
+        "bench: round {round}/{}: kernel cost, {} {cidrs} CIDRs: {:.0} ns per connection in all \
+         programs ({} connections)",
+        settings.rounds,
+        direction.name(),
+        total_ns as f64 / figures.requests.max(1) as f64,
+        figures.requests
+    );
+    for p in programs.iter().filter(|p| p.run_count > 0) {
+        eprintln!(
+            "bench:   {} {:.0} ns/run, {:.2} runs per connection",
+            p.name,
+            p.run_time_ns as f64 / p.run_count as f64,
+            p.run_count as f64 / figures.requests.max(1) as f64
+        );
     }
     Ok(KernelSample {
         round,
         cidrs,
+        direction,
         requests: figures.requests,
         programs,
     })
-}
-
-/// Per-program run statistics of one instance, from `interceptor status --json`.
-fn program_runs(tools: &Tools, instance: &str) -> Result<Vec<ProgramRuns>> {
-    let (json, _) = tools.interceptor(&["status".into(), "--json".into()])?;
-    parse_program_runs(&json, instance)
-}
-
-fn parse_program_runs(json: &str, instance: &str) -> Result<Vec<ProgramRuns>> {
-    let all: serde_json::Value = serde_json::from_str(json).context("interceptor status --json")?;
-    let inst = all
-        .as_array()
-        .context("status --json is a list")?
-        .iter()
-        .find(|i| i["instance"] == instance)
-        .with_context(|| format!("instance {instance} not in interceptor status"))?;
-    inst["programs"]
-        .as_array()
-        .context("programs of the instance")?
-        .iter()
-        .map(|p| {
-            Ok(ProgramRuns {
-                name: p["name"].as_str().context("program name")?.to_owned(),
-                run_count: p["run_count"].as_u64().context("run_count")?,
-                run_time_ns: p["run_time_ns"].as_u64().context("run_time_ns")?,
-            })
-        })
-        .collect()
-}
-
-/// The kernel's BPF run statistics (`kernel.bpf_stats_enabled`), on while this lives.
-///
-/// Turned on with `BPF_ENABLE_STATS`, the descriptor-scoped form of the same switch: the
-/// kernel turns it off when the descriptor closes, even if the bench is killed, and the sysctl
-/// itself (whatever someone else set it to) is never written, so there is nothing to restore.
-struct BpfStats(#[allow(dead_code)] OwnedFd);
-
-impl BpfStats {
-    fn enable() -> Result<Self> {
-        const BPF_ENABLE_STATS: libc::c_long = 32;
-        const BPF_STATS_RUN_TIME: u32 = 0;
-        // union bpf_attr's enable_stats member: { __u32 type; }.
-        let attr: u32 = BPF_STATS_RUN_TIME;
-        // SAFETY: the kernel reads size_of::<u32>() bytes from a live u32.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_ENABLE_STATS,
-                &raw const attr,
-                std::mem::size_of::<u32>(),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("bpf(BPF_ENABLE_STATS)");
-        }
-        // SAFETY: a new descriptor the kernel just returned, owned by nothing else.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
-    }
 }
 
 fn write_results(root: &Path, out: &Path, results: &Results) -> Result<()> {
@@ -508,6 +631,81 @@ fn write_results(root: &Path, out: &Path, results: &Results) -> Result<()> {
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("cargo xtask {}", args.join(" "))
+}
+
+/// The files (pins) under `dir`, at any depth.
+fn pinned_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(pinned_files(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A bpffs instance of the run's own, unmounted (with whatever is still pinned in it) and its
+/// mount point removed on drop.
+struct PrivateBpffs {
+    path: PathBuf,
+    /// What the kernel put in it at mount (the preloaded iterators, `maps.debug`...).
+    initial: Vec<String>,
+}
+
+impl PrivateBpffs {
+    fn mount(path: &Path) -> Result<Self> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt as _;
+        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+        let target = CString::new(path.as_os_str().as_bytes())?;
+        let fstype = c"bpf";
+        // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = fs::remove_dir(path);
+            return Err(e).with_context(|| format!("mounting bpffs at {}", path.display()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            initial: pinned_files(path),
+        })
+    }
+}
+
+impl Drop for PrivateBpffs {
+    fn drop(&mut self) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt as _;
+        let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) else {
+            return;
+        };
+        // SAFETY: a NUL-terminated path that outlives the call.
+        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+            eprintln!(
+                "bench: unmounting {}: {}",
+                self.path.display(),
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        let _ = fs::remove_dir(&self.path);
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -550,24 +748,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_program_runs_of_one_instance() {
-        let json = r#"[
-          {"instance":"cgroup-1","programs":[{"name":"a","id":1,"run_count":5,"run_time_ns":50,"avg_ns":10}]},
-          {"instance":"cgroup-2","programs":[{"name":"redirect_connect4","id":7,"run_count":4,"run_time_ns":400,"avg_ns":100}]}
-        ]"#;
-        let runs = parse_program_runs(json, "cgroup-2").unwrap();
-        assert_eq!(
-            runs,
-            vec![ProgramRuns {
-                name: "redirect_connect4".into(),
-                run_count: 4,
-                run_time_ns: 400
-            }]
-        );
-        assert!(parse_program_runs(json, "cgroup-3").is_err());
-    }
-
-    #[test]
     fn rule_scaling_rounds_measure_only_new_connections() {
         let args = BenchArgs {
             quick: true,
@@ -585,6 +765,23 @@ mod tests {
         let scaled = cases(&s, 1000);
         assert_eq!(scaled.len(), 1);
         assert_eq!(scaled[0].workload, Workload::Close);
+        // Inbound and default sysctls: new connections each, keep-alive only inbound tuned.
+        let flows = other_flows(&s);
+        assert_eq!(flows.len(), 3);
+        for (flow, cases) in &flows {
+            assert!(cases.iter().all(|c| c.flow == *flow && c.cidrs == 0));
+            assert!(cases.iter().any(|c| c.workload == Workload::Close));
+            let keep_alive = cases.iter().any(|c| c.workload == Workload::KeepAlive);
+            assert_eq!(
+                keep_alive,
+                *flow
+                    == Flow {
+                        direction: Direction::Inbound,
+                        sysctls: Sysctls::Tuned
+                    }
+            );
+        }
+        assert_eq!(s.scale_pods, vec![1, 2, 10, 50]);
         let bad = BenchArgs {
             modes: vec![Mode::Ebpf],
             ..args

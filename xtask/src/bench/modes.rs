@@ -15,6 +15,12 @@ pub const EXPLICIT_HTTP_PORT: u16 = 15080;
 pub const EXPLICIT_IPERF_PORT: u16 = 15201;
 pub const HTTP_PORT: u16 = 80;
 pub const IPERF_PORT: u16 = 5201;
+/// The sidecar's inbound listener (`istio-iptables -z`), which `-b` captures to.
+pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+/// The application's port in the pod, which inbound clients dial.
+pub const APP_PORT: u16 = 8080;
+/// istio's default inbound capture: every port but the sidecar's own (`-b '*' -d ...`).
+pub const INBOUND_FLAGS: [&str; 4] = ["-b", "*", "-d", "15090,15021,15020"];
 
 #[derive(
     Debug,
@@ -91,6 +97,15 @@ impl Mode {
         }
     }
 
+    /// What an inbound client dials: the application's port in the pod, or in `explicit` mode
+    /// the sidecar's inbound listener.
+    pub fn inbound_target(self, pod: Ipv4Addr) -> SocketAddr {
+        match self {
+            Mode::Explicit => SocketAddr::from((pod, INBOUND_CAPTURE_PORT)),
+            _ => SocketAddr::from((pod, APP_PORT)),
+        }
+    }
+
     pub fn iperf_target(self, server: Ipv4Addr) -> SocketAddr {
         match self {
             Mode::Explicit => SocketAddr::from((Ipv4Addr::LOCALHOST, EXPLICIT_IPERF_PORT)),
@@ -99,12 +114,14 @@ impl Mode {
     }
 
     /// The `interceptor` arguments that set the mode up for a pod, or `None` without
-    /// interception. The istio-iptables flags are the same for both backends.
+    /// interception. The istio-iptables flags are the same for both backends; `inbound`
+    /// captures every inbound port as istio does by default, otherwise none.
     pub fn init_args(
         self,
         pod_cgroup: &Path,
         pod_netns: &Path,
         cidrs: &[String],
+        inbound: bool,
     ) -> Option<Vec<String>> {
         let mut args: Vec<String> = vec!["init".into()];
         match self {
@@ -123,7 +140,7 @@ impl Mode {
             ]),
         }
         args.extend(["--netns".into(), pod_netns.display().to_string()]);
-        args.extend(istio_flags(cidrs));
+        args.extend(istio_flags(cidrs, inbound));
         Some(args)
     }
 }
@@ -134,14 +151,20 @@ impl fmt::Display for Mode {
     }
 }
 
-/// The seed's `istio-iptables` flags (outbound capture of everything, no inbound ports), with
-/// the excluded CIDRs in repeated `-x` arguments: one argument is capped at 128 KiB.
-fn istio_flags(cidrs: &[String]) -> Vec<String> {
+/// The seed's `istio-iptables` flags (outbound capture of everything; no inbound ports, or
+/// with `inbound` every one but the sidecar's own), with the excluded CIDRs in repeated `-x`
+/// arguments: one argument is capped at 128 KiB.
+pub fn istio_flags(cidrs: &[String], inbound: bool) -> Vec<String> {
     let mut flags: Vec<String> = [
-        "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "",
+        "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*",
     ]
     .map(String::from)
     .to_vec();
+    if inbound {
+        flags.extend(INBOUND_FLAGS.map(String::from));
+    } else {
+        flags.extend(["-b".to_owned(), String::new()]);
+    }
     for chunk in cidrs.chunks(1000) {
         flags.push("-x".into());
         flags.push(chunk.join(","));
@@ -178,8 +201,8 @@ mod tests {
         let cidrs = excluded_cidrs(2500);
         let cg = Path::new("/sys/fs/cgroup/x/pod");
         let ns = Path::new("/run/netns/p");
-        let ebpf = Mode::Ebpf.init_args(cg, ns, &cidrs).unwrap();
-        let nft = Mode::IptablesNft.init_args(cg, ns, &cidrs).unwrap();
+        let ebpf = Mode::Ebpf.init_args(cg, ns, &cidrs, false).unwrap();
+        let nft = Mode::IptablesNft.init_args(cg, ns, &cidrs, false).unwrap();
         assert_eq!(&ebpf[..3], ["init", "--cgroup", "/sys/fs/cgroup/x/pod"]);
         assert_eq!(
             &nft[..5],
@@ -200,6 +223,11 @@ mod tests {
             .collect();
         assert_eq!(x.len(), 3);
         assert!(ebpf.iter().all(|a| a.len() < 128 * 1024));
-        assert_eq!(Mode::Direct.init_args(cg, ns, &cidrs), None);
+        assert_eq!(Mode::Direct.init_args(cg, ns, &cidrs, false), None);
+        let inbound = Mode::Ebpf.init_args(cg, ns, &[], true).unwrap();
+        let b = inbound.iter().position(|a| a == "-b").unwrap();
+        assert_eq!(inbound[b..b + 4], INBOUND_FLAGS);
+        let outbound = Mode::Ebpf.init_args(cg, ns, &[], false).unwrap();
+        assert_eq!(outbound[outbound.len() - 2..], ["-b", ""]);
     }
 }

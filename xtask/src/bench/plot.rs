@@ -109,20 +109,12 @@ pub fn draw_all(dir: &Path, r: &Results) -> Result<Vec<Plot>> {
     let mut latency_cases = Vec::new();
     if s.keepalive_conns.contains(&32) {
         latency_cases.push((
-            Case {
-                workload: Workload::KeepAlive,
-                conns: 32,
-                cidrs: 0,
-            },
+            Case::outbound(Workload::KeepAlive, 32, 0),
             "keep-alive, 32 connections",
         ));
     }
     latency_cases.push((
-        Case {
-            workload: Workload::Close,
-            conns: s.close_conns,
-            cidrs: 0,
-        },
+        Case::outbound(Workload::Close, s.close_conns, 0),
         "new connection per request",
     ));
     for (case, label) in latency_cases {
@@ -243,11 +235,7 @@ fn cidr_scaling(path: &Path, r: &Results, title: &str) -> Result<bool> {
     let zero_x = smallest / 10.0;
     let x_of = |n: u32| if n == 0 { zero_x } else { n as f64 };
     let x_max = counts.iter().copied().max().unwrap_or(10) as f64 * 2.0;
-    let case = |cidrs| Case {
-        workload: Workload::Close,
-        conns: s.close_conns,
-        cidrs,
-    };
+    let case = |cidrs| Case::outbound(Workload::Close, s.close_conns, cidrs);
     let lines: Vec<(Mode, Vec<(f64, Summary)>)> = s
         .modes
         .iter()

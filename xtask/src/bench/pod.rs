@@ -1,12 +1,13 @@
-//! One measured set-up: a fresh pod and server (the tests' [`Topology`]) with nginx and an iperf3
-//! server, the sidecar, and the mode's interception. A fresh one per mode and round, so that no
-//! mode runs in a namespace another mode touched (a nat table, once loaded, leaves conntrack
-//! hooks registered in its namespace).
+//! One measured set-up: a fresh pod and server (the tests' [`Topology`]), the mode's
+//! interception, and either (outbound) nginx and an iperf3 server on the server side with the
+//! project's sidecar in the pod, or (inbound) nginx as the application in the pod behind a stock
+//! TCP proxy as the inbound sidecar (nginx's stream module, uid 1337), dialled from the server
+//! side. A fresh one per mode, flow and round, so that no mode runs in a namespace another mode
+//! touched (a nat table, once loaded, leaves conntrack hooks registered in its namespace).
 
 use std::ffi::OsStr;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,7 +17,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use interceptor_tests::{Identity, Place, ProbeOptions, Process, Side, Topology};
 
 use super::modes::{self, Mode};
-use super::results::CpuFigures;
+use super::results::{CpuFigures, Direction, Flow, Sysctls};
+use super::workloads;
 
 /// Bound for a server or the sidecar to listen, and for `interceptor` to finish.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,15 +36,24 @@ pub struct Tools {
     /// CPUs the pod's processes (client, sidecar) and the server's run on; empty: anywhere.
     pub pod_cpus: Vec<usize>,
     pub server_cpus: Vec<usize>,
+    /// A bpffs mounted for this run only, which every eBPF `init`, `clean` and `daemon` is
+    /// given: what the run pins is apart from anything else on the machine (other tests'
+    /// pods, a node datapath they would share), and goes with the mount at the end.
+    pub bpffs: PathBuf,
 }
 
 impl Tools {
-    pub fn nginx_conf(&self) -> PathBuf {
-        self.workdir.join("nginx.conf")
+    pub fn nginx_conf(&self, name: &str) -> PathBuf {
+        self.workdir.join(name)
     }
 
     pub fn wrk_script(&self) -> PathBuf {
         self.workdir.join("report.lua")
+    }
+
+    /// `--bpffs <the run's own>`, for the eBPF backend's commands.
+    pub fn bpffs_args(&self) -> [String; 2] {
+        ["--bpffs".to_owned(), self.bpffs.display().to_string()]
     }
 
     /// Runs `interceptor <args>` (bounded), failing with its stderr; returns its stdout and
@@ -91,6 +102,7 @@ fn shorten(text: &str) -> String {
 pub struct BenchPod<'t> {
     pub mode: Mode,
     pub cidrs: u32,
+    pub flow: Flow,
     /// Wall time of `interceptor init`, when the mode has one.
     pub init_ms: Option<f64>,
     tools: &'t Tools,
@@ -103,12 +115,13 @@ pub struct BenchPod<'t> {
 }
 
 impl<'t> BenchPod<'t> {
-    pub fn new(mode: Mode, cidrs: u32, tools: &'t Tools) -> Result<Self> {
+    pub fn new(mode: Mode, cidrs: u32, flow: Flow, tools: &'t Tools) -> Result<Self> {
         let topo = Topology::new(mode.tag())?;
         let server_cgroup = topo.create_cgroup("server")?;
         let mut pod = Self {
             mode,
             cidrs,
+            flow,
             init_ms: None,
             tools,
             server_cgroup,
@@ -116,29 +129,90 @@ impl<'t> BenchPod<'t> {
             processes: Vec::new(),
             topo,
         };
-        pod.set_up()
-            .with_context(|| format!("setting up {mode} with {cidrs} excluded CIDRs"))?;
+        pod.set_up().with_context(|| {
+            format!(
+                "setting up {mode} ({}) with {cidrs} excluded CIDRs",
+                flow.describe()
+            )
+        })?;
         Ok(pod)
     }
 
     fn set_up(&mut self) -> Result<()> {
-        for side in [Side::Pod, Side::Server] {
-            self.topo.run_in(side, tune_netns)??;
+        if self.flow.sysctls == Sysctls::Tuned {
+            for side in [Side::Pod, Side::Server] {
+                self.topo.run_in(side, tune_netns)??;
+            }
         }
-        let server_ip = self.topo.server_ip;
+        match self.flow.direction {
+            Direction::Outbound => self.start_outbound()?,
+            Direction::Inbound => self.start_inbound()?,
+        }
+        let cidr_list = modes::excluded_cidrs(self.cidrs);
+        let netns = self.topo.netns_path(Side::Pod);
+        let inbound = self.flow.direction == Direction::Inbound;
+        if let Some(mut args) =
+            self.mode
+                .init_args(&self.topo.pod_cgroup, &netns, &cidr_list, inbound)
+        {
+            self.attached_ebpf = self.mode == Mode::Ebpf;
+            if self.attached_ebpf {
+                args.extend(self.tools.bpffs_args());
+            }
+            let (_, elapsed) = self.tools.interceptor(&args)?;
+            self.init_ms = Some(elapsed.as_secs_f64() * 1e3);
+        }
+        self.check_path()
+    }
 
+    /// nginx as the application in the pod and, with a sidecar, nginx's stream module as the
+    /// inbound sidecar on the capture port (uid 1337, so that the eBPF datapath registers its
+    /// listener), both started before `init`, as in a pod whose init container re-runs.
+    fn start_inbound(&mut self) -> Result<()> {
+        let cmd = self.nginx(Side::Pod, Identity::ROOT, workloads::APP_CONF, "app")?;
+        self.start(cmd, &[SocketAddr::from(([0, 0, 0, 0], modes::APP_PORT))])?;
+        if self.mode.has_sidecar() {
+            let cmd = self.nginx(
+                Side::Pod,
+                Identity::PROXY,
+                workloads::INBOUND_SIDECAR_CONF,
+                "sidecar",
+            )?;
+            let port = modes::INBOUND_CAPTURE_PORT;
+            self.start(cmd, &[SocketAddr::from(([0, 0, 0, 0], port))])?;
+        }
+        Ok(())
+    }
+
+    /// `nginx -c <conf>` in `side` as `identity`, its pid file in the shared run directory,
+    /// errors on stderr (`-e`: also before the configuration is read, so that an unprivileged
+    /// nginx never tries the package's log file).
+    fn nginx(&self, side: Side, identity: Identity, conf: &str, role: &str) -> Result<Command> {
         let pid_file = self
             .tools
             .workdir
-            .join(format!("{}.nginx.pid", self.topo.name));
-        let mut cmd = self.command(Side::Server, Identity::ROOT, "nginx")?;
+            .join(workloads::RUN_DIR)
+            .join(format!("{}.{role}.pid", self.topo.name));
+        let mut cmd = self.command(side, identity, "nginx")?;
         cmd.arg("-c")
-            .arg(self.tools.nginx_conf())
+            .arg(self.tools.nginx_conf(conf))
             .arg("-p")
             .arg(&self.tools.workdir)
-            .arg("-g")
+            .args(["-e", "stderr", "-g"])
             .arg(format!("pid {};", pid_file.display()))
             .stderr(Stdio::piped());
+        Ok(cmd)
+    }
+
+    fn start_outbound(&mut self) -> Result<()> {
+        let server_ip = self.topo.server_ip;
+
+        let cmd = self.nginx(
+            Side::Server,
+            Identity::ROOT,
+            workloads::SERVER_CONF,
+            "server",
+        )?;
         self.start(cmd, &[SocketAddr::from(([0, 0, 0, 0], modes::HTTP_PORT))])?;
 
         let mut cmd = self.command(Side::Server, Identity::ROOT, "iperf3")?;
@@ -187,18 +261,7 @@ impl<'t> BenchPod<'t> {
                 .collect();
             self.start(cmd, &addrs)?;
         }
-
-        let cidr_list = modes::excluded_cidrs(self.cidrs);
-        let netns = self.topo.netns_path(Side::Pod);
-        if let Some(args) = self
-            .mode
-            .init_args(&self.topo.pod_cgroup, &netns, &cidr_list)
-        {
-            self.attached_ebpf = self.mode == Mode::Ebpf;
-            let (_, elapsed) = self.tools.interceptor(&args)?;
-            self.init_ms = Some(elapsed.as_secs_f64() * 1e3);
-        }
-        self.check_path()
+        Ok(())
     }
 
     fn start(&mut self, mut cmd: Command, listening: &[SocketAddr]) -> Result<()> {
@@ -213,18 +276,35 @@ impl<'t> BenchPod<'t> {
         Ok(())
     }
 
+    /// Where the load's client runs: the pod's application (outbound), or outside the pod, in
+    /// the server namespace (inbound).
+    pub fn client_side(&self) -> Side {
+        match self.flow.direction {
+            Direction::Outbound => Side::Pod,
+            Direction::Inbound => Side::Server,
+        }
+    }
+
+    /// What the HTTP client dials.
+    pub fn http_target(&self) -> SocketAddr {
+        match self.flow.direction {
+            Direction::Outbound => self.mode.http_target(self.topo.server_ip),
+            Direction::Inbound => self.mode.inbound_target(self.topo.pod_ip),
+        }
+    }
+
     /// One request to nginx's `/whoami` (which answers the client address it saw) proves the
-    /// mode's path: `direct` shows the client's own port; every other mode shows the sidecar's.
+    /// mode's path. Outbound: `direct` shows the client's own port, every other mode the
+    /// sidecar's. Inbound: `direct` shows the client's address, every other mode the sidecar's
+    /// connection from loopback.
     fn check_path(&self) -> Result<()> {
-        let target = self.mode.http_target(self.topo.server_ip);
+        let target = self.http_target();
         let options = ProbeOptions {
             send: Some(format!("GET /whoami HTTP/1.0\r\nHost: {target}\r\n\r\n")),
             timeout: Duration::from_secs(5),
             ..ProbeOptions::default()
         };
-        let mut cmd = self
-            .topo
-            .command(&Place::Pod, Identity::APP, &self.tools.probe)?;
+        let mut cmd = self.command(self.client_side(), Identity::APP, &self.tools.probe)?;
         cmd.args(options.args(target))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -236,16 +316,30 @@ impl<'t> BenchPod<'t> {
             .and_then(|l| l.trim().parse().ok())
             .with_context(|| format!("no answer from nginx through {}: {result:?}", self.mode))?;
         let local = result.local.context("the probe's own address")?;
-        ensure!(
-            seen.ip() == self.topo.pod_ip,
-            "{}: nginx saw {seen}, not the pod",
-            self.mode
-        );
-        let via_sidecar = seen.port() != local.port();
+        let via_sidecar = match self.flow.direction {
+            Direction::Outbound => {
+                ensure!(
+                    seen.ip() == self.topo.pod_ip,
+                    "{}: nginx saw {seen}, not the pod",
+                    self.mode
+                );
+                seen.port() != local.port()
+            }
+            Direction::Inbound => {
+                ensure!(
+                    seen == local || seen.ip().is_loopback(),
+                    "{} inbound: the application saw {seen}, neither the client ({local}) nor \
+                     the sidecar on loopback",
+                    self.mode
+                );
+                seen.ip().is_loopback()
+            }
+        };
         ensure!(
             via_sidecar == self.mode.has_sidecar(),
-            "{}: the connection {} the sidecar (probe {local}, nginx saw {seen})",
+            "{} {}: the connection {} the sidecar (probe {local}, nginx saw {seen})",
             self.mode,
+            self.flow.direction.name(),
             if via_sidecar {
                 "went through"
             } else {
@@ -304,21 +398,25 @@ impl<'t> BenchPod<'t> {
         })
     }
 
-    /// The `interceptor status` name of this pod's eBPF instance.
-    pub fn instance_name(&self) -> Result<String> {
-        let ino = fs::metadata(&self.topo.pod_cgroup)?.ino();
-        Ok(format!("cgroup-{ino}"))
+    /// The inode of the pod's network namespace (what the kernel's netns links name).
+    pub fn netns_inode(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = self.topo.netns_path(Side::Pod);
+        Ok(fs::metadata(&path)
+            .with_context(|| format!("{}", path.display()))?
+            .ino())
     }
 }
 
 impl Drop for BenchPod<'_> {
     fn drop(&mut self) {
         if self.attached_ebpf {
-            let args = vec![
+            let mut args = vec![
                 "clean".to_owned(),
                 "--cgroup".to_owned(),
                 self.topo.pod_cgroup.display().to_string(),
             ];
+            args.extend(self.tools.bpffs_args());
             if let Err(e) = self.tools.interceptor(&args) {
                 eprintln!("bench: {e:#}");
             }
@@ -364,17 +462,36 @@ pub fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
-/// Identical in both namespaces and every mode: a new-connection-per-request load reuses
-/// ports faster than TIME_WAIT frees them.
+/// What `tuned` namespaces get, identical in both namespaces and every mode: a
+/// new-connection-per-request load reuses ports faster than TIME_WAIT frees them.
+pub const TUNED_SYSCTLS: [(&str, &str); 2] = [
+    ("net/ipv4/tcp_tw_reuse", "1"),
+    ("net/ipv4/ip_local_port_range", "1024 65000"),
+];
+
 fn tune_netns() -> Result<()> {
-    for (key, value) in [
-        ("net/ipv4/tcp_tw_reuse", "1"),
-        ("net/ipv4/ip_local_port_range", "1024 65000"),
-    ] {
+    for (key, value) in TUNED_SYSCTLS {
         let path = Path::new("/proc/sys").join(key);
         fs::write(&path, value).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The values of the tuned sysctls (and conntrack's TIME_WAIT timeout) as the namespace
+/// this thread is in has them.
+pub fn read_tcp_sysctls() -> std::collections::BTreeMap<String, String> {
+    TUNED_SYSCTLS
+        .iter()
+        .map(|(k, _)| *k)
+        .chain(["net/netfilter/nf_conntrack_tcp_timeout_time_wait"])
+        .filter_map(|key| {
+            let value = fs::read_to_string(Path::new("/proc/sys").join(key)).ok()?;
+            Some((
+                key.replace('/', "."),
+                value.split_whitespace().collect::<Vec<_>>().join(" "),
+            ))
+        })
+        .collect()
 }
 
 /// `(user_usec, system_usec)` from a cgroup's cpu.stat.

@@ -7,10 +7,12 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use super::modes::Mode;
+use super::modes::{self, Mode};
 use super::plot;
-use super::results::{Case, Figure, Results, Workload};
-use super::stats::{Summary, paired_ratios};
+use super::results::{
+    Case, Direction, Enrolment, Figure, Flow, Results, ScaleRun, Sysctls, Workload,
+};
+use super::stats::{Summary, paired_ratios, percentile};
 use super::table::{Column, Table};
 
 /// Writes report.md, the plots and performance-section.md into `dir`.
@@ -88,7 +90,7 @@ fn ms(x: f64) -> String {
 }
 
 fn ns(x: f64) -> String {
-    format!("{x:.0} ns")
+    format!("{} ns", thousands(x))
 }
 
 fn count(n: u32) -> String {
@@ -130,11 +132,66 @@ fn ratio_cases(r: &Results, mode: Mode, a: Case, b: Case, fig: Figure) -> Option
 }
 
 fn case(workload: Workload, conns: u32, cidrs: u32) -> Case {
+    Case::outbound(workload, conns, cidrs)
+}
+
+/// A case of the other flows (no excluded CIDRs).
+fn flow_case(workload: Workload, conns: u32, direction: Direction, sysctls: Sysctls) -> Case {
     Case {
         workload,
         conns,
-        cidrs,
+        cidrs: 0,
+        flow: Flow { direction, sysctls },
     }
+}
+
+fn inbound_case(r: &Results, workload: Workload, sysctls: Sysctls) -> Case {
+    flow_case(
+        workload,
+        r.settings.inbound_conns,
+        Direction::Inbound,
+        sysctls,
+    )
+}
+
+fn outbound_default_case(r: &Results) -> Case {
+    flow_case(
+        Workload::Close,
+        r.settings.close_conns,
+        Direction::Outbound,
+        Sysctls::Default,
+    )
+}
+
+/// `1 program`, `1,287 programs`.
+fn programs(n: i64) -> String {
+    format!(
+        "{} program{}",
+        thousands(n as f64),
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+fn kib(bytes: f64) -> String {
+    if bytes.abs() >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+    } else if bytes.abs() >= (1 << 20) as f64 {
+        format!("{:.1} MiB", bytes / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes / 1024.0)
+    }
+}
+
+/// Wall times of the light pods' inits: the first pod (by round), and every next one pooled.
+fn first_init(r: &Results, mode: Mode) -> Option<Summary> {
+    Summary::of_series(&r.pod_init_series(mode, |n| n == 1))
+}
+
+fn next_inits(r: &Results, mode: Mode) -> Vec<f64> {
+    r.pod_init_series(mode, |n| n > 1)
+        .into_iter()
+        .map(|(_, ms)| ms)
+        .collect()
 }
 
 fn close_case(r: &Results, cidrs: u32) -> Case {
@@ -281,7 +338,67 @@ fn targets(r: &Results) -> Vec<Target> {
         |s| with_range(s, ms),
         |x| x < 1000.0,
     ));
+    scale_targets(r, &mut out);
     out
+}
+
+/// Issue 11's targets: a node's worth of pods.
+fn scale_targets(r: &Results, out: &mut Vec<Target>) {
+    let (ebpf, nft) = (Mode::Ebpf, Mode::IptablesNft);
+    if !r.pod_inits.is_empty() {
+        out.push(Target::figure(
+            "`init` of the first pod on a node ≤ 100 ms",
+            first_init(r, ebpf),
+            |s| with_range(s, ms),
+            |x| x <= 100.0,
+        ));
+        let next = percentile(next_inits(r, ebpf), 50.0);
+        let nft_next = percentile(next_inits(r, nft), 50.0);
+        out.push(Target::figure(
+            format!(
+                "`init` of the next pods ≤ 16 ms and ≤ iptables-nft's ({}) (p50 of every next \
+                 pod)",
+                nft_next.map_or("–".into(), |x| format!("{x:.1} ms"))
+            ),
+            next.and_then(|x| Summary::of([x])),
+            |s| median_only(s, |x| format!("{x:.1} ms")),
+            |x| x <= 16.0 && nft_next.is_none_or(|n| x <= n),
+        ));
+    }
+    for run in &r.scale {
+        let pods = run.pods_reached;
+        if pods > 1 {
+            out.push(Target::figure(
+                format!(
+                    "kernel memory per pod ≤ 64 KiB, {} mode, {} pods (each pod after the first)",
+                    match run.enrolment {
+                        Enrolment::PerPod => "per-pod",
+                        Enrolment::Node => "node",
+                    },
+                    count(pods)
+                ),
+                run.bytes_per_further_pod(pods)
+                    .and_then(|b| Summary::of([b])),
+                |s| median_only(s, kib),
+                |x| x <= 64.0 * 1024.0,
+            ));
+        }
+        if run.enrolment == Enrolment::Node && !run.enrol_ms.is_empty() {
+            let p50 = percentile(run.enrol_ms.iter().copied(), 50.0);
+            let p99 = percentile(run.enrol_ms.iter().copied(), 99.0);
+            let show = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.1} ms"));
+            out.push(Target::figure(
+                format!(
+                    "`pod add` ≤ 5 ms p50, ≤ 10 ms p99, {} pods (p99 {})",
+                    count(run.enrol_ms.len() as u32),
+                    show(p99)
+                ),
+                p50.and_then(|x| Summary::of([x])),
+                |_| show(p50),
+                |x| x <= 5.0 && p99.is_some_and(|p| p <= 10.0),
+            ));
+        }
+    }
 }
 
 fn kernel_cidr_span(r: &Results) -> (u32, u32) {
@@ -342,7 +459,7 @@ fn report(r: &Results, plots: &[plot::Plot]) -> String {
             "## Keep-alive requests, {conns} connection{}\n",
             if conns == 1 { "" } else { "s" }
         );
-        http_table(&mut o, r, c, "requests/s");
+        http_table(&mut o, r, c, "requests/s", "server");
     }
     let c = close_case(r, 0);
     let _ = writeln!(
@@ -356,12 +473,15 @@ fn report(r: &Results, plots: &[plot::Plot]) -> String {
          server). wrk's latency starts when the request is written, so it leaves out the \
          client's handshake.\n"
     );
-    http_table(&mut o, r, c, "connections/s");
+    http_table(&mut o, r, c, "connections/s", "server");
 
     rule_scaling(&mut o, r);
     bulk(&mut o, r);
+    inbound(&mut o, r);
+    default_sysctls(&mut o, r);
     kernel_cost(&mut o, r);
     init_cost(&mut o, r);
+    node_scale(&mut o, r);
 
     let _ = writeln!(o, "## Plots\n");
     for p in plots {
@@ -487,7 +607,8 @@ fn bytes(n: usize) -> String {
     }
 }
 
-fn http_table(o: &mut String, r: &Results, c: Case, unit: &str) {
+/// `other`: where the rest of the CPU time is counted (the server, or the inbound client).
+fn http_table(o: &mut String, r: &Results, c: Case, unit: &str, other: &str) {
     let base = r.settings.baseline;
     let modes: Vec<Mode> = r
         .settings
@@ -511,7 +632,7 @@ fn http_table(o: &mut String, r: &Results, c: Case, unit: &str) {
         Column::new(format!("vs {base}"), |m| {
             ratio(ratio_to(r, m, base, c, Figure::PodCpuPerRequestUs))
         }),
-        Column::new("server CPU µs/request", |m| {
+        Column::new(format!("{other} CPU µs/request"), |m| {
             median_only(of(m, Figure::ServerCpuPerRequestUs), num)
         }),
         Column::new("errors", |m| errors(r, m, c).to_string()),
@@ -619,16 +740,30 @@ fn kernel_cost(o: &mut String, r: &Results) {
         return;
     }
     let (lo, hi) = kernel_cidr_span(r);
+    let out = Direction::Outbound;
     let _ = writeln!(
         o,
-        "## Kernel cost of the eBPF programs\n\nAverage run time per call (run_time_ns / \
-         run_cnt, with the kernel's BPF run statistics on only for these runs: they cost \
-         time on every call), under the new-connection load ({} connections) in a pod of its \
-         own. connect4 runs for the client's connections (decided by the rules) and for the \
-         sidecar's (proxy uid: decided early), so its average is over both.\n",
+        "## Kernel cost of the eBPF programs\n\nThe programs attached to the pod's cgroup and \
+         network namespace, as the kernel lists them (bpftool), with the kernel's BPF run \
+         statistics on only for these runs (they cost time on every call), under the \
+         new-connection load ({} connections) in a pod of its own. Average run time per call \
+         is run_time_ns / run_cnt; per connection, a program's run time over the connections \
+         wrk completed. connect4 runs for the client's connections (decided by the rules) and \
+         for the sidecar's (proxy uid: decided early), so its average is over both.\n",
         r.settings.close_conns
     );
-    let runs = |name: &str, n| Summary::of_series(&r.program_runs_per_request(name, n));
+    let per_conn = |d, n| Summary::of_series(&r.kernel_ns_per_connection(d, n));
+    let _ = writeln!(
+        o,
+        "**Per intercepted connection, every program together: {} outbound with {} CIDRs, {} \
+         with {}; {} inbound.**\n",
+        with_range(per_conn(out, lo), ns),
+        count(lo),
+        with_range(per_conn(out, hi), ns),
+        count(hi),
+        with_range(per_conn(Direction::Inbound, 0), ns),
+    );
+    let runs = |name: &str, n| Summary::of_series(&r.program_runs_per_request(name, out, n));
     let (called, idle): (Vec<String>, Vec<String>) = r
         .program_names()
         .into_iter()
@@ -645,6 +780,15 @@ fn kernel_cost(o: &mut String, r: &Results) {
         Column::new("calls per request", |name: &str| {
             median_only(runs(name, lo), |x| format!("{x:.2}"))
         }),
+        Column::new(
+            format!("ns per connection, {} CIDRs", count(lo)),
+            |name: &str| {
+                median_only(
+                    Summary::of_series(&r.program_ns_per_connection(name, out, lo)),
+                    |x| format!("{x:.0}"),
+                )
+            },
+        ),
         Column::new(format!("ns/call, {} CIDRs", count(lo)), ns_at(lo)),
         Column::new(format!("ns/call, {} CIDRs", count(hi)), ns_at(hi)),
         Column::new(format!("{}/{}", count(hi), count(lo)), |name: &str| {
@@ -671,6 +815,228 @@ fn kernel_cost(o: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(o);
+    inbound_kernel_cost(o, r);
+}
+
+fn inbound_kernel_cost(o: &mut String, r: &Results) {
+    let inb = Direction::Inbound;
+    let called: Vec<String> = r
+        .program_names()
+        .into_iter()
+        .filter(|name| {
+            Summary::of_series(&r.program_runs_per_request(name, inb, 0))
+                .is_some_and(|c| c.max != 0.0)
+        })
+        .collect();
+    if called.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Inbound: the same, with the client outside the pod dialling the application's port \
+         ({} connections, `Connection: close`), captured to the inbound sidecar (nginx's stream \
+         module), which connects to the application on loopback.\n",
+        r.settings.inbound_conns
+    );
+    let called: Vec<&str> = called.iter().map(String::as_str).collect();
+    let columns = [
+        Column::new("calls per request", |name: &str| {
+            median_only(
+                Summary::of_series(&r.program_runs_per_request(name, inb, 0)),
+                |x| format!("{x:.2}"),
+            )
+        }),
+        Column::new("ns per connection", |name: &str| {
+            median_only(
+                Summary::of_series(&r.program_ns_per_connection(name, inb, 0)),
+                |x| format!("{x:.0}"),
+            )
+        }),
+        Column::new("ns/call", |name: &str| {
+            with_range(Summary::of_series(&r.program_ns_in(name, inb, 0)), |x| {
+                format!("{x:.0}")
+            })
+        }),
+    ];
+    let _ = writeln!(o, "{}", Table::of("program", &called, &columns));
+}
+
+fn inbound(o: &mut String, r: &Results) {
+    let ka = inbound_case(r, Workload::KeepAlive, Sysctls::Tuned);
+    let close = inbound_case(r, Workload::Close, Sysctls::Tuned);
+    if !r.samples.iter().any(|s| s.case == ka || s.case == close) {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## Inbound: a client outside the pod dials the application\n\nwrk in the server \
+         namespace (on the server's CPU) dials the application's port {} in the pod (nginx, \
+         {} workers). Intercepting modes capture it (`{}`) to the inbound sidecar: nginx's \
+         stream module on {} (uid 1337, one worker), which relays to the application on \
+         127.0.0.1. `explicit`: the client dials {} itself; `direct`: the application's port, \
+         no sidecar. Pod CPU is the sidecar's and the application's; the client's is the other \
+         column. Both namespaces tuned as above.\n",
+        modes::APP_PORT,
+        r.settings.nginx_workers,
+        modes::INBOUND_FLAGS.join(" "),
+        modes::INBOUND_CAPTURE_PORT,
+        modes::INBOUND_CAPTURE_PORT,
+    );
+    let _ = writeln!(o, "### Keep-alive requests, {} connections\n", ka.conns);
+    http_table(o, r, ka, "requests/s", "client");
+    let _ = writeln!(
+        o,
+        "### New connection per request (`Connection: close`), {} connections\n",
+        close.conns
+    );
+    http_table(o, r, close, "connections/s", "client");
+}
+
+fn default_sysctls(o: &mut String, r: &Results) {
+    let out_default = outbound_default_case(r);
+    let in_default = inbound_case(r, Workload::Close, Sysctls::Default);
+    if !r
+        .samples
+        .iter()
+        .any(|s| s.case == out_default || s.case == in_default)
+    {
+        return;
+    }
+    let tuned: Vec<String> = r
+        .settings
+        .tuned_sysctls
+        .iter()
+        .map(|(k, v)| format!("`{k}={v}`"))
+        .collect();
+    let defaults: Vec<String> = r
+        .default_sysctls
+        .iter()
+        .map(|(k, v)| format!("`{k}={v}`"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "## New connections at the kernel's default TCP settings\n\nThe figures above run \
+         with {} in both namespaces, so that a connection-churning client never runs out of \
+         ports. Pods run with the kernel's defaults ({}): the same new-connection loads in \
+         fresh namespaces left at those, where ports in TIME_WAIT (and, with iptables, \
+         conntrack entries) accumulate.\n",
+        tuned.join(", "),
+        if defaults.is_empty() {
+            "as a fresh namespace has them".to_owned()
+        } else {
+            defaults.join(", ")
+        }
+    );
+    let _ = writeln!(o, "### Outbound, {} connections\n", out_default.conns);
+    http_table(o, r, out_default, "connections/s", "server");
+    let rps = Figure::RequestsPerS;
+    let out_tuned = close_case(r, 0);
+    let in_tuned = inbound_case(r, Workload::Close, Sysctls::Tuned);
+    let _ = writeln!(o, "### Inbound, {} connections\n", in_default.conns);
+    http_table(o, r, in_default, "connections/s", "client");
+    let _ = writeln!(o, "Default over tuned, round by round:\n");
+    let columns = [
+        Column::new("outbound", |m| {
+            ratio(ratio_cases(r, m, out_default, out_tuned, rps))
+        }),
+        Column::new("inbound", |m| {
+            ratio(ratio_cases(r, m, in_default, in_tuned, rps))
+        }),
+    ];
+    let _ = writeln!(o, "{}", Table::of("mode", &r.settings.modes, &columns));
+}
+
+fn node_scale(o: &mut String, r: &Results) {
+    if r.scale.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## A node's worth of pods: kernel memory and enrolment time\n\nLight pods (a network \
+         namespace with `lo` up and one IPv4 address on it, plus a cgroup in per-pod mode; no \
+         veth, no process) enrolled one after another with the same flags (`{}`): per-pod mode \
+         runs one `interceptor init` per pod; node mode starts one `interceptor daemon` \
+         (attached at a parent cgroup) and registers each pod with `interceptor pod add`. \
+         Enrolment time is the wall time of each of those processes, fork+exec to exit.\n",
+        r.scale[0].flags
+    );
+    let _ = writeln!(
+        o,
+        "Kernel memory is the sum of `bytes_memlock` (bpftool `-j prog show`, `-j map show`) \
+         over ours: the programs the kernel shows attached to the run's cgroups \
+         (`bpftool cgroup tree`) and to the pods' network namespaces (`bpftool link show`), the \
+         maps those programs use, whatever is pinned in the run's own bpffs (`bpftool -f`: \
+         maps only user space reads, such as pod records), and (node mode) the programs and \
+         maps the daemon holds open (its /proc/PID/fdinfo). Links and the namespaces \
+         themselves are not in it. The machine's totals (every program and map, other work \
+         included) are beside it.\n"
+    );
+    for run in &r.scale {
+        scale_table(o, run);
+    }
+}
+
+fn scale_table(o: &mut String, run: &ScaleRun) {
+    let _ = writeln!(o, "### {}\n", run.enrolment.name());
+    if let Some(ms) = run.daemon_start_ms {
+        let _ = writeln!(
+            o,
+            "The daemon answered {} after it was started (with no pod).\n",
+            self::ms(ms)
+        );
+    }
+    let mut table = Table::new([
+        "pods",
+        "our programs",
+        "our maps",
+        "our kernel memory",
+        "per pod (since none)",
+        "per pod after the first",
+        "machine: programs",
+        "machine: kernel memory",
+    ]);
+    for p in &run.points {
+        table.row([
+            count(p.pods),
+            count(p.ours.programs),
+            count(p.ours.maps),
+            kib(p.ours.bytes() as f64),
+            run.bytes_per_pod(p.pods).map_or("–".into(), kib),
+            run.bytes_per_further_pod(p.pods).map_or("–".into(), kib),
+            count(p.machine.programs),
+            kib(p.machine.bytes() as f64),
+        ]);
+    }
+    let _ = writeln!(o, "{table}");
+    if let Some(why) = &run.stopped {
+        let _ = writeln!(o, "Not run to {} pods: {why}.\n", count(run.pods_asked));
+    }
+    let what = match run.enrolment {
+        Enrolment::PerPod => "`interceptor init`",
+        Enrolment::Node => "`interceptor pod add`",
+    };
+    let e = &run.enrol_ms;
+    if e.is_empty() {
+        return;
+    }
+    let at = |p| percentile(e.iter().copied(), p).map_or("–".into(), |x| format!("{x:.1} ms"));
+    let last_100 = if e.len() > 200 {
+        percentile(e.iter().rev().take(100).copied(), 50.0)
+            .map_or(String::new(), |x| format!("; the last 100: p50 {x:.1} ms"))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        o,
+        "{what}, {} pods one after another: the first {:.1} ms; all of them p50 {}, p90 {}, \
+         p99 {}, max {}{last_100}.\n",
+        count(e.len() as u32),
+        e[0],
+        at(50.0),
+        at(90.0),
+        at(99.0),
+        at(100.0),
+    );
 }
 
 fn init_cost(o: &mut String, r: &Results) {
@@ -695,6 +1061,39 @@ fn init_cost(o: &mut String, r: &Results) {
             |m, n| with_range(Summary::of_series(&r.init_series(m, n)), ms),
         )
     );
+    let modes: Vec<Mode> = modes
+        .into_iter()
+        .filter(|&m| !r.pod_init_series(m, |_| true).is_empty())
+        .collect();
+    if modes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "### The first pod on a node, and the next ones\n\nIn every round, {} light pods (a \
+         network namespace with `lo` up and one address on it, and a cgroup; no process) get \
+         `interceptor init` one after another with istio's default flags (`{}`), each while \
+         the earlier ones stay: the first finds nothing of ours loaded on the node. Wall time \
+         of the process, fork+exec to exit.\n",
+        s.init_pods,
+        modes::istio_flags(&[], true).join(" ")
+    );
+    let columns = [
+        Column::new("first pod (median of rounds, min–max)", |m| {
+            with_range(first_init(r, m), |x| format!("{x:.1} ms"))
+        }),
+        Column::new("next pods: p50", |m| {
+            percentile(next_inits(r, m), 50.0).map_or("–".into(), |x| format!("{x:.1} ms"))
+        }),
+        Column::new("p90", |m| {
+            percentile(next_inits(r, m), 90.0).map_or("–".into(), |x| format!("{x:.1} ms"))
+        }),
+        Column::new("max", |m| {
+            percentile(next_inits(r, m), 100.0).map_or("–".into(), |x| format!("{x:.1} ms"))
+        }),
+        Column::new("next pods measured", |m| next_inits(r, m).len().to_string()),
+    ];
+    let _ = writeln!(o, "{}", Table::of("backend", &modes, &columns));
 }
 
 fn notes(o: &mut String, r: &Results) {
@@ -709,6 +1108,32 @@ fn notes(o: &mut String, r: &Results) {
         "- wrk reported {} socket or status errors in total.",
         thousands(total_errors as f64)
     );
+    match &r.leftover_pins {
+        Some(pins) if pins.is_empty() => {
+            let _ = writeln!(
+                o,
+                "- Every eBPF command of the run used a bpffs of its own; after every pod had \
+                 been cleaned (`interceptor clean`, and the daemon's instance), nothing was \
+                 left pinned in it."
+            );
+        }
+        Some(pins) => {
+            let shown: Vec<String> = pins.iter().take(10).map(|p| format!("`{p}`")).collect();
+            let _ = writeln!(
+                o,
+                "- Every eBPF command of the run used a bpffs of its own; after every pod had \
+                 been cleaned, **{} pins were left in it** (the bench unmounted it): {}{}.",
+                pins.len(),
+                shown.join(", "),
+                if pins.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        None => {}
+    }
     let outside = Summary::of(r.samples.iter().filter_map(|s| s.cpu.outside_share()));
     let steal = Summary::of(r.samples.iter().filter_map(|s| s.cpu.steal_share()));
     if let (Some(outside), Some(steal)) = (outside, steal) {
@@ -812,20 +1237,67 @@ fn headline_table(r: &Results, ka: Case, close0: Case, close_max: Case) -> Table
     Table::of("mode", &s.modes, &columns)
 }
 
+/// The README's second table: inbound, and new connections at the kernel's default TCP
+/// settings, with ratios to the baseline.
+fn flows_table(r: &Results) -> Option<Table> {
+    let base = r.settings.baseline;
+    let ka = inbound_case(r, Workload::KeepAlive, Sysctls::Tuned);
+    let close = inbound_case(r, Workload::Close, Sysctls::Tuned);
+    let in_default = inbound_case(r, Workload::Close, Sysctls::Default);
+    let out_default = outbound_default_case(r);
+    let cases = [ka, close, in_default, out_default];
+    if !r.samples.iter().any(|s| cases.contains(&s.case)) {
+        return None;
+    }
+    let rps = Figure::RequestsPerS;
+    let cell = |mode: Mode, c: Case| {
+        if !r.has(mode, c) {
+            return "–".to_owned();
+        }
+        let v = median_only(summary(r, mode, c, rps), num);
+        match ratio_to(r, mode, base, c, rps) {
+            Some(x) if mode != base => format!("{v} ({:.2}×)", x.median),
+            _ => v,
+        }
+    };
+    let columns = [
+        Column::new(
+            format!("inbound keep-alive req/s, {} conns", ka.conns),
+            move |m| cell(m, ka),
+        ),
+        Column::new("inbound new conn/s", move |m| cell(m, close)),
+        Column::new("inbound new conn/s, default TCP settings", move |m| {
+            cell(m, in_default)
+        }),
+        Column::new("outbound new conn/s, default TCP settings", move |m| {
+            cell(m, out_default)
+        }),
+    ];
+    Some(Table::of("mode", &r.settings.modes, &columns))
+}
+
 /// What the eBPF decision and `interceptor init` cost, in words.
 fn cost_sentences(o: &mut String, r: &Results, max_cidrs: u32) {
     if let Some(connect4) = connect4_name(r) {
         let (lo, hi) = kernel_cidr_span(r);
         let at = |n| median_only(Summary::of_series(&r.program_ns(&connect4, n)), ns);
+        let per_conn =
+            |d, n| median_only(Summary::of_series(&r.kernel_ns_per_connection(d, n)), ns);
         let _ = writeln!(
             o,
             "The eBPF decision itself (`{connect4}`, from the kernel's BPF run statistics, \
              their own timing included) takes {} per connect with {} excluded CIDRs and {} with \
-             {}.",
+             {}. Every program of ours together (those the kernel shows attached to the pod) \
+             spends {} of kernel time per intercepted outbound connection ({} with {} CIDRs) \
+             and {} per inbound one.",
             at(lo),
             count(lo),
             at(hi),
-            count(hi)
+            count(hi),
+            per_conn(Direction::Outbound, lo),
+            per_conn(Direction::Outbound, hi),
+            count(hi),
+            per_conn(Direction::Inbound, 0),
         );
     }
     let init = |mode, n| median_only(Summary::of_series(&r.init_series(mode, n)), ms);
@@ -839,6 +1311,91 @@ fn cost_sentences(o: &mut String, r: &Results, max_cidrs: u32) {
         init(Mode::IptablesNft, max_cidrs),
         count(max_cidrs)
     );
+    if !r.pod_inits.is_empty() {
+        let next =
+            |m| percentile(next_inits(r, m), 50.0).map_or("–".into(), |x| format!("{x:.1} ms"));
+        let p90 =
+            |m| percentile(next_inits(r, m), 90.0).map_or("–".into(), |x| format!("{x:.1} ms"));
+        let _ = writeln!(
+            o,
+            "Into light pods one after another (fork+exec of `interceptor init` to its exit, \
+             istio's default flags): the first pod on a node {} (eBPF), the next {} pods {} \
+             median, {} p90; iptables-nft {} and {} ({} p90).\n",
+            median_only(first_init(r, Mode::Ebpf), |x| format!("{x:.1} ms")),
+            r.settings.init_pods.saturating_sub(1),
+            next(Mode::Ebpf),
+            p90(Mode::Ebpf),
+            median_only(first_init(r, Mode::IptablesNft), |x| format!("{x:.1} ms")),
+            next(Mode::IptablesNft),
+            p90(Mode::IptablesNft),
+        );
+    }
+    scale_sentences(o, r);
+}
+
+/// Kernel memory per pod and enrolment latency at a node's scale, in words.
+fn scale_sentences(o: &mut String, r: &Results) {
+    for run in &r.scale {
+        let reached = run.pods_reached;
+        let first = run.point(1);
+        let last = run.point(reached);
+        let (Some(first), Some(last)) = (first, last) else {
+            continue;
+        };
+        let before = run.point(0);
+        let programs_added_after_first = last.ours.programs as i64 - first.ours.programs as i64;
+        let _ = write!(
+            o,
+            "{}: the first pod locked {} of kernel memory in programs and maps of ours ({} \
+             programs, {} maps{}); at {} pods, {} in all, {} per pod after the first, and {} \
+             more than with one pod",
+            match run.enrolment {
+                Enrolment::PerPod => "Per-pod mode (`init`)",
+                Enrolment::Node => "Node mode (`daemon` + `pod add`)",
+            },
+            kib(first.ours.bytes() as f64 - before.map_or(0.0, |b| b.ours.bytes() as f64)),
+            count(first.ours.programs),
+            count(first.ours.maps),
+            match (run.enrolment, before) {
+                (Enrolment::Node, Some(b)) => format!(
+                    ", over the daemon's own {} before any pod",
+                    kib(b.ours.bytes() as f64)
+                ),
+                _ => String::new(),
+            },
+            count(reached),
+            kib(last.ours.bytes() as f64),
+            run.bytes_per_further_pod(reached).map_or("–".into(), kib),
+            programs(programs_added_after_first),
+        );
+        if let Some(why) = &run.stopped {
+            let _ = write!(o, " (not run to {}: {why})", count(run.pods_asked));
+        }
+        if let Some(second) = run.point(2) {
+            let _ = write!(
+                o,
+                ". The second pod added {} of ours (the kernel's count of every program went \
+                 from {} to {})",
+                programs(second.ours.programs as i64 - first.ours.programs as i64),
+                count(first.machine.programs),
+                count(second.machine.programs)
+            );
+        }
+        let e = &run.enrol_ms;
+        let at =
+            |p| percentile(e.iter().copied(), p).map_or("–".into(), |x| format!("{x:.1} ms"));
+        let _ = writeln!(
+            o,
+            ". {} took {} p50, {} p99 over the {} pods.\n",
+            match run.enrolment {
+                Enrolment::PerPod => "`init`",
+                Enrolment::Node => "`pod add`",
+            },
+            at(50.0),
+            at(99.0),
+            count(e.len() as u32)
+        );
+    }
 }
 
 fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String {
@@ -879,6 +1436,15 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
     let close_max = close_case(r, max_cidrs);
     let _ = writeln!(o, "{}", headline_table(r, ka, close0, close_max));
     summary_sentences(&mut o, r, close0, close_max, ka);
+    if let Some(table) = flows_table(r) {
+        let _ = writeln!(
+            o,
+            "Inbound (a client outside the pod dials the application's port, captured by `-b` \
+             to the sidecar's inbound listener, nginx's stream module in front of nginx), and \
+             new connections with both namespaces at the kernel's default TCP settings (the \
+             table above uses `tcp_tw_reuse=1` and ports 1024–65000), same rounds:\n\n{table}"
+        );
+    }
     cost_sentences(&mut o, r, max_cidrs);
     for p in plots {
         let _ = writeln!(o, "![{}]({})\n", p.title, rel.join(&p.file).display());
@@ -886,9 +1452,9 @@ fn performance_section(r: &Results, rel: &Path, plots: &[plot::Plot]) -> String 
     let _ = writeln!(
         o,
         "Every figure above is in [`{}`]({}), with the full report in [`report.md`]({}). \
-         To reproduce (as root; installs nginx, wrk and iperf3 if missing; this run took {:.0} \
-         minutes; best on an otherwise idle machine):\n\n```sh\ncargo xtask bench            \
-         # --quick: a check of the harness in under 3 minutes\n```\n",
+         To reproduce (as root; installs nginx with its stream module, wrk, iperf3 and bpftool \
+         if missing; this run took {:.0} minutes; best on an otherwise idle machine):\n\n```sh\n\
+         cargo xtask bench            # --quick: a check of the harness in about 4 minutes\n```\n",
         rel.join("results.json").display(),
         rel.join("results.json").display(),
         rel.join("report.md").display(),
@@ -922,6 +1488,10 @@ mod tests {
         let s = Summary::of([1.1, 1.3, 1.2]);
         assert_eq!(ratio(s), "1.20× (1.10–1.30)");
         assert_eq!(ratio(None), "–");
+        assert_eq!(kib(13_032.0), "12.7 KiB");
+        assert_eq!(kib(31_213_616.0), "29.8 MiB");
+        assert_eq!(kib(3_121_361_600.0), "2.91 GiB");
+        assert_eq!(ns(3626.4), "3,626 ns");
     }
 
     #[test]

@@ -35,6 +35,17 @@ impl Summary {
     }
 }
 
+/// The `p`-th percentile (0-100) by nearest rank: a value that was measured.
+pub fn percentile(values: impl IntoIterator<Item = f64>, p: f64) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = (p / 100.0 * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
 /// `a / b` for every round both have (each series holds one value per round at most; the
 /// first wins otherwise).
 pub fn paired_ratios(a: &[(u32, f64)], b: &[(u32, f64)]) -> Vec<f64> {
@@ -56,6 +67,17 @@ mod tests {
         assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
         assert_eq!(Summary::of([4.0, 1.0, 3.0, 2.0]).unwrap().median, 2.5);
         assert_eq!(Summary::of([f64::NAN]), None);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(v.clone(), 50.0), Some(50.0));
+        assert_eq!(percentile(v.clone(), 99.0), Some(99.0));
+        assert_eq!(percentile(v, 100.0), Some(100.0));
+        assert_eq!(percentile([3.0, 1.0, 2.0], 90.0), Some(3.0));
+        assert_eq!(percentile([7.0], 0.0), Some(7.0));
+        assert_eq!(percentile([], 50.0), None);
     }
 
     #[test]

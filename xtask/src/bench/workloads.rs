@@ -1,5 +1,7 @@
 //! The load: wrk (HTTP, keep-alive or a new connection per request) and iperf3 (bulk TCP), run
-//! as an application user in the pod, and nginx's configuration on the server side.
+//! as an application user in the pod (outbound) or in the server namespace (inbound), and
+//! nginx's configurations: the server (outbound), the application in the pod and a stock TCP
+//! proxy in front of it as the inbound sidecar (nginx's stream module).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -11,6 +13,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use interceptor_tests::{Identity, Side};
 use serde::Deserialize;
 
+use super::modes::{APP_PORT, HTTP_PORT, INBOUND_CAPTURE_PORT};
 use super::pod::BenchPod;
 use super::results::{CpuFigures, HttpFigures, IperfFigures, Latency, WrkErrors};
 
@@ -20,9 +23,20 @@ const RUN_SLACK: Duration = Duration::from_secs(20);
 const WRK_LINE: &str = "BENCH-JSON ";
 pub const SMALL_PATH: &str = "/";
 pub const LARGE_PATH: &str = "/large.bin";
+/// The server's nginx (outbound), the application's in the pod (inbound) and the inbound
+/// sidecar's, in the work directory.
+pub const SERVER_CONF: &str = "nginx.conf";
+pub const APP_CONF: &str = "app-nginx.conf";
+pub const INBOUND_SIDECAR_CONF: &str = "inbound-sidecar.conf";
+/// Where Debian's `libnginx-mod-stream` puts the stream module (nginx is built with
+/// `--with-stream=dynamic` there); elsewhere it is assumed built in.
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+/// A directory anyone may write (sticky, as /tmp): the pid files of nginx running as the
+/// proxy user.
+pub const RUN_DIR: &str = "run";
 
-/// The files every pod shares: nginx.conf, the wrk script and the large response, in a
-/// directory the unprivileged client and nginx's workers can read.
+/// The files every pod shares: nginx's configurations, the wrk script and the large response,
+/// in a directory the unprivileged client and nginx's workers can read.
 pub fn write_workdir(
     dir: &Path,
     small_body: usize,
@@ -30,22 +44,68 @@ pub fn write_workdir(
     nginx_workers: u32,
 ) -> Result<()> {
     fs::create_dir_all(dir.join("www"))?;
+    fs::create_dir_all(dir.join(RUN_DIR))?;
     for d in [dir.to_path_buf(), dir.join("www")] {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755))?;
     }
+    fs::set_permissions(dir.join(RUN_DIR), fs::Permissions::from_mode(0o1777))?;
     fs::write(
-        dir.join("nginx.conf"),
-        nginx_conf(dir, small_body, nginx_workers),
+        dir.join(SERVER_CONF),
+        nginx_conf(dir, small_body, nginx_workers, HTTP_PORT),
+    )?;
+    fs::write(
+        dir.join(APP_CONF),
+        nginx_conf(dir, small_body, nginx_workers, APP_PORT),
+    )?;
+    let stream_module = Path::new(STREAM_MODULE);
+    fs::write(
+        dir.join(INBOUND_SIDECAR_CONF),
+        inbound_sidecar_conf(stream_module.is_file().then_some(stream_module)),
     )?;
     fs::write(dir.join("report.lua"), WRK_SCRIPT)?;
     fs::write(dir.join("www/large.bin"), vec![b'x'; large_body])?;
-    for f in ["nginx.conf", "report.lua", "www/large.bin"] {
+    for f in [
+        SERVER_CONF,
+        APP_CONF,
+        INBOUND_SIDECAR_CONF,
+        "report.lua",
+        "www/large.bin",
+    ] {
         fs::set_permissions(dir.join(f), fs::Permissions::from_mode(0o644))?;
     }
     Ok(())
 }
 
-fn nginx_conf(dir: &Path, small_body: usize, workers: u32) -> String {
+/// A stock TCP proxy as the inbound sidecar: nginx's stream module on the capture port,
+/// relaying to the application on loopback (it never reads the original destination: every
+/// captured connection is for the application's port). One worker: the pod's processes share
+/// one CPU. `proxy_half_close` (off by default) lets the path check's probe, which shuts down
+/// its write side after the request, read the answer.
+fn inbound_sidecar_conf(stream_module: Option<&Path>) -> String {
+    let load = stream_module
+        .map(|m| format!("load_module {};\n", m.display()))
+        .unwrap_or_default();
+    format!(
+        r#"# Written by `cargo xtask bench`.
+{load}worker_processes 1;
+daemon off;
+error_log stderr warn;
+events {{
+    worker_connections 8192;
+}}
+stream {{
+    server {{
+        listen {INBOUND_CAPTURE_PORT} backlog=4096;
+        proxy_pass 127.0.0.1:{APP_PORT};
+        # As Envoy's TCP proxy: a client that shuts down its write side still gets the answer.
+        proxy_half_close on;
+    }}
+}}
+"#
+    )
+}
+
+fn nginx_conf(dir: &Path, small_body: usize, workers: u32, port: u16) -> String {
     // `return` text may not hold a quote or `$`: a run of letters is fine.
     let body = "x".repeat(small_body);
     format!(
@@ -64,7 +124,7 @@ http {{
     default_type application/octet-stream;
     sendfile on;
     server {{
-        listen 80 backlog=4096;
+        listen {port} backlog=4096;
         root {www};
         location = / {{
             return 200 "{body}";
@@ -156,11 +216,11 @@ pub struct Http<'a> {
     pub duration_s: u32,
 }
 
-/// Runs wrk in the pod (application user, pod cgroup) against the mode's target.
+/// Runs wrk as an application user where the pod's client is (outbound: in the pod; inbound:
+/// in the server namespace) against the mode's target.
 pub fn run_wrk(pod: &BenchPod, load: Http, script: &Path) -> Result<(HttpFigures, CpuFigures)> {
-    let topo = pod.topology();
-    let target = pod.mode.http_target(topo.server_ip);
-    let mut cmd = pod.command(Side::Pod, Identity::APP, "wrk")?;
+    let target = pod.http_target();
+    let mut cmd = pod.command(pod.client_side(), Identity::APP, "wrk")?;
     cmd.args([
         "-t",
         &load.threads.min(load.conns).to_string(),
@@ -281,9 +341,23 @@ mod tests {
 
     #[test]
     fn nginx_serves_a_fixed_small_body() {
-        let conf = nginx_conf(Path::new("/tmp/b"), 64, 2);
+        let conf = nginx_conf(Path::new("/tmp/b"), 64, 2, 8080);
         assert!(conf.contains(&format!("return 200 \"{}\";", "x".repeat(64))));
         assert!(conf.contains("root /tmp/b/www;"));
         assert!(conf.contains("worker_processes 2;"));
+        assert!(conf.contains("listen 8080 backlog=4096;"));
+    }
+
+    #[test]
+    fn the_inbound_sidecar_relays_the_capture_port_to_the_application() {
+        let module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+        let conf = inbound_sidecar_conf(Some(module));
+        assert!(conf.starts_with(&format!(
+            "# Written by `cargo xtask bench`.\nload_module {};\n",
+            module.display()
+        )));
+        assert!(conf.contains("listen 15006 backlog=4096;"));
+        assert!(conf.contains("proxy_pass 127.0.0.1:8080;"));
+        assert!(!inbound_sidecar_conf(None).contains("load_module"));
     }
 }
