@@ -191,7 +191,12 @@ impl Datapath {
     ) -> anyhow::Result<bool> {
         let cookie = facts.cookie()?;
         let plan = plan(rules, slot)?;
-        self.maps.clear_rules(&[rules]); // leftovers of an interrupted earlier run
+        if self.maps.pod_config(cookie)?.is_some() {
+            // The spare rule-set id of a registered pod may hold leftovers of an interrupted
+            // earlier update. A fresh slot is clean: slots are freed (and swept) only after
+            // their sets are cleared, and scanning the sets costs a millisecond.
+            self.maps.clear_rules(&[rules]);
+        }
         self.maps.write_sets(&plan)?;
 
         // Inbound dispatch: the shared sk_lookup finds the pod by the address a connection
