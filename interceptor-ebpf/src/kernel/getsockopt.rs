@@ -173,6 +173,10 @@ fn answer<F: OriginalDst>(ctx: &SockoptContext, mut so: Sockopt<'_>) {
 /// `connect4`/`connect6` redirected (stored on it by `sockops` when it was established, or
 /// still on its way if the proxy asks that early), or of the one `sk_lookup` steered.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys by reference, as `MapSets::has_port` (measured)"
+)]
 fn original_dst<F: OriginalDst>(
     netns: u64,
     cfg: &PodConfig,

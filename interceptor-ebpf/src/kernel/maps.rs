@@ -178,9 +178,10 @@ impl<V: Copy, const FLAGS: usize> SocketStorage<V, FLAGS> {
 /// The socket of a `cgroup/sock_addr` context (null before the kernel made one).
 #[inline(always)]
 pub fn socket_of(ctx: &SockAddrContext) -> *mut c_void {
-    // SAFETY: the context is valid for the program's run; `sk` is the member of this union
-    // the kernel sets.
-    unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk }.cast()
+    // SAFETY: the context is valid for the program's run.
+    let sa = unsafe { &*ctx.sock_addr };
+    // SAFETY: `sk` is the member of this union the kernel sets.
+    unsafe { sa.__bindgen_anon_1.sk }.cast()
 }
 
 /// The datapath's record; never read by the programs.

@@ -49,8 +49,10 @@ fn steer(ctx: &SkLookupContext) -> u32 {
     if l.protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return SK_PASS;
     }
-    // SAFETY: `sk` is the member of this union the kernel sets.
-    if !unsafe { l.__bindgen_anon_1.__bindgen_anon_1.sk }.is_null() {
+    // SAFETY: the kernel sets this member of the outer union ...
+    let inner = unsafe { l.__bindgen_anon_1.__bindgen_anon_1 };
+    // SAFETY: ... and `sk` of the inner one.
+    if !unsafe { inner.sk }.is_null() {
         // Another program (this one of another build, during an upgrade) chose already.
         return SK_PASS;
     }
@@ -111,7 +113,7 @@ fn pod_of(l: &bpf_sk_lookup, family: u32) -> Option<u64> {
 #[inline(always)]
 fn owner<F: KernelFamily>(l: &bpf_sk_lookup) -> Option<u64> {
     // SAFETY: the value is copied out at once.
-    unsafe { F::pod_addrs().get(&F::lookup_local(l)) }.copied()
+    unsafe { F::pod_addrs().get(F::lookup_local(l)) }.copied()
 }
 
 /// The decision on the connection, in family `F`.
