@@ -175,7 +175,7 @@ fn answer<F: OriginalDst>(ctx: &SockoptContext, mut so: Sockopt<'_>) {
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "keys by reference, as `MapSets::has_port` (measured)"
+    reason = "keys by reference, as `rule_sets::MapSets::has_port` (measured)"
 )]
 fn original_dst<F: OriginalDst>(
     netns: u64,

@@ -7,18 +7,14 @@ use aya_ebpf::{
     bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type},
     helpers::generated::bpf_sk_storage_get,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, SockHash, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, SockHash},
     programs::SockAddrContext,
 };
 use interceptor_ebpf::{
-    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrKey, CidrSet, Counter, InFlight4,
-    InFlight6, InstanceMeta, ListenerKey, OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey,
-    PortSet, SockTuple4, SockTuple6,
-    decision::RuleSets,
+    CaptureMark, Cidr4Key, Cidr6Key, Counter, InFlight4, InFlight6, InstanceMeta, ListenerKey,
+    OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey, SockTuple4, SockTuple6,
     wire::{RawIpv4, RawIpv6},
 };
-
-use crate::family::KernelFamily;
 
 /// Network-namespace cookie -> the pod's configuration.
 #[map]
@@ -213,38 +209,5 @@ pub fn count(cfg: &PodConfig, counter: Counter) {
 pub fn count_in(netns: u64, counter: Counter) {
     if let Some(cfg) = pod_config(netns) {
         count(cfg, counter);
-    }
-}
-
-/// The per-pod sets: `PORT_SET`, and `CIDR4` or `CIDR6`.
-pub struct MapSets;
-
-impl<F: KernelFamily> RuleSets<F> for MapSets {
-    #[inline(always)]
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, LLVM packs the key into a register before storing it: more \
-                  instructions in every connect (measured with the xlated length)"
-    )]
-    fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool {
-        let key = PortKey {
-            rules,
-            set: set as u16,
-            port,
-        };
-        // SAFETY: only whether an entry exists is read.
-        unsafe { PORT_SET.get(&key) }.is_some()
-    }
-
-    #[inline(always)]
-    fn longest_match(&self, rules: u32, set: CidrSet, addr: F::Addr) -> Option<u8> {
-        let key = CidrKey {
-            rules,
-            set: set as u32,
-            addr,
-        };
-        F::cidrs()
-            .get(Key::new(CIDR_KEY_PREFIX_BITS + F::BITS, key))
-            .copied()
     }
 }

@@ -24,7 +24,8 @@ use crate::{
     family::{KernelFamily, set_destination},
     helpers::{caller_ids, netns_cookie},
     linux::{SOCK_DGRAM, SOCK_STREAM},
-    maps::{MapSets, count, pod_config, socket_of},
+    maps::{count, pod_config, socket_of},
+    rule_sets::MapSets,
 };
 
 /// Which hook runs the step on an IPv6 socket.

@@ -27,7 +27,8 @@ use interceptor_ebpf::{
 use crate::{
     family::KernelFamily,
     linux::{AF_INET, AF_INET6, IPPROTO_TCP},
-    maps::{INBOUND_LISTENERS, MapSets, count, pod_config},
+    maps::{INBOUND_LISTENERS, count, pod_config},
+    rule_sets::MapSets,
 };
 
 /// 0 in the node's shared program; the cookie of its pod in a copy of the program a pod has

@@ -102,7 +102,7 @@ fn socket(ctx: &SockOpsContext) -> *mut c_void {
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "keys by reference, as `MapSets::has_port` (measured)"
+    reason = "keys by reference, as `rule_sets::MapSets::has_port` (measured)"
 )]
 fn on_connected<F: KernelFamily>(ctx: &SockOpsContext) {
     let sk = socket(ctx);
@@ -129,7 +129,7 @@ fn on_connected<F: KernelFamily>(ctx: &SockOpsContext) {
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "keys by reference, as `MapSets::has_port` (measured)"
+    reason = "keys by reference, as `rule_sets::MapSets::has_port` (measured)"
 )]
 fn on_accepted<F: KernelFamily>(ctx: &SockOpsContext) {
     let sk = socket(ctx);
