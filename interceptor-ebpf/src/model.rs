@@ -5,26 +5,49 @@ use crate::wire::{RawIpv4, RawIpv6};
 
 /// Map names, as the programs declare them and the loader pins them.
 pub mod map_names {
+    /// Network-namespace cookie -> the pod's configuration.
     pub const POD_CONFIG: &str = "POD_CONFIG";
+    /// The pods' port sets, under their rule-set ids.
     pub const PORT_SET: &str = "PORT_SET";
+    /// The pods' IPv4 ranges and routes, under their rule-set ids.
     pub const CIDR4: &str = "CIDR4";
-    pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
-    pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
+    /// The same for IPv6.
+    pub const CIDR6: &str = "CIDR6";
+    /// Per-pod, per-CPU counters, by slot.
     pub const COUNTERS: &str = "COUNTERS";
+    /// The datapath's record (JSON); never read by the programs.
     pub const INSTANCE_META: &str = "INSTANCE_META";
-    pub const UDP_ORIG_DST: &str = "UDP_ORIG_DST";
+    /// Network-namespace cookie -> the JSON record of each registered pod (who registered it,
+    /// with which options). Never read by the programs; it lets `status`, `clean`, the
+    /// reclaiming of vanished pods and a restarted daemon find everything of a pod.
+    pub const POD_RECORDS: &str = "POD_RECORDS";
+    /// Which counter slots are taken (a bitmap); never read by the programs.
+    pub const POD_SLOTS: &str = "POD_SLOTS";
+    /// A pod's IPv4 address -> its netns cookie: how the shared `sk_lookup` finds the pod a
+    /// connection arrives for.
+    pub const POD_ADDRS4: &str = "POD_ADDRS4";
+    /// The same for IPv6.
+    pub const POD_ADDRS6: &str = "POD_ADDRS6";
     /// Sockhash: each pod's inbound capture listener, keyed by `ListenerKey`.
     pub const INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
     /// Socket storage (cloned to accepted sockets): marks the proxy's capture listener.
     pub const CAPTURE_SOCKETS: &str = "CAPTURE_SOCKETS";
-    /// Node mode: network-namespace cookie -> the daemon's JSON record of the pod (its name,
-    /// container, options). Never read by the programs; it lets a restarted daemon re-adopt pods.
-    pub const POD_RECORDS: &str = "POD_RECORDS";
-    pub const CIDR6: &str = "CIDR6";
-    pub const ORIG_DST6_BY_COOKIE: &str = "ORIG_DST6_BY_COOKIE";
-    pub const ORIG_DST6_BY_TUPLE: &str = "ORIG_DST6_BY_TUPLE";
-    /// Socket storage: a redirected IPv6 UDP socket's original destination (DNS capture).
-    pub const UDP_ORIG_DST6: &str = "UDP_ORIG_DST6";
+    /// Socket storage on a redirected application socket (TCP or UDP): its original IPv4
+    /// destination (also one a dual-stack socket dialled as `::ffff:a.b.c.d`). Freed with it.
+    pub const CLIENT_ORIG_DST4: &str = "CLIENT_ORIG_DST4";
+    /// The same for IPv6 destinations.
+    pub const CLIENT_ORIG_DST6: &str = "CLIENT_ORIG_DST6";
+    /// Socket storage on the proxy's accepted socket of a redirected connection: the original
+    /// IPv4 destination `SO_ORIGINAL_DST` answers. Freed with it.
+    pub const PROXY_ORIG_DST4: &str = "PROXY_ORIG_DST4";
+    /// The same for IPv6 (`IP6T_SO_ORIGINAL_DST`).
+    pub const PROXY_ORIG_DST6: &str = "PROXY_ORIG_DST6";
+    /// Connection (4-tuple) -> original IPv4 destination, from the moment the application's
+    /// connection is established until the proxy's end of it is (microseconds): how it passes
+    /// from one socket to the other. Node-wide; a full map counts as `original_dst_lost`.
+    pub const IN_FLIGHT4: &str = "IN_FLIGHT4";
+    /// The same for IPv6 connections.
+    pub const IN_FLIGHT6: &str = "IN_FLIGHT6";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
 }
@@ -69,9 +92,10 @@ pub mod program_names {
     ];
 }
 
-/// Name of the `sk_lookup` program's load-time constant: the network-namespace cookie of the
-/// pod it serves. `bpf_get_netns_cookie` is not available to `sk_lookup` programs (Linux 6.18),
-/// and the program is attached to one namespace anyway, so each pod's copy carries its key.
+/// Name of the `sk_lookup` program's load-time constant: 0 in the node's shared program, which
+/// finds the pod by the address a connection arrives for (`POD_ADDRS4/6`: `bpf_get_netns_cookie`
+/// is not available to `sk_lookup` programs, Linux 6.18); the cookie of its pod in the copy a pod
+/// gets when another pod of the node has one of its addresses.
 pub const POD_NETNS_COOKIE_GLOBAL: &str = "POD_NETNS_COOKIE";
 
 /// Most proxy uids, and separately gids, one pod can name (`-u`, `-g`).
@@ -401,6 +425,22 @@ pub type OrigDst4 = OrigDst<RawIpv4>;
 /// An IPv6 original destination.
 pub type OrigDst6 = OrigDst<RawIpv6>;
 
+/// Value of `IN_FLIGHT4/6`: an original destination on its way from the application's socket
+/// to the proxy's, and when it set out (`bpf_ktime_get_ns() >> 30`, about seconds: user space
+/// removes what a proxy never took).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InFlight<A> {
+    pub orig: OrigDst<A>,
+    pub since: u32,
+}
+
+/// The shift from `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) to `InFlight::since`'s unit.
+pub const IN_FLIGHT_CLOCK_SHIFT: u32 = 30;
+
+pub type InFlight4 = InFlight<RawIpv4>;
+pub type InFlight6 = InFlight<RawIpv6>;
+
 /// A TCP connection inside one network namespace, named from the client's side. The proxy's
 /// accepted socket sees the same connection with local and remote swapped.
 #[repr(C)]
@@ -488,6 +528,8 @@ mod pod {
         OrigDst6,
         SockTuple4,
         SockTuple6,
+        InFlight4,
+        InFlight6,
         InstanceMeta,
         ListenerKey,
         CaptureMark,
@@ -515,6 +557,8 @@ mod tests {
         assert_eq!(size_of::<Cidr4Key>(), 12);
         assert_eq!(size_of::<OrigDst4>(), 8);
         assert_eq!(size_of::<SockTuple4>(), 24);
+        assert_eq!(size_of::<InFlight4>(), 12);
+        assert_eq!(size_of::<InFlight6>(), 24);
         assert_eq!(size_of::<InstanceMeta>(), 4 + INSTANCE_META_SIZE);
         assert_eq!(size_of::<PodRecordBlob>(), 4096);
     }

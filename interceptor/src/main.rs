@@ -6,6 +6,10 @@ use interceptor::{
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // A closed pipe (`interceptor status | head`) ends the process quietly, as for any Unix
+    // tool, rather than panicking in `println!`.
+    // SAFETY: restores the default disposition; no handler code runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse(); // usage errors exit 2
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))

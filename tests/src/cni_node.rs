@@ -179,6 +179,17 @@ impl CniNode {
     /// [`CniNode::start_daemon`] under a wrapper command (e.g. `setpriv` limiting its
     /// capabilities): `wrapper[0] wrapper[1..] binary daemon ...`.
     pub fn start_daemon_with(&self, wrapper: &[&str], binary: &Path) -> Result<Process> {
+        self.start_daemon_full(wrapper, binary, &[])
+    }
+
+    /// [`CniNode::start_daemon_with`] with more daemon options (e.g. other map sizes, which
+    /// make another datapath, as an upgrade that changes the maps' layout does).
+    pub fn start_daemon_full(
+        &self,
+        wrapper: &[&str],
+        binary: &Path,
+        extra: &[&str],
+    ) -> Result<Process> {
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = self.node_command(program)?;
@@ -192,7 +203,13 @@ impl CniNode {
             .arg(&self.cgroup)
             .arg("--socket")
             .arg(&self.socket)
-            .args(["--metrics", METRICS_ADDR, "--bpf-stats", "--max-pods", "16"])
+            .args(["--metrics", METRICS_ADDR, "--bpf-stats"])
+            .args(if extra.contains(&"--max-pods") {
+                &[][..]
+            } else {
+                &["--max-pods", "16"][..]
+            })
+            .args(extra)
             .stderr(Stdio::piped());
         let mut daemon = self.spawn(&mut cmd)?;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -257,7 +274,15 @@ impl CniNode {
         })?
     }
 
-    /// The node instance's entry in `interceptor status --json` (readable without a daemon).
+    /// The id of the node's cgroup (the daemon's).
+    pub fn cgroup_id(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(fs::metadata(&self.cgroup)?.ino())
+    }
+
+    /// What `interceptor status --json` shows of the node (readable without a daemon): the
+    /// datapath whose node links cover this cgroup, as `{"datapath": .., "pods": [the pods
+    /// the daemon registered], "programs": [every program of the datapath, flattened]}`.
     pub fn status(&self) -> Result<Value> {
         use std::os::unix::fs::MetadataExt as _;
         let id = fs::metadata(&self.cgroup)?.ino();
@@ -266,12 +291,32 @@ impl CniNode {
             .output()?;
         ensure!(out.status.success(), "status failed");
         let all: Value = serde_json::from_slice(&out.stdout)?;
-        all.as_array()
-            .context("status is a list")?
+        let datapath = all["datapaths"]
+            .as_array()
+            .context("status lists datapaths")?
             .iter()
-            .find(|i| i["instance"] == format!("cgroup-{id}").as_str())
+            .find(|d| {
+                d["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|n| n["cgroup_id"] == id))
+            })
             .cloned()
-            .context("the node instance in status")
+            .context("the node's datapath in status")?;
+        let name = datapath["datapath"].clone();
+        let pods: Vec<Value> = all["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["datapath"] == name && p["mode"] == "node" && p["cgroup_id"] == id)
+            .cloned()
+            .collect();
+        let programs: Vec<Value> = datapath["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b["programs"].as_array().cloned().unwrap_or_default())
+            .collect();
+        Ok(json!({ "datapath": name, "pods": pods, "programs": programs }))
     }
 
     /// One counter of the pod with this netns cookie, from the pinned maps.

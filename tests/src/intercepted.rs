@@ -37,11 +37,27 @@ pub fn interceptor_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("running interceptor")
 }
 
-/// The instance directory `init` makes for a cgroup (eBPF backend).
+/// The directory of the links `init` pins for a pod's cgroup (eBPF backend), in whichever of
+/// the node's datapaths it is: `interceptor/datapath-<key>/pods/cgroup-<id>@<cookie>`. A path
+/// that does not exist when the pod is not intercepted.
 pub fn instance_dir(cgroup: &Path) -> PathBuf {
     use std::os::unix::fs::MetadataExt as _;
     let id = std::fs::metadata(cgroup).expect("cgroup exists").ino();
-    Path::new(BPFFS).join(format!("interceptor/cgroup-{id}"))
+    let base = Path::new(BPFFS).join("interceptor");
+    let prefix = format!("cgroup-{id}@");
+    let datapaths = std::fs::read_dir(&base).into_iter().flatten().flatten();
+    for datapath in datapaths.filter(|d| d.file_name().to_string_lossy().starts_with("datapath-")) {
+        let pods = std::fs::read_dir(datapath.path().join("pods"))
+            .into_iter()
+            .flatten();
+        if let Some(pod) = pods
+            .flatten()
+            .find(|p| p.file_name().to_string_lossy().starts_with(&prefix))
+        {
+            return pod.path();
+        }
+    }
+    base.join(format!("no-pod-for-cgroup-{id}"))
 }
 
 /// Which backend a pod is intercepted with.
@@ -151,27 +167,25 @@ impl Intercepted {
         interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
-    /// This pod's instance, as `interceptor status --json` shows it (eBPF backend).
+    /// This pod, as `interceptor status --json` shows it (eBPF backend).
     pub fn status(&self) -> Result<serde_json::Value> {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = std::fs::metadata(&self.topo.pod_cgroup)?.ino();
         let out = interceptor(&["status", "--json"]);
         anyhow::ensure!(out.status.success(), "status failed");
         let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        let name = instance_dir(&self.topo.pod_cgroup)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        all.as_array()
-            .context("status is a list")?
+        all["pods"]
+            .as_array()
+            .context("status lists pods")?
             .iter()
-            .find(|i| i["instance"] == name.as_str())
+            .find(|p| p["cgroup_id"] == id)
             .cloned()
-            .context("instance listed by status")
+            .context("the pod listed by status")
     }
 
     /// This pod's counters, from `interceptor status --json` (eBPF backend).
     pub fn counters(&self) -> Result<serde_json::Value> {
-        Ok(self.status()?["pods"][0]["counters"].clone())
+        Ok(self.status()?["counters"].clone())
     }
 
     /// A probe from the pod as `who` to `to`, with default options.

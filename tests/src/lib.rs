@@ -19,6 +19,8 @@ pub mod dns;
 mod dns_peers;
 pub mod family;
 mod intercepted;
+pub mod kernel;
+pub mod light_pod;
 mod lines;
 mod netns;
 pub mod outcome;

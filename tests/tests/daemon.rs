@@ -49,7 +49,7 @@ fn stop_loop(mut l: Process) -> Result<LoopSummary> {
     serde_json::from_str(stdout.trim()).with_context(|| format!("loop output {stdout:?} {stderr}"))
 }
 
-/// The program id behind each pinned link of the node instance, by pin name.
+/// The programs of the node's datapath (every build's), by name and id.
 fn program_ids(node: &CniNode) -> Result<Vec<(String, u64)>> {
     Ok(node.status()?["programs"]
         .as_array()
@@ -188,13 +188,34 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
     ensure!(pods.len() == 2, "re-adopted after kill -9: {pods:#?}");
     let after_restart = wait_growth(&node, cookie_a, "redirected", during, 50)?;
 
-    // Upgrade: a new binary replaces the programs inside the pinned links, maps kept.
+    // The same build loads nothing again: the node's programs are those it verified once.
+    let after_kill = program_ids(&node)?;
+    let datapath = node.status()?["datapath"].clone();
+
+    // An upgrade whose maps differ (here: their sizes, which are part of the datapath's
+    // identity, as a layout change is): the new daemon makes a datapath of its own, registers
+    // every pod in it beside the old one, then lets the old one go.
     let v2 = node.dir.join("interceptor-v2");
     std::fs::copy(interceptor_bin(), &v2)?;
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
     daemon.wait(Duration::from_secs(10))?;
-    let _daemon = node.start_daemon(&v2)?;
+    let _daemon = node.start_daemon_full(&[], &v2, &["--max-pods", "32"])?;
+    let pods = node.pods()?;
+    ensure!(pods.len() == 2, "taken over by the new datapath: {pods:#?}");
+    let cookie_a2 = pod_entry(&pods, "a").context("a")?["netns_cookie"].as_u64();
+    ensure!(cookie_a2 == Some(cookie_a), "the same pod: {pods:#?}");
+    let new_datapath = node.status()?["datapath"].clone();
+    ensure!(new_datapath != datapath, "{datapath} -> {new_datapath}");
+    // Nothing of this node is left in the old datapath (other tests' nodes may use it).
+    let old = Path::new(interceptor_tests::BPFFS)
+        .join("interceptor")
+        .join(datapath.as_str().unwrap_or_default());
+    ensure!(
+        !old.join(format!("node-{}", node.cgroup_id()?)).exists(),
+        "the old node links are gone"
+    );
+    // The counters go on in the new datapath.
     wait_growth(&node, cookie_a, "redirected", after_restart, 50)?;
     let after_upgrade = program_ids(&node)?;
     let summary = stop_loop(looping)?;
@@ -209,16 +230,21 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
         "connections that escaped interception: {summary:?}"
     );
     assert!(summary.via_sidecar >= 220, "{summary:?}");
-    // Same links (names), new programs in every one of them.
+    // A restart of the same build: the same programs. The upgrade: the same names, every
+    // program a new one.
+    assert_eq!(
+        before_restart, after_kill,
+        "nothing loaded again after kill -9"
+    );
     let names = |v: &[(String, u64)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(&before_restart), names(&after_upgrade));
     assert!(
-        before_restart.len() >= 9
+        before_restart.len() == 13
             && before_restart
                 .iter()
                 .zip(&after_upgrade)
                 .all(|((_, old), (_, new))| old != new),
-        "programs replaced in place: {before_restart:?} -> {after_upgrade:?}"
+        "programs of the new datapath: {before_restart:?} -> {after_upgrade:?}"
     );
     // b kept its own options through both restarts.
     let r = node.probe(&b, gw(8081))?;
@@ -251,7 +277,7 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
     );
     assert!(metrics.contains("pod=\"b\""), "{metrics}");
     assert!(metrics.contains("interceptor_program_runs_total{program=\"redirect_connect4\"}"));
-    assert!(metrics.contains("interceptor_map_capacity{map=\"POD_CONFIG\"} 16"));
+    assert!(metrics.contains("interceptor_map_capacity{map=\"POD_CONFIG\"} 32"));
     assert_eq!(node.http_get("/healthz")?.0, 200);
 
     // DEL, in reverse chain order. Between interceptor-cni's DEL and the bridge's, the pod
@@ -273,12 +299,12 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
         "{pods:#?}"
     );
     ensure!(
-        !node.status()?["programs"]
+        !node.status()?["pods"]
             .as_array()
-            .context("programs")?
+            .context("pods")?
             .iter()
-            .any(|p| p["name"] == format!("steer_inbound@{cookie_a}").as_str()),
-        "a's inbound link is gone"
+            .any(|p| p["netns_cookie"] == cookie_a),
+        "a and its inbound link are gone"
     );
     // DEL is idempotent, and succeeds without a daemon.
     for pod in [&b, &a, &c] {

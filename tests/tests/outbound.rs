@@ -285,7 +285,11 @@ fn reinit_replaces_in_place_and_clean_restores_direct() -> Result<()> {
     assert_eq!(links.len(), 13, "one link per program");
 
     let out = p.clean();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         !instance_dir(&p.topo.pod_cgroup).exists(),
         "clean removes every pin"

@@ -1,5 +1,6 @@
 //! What the programs do differently per address family: which maps hold a family's original
-//! destinations and set ranges, and where the kernel's contexts keep its addresses. Code
+//! destinations, set ranges and pod addresses, and where the kernel's contexts keep its
+//! addresses. Code
 //! generic over `KernelFamily` is inlined once per family into the same straight-line code a
 //! hand-written twin would be.
 //!
@@ -9,29 +10,29 @@
 
 use aya_ebpf::{
     bindings::{bpf_sk_lookup, bpf_sock, bpf_sock_addr, bpf_sock_ops},
-    btf_maps::SkStorage,
-    maps::{LpmTrie, LruHashMap},
+    maps::{HashMap, LpmTrie},
 };
 use interceptor_ebpf::{
-    CidrKey, OrigDst, SockTuple,
+    CidrKey, InFlight, OrigDst, SockTuple,
     family::{Family, V4, V6},
     wire::{RawIpv6, port_from_sock_dst, port_from_sock_src, port_to_user_port},
 };
 
 use crate::maps::{
-    CIDR4, CIDR6, ORIG_DST_BY_COOKIE, ORIG_DST_BY_TUPLE, ORIG_DST6_BY_COOKIE, ORIG_DST6_BY_TUPLE,
-    UDP_ORIG_DST, UDP_ORIG_DST6,
+    CIDR4, CIDR6, CLIENT_ORIG_DST4, CLIENT_ORIG_DST6, IN_FLIGHT4, IN_FLIGHT6, POD_ADDRS4,
+    POD_ADDRS6, PROXY_ORIG_DST4, PROXY_ORIG_DST6, SocketStorage,
 };
 
 /// An address family as the programs see it.
 pub trait KernelFamily: Family {
-    /// Socket cookie -> original destination, from `connect` until the connection is
-    /// established.
-    fn orig_dst_by_cookie() -> &'static LruHashMap<u64, OrigDst<Self::Addr>>;
-    /// Connection -> original destination, from established until the client socket closes.
-    fn orig_dst_by_tuple() -> &'static LruHashMap<SockTuple<Self::Addr>, OrigDst<Self::Addr>>;
-    /// A redirected UDP socket's original destination, stored on the socket.
-    fn udp_orig_dst() -> &'static SkStorage<OrigDst<Self::Addr>>;
+    /// A redirected application socket's original destination, stored on the socket.
+    fn client_orig_dst() -> &'static SocketStorage<OrigDst<Self::Addr>>;
+    /// The proxy's accepted socket's original destination, stored on the socket.
+    fn proxy_orig_dst() -> &'static SocketStorage<OrigDst<Self::Addr>>;
+    /// Connection -> original destination, between the two sockets.
+    fn in_flight() -> &'static HashMap<SockTuple<Self::Addr>, InFlight<Self::Addr>>;
+    /// A pod's address -> its netns cookie.
+    fn pod_addrs() -> &'static HashMap<Self::Addr, u64>;
     /// The `-i`, `-x` and route ranges of every pod.
     fn cidrs() -> &'static LpmTrie<CidrKey<Self::Addr>, u8>;
 
@@ -45,6 +46,8 @@ pub trait KernelFamily: Family {
     fn sock_ops_remote(ops: &bpf_sock_ops) -> Self::Addr;
     /// `bpf_sk_lookup.remote_ip4` / `remote_ip6`.
     fn lookup_remote(lookup: &bpf_sk_lookup) -> Self::Addr;
+    /// `bpf_sk_lookup.local_ip4` / `local_ip6`: the address the connection arrives for.
+    fn lookup_local(lookup: &bpf_sk_lookup) -> Self::Addr;
     /// `bpf_sock_addr.user_ip4` / `user_ip6`: where the socket connects or sends to, or (in
     /// `getpeername` and `recvmsg`) its peer.
     fn user_ip(sa: &bpf_sock_addr) -> Self::Addr;
@@ -54,16 +57,20 @@ pub trait KernelFamily: Family {
 
 impl KernelFamily for V4 {
     #[inline(always)]
-    fn orig_dst_by_cookie() -> &'static LruHashMap<u64, OrigDst<Self::Addr>> {
-        &ORIG_DST_BY_COOKIE
+    fn client_orig_dst() -> &'static SocketStorage<OrigDst<Self::Addr>> {
+        &CLIENT_ORIG_DST4
     }
     #[inline(always)]
-    fn orig_dst_by_tuple() -> &'static LruHashMap<SockTuple<Self::Addr>, OrigDst<Self::Addr>> {
-        &ORIG_DST_BY_TUPLE
+    fn proxy_orig_dst() -> &'static SocketStorage<OrigDst<Self::Addr>> {
+        &PROXY_ORIG_DST4
     }
     #[inline(always)]
-    fn udp_orig_dst() -> &'static SkStorage<OrigDst<Self::Addr>> {
-        &UDP_ORIG_DST
+    fn in_flight() -> &'static HashMap<SockTuple<Self::Addr>, InFlight<Self::Addr>> {
+        &IN_FLIGHT4
+    }
+    #[inline(always)]
+    fn pod_addrs() -> &'static HashMap<Self::Addr, u64> {
+        &POD_ADDRS4
     }
     #[inline(always)]
     fn cidrs() -> &'static LpmTrie<CidrKey<Self::Addr>, u8> {
@@ -77,17 +84,23 @@ impl KernelFamily for V4 {
     fn sock_dst(sk: &bpf_sock) -> Self::Addr {
         sk.dst_ip4
     }
+    // Read one at a time: the two sit side by side, and LLVM would merge two plain loads
+    // into one 8-byte access the verifier refuses.
     #[inline(always)]
     fn sock_ops_local(ops: &bpf_sock_ops) -> Self::Addr {
-        ops.local_ip4
+        read_word(&ops.local_ip4)
     }
     #[inline(always)]
     fn sock_ops_remote(ops: &bpf_sock_ops) -> Self::Addr {
-        ops.remote_ip4
+        read_word(&ops.remote_ip4)
     }
     #[inline(always)]
     fn lookup_remote(lookup: &bpf_sk_lookup) -> Self::Addr {
         lookup.remote_ip4
+    }
+    #[inline(always)]
+    fn lookup_local(lookup: &bpf_sk_lookup) -> Self::Addr {
+        lookup.local_ip4
     }
     #[inline(always)]
     fn user_ip(sa: &bpf_sock_addr) -> Self::Addr {
@@ -104,16 +117,20 @@ impl KernelFamily for V4 {
 // that a plain array read may compile to.
 impl KernelFamily for V6 {
     #[inline(always)]
-    fn orig_dst_by_cookie() -> &'static LruHashMap<u64, OrigDst<Self::Addr>> {
-        &ORIG_DST6_BY_COOKIE
+    fn client_orig_dst() -> &'static SocketStorage<OrigDst<Self::Addr>> {
+        &CLIENT_ORIG_DST6
     }
     #[inline(always)]
-    fn orig_dst_by_tuple() -> &'static LruHashMap<SockTuple<Self::Addr>, OrigDst<Self::Addr>> {
-        &ORIG_DST6_BY_TUPLE
+    fn proxy_orig_dst() -> &'static SocketStorage<OrigDst<Self::Addr>> {
+        &PROXY_ORIG_DST6
     }
     #[inline(always)]
-    fn udp_orig_dst() -> &'static SkStorage<OrigDst<Self::Addr>> {
-        &UDP_ORIG_DST6
+    fn in_flight() -> &'static HashMap<SockTuple<Self::Addr>, InFlight<Self::Addr>> {
+        &IN_FLIGHT6
+    }
+    #[inline(always)]
+    fn pod_addrs() -> &'static HashMap<Self::Addr, u64> {
+        &POD_ADDRS6
     }
     #[inline(always)]
     fn cidrs() -> &'static LpmTrie<CidrKey<Self::Addr>, u8> {
@@ -138,6 +155,10 @@ impl KernelFamily for V6 {
     #[inline(always)]
     fn lookup_remote(lookup: &bpf_sk_lookup) -> Self::Addr {
         read_ip6(&lookup.remote_ip6)
+    }
+    #[inline(always)]
+    fn lookup_local(lookup: &bpf_sk_lookup) -> Self::Addr {
+        read_ip6(&lookup.local_ip6)
     }
     #[inline(always)]
     fn user_ip(sa: &bpf_sock_addr) -> Self::Addr {
@@ -181,19 +202,6 @@ fn write_word(word: &mut u32, value: u32) {
 pub fn set_destination<F: KernelFamily>(sa: &mut bpf_sock_addr, addr: F::Addr, port: u16) {
     F::set_user_ip(sa, addr);
     sa.user_port = port_to_user_port(port);
-}
-
-/// Connection key from a `bpf_sock` seen on the client's side (src = client).
-#[inline(always)]
-pub fn tuple_from_client_side<F: KernelFamily>(netns: u64, sk: &bpf_sock) -> SockTuple<F::Addr> {
-    SockTuple {
-        netns,
-        client_addr: F::sock_src(sk),
-        server_addr: F::sock_dst(sk),
-        client_port: port_from_sock_src(sk.src_port),
-        server_port: port_from_sock_dst(sk.dst_port),
-        _pad: 0,
-    }
 }
 
 /// Connection key from a `bpf_sock` seen on the server's side (src = server), e.g. the

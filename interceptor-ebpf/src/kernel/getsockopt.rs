@@ -170,16 +170,25 @@ fn answer<F: OriginalDst>(ctx: &SockoptContext, mut so: Sockopt<'_>) {
 }
 
 /// The original destination of the proxy's accepted socket `sk`: that of the connection
-/// `connect4`/`connect6` redirected, or of the one `sk_lookup` steered.
+/// `connect4`/`connect6` redirected (stored on it by `sockops` when it was established, or
+/// still on its way if the proxy asks that early), or of the one `sk_lookup` steered.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys by reference, as `rule_sets::MapSets::has_port` (measured)"
+)]
 fn original_dst<F: OriginalDst>(
     netns: u64,
     cfg: &PodConfig,
     sk: &bpf_sock,
 ) -> Option<OrigDst<F::Addr>> {
+    if let Some(orig) = F::proxy_orig_dst().get(ptr::from_ref(sk).cast_mut().cast()) {
+        return Some(orig);
+    }
+    let key = tuple_from_server_side::<F>(netns, sk);
     // SAFETY: the entry is copied out at once.
-    match unsafe { F::orig_dst_by_tuple().get(tuple_from_server_side::<F>(netns, sk)) } {
-        Some(orig) => Some(*orig),
+    match unsafe { F::in_flight().get(&key) } {
+        Some(entry) => Some(entry.orig),
         None => steered_destination::<F>(netns, cfg, sk),
     }
 }

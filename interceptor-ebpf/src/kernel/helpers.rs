@@ -2,10 +2,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_uid_gid,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    },
+    helpers::{bpf_get_current_uid_gid, generated::bpf_get_netns_cookie},
 };
 
 /// The cookie of the network namespace of the context's socket: the key of its pod.
@@ -13,13 +10,6 @@ use aya_ebpf::{
 pub fn netns_cookie(ctx: &impl EbpfContext) -> u64 {
     // SAFETY: the helper reads the program's own context, valid for the program's run.
     unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
-}
-
-/// The cookie of the context's socket: the same in `connect4/6`, `sockops` and `getpeername`.
-#[inline(always)]
-pub fn socket_cookie(ctx: &impl EbpfContext) -> u64 {
-    // SAFETY: as in `netns_cookie`.
-    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
 /// The calling process's uid and (primary) gid.

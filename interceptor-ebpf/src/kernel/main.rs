@@ -25,6 +25,7 @@ mod linux;
 mod maps;
 mod redirect;
 mod restore;
+mod rule_sets;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,23 +4,17 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_CLONE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
-        bpf_map_type,
-    },
-    btf_maps::SkStorage,
+    bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type},
     helpers::generated::bpf_sk_storage_get,
-    macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, lpm_trie::Key},
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, SockHash},
     programs::SockAddrContext,
 };
 use interceptor_ebpf::{
-    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrKey, CidrSet, Counter, InstanceMeta,
-    ListenerKey, OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4,
-    SockTuple6, decision::RuleSets,
+    CaptureMark, Cidr4Key, Cidr6Key, Counter, InFlight4, InFlight6, InstanceMeta, ListenerKey,
+    OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey, SockTuple4, SockTuple6,
+    wire::{RawIpv4, RawIpv6},
 };
-
-use crate::family::KernelFamily;
 
 /// Network-namespace cookie -> the pod's configuration.
 #[map]
@@ -38,67 +32,51 @@ pub static CIDR4: LpmTrie<Cidr4Key, u8> = LpmTrie::with_max_entries(65536, BPF_F
 #[map]
 pub static CIDR6: LpmTrie<Cidr6Key, u8> = LpmTrie::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
-/// Per-CPU LRU lists: an insert takes no lock shared by every CPU (the common list's), which
-/// is most of what a redirected connect costs. Eviction is then per CPU, which is fine for
-/// entries that live from connect to close.
-const LRU_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
-
-/// Socket cookie -> original destination, from `connect4` until the connection is established.
+/// Connection -> original IPv4 destination, from the application's socket established to
+/// the proxy's end established (microseconds): see `sockops`. Preallocated and not LRU: a
+/// full map makes the insert fail, which is counted (`original_dst_lost`), never an eviction
+/// of another connection's entry. User space removes entries a proxy never took.
 #[map]
-pub static ORIG_DST_BY_COOKIE: LruHashMap<u64, OrigDst4> =
-    LruHashMap::with_max_entries(65536, LRU_FLAGS);
+pub static IN_FLIGHT4: HashMap<SockTuple4, InFlight4> = HashMap::with_max_entries(65536, 0);
 
-/// Connection -> original destination, from established until the client socket closes.
+/// The same for IPv6 connections.
 #[map]
-pub static ORIG_DST_BY_TUPLE: LruHashMap<SockTuple4, OrigDst4> =
-    LruHashMap::with_max_entries(65536, LRU_FLAGS);
+pub static IN_FLIGHT6: HashMap<SockTuple6, InFlight6> = HashMap::with_max_entries(65536, 0);
 
-/// Socket cookie -> IPv6 original destination, from `connect6` until established.
-#[map]
-pub static ORIG_DST6_BY_COOKIE: LruHashMap<u64, OrigDst6> =
-    LruHashMap::with_max_entries(65536, LRU_FLAGS);
-
-/// IPv6 connection -> original destination, from established until the client socket closes.
-#[map]
-pub static ORIG_DST6_BY_TUPLE: LruHashMap<SockTuple6, OrigDst6> =
-    LruHashMap::with_max_entries(65536, LRU_FLAGS);
-
-/// A redirected UDP socket's original destination (DNS capture), stored on the socket and
-/// freed with it: UDP has no close callback that could clean a hash map. IPv4 destinations,
-/// also those a dual-stack socket dialled as `::ffff:a.b.c.d`.
-#[btf_map]
-pub static UDP_ORIG_DST: SkStorage<OrigDst4> = SkStorage::new();
+/// A redirected application socket's original IPv4 destination (TCP or UDP), stored on the
+/// socket and freed with it: `getpeername`, `recvmsg` and `sockops` read it back.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "CLIENT_ORIG_DST4")]
+pub static CLIENT_ORIG_DST4: SocketStorage<OrigDst4> = SocketStorage::new();
 
 /// The same for IPv6 destinations.
-#[btf_map]
-pub static UDP_ORIG_DST6: SkStorage<OrigDst6> = SkStorage::new();
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "CLIENT_ORIG_DST6")]
+pub static CLIENT_ORIG_DST6: SocketStorage<OrigDst6> = SocketStorage::new();
 
-/// Stores `value` on the socket of `ctx` (a new entry, or over the previous one); false when
-/// the kernel could not store it.
-#[inline(always)]
-pub fn store_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext, mut value: T) -> bool {
-    // SAFETY: the context's socket is valid for the program's run; the kernel copies `value`
-    // into a new entry, and an existing entry is overwritten through the returned pointer.
-    let slot = unsafe { map.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
-    if slot.is_null() {
-        return false;
-    }
-    // A plain `*slot = value` may become a call to `memmove` (the helper saw `value`'s
-    // address), whose pointer subtraction the verifier only allows with CAP_PERFMON: copy as
-    // non-overlapping, which is inlined into loads and stores.
-    // SAFETY: `slot` is the socket's entry (not null), `value` a local: they cannot overlap.
-    unsafe { core::ptr::copy_nonoverlapping(&value, slot, 1) };
-    true
-}
+/// The proxy's accepted socket of a redirected IPv4 connection: the original destination
+/// `SO_ORIGINAL_DST` answers, freed with the socket.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "PROXY_ORIG_DST4")]
+pub static PROXY_ORIG_DST4: SocketStorage<OrigDst4> = SocketStorage::new();
 
-/// The value stored on the socket of `ctx`, if any.
-#[inline(always)]
-pub fn stored_on_socket<T: Copy>(map: &SkStorage<T>, ctx: &SockAddrContext) -> Option<T> {
-    // SAFETY: as above; null or a valid entry back.
-    let slot = unsafe { map.get_ptr_mut(ctx) };
-    // SAFETY: the socket's entry, valid for the program's run, or null.
-    unsafe { slot.as_ref() }.copied()
-}
+/// The same for IPv6 (`IP6T_SO_ORIGINAL_DST`).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "PROXY_ORIG_DST6")]
+pub static PROXY_ORIG_DST6: SocketStorage<OrigDst6> = SocketStorage::new();
+
+/// A pod's IPv4 address -> its netns cookie: the shared `sk_lookup` finds a connection's pod
+/// by the address it arrives for.
+#[map]
+pub static POD_ADDRS4: HashMap<RawIpv4, u64> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// The same for IPv6 addresses.
+#[map]
+pub static POD_ADDRS6: HashMap<RawIpv6, u64> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// Which counter slots are taken, 64 a word; never read by the programs.
+#[map]
+pub static POD_SLOTS: Array<u64> = Array::with_max_entries(16, 0);
 
 /// `pod_index * Counter::COUNT + counter` -> count, per CPU.
 #[map]
@@ -113,25 +91,30 @@ pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries
 /// `BPF_F_CLONE`) every socket accepted from it.
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "CAPTURE_SOCKETS")]
-pub static CAPTURE_SOCKETS: CloneSkStorage<CaptureMark> = CloneSkStorage::new();
+pub static CAPTURE_SOCKETS: SocketStorage<CaptureMark, CLONED> = SocketStorage::new();
 
-/// A socket-storage map whose entries the kernel copies from a listener to the sockets it
-/// accepts. aya-ebpf's own `SkStorage` cannot carry `BPF_F_CLONE`, so the map is declared here
-/// in the BTF map format (each field's type encodes one attribute; the kernel requires BTF for
-/// socket storage).
+/// Socket storage's flags: entries made on demand.
+const PLAIN: usize = BPF_F_NO_PREALLOC as usize;
+/// ... and copied by the kernel from a listener to every socket it accepts.
+const CLONED: usize = (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize;
+
+/// A socket-storage map, declared in the BTF map format (each field's type encodes one
+/// attribute; the kernel requires BTF for socket storage). aya-ebpf's own `SkStorage` takes
+/// only a `cgroup/sock_addr` context and cannot carry `BPF_F_CLONE`; this one takes any full
+/// socket the verifier accepts (`sockops`, `getsockopt`, `post_bind` have theirs).
 #[repr(C)]
-pub struct CloneSkStorage<V> {
+pub struct SocketStorage<V, const FLAGS: usize = PLAIN> {
     r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
     key: *const i32,
     value: *const V,
     max_entries: *const [i32; 0],
-    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+    map_flags: *const [i32; FLAGS],
 }
 
 // SAFETY: the fields are never dereferenced; the loader replaces the definition by a map.
-unsafe impl<V> Sync for CloneSkStorage<V> {}
+unsafe impl<V, const FLAGS: usize> Sync for SocketStorage<V, FLAGS> {}
 
-impl<V> CloneSkStorage<V> {
+impl<V: Copy, const FLAGS: usize> SocketStorage<V, FLAGS> {
     const fn new() -> Self {
         Self {
             r#type: ptr::null(),
@@ -142,31 +125,66 @@ impl<V> CloneSkStorage<V> {
         }
     }
 
+    #[inline(always)]
+    fn as_map(&self) -> *mut c_void {
+        ptr::from_ref(self).cast_mut().cast()
+    }
+
     /// The value stored on `sk` (a full socket: the verifier checks), if any.
     #[inline(always)]
-    pub fn get(&self, sk: *mut c_void) -> Option<&V> {
-        let map = ptr::from_ref(self).cast_mut().cast();
+    pub fn get(&self, sk: *mut c_void) -> Option<V> {
         // SAFETY: a map and a socket pointer the verifier accepts.
-        let value = unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), 0) }.cast::<V>();
+        let value = unsafe { bpf_sk_storage_get(self.as_map(), sk, ptr::null_mut(), 0) };
         // SAFETY: the socket's value, valid for the program's run, or null.
-        unsafe { value.as_ref() }
+        unsafe { value.cast::<V>().as_ref() }.copied()
     }
 
     /// Stores `value` on `sk` unless something is stored already; true when `sk` has a value.
     #[inline(always)]
     pub fn get_or_insert(&self, sk: *mut c_void, value: &mut V) -> bool {
-        let map = ptr::from_ref(self).cast_mut().cast();
         let flags = BPF_SK_STORAGE_GET_F_CREATE as u64;
         // SAFETY: as in `get`; the kernel copies `value` when it creates the entry.
-        !unsafe { bpf_sk_storage_get(map, sk, ptr::from_mut(value).cast(), flags) }.is_null()
+        !unsafe { bpf_sk_storage_get(self.as_map(), sk, ptr::from_mut(value).cast(), flags) }
+            .is_null()
+    }
+
+    /// Stores `value` on `sk` (a new entry, or over the previous one); false when the kernel
+    /// could not store it.
+    #[inline(always)]
+    pub fn set(&self, sk: *mut c_void, mut value: V) -> bool {
+        let flags = BPF_SK_STORAGE_GET_F_CREATE as u64;
+        // SAFETY: as in `get_or_insert`: a new entry is created with a copy of `value`, an
+        // existing one is returned and overwritten below.
+        let slot = unsafe {
+            bpf_sk_storage_get(self.as_map(), sk, ptr::from_mut(&mut value).cast(), flags)
+        }
+        .cast::<V>();
+        if slot.is_null() {
+            return false;
+        }
+        // A plain `*slot = value` may become a call to `memmove` (the helper saw `value`'s
+        // address), whose pointer subtraction the verifier only allows with CAP_PERFMON: copy
+        // as non-overlapping, which is inlined into loads and stores.
+        // SAFETY: `slot` is the socket's entry (not null), `value` a local: they cannot overlap.
+        unsafe { ptr::copy_nonoverlapping(&value, slot, 1) };
+        true
     }
 }
 
-/// The loader's description of this instance; never read by the programs.
+/// The socket of a `cgroup/sock_addr` context (null before the kernel made one).
+#[inline(always)]
+pub fn socket_of(ctx: &SockAddrContext) -> *mut c_void {
+    // SAFETY: the context is valid for the program's run.
+    let sa = unsafe { &*ctx.sock_addr };
+    // SAFETY: `sk` is the member of this union the kernel sets.
+    unsafe { sa.__bindgen_anon_1.sk }.cast()
+}
+
+/// The datapath's record; never read by the programs.
 #[map]
 pub static INSTANCE_META: Array<InstanceMeta> = Array::with_max_entries(1, 0);
 
-/// Node mode: the daemon's record of each registered pod; never read by the programs.
+/// The record of each registered pod; never read by the programs.
 #[map]
 pub static POD_RECORDS: HashMap<u64, PodRecordBlob> =
     HashMap::with_max_entries(1024, BPF_F_NO_PREALLOC);
@@ -191,38 +209,5 @@ pub fn count(cfg: &PodConfig, counter: Counter) {
 pub fn count_in(netns: u64, counter: Counter) {
     if let Some(cfg) = pod_config(netns) {
         count(cfg, counter);
-    }
-}
-
-/// The per-pod sets: `PORT_SET`, and `CIDR4` or `CIDR6`.
-pub struct MapSets;
-
-impl<F: KernelFamily> RuleSets<F> for MapSets {
-    #[inline(always)]
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, LLVM packs the key into a register before storing it: more \
-                  instructions in every connect (measured with the xlated length)"
-    )]
-    fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool {
-        let key = PortKey {
-            rules,
-            set: set as u16,
-            port,
-        };
-        // SAFETY: only whether an entry exists is read.
-        unsafe { PORT_SET.get(&key) }.is_some()
-    }
-
-    #[inline(always)]
-    fn longest_match(&self, rules: u32, set: CidrSet, addr: F::Addr) -> Option<u8> {
-        let key = CidrKey {
-            rules,
-            set: set as u32,
-            addr,
-        };
-        F::cidrs()
-            .get(Key::new(CIDR_KEY_PREFIX_BITS + F::BITS, key))
-            .copied()
     }
 }

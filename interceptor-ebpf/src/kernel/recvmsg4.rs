@@ -12,7 +12,7 @@ use interceptor_ebpf::{
 use crate::{
     family::set_destination,
     helpers::netns_cookie,
-    maps::{UDP_ORIG_DST, count_in, stored_on_socket},
+    maps::{CLIENT_ORIG_DST4, count_in, socket_of},
 };
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -22,7 +22,7 @@ pub fn restore_dns_reply_source4(ctx: SockAddrContext) -> i32 {
     if sa.user_ip4 != LOCALHOST4 || port_from_user_port(sa.user_port) != DNS_CAPTURE_PORT {
         return 1;
     }
-    let Some(orig) = stored_on_socket(&UDP_ORIG_DST, &ctx) else {
+    let Some(orig) = CLIENT_ORIG_DST4.get(socket_of(&ctx)) else {
         return 1; // a socket we never redirected talks to 15053 itself
     };
     set_destination::<V4>(sa, orig.addr, orig.port);

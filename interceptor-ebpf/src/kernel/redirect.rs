@@ -22,9 +22,10 @@ use interceptor_ebpf::{
 
 use crate::{
     family::{KernelFamily, set_destination},
-    helpers::{caller_ids, netns_cookie, socket_cookie},
+    helpers::{caller_ids, netns_cookie},
     linux::{SOCK_DGRAM, SOCK_STREAM},
-    maps::{MapSets, count, pod_config, store_on_socket},
+    maps::{count, pod_config, socket_of},
+    rule_sets::MapSets,
 };
 
 /// Which hook runs the step on an IPv6 socket.
@@ -142,7 +143,7 @@ fn redirect<F: KernelFamily, S: KernelFamily>(
     localhost: S::Addr,
 ) -> Option<u16> {
     let port = settle(cfg, conn.proto, decide_outbound::<F>(cfg, conn, &MapSets))?;
-    if !record::<F>(ctx, conn.proto, OrigDst::new(conn.dst, conn.dst_port)) {
+    if !record::<F>(ctx, OrigDst::new(conn.dst, conn.dst_port)) {
         count(cfg, Counter::OrigDstLost);
     }
     set_destination::<S>(sa, localhost, port);
@@ -167,16 +168,10 @@ fn settle(cfg: &PodConfig, proto: Proto, verdict: Verdict) -> Option<u16> {
     }
 }
 
-/// Records an original destination where the programs that serve the redirected socket look
-/// for it. False when it could not be recorded.
+/// Records an original destination on the redirected socket itself, freed with it (TCP or
+/// UDP): `getpeername4/6` and `recvmsg4/6` read it back, and for TCP `sockops` hands it to the
+/// proxy's end of the connection once it is established. False when it could not be recorded.
 #[inline(always)]
-fn record<F: KernelFamily>(ctx: &SockAddrContext, proto: Proto, orig: OrigDst<F::Addr>) -> bool {
-    match proto {
-        // Until established, by cookie; sockops moves it to the connection's 4-tuple.
-        Proto::Tcp => F::orig_dst_by_cookie()
-            .insert(socket_cookie(ctx), orig, 0)
-            .is_ok(),
-        // On the socket itself, freed with it: recvmsg4/6 and getpeername4/6 read it back.
-        Proto::Udp => store_on_socket(F::udp_orig_dst(), ctx, orig),
-    }
+fn record<F: KernelFamily>(ctx: &SockAddrContext, orig: OrigDst<F::Addr>) -> bool {
+    F::client_orig_dst().set(socket_of(ctx), orig)
 }

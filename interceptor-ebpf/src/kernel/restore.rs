@@ -1,6 +1,8 @@
 //! What `getpeername4/6` and `recvmsg4/6` share: a redirected client socket is shown the
 //! address it dialled (or the name server it asked), not where the proxy answers.
 
+use core::ptr;
+
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr},
     programs::SockAddrContext,
@@ -12,10 +14,10 @@ use interceptor_ebpf::{
 };
 
 use crate::{
-    family::{KernelFamily, set_destination, tuple_from_client_side},
+    family::{KernelFamily, set_destination},
     helpers::netns_cookie,
     linux::SOCK_DGRAM,
-    maps::{UDP_ORIG_DST, UDP_ORIG_DST6, count_in, stored_on_socket},
+    maps::{CLIENT_ORIG_DST4, CLIENT_ORIG_DST6, count_in, socket_of},
 };
 
 /// `getpeername4` and `getpeername6`, on a socket of family `S`.
@@ -38,7 +40,7 @@ pub fn restore_peer_name<S: PeerFamily>(ctx: &SockAddrContext) {
             S::dns_server(ctx, sa)
         }
     } else {
-        S::dialled(netns, sk)
+        S::dialled(sk)
     };
     if let Some(orig) = orig {
         set_destination::<S>(sa, orig.addr, orig.port);
@@ -49,30 +51,30 @@ pub fn restore_peer_name<S: PeerFamily>(ctx: &SockAddrContext) {
 /// How a client socket of a family shows its original destination.
 pub trait PeerFamily: KernelFamily {
     /// The original destination of the TCP connection `sk` made.
-    fn dialled(netns: u64, sk: &bpf_sock) -> Option<OrigDst<Self::Addr>>;
+    fn dialled(sk: &bpf_sock) -> Option<OrigDst<Self::Addr>>;
     /// The name server a redirected UDP socket, connected to the DNS proxy, asked.
     fn dns_server(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> Option<OrigDst<Self::Addr>>;
 }
 
 impl PeerFamily for V4 {
     #[inline(always)]
-    fn dialled(netns: u64, sk: &bpf_sock) -> Option<OrigDst4> {
-        dialled::<V4>(netns, sk)
+    fn dialled(sk: &bpf_sock) -> Option<OrigDst4> {
+        dialled::<V4>(sk)
     }
     #[inline(always)]
     fn dns_server(ctx: &SockAddrContext, _: &bpf_sock_addr) -> Option<OrigDst4> {
-        stored_on_socket(&UDP_ORIG_DST, ctx)
+        CLIENT_ORIG_DST4.get(socket_of(ctx))
     }
 }
 
 impl PeerFamily for V6 {
     #[inline(always)]
-    fn dialled(netns: u64, sk: &bpf_sock) -> Option<OrigDst6> {
+    fn dialled(sk: &bpf_sock) -> Option<OrigDst6> {
         if ipv4_from_mapped(V6::sock_dst(sk)).is_some() {
             // An IPv4-mapped peer: the bpf_sock's IPv4 fields hold the IPv4 connection.
-            dialled::<V4>(netns, sk).map(mapped)
+            dialled::<V4>(sk).map(mapped)
         } else {
-            dialled::<V6>(netns, sk)
+            dialled::<V6>(sk)
         }
     }
     #[inline(always)]
@@ -82,11 +84,10 @@ impl PeerFamily for V6 {
 }
 
 /// The original destination of the TCP connection (of family `F`) the client socket `sk`
-/// made.
+/// made, stored on it when `connect` redirected it.
 #[inline(always)]
-fn dialled<F: KernelFamily>(netns: u64, sk: &bpf_sock) -> Option<OrigDst<F::Addr>> {
-    // SAFETY: the entry is copied out at once.
-    unsafe { F::orig_dst_by_tuple().get(tuple_from_client_side::<F>(netns, sk)) }.copied()
+fn dialled<F: KernelFamily>(sk: &bpf_sock) -> Option<OrigDst<F::Addr>> {
+    F::client_orig_dst().get(ptr::from_ref(sk).cast_mut().cast())
 }
 
 /// The name server a redirected UDP socket asked, as an IPv6 socket shows it, when `from` is
@@ -95,9 +96,9 @@ fn dialled<F: KernelFamily>(netns: u64, sk: &bpf_sock) -> Option<OrigDst<F::Addr
 #[inline(always)]
 pub fn dns_server6(ctx: &SockAddrContext, from: RawIpv6) -> Option<OrigDst6> {
     if from == LOCALHOST6 {
-        stored_on_socket(&UDP_ORIG_DST6, ctx)
+        CLIENT_ORIG_DST6.get(socket_of(ctx))
     } else if from == ipv4_mapped(LOCALHOST4) {
-        stored_on_socket(&UDP_ORIG_DST, ctx).map(mapped)
+        CLIENT_ORIG_DST4.get(socket_of(ctx)).map(mapped)
     } else {
         None
     }

@@ -27,11 +27,13 @@ use interceptor_ebpf::{
 use crate::{
     family::KernelFamily,
     linux::{AF_INET, AF_INET6, IPPROTO_TCP},
-    maps::{INBOUND_LISTENERS, MapSets, count, pod_config},
+    maps::{INBOUND_LISTENERS, count, pod_config},
+    rule_sets::MapSets,
 };
 
-/// The cookie of the namespace this copy of the program is attached to, set at load time
-/// (`sk_lookup` programs cannot call `bpf_get_netns_cookie`).
+/// 0 in the node's shared program; the cookie of its pod in a copy of the program a pod has
+/// for itself (another pod of the node has one of its addresses). Set at load time:
+/// `sk_lookup` programs cannot call `bpf_get_netns_cookie`.
 #[unsafe(no_mangle)]
 static POD_NETNS_COOKIE: u64 = 0;
 
@@ -48,8 +50,16 @@ fn steer(ctx: &SkLookupContext) -> u32 {
     if l.protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
         return SK_PASS;
     }
-    // SAFETY: a plain read of a constant the loader fills in (volatile: not folded to 0).
-    let netns = unsafe { core::ptr::read_volatile(&POD_NETNS_COOKIE) };
+    // SAFETY: the kernel sets this member of the outer union ...
+    let inner = unsafe { l.__bindgen_anon_1.__bindgen_anon_1 };
+    // SAFETY: ... and `sk` of the inner one.
+    if !unsafe { inner.sk }.is_null() {
+        // Another program (this one of another build, during an upgrade) chose already.
+        return SK_PASS;
+    }
+    let Some(netns) = pod_of(l, family) else {
+        return SK_PASS;
+    };
     let Some(cfg) = pod_config(netns) else {
         return SK_PASS;
     };
@@ -80,6 +90,31 @@ fn steer(ctx: &SkLookupContext) -> u32 {
             }
         }
     }
+}
+
+/// The pod whose namespace this program runs in: its own (a copy's constant), or the one
+/// whose address the connection arrives for. A namespace's sk_lookup link exists only for a
+/// registered pod, and an address is registered for one pod only (a pod whose address another
+/// pod has gets a copy of its own): so a connection is only ever steered within its namespace.
+#[inline(always)]
+fn pod_of(l: &bpf_sk_lookup, family: u32) -> Option<u64> {
+    // SAFETY: a plain read of a constant the loader fills in (volatile: not folded to 0).
+    let own = unsafe { core::ptr::read_volatile(&POD_NETNS_COOKIE) };
+    if own != 0 {
+        return Some(own);
+    }
+    if family == AF_INET {
+        owner::<V4>(l)
+    } else {
+        owner::<V6>(l)
+    }
+}
+
+/// The pod with the connection's local address, in family `F`.
+#[inline(always)]
+fn owner<F: KernelFamily>(l: &bpf_sk_lookup) -> Option<u64> {
+    // SAFETY: the value is copied out at once.
+    unsafe { F::pod_addrs().get(F::lookup_local(l)) }.copied()
 }
 
 /// The decision on the connection, in family `F`.

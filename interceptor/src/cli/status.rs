@@ -1,68 +1,105 @@
-//! `status`: every instance on the node, read back from its pins.
+//! `status`: every datapath, pod and version 0.1 instance on the node, read back from the pins.
 
 use super::args::StatusArgs;
-use crate::{datapath::status, sys::users::require_root};
+use crate::{
+    datapath::status::{self, Status},
+    sys::users::require_root,
+};
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     require_root("it reads the pinned BPF maps")?;
-    let instances = status::list_instances(&args.bpffs)?;
+    let status = status::status(&args.bpffs)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&instances)?);
-        return Ok(());
-    }
-    if instances.is_empty() {
-        println!("no interceptor instances on this node");
-    }
-    for inst in &instances {
-        println!("instance {}", inst.instance);
-        if let Some(e) = &inst.error {
-            println!("  unreadable: {e}");
-        }
-        if let Some(r) = &inst.record {
-            println!("  cgroup:   {} (id {})", r.cgroup, r.cgroup_id);
-            println!("  netns:    {} (cookie {})", r.netns, r.netns_cookie);
-            println!("  version:  {}", r.version);
-            println!("  config:   {}", r.config);
-        }
-        println!("  links:    {}", inst.links.join(", "));
-        println!(
-            "  connections: {} being set up, {} established and tracked",
-            inst.connections_pending, inst.connections_tracked
-        );
-        println!(
-            "  inbound:  {} capture listener(s) registered",
-            inst.inbound_listeners
-        );
-        let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .is_ok_and(|v| v.trim() != "0");
-        for p in &inst.programs {
-            if p.run_count == 0 && !stats_on {
-                println!(
-                    "  program:  {} (id {}): no run statistics (kernel.bpf_stats_enabled=0)",
-                    p.name, p.id
-                );
-                continue;
-            }
-            let avg = p
-                .avg_ns
-                .map(|n| format!(", {n} ns/run"))
-                .unwrap_or_default();
-            println!(
-                "  program:  {} (id {}): {} runs{avg}",
-                p.name, p.id, p.run_count
-            );
-        }
-        for pod in &inst.pods {
-            let counters: Vec<String> = pod
-                .counters
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            if let Some(name) = &pod.pod {
-                println!("  pod:      {name} (netns cookie {})", pod.netns_cookie);
-            }
-            println!("  counters: {}", counters.join(" "));
-        }
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print(&status);
     }
     Ok(())
+}
+
+fn print(s: &Status) {
+    if s.datapaths.is_empty() && s.legacy.is_empty() {
+        println!("no interception on this node");
+    }
+    let stats_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|v| v.trim() != "0");
+    for d in &s.datapaths {
+        println!("datapath {}", d.datapath);
+        if let Some(e) = &d.error {
+            println!("  unreadable: {e}");
+        }
+        if let Some(r) = &d.record {
+            println!(
+                "  created by {} for {} pods, {} connections in hand-over at once",
+                r.version, r.max_pods, r.max_connections
+            );
+        }
+        for (name, entries, capacity) in &d.maps {
+            println!("  map:      {name}: {entries} of {capacity}");
+        }
+        println!(
+            "  inbound:  {} capture listener(s) registered; {} connection(s) in hand-over",
+            d.inbound_listeners, d.connections_in_flight
+        );
+        for n in &d.nodes {
+            println!(
+                "  node:     cgroup {} ({} links)",
+                n.cgroup_id,
+                n.links.len()
+            );
+        }
+        for b in &d.programs {
+            for p in &b.programs {
+                match p.avg_ns {
+                    _ if p.run_count == 0 && !stats_on => println!(
+                        "  program:  {} {} (id {}): no run statistics \
+                         (kernel.bpf_stats_enabled=0)",
+                        b.build, p.name, p.id
+                    ),
+                    Some(avg) => println!(
+                        "  program:  {} {} (id {}): {} runs, {avg} ns/run",
+                        b.build, p.name, p.id, p.run_count
+                    ),
+                    None => println!(
+                        "  program:  {} {} (id {}): {} runs",
+                        b.build, p.name, p.id, p.run_count
+                    ),
+                }
+            }
+        }
+    }
+    for p in &s.pods {
+        let who = p
+            .pod
+            .clone()
+            .unwrap_or_else(|| format!("cgroup {} ({})", p.cgroup_id, p.cgroup));
+        println!("pod {who}");
+        println!("  state:    {}", p.state);
+        println!("  netns:    {} (cookie {})", p.netns, p.netns_cookie);
+        println!("  links:    {}", p.links.join(", "));
+        if let Some(o) = &p.options {
+            println!(
+                "  options:  {}",
+                serde_json::to_string(o).unwrap_or_default()
+            );
+        }
+        let counters: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("  counters: {}", counters.join(" "));
+    }
+    for l in &s.legacy {
+        println!("instance {} (version 0.1)", l.instance);
+        if let Some(e) = &l.error {
+            println!("  unreadable: {e}");
+        }
+        println!("  links:    {}", l.links.join(", "));
+        for p in &l.pods {
+            let counters: Vec<String> =
+                p.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "  pod:      netns cookie {}: {}",
+                p.netns_cookie,
+                counters.join(" ")
+            );
+        }
+    }
 }

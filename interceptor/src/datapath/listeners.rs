@@ -1,7 +1,6 @@
 //! Finds the capture listeners the proxy opened before `init` ran (the kernel registers later
-//! ones itself, in `sockops`): each socket is listed in the namespace's `/proc/net/tcp` (IPv4)
-//! or `/proc/net/tcp6` (IPv6, dual-stack `[::]` included), and a process of the namespace holds
-//! it; `pidfd_getfd` gives the loader its own descriptor, which it then puts into the maps. So
+//! ones itself, in `sockops`): `sock_diag` lists the namespace's listening sockets (IPv4, and
+//! IPv6 with dual-stack `[::]`) with their inodes, and a process of the namespace holds each; `pidfd_getfd` gives the loader its own descriptor, which it then puts into the maps. So
 //! the order in which the proxy and `init` start does not matter.
 
 use std::{
@@ -15,15 +14,7 @@ use anyhow::Context as _;
 use super::{maps::Maps, plan::MapPlan};
 use crate::{family::Family, pod::Netns, sys};
 
-/// The namespace's table of a family's TCP sockets.
-fn tcp_table(family: Family) -> &'static str {
-    match family {
-        Family::V4 => "/proc/thread-self/net/tcp",
-        Family::V6 => "/proc/thread-self/net/tcp6",
-    }
-}
-
-/// A listening socket of the namespace, as `/proc/net/tcp` or `tcp6` shows it.
+/// A listening socket of the namespace, as `sock_diag` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListeningSocket {
     pub inode: u64,
@@ -40,25 +31,6 @@ pub struct FoundListener {
     pub fd: OwnedFd,
 }
 
-/// Listening sockets on `port` (any address) in a `/proc/net/tcp` or `tcp6` table.
-pub fn parse_tcp_table(table: &str, family: Family, port: u16) -> Vec<ListeningSocket> {
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|row| {
-            // sl local_address rem_address st tx:rx tr:tm retrnsmt uid timeout inode ...
-            let f: Vec<&str> = row.split_whitespace().collect();
-            let (local, state) = (f.get(1)?, f.get(3)?);
-            let local_port = u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()?;
-            (*state == "0A" && local_port == port).then_some(ListeningSocket {
-                uid: f.get(7)?.parse().ok()?,
-                inode: f.get(9)?.parse().ok()?,
-                family,
-            })
-        })
-        .collect()
-}
-
 /// The listeners on `port` in `netns` that `is_proxy(uid, gid)` accepts (the socket's owner,
 /// and the holding process's gid), the first one of each family, taken from the processes that
 /// hold them.
@@ -70,13 +42,23 @@ fn find_existing(
     let sockets = netns.run_inside(move || {
         let mut sockets = Vec::new();
         for family in Family::BOTH {
-            match fs::read_to_string(tcp_table(family)) {
-                Ok(table) => sockets.extend(parse_tcp_table(&table, family, port)),
-                // A kernel without IPv6 has no tcp6 table.
-                Err(e) if family == Family::V6 && e.kind() == std::io::ErrorKind::NotFound => {}
+            let af = family.af() as i32;
+            match sys::net::tcp_listeners(af) {
+                Ok(listening) => {
+                    sockets.extend(listening.into_iter().filter(|l| l.port == port).map(|l| {
+                        ListeningSocket {
+                            inode: l.inode,
+                            uid: l.uid,
+                            family,
+                        }
+                    }))
+                }
+                // A kernel without IPv6 has no IPv6 sockets to list.
+                Err(e) if family == Family::V6 && e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
                 Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("reading the namespace's {}", tcp_table(family)));
+                    return Err(e).with_context(|| {
+                        format!("listing the namespace's {family} listening sockets")
+                    });
                 }
             }
         }
@@ -195,50 +177,6 @@ pub fn register_existing_listener(writer: &mut Maps, netns: &Netns, plan: &MapPl
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_listeners_on_the_port() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:3A9E 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 4242 1 0000000000000000 100 0 0 10 0
-   1: 0100007F:3A9E 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4243 1 0000000000000000 100 0 0 10 0
-   2: 0200C80A:3A9E 0100C80A:D2F0 01 00000000:00000000 00:00000000 00000000  1337        0 4244 1 0000000000000000 20 4 30 10 -1
-   3: 00000000:2378 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4245 1 0000000000000000 100 0 0 10 0
-";
-        assert_eq!(
-            parse_tcp_table(table, Family::V4, 15006),
-            vec![
-                ListeningSocket {
-                    inode: 4242,
-                    uid: 1337,
-                    family: Family::V4,
-                },
-                ListeningSocket {
-                    inode: 4243,
-                    uid: 1000,
-                    family: Family::V4,
-                },
-            ],
-            "listening rows on 15006 only (not the established one, not port 9080)"
-        );
-        assert!(parse_tcp_table("header\ngarbage\n", Family::V4, 15006).is_empty());
-    }
-
-    #[test]
-    fn finds_ipv6_listeners() {
-        // [::]:15006 listening, [fd00:200::2]:15006 established.
-        let table = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000000000000000000000000000:3A9E 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000  1337        0 5252 1 0000000000000000 100 0 0 10 0
-   1: 000000FD000000000000000002000000:3A9E 000000FD000000000000000001000000:C350 01 00000000:00000000 00:00000000 00000000  1337        0 5253 1 0000000000000000 20 4 30 10 -1
-";
-        assert_eq!(
-            parse_tcp_table(table, Family::V6, 15006),
-            vec![ListeningSocket {
-                inode: 5252,
-                uid: 1337,
-                family: Family::V6,
-            }]
-        );
-    }
 
     #[test]
     fn reads_socket_links() {

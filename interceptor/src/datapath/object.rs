@@ -1,10 +1,8 @@
-//! The kernel programs this build carries: the object, its maps as this build lays them out,
-//! and loading it (maps pinned where they live, programs verified by the kernel).
+//! The kernel programs this build carries: the object, what identifies it (its build, and the
+//! layout of its maps), and loading it (maps pinned where the datapath keeps them, programs
+//! verified by the kernel).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::OnceLock,
-};
+use std::{path::Path, sync::OnceLock};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, EbpfLoader};
@@ -14,23 +12,27 @@ use interceptor_ebpf::{Counter, POD_NETNS_COOKIE_GLOBAL, map_names, program_name
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
-/// Maps that live in the instance directory and survive re-runs and program upgrades.
-pub const PERSISTENT_MAPS: [&str; 15] = [
+/// The maps a datapath keeps pinned: every map of the object but aya-log's buffer.
+pub const DATAPATH_MAPS: [&str; 19] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
-    map_names::ORIG_DST_BY_COOKIE,
-    map_names::ORIG_DST_BY_TUPLE,
+    map_names::CIDR6,
     map_names::COUNTERS,
     map_names::INSTANCE_META,
-    map_names::UDP_ORIG_DST,
+    map_names::POD_RECORDS,
+    map_names::POD_SLOTS,
+    map_names::POD_ADDRS4,
+    map_names::POD_ADDRS6,
     map_names::INBOUND_LISTENERS,
     map_names::CAPTURE_SOCKETS,
-    map_names::CIDR6,
-    map_names::ORIG_DST6_BY_COOKIE,
-    map_names::ORIG_DST6_BY_TUPLE,
-    map_names::POD_RECORDS,
-    map_names::UDP_ORIG_DST6,
+    map_names::CLIENT_ORIG_DST4,
+    map_names::CLIENT_ORIG_DST6,
+    map_names::PROXY_ORIG_DST4,
+    map_names::PROXY_ORIG_DST6,
+    map_names::IN_FLIGHT4,
+    map_names::IN_FLIGHT6,
+    map_names::AYA_LOGS,
 ];
 
 /// The programs attached to a cgroup (all but `sk_lookup`, which goes to a network
@@ -42,58 +44,111 @@ pub fn cgroup_programs() -> Vec<&'static str> {
         .collect()
 }
 
-/// How to load.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    /// Where bpffs is (mounted if it is not).
-    pub bpffs_root: PathBuf,
-    /// Size of each connection map (entries); LRU eviction beyond.
+/// The sizes a datapath's maps are created with; part of its identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Pods the maps hold.
+    pub max_pods: u32,
+    /// Connections being handed from the application to the proxy at once, node-wide, per
+    /// address family (`IN_FLIGHT4`, `IN_FLIGHT6`).
     pub max_connections: u32,
-    /// aya-log level compiled into the programs' view (0 = off ... 5 = trace).
-    pub kernel_log_level: u8,
+}
+
+impl Sizes {
+    /// Entries of the sets every pod's options go into (`-o`/`-q`/`-b`/`-d` ports, `-i`/`-x`
+    /// ranges and `-c` routes), shared by the node's pods.
+    pub const SET_ENTRIES: u32 = 1 << 18;
+    /// Addresses of one pod that inbound dispatch knows (as `PodConfig` holds them).
+    pub const ADDRS_PER_POD: u32 = 8;
+    /// Listener sockets of one pod: one per family.
+    pub const LISTENERS_PER_POD: u32 = 2;
+}
+
+fn object() -> anyhow::Result<&'static aya_obj::Object> {
+    static OBJECT: OnceLock<Result<aya_obj::Object, String>> = OnceLock::new();
+    OBJECT
+        .get_or_init(|| aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| anyhow!("parsing the kernel programs' object: {e}"))
+}
+
+/// FNV-1a, 64 bits: a stable fingerprint (the same on every build and host, unlike std's
+/// hasher), enough to tell layouts and builds apart.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// What identifies this build's programs: a fingerprint of the object.
+pub fn build_id() -> String {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| format!("{:016x}", fnv1a(EBPF_OBJECT.iter().copied())))
+        .clone()
+}
+
+/// What identifies a datapath: the layout of every map this build declares (name, type, key
+/// and value size, flags) and the sizes they are made with. Builds that agree on it share the
+/// node's maps, so an upgrade is a program swap; builds that differ run side by side.
+pub fn datapath_key(sizes: Sizes) -> anyhow::Result<String> {
+    let object = object()?;
+    let mut names: Vec<&String> = object.maps.keys().collect();
+    names.sort();
+    let mut text = format!("pods={} conns={};", sizes.max_pods, sizes.max_connections);
+    for name in names {
+        let m = &object.maps[name];
+        text.push_str(&format!(
+            "{name}:{}:{}:{}:{};",
+            m.map_type(),
+            m.key_size(),
+            m.value_size(),
+            m.map_flags()
+        ));
+    }
+    Ok(format!("{:016x}", fnv1a(text.bytes())))
 }
 
 /// (key size, value size) of a map as the programs this build carries declare it.
 pub fn expected_layout(name: &str) -> anyhow::Result<(u32, u32)> {
-    static OBJECT: OnceLock<Result<aya_obj::Object, String>> = OnceLock::new();
-    let object = OBJECT
-        .get_or_init(|| aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| anyhow!("parsing the kernel programs' object: {e}"))?;
-    let map = object
+    let map = object()?
         .maps
         .get(name)
         .ok_or_else(|| anyhow!("map {name} missing from the object"))?;
     Ok((map.key_size(), map.value_size()))
 }
 
-/// Loads the object with the instance's maps (pinned in `dir`, created there on first use,
-/// sized for `pods` pods) and the programs `programs` into the kernel. `netns_cookie` is the
-/// constant `sk_lookup` carries (0 when it is not loaded).
+/// Loads the object with the datapath's maps (pinned in `dir`, created there on first use with
+/// `sizes`) and the programs `programs` into the kernel. `netns_cookie` is the constant a copy
+/// of `sk_lookup` of its own carries (0: the shared one, which finds the pod by address).
 pub fn load(
     dir: &Path,
-    opts: &LoadOptions,
-    pods: u32,
+    sizes: Sizes,
+    log_level: u8,
     netns_cookie: u64,
     programs: &[&str],
 ) -> anyhow::Result<Ebpf> {
+    let pods = sizes.max_pods;
     let mut loader = EbpfLoader::new();
-    for name in PERSISTENT_MAPS {
+    for name in DATAPATH_MAPS {
         loader.map_pin_path(name, dir.join(name));
     }
     loader
-        .map_max_entries(map_names::ORIG_DST_BY_COOKIE, opts.max_connections)
-        .map_max_entries(map_names::ORIG_DST_BY_TUPLE, opts.max_connections)
+        .map_max_entries(map_names::POD_CONFIG, pods)
+        .map_max_entries(map_names::POD_RECORDS, pods)
+        .map_max_entries(map_names::POD_SLOTS, pods.div_ceil(64))
         .map_max_entries(map_names::COUNTERS, Counter::COUNT * pods)
-        .map_max_entries(map_names::POD_CONFIG, pods.max(4))
-        .map_max_entries(map_names::POD_RECORDS, pods.max(4))
-        .map_max_entries(map_names::PORT_SET, 4 * 65536)
-        .map_max_entries(map_names::CIDR4, 1 << 18)
-        .map_max_entries(map_names::ORIG_DST6_BY_COOKIE, opts.max_connections)
-        .map_max_entries(map_names::ORIG_DST6_BY_TUPLE, opts.max_connections)
-        .map_max_entries(map_names::CIDR6, 1 << 18)
-        .map_max_entries(map_names::INBOUND_LISTENERS, (2 * pods).max(8))
-        .override_global("AYA_LOG_LEVEL", &opts.kernel_log_level, false)
+        .map_max_entries(map_names::POD_ADDRS4, Sizes::ADDRS_PER_POD * pods)
+        .map_max_entries(map_names::POD_ADDRS6, Sizes::ADDRS_PER_POD * pods)
+        .map_max_entries(
+            map_names::INBOUND_LISTENERS,
+            Sizes::LISTENERS_PER_POD * pods,
+        )
+        .map_max_entries(map_names::PORT_SET, Sizes::SET_ENTRIES)
+        .map_max_entries(map_names::CIDR4, Sizes::SET_ENTRIES)
+        .map_max_entries(map_names::CIDR6, Sizes::SET_ENTRIES)
+        .map_max_entries(map_names::IN_FLIGHT4, sizes.max_connections)
+        .map_max_entries(map_names::IN_FLIGHT6, sizes.max_connections)
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
         .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
     let mut ebpf = loader.load(EBPF_OBJECT).context(
         "loading the kernel programs (needs Linux >= 5.14 with cgroup BPF, sockops and BTF)",
@@ -128,26 +183,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_object_declares_every_persistent_map_with_the_model_layouts() {
-        for name in PERSISTENT_MAPS {
+    fn the_object_declares_every_datapath_map_with_the_model_layouts() {
+        for name in DATAPATH_MAPS {
             expected_layout(name).unwrap();
         }
-        // What `init` compares a pinned instance's maps against.
         assert_eq!(
             expected_layout(map_names::POD_CONFIG).unwrap(),
             (8, size_of::<PodConfig>() as u32)
-        );
-        assert_eq!(
-            expected_layout(map_names::ORIG_DST6_BY_TUPLE).unwrap(),
-            (
-                size_of::<interceptor_ebpf::SockTuple6>() as u32,
-                size_of::<interceptor_ebpf::OrigDst6>() as u32
-            )
         );
         // LPM keys carry the prefix length in front of the data.
         assert_eq!(
             expected_layout(map_names::CIDR6).unwrap(),
             (4 + size_of::<Cidr6Key>() as u32, 1)
         );
+    }
+
+    #[test]
+    fn the_datapath_key_depends_on_the_sizes_and_is_stable() {
+        let a = Sizes {
+            max_pods: 1024,
+            max_connections: 65536,
+        };
+        let b = Sizes {
+            max_connections: 1024,
+            ..a
+        };
+        assert_eq!(datapath_key(a).unwrap(), datapath_key(a).unwrap());
+        assert_ne!(datapath_key(a).unwrap(), datapath_key(b).unwrap());
+        assert_eq!(build_id().len(), 16);
+        // FNV-1a's published test vector: the fingerprint never changes between builds.
+        assert_eq!(fnv1a(*b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -1,40 +1,70 @@
-//! What `status` and the node's metrics read back from the pins: each instance's record,
-//! links, pods and counters, map occupancy, and each attached program's run statistics.
+//! What `status` and the node's metrics read back from the pins: each datapath's record,
+//! programs (with their run statistics) and map occupancy; each pod's record, links, state and
+//! counters; version 0.1's instances as they are.
 
-use std::{fs, path::Path};
+use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, SockHash};
-use interceptor_ebpf::{
-    Counter, INSTANCE_META_SIZE, InstanceMeta, ListenerKey, POD_RECORD_SIZE, PodConfig,
-    PodRecordBlob, map_names, program_names,
-};
+use interceptor_ebpf::{Counter, PodConfig, program_names};
 use serde::Serialize;
 
-use super::{bpffs, links::link_pin, maps::open_pinned, record::InstanceRecord};
-use crate::sys::{self, fs::lock_dir_shared};
+use super::{
+    Datapath, DatapathRecord, InstanceMode, PodRecord,
+    bpffs::{self, PodDir},
+    legacy::{self, LegacyStatus},
+    links::{self, link_pin},
+    pods::liveness,
+};
+use crate::{
+    config::RawOptions,
+    sys::{bpf, fs::lock_dir_shared},
+};
 
-/// What `status` shows of one instance.
+/// Everything on the node.
 #[derive(Debug, Default, Serialize)]
-pub struct InstanceStatus {
-    pub instance: String,
-    /// Set when the instance could not be read (e.g. a crashed loader left it incomplete).
+pub struct Status {
+    pub datapaths: Vec<DatapathStatus>,
+    pub pods: Vec<PodStatus>,
+    /// Version 0.1's instances.
+    pub legacy: Vec<LegacyStatus>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct DatapathStatus {
+    /// `datapath-<key>`.
+    pub datapath: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    pub record: Option<InstanceRecord>,
-    pub links: Vec<String>,
-    pub pods: Vec<PodStatus>,
-    pub connections_pending: usize,
-    pub connections_tracked: usize,
-    /// Inbound capture listeners registered (one per pod and address family).
+    pub record: Option<DatapathRecord>,
+    /// Every pinned program, by build (run statistics only while `kernel.bpf_stats_enabled`
+    /// is 1 or a daemon runs with `--bpf-stats`).
+    pub programs: Vec<BuildPrograms>,
+    /// Node mode: the cgroups whose pods the daemon's links cover.
+    pub nodes: Vec<NodeStatus>,
+    /// (map, entries, capacity)
+    pub maps: Vec<(&'static str, usize, u32)>,
     pub inbound_listeners: usize,
-    /// Run counts and kernel time of each attached program (time counts only while
-    /// `kernel.bpf_stats_enabled` is 1).
-    pub programs: Vec<ProgramStats>,
+    /// Connections handed from an application to its proxy right now.
+    pub connections_in_flight: usize,
 }
 
 #[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub cgroup_id: u64,
+    pub links: Vec<String>,
+}
+
+/// One build's programs (`prog-<build>-<log level>`), or a pod's own `sk_lookup`
+/// (`pod <cookie>`).
+#[derive(Clone, Debug, Serialize)]
+pub struct BuildPrograms {
+    pub build: String,
+    pub programs: Vec<ProgramStats>,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct ProgramStats {
+    /// The program's name (`redirect_connect4`, ...).
     pub name: String,
     pub id: u32,
     pub run_count: u64,
@@ -42,187 +72,217 @@ pub struct ProgramStats {
     pub avg_ns: Option<u64>,
 }
 
-/// Statistics of the program behind each pinned link of an instance (`link_<program>`, and in
-/// node mode `link_<program>@<netns cookie>` for each pod's `sk_lookup`), named after the pin.
-pub fn program_stats(dir: &Path) -> anyhow::Result<Vec<ProgramStats>> {
-    let mut ids = Vec::new();
-    for entry in fs::read_dir(dir)?.filter_map(Result::ok) {
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(name) = file.strip_prefix("link_") else {
-            continue;
-        };
-        let link = sys::bpf::obj_get(&entry.path())
-            .with_context(|| format!("opening the pinned link {file}"))?;
-        ids.push((name.to_string(), sys::bpf::link_info(&link)?.prog_id));
-    }
-    let mut out = Vec::new();
-    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
-        for (name, id) in ids.iter().filter(|(_, id)| *id == info.id()) {
-            let run_time_ns = info.run_time().as_nanos() as u64;
-            let run_count = info.run_count();
-            out.push(ProgramStats {
-                name: name.clone(),
-                id: *id,
-                run_count,
-                run_time_ns,
-                avg_ns: (run_count > 0 && run_time_ns > 0).then(|| run_time_ns / run_count),
-            });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
 #[derive(Debug, Serialize)]
 pub struct PodStatus {
-    pub netns_cookie: u64,
-    /// Node mode: the pod as the daemon registered it (`namespace/name`).
+    pub datapath: String,
+    /// Node mode: `namespace/name`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    pub mode: InstanceMode,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub netns: String,
+    pub netns_cookie: u64,
+    /// `active`, or `gone: <why>` for a pod whose cgroup or namespace is gone (reclaimed by the
+    /// next `init`, `clean` or daemon sweep).
+    pub state: String,
+    pub links: Vec<String>,
+    pub pod_index: u32,
     pub rules: u32,
-    pub counters: std::collections::BTreeMap<&'static str, u64>,
+    pub own_sk_lookup: bool,
+    /// The proxy's inbound capture listeners registered (one per family).
+    pub inbound_listeners: usize,
+    pub options: Option<RawOptions>,
+    pub config: Option<serde_json::Value>,
+    pub counters: BTreeMap<&'static str, u64>,
 }
 
-/// Reads every instance under the bpffs root.
-pub fn list_instances(root: &Path) -> anyhow::Result<Vec<InstanceStatus>> {
+/// Reads everything under the bpffs root `root`.
+pub fn status(root: &Path) -> anyhow::Result<Status> {
     let base = bpffs::interceptor_dir(root);
     if !bpffs::is_mounted(root) || !base.exists() {
-        return Ok(Vec::new());
+        return Ok(Status::default());
     }
-    // Shared lock: loaders are not half-way through an instance while it is read.
+    // Shared lock: no writer is half-way through while this reads.
     let _lock = lock_dir_shared(&base).with_context(|| format!("locking {}", base.display()))?;
-    let mut out = Vec::new();
-    let mut entries: Vec<_> = fs::read_dir(&base)?.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let dir = entry.path();
-        if !dir.is_dir() {
-            continue;
-        }
-        match read_instance(&dir) {
-            Ok(status) => out.push(status),
-            Err(e) => out.push(InstanceStatus {
-                instance: entry.file_name().to_string_lossy().into_owned(),
+    let mut out = Status {
+        legacy: legacy::list(&base),
+        ..Status::default()
+    };
+    for dir in bpffs::datapath_dirs(&base) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match Datapath::existing(&dir) {
+            Ok(dp) => {
+                out.datapaths.push(dp.describe(&name)?);
+                out.pods.extend(dp.pods(&name)?);
+            }
+            Err(e) => out.datapaths.push(DatapathStatus {
+                datapath: name,
                 error: Some(format!("{e:#}")),
-                ..InstanceStatus::default()
+                ..DatapathStatus::default()
             }),
         }
     }
     Ok(out)
 }
 
-fn read_instance(dir: &Path) -> anyhow::Result<InstanceStatus> {
-    let meta: Array<MapData, InstanceMeta> =
-        Array::try_from(open_pinned(dir, map_names::INSTANCE_META)?)?;
-    let m = meta.get(&0, 0)?;
-    let record = serde_json::from_slice(&m.json[..(m.len as usize).min(INSTANCE_META_SIZE)]).ok();
-    let pods_map: HashMap<MapData, u64, PodConfig> =
-        HashMap::try_from(open_pinned(dir, map_names::POD_CONFIG)?)?;
-    let counters: PerCpuArray<MapData, u64> =
-        PerCpuArray::try_from(open_pinned(dir, map_names::COUNTERS)?)?;
-    // Node mode keeps a record of each pod; `init`'s instances have none.
-    let names: std::collections::BTreeMap<u64, String> =
-        if dir.join(map_names::POD_RECORDS).exists() {
-            let records: HashMap<MapData, u64, PodRecordBlob> =
-                HashMap::try_from(open_pinned(dir, map_names::POD_RECORDS)?)?;
-            records
-                .iter()
+fn link_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
                 .filter_map(Result::ok)
-                .filter_map(|(cookie, blob)| {
-                    let json = &blob.json[..(blob.len as usize).min(POD_RECORD_SIZE)];
-                    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
-                    Some((
-                        cookie,
-                        format!("{}/{}", v["namespace"].as_str()?, v["name"].as_str()?),
-                    ))
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("link_")
+                        .map(str::to_string)
                 })
                 .collect()
-        } else {
-            Default::default()
-        };
-    let mut pods = Vec::new();
-    for item in pods_map.iter() {
-        let (cookie, cfg) = item?;
-        let mut values = std::collections::BTreeMap::new();
-        for c in Counter::ALL {
-            let per_cpu = counters.get(&c.slot(cfg.pod_index), 0)?;
-            values.insert(c.name(), per_cpu.iter().sum());
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+impl Datapath {
+    fn describe(&self, name: &str) -> anyhow::Result<DatapathStatus> {
+        let (in4, in6) = self.maps.in_flight();
+        Ok(DatapathStatus {
+            datapath: name.to_string(),
+            error: None,
+            record: self
+                .maps
+                .datapath_record()
+                .and_then(|json| serde_json::from_slice(&json).ok()),
+            programs: self.program_stats(),
+            nodes: bpffs::node_dirs(&self.dir)
+                .into_iter()
+                .map(|(cgroup_id, dir)| NodeStatus {
+                    cgroup_id,
+                    links: link_names(&dir),
+                })
+                .collect(),
+            maps: self.maps.occupancy()?,
+            inbound_listeners: self.maps.listener_count(),
+            connections_in_flight: in4 + in6,
+        })
+    }
+
+    /// Every pod with its record, state and counters.
+    pub fn pods(&self, datapath: &str) -> anyhow::Result<Vec<PodStatus>> {
+        let configs: BTreeMap<u64, PodConfig> = self.maps.pod_configs()?.into_iter().collect();
+        let mut out = Vec::new();
+        for pod in bpffs::pod_dirs(&self.dir) {
+            let cookie = pod.cookie();
+            let record = self.pod_record(cookie).unwrap_or_default();
+            let config = configs.get(&cookie);
+            let dir = pod.path(&self.dir);
+            let state = match (config, liveness(&dir, pod)) {
+                (None, _) => "gone: not registered".to_string(),
+                (Some(_), Err(why)) => format!("gone: {why}"),
+                (Some(_), Ok(())) => "active".to_string(),
+            };
+            let slot = config.map_or(record.pod_index, |c| c.pod_index);
+            let counters = self
+                .maps
+                .pod_counters(slot)
+                .map(|cs| cs.into_iter().map(|(c, v)| (c.name(), v)).collect())
+                .unwrap_or_default();
+            out.push(PodStatus {
+                datapath: datapath.to_string(),
+                pod: (!record.name.is_empty())
+                    .then(|| format!("{}/{}", record.namespace, record.name)),
+                mode: match pod {
+                    PodDir::Init { .. } => InstanceMode::Pod,
+                    PodDir::Node { .. } => InstanceMode::Node,
+                },
+                cgroup: record.cgroup.clone(),
+                cgroup_id: match pod {
+                    PodDir::Init { cgroup_id, .. } => cgroup_id,
+                    PodDir::Node { .. } => record.cgroup_id,
+                },
+                netns: record.netns.clone(),
+                netns_cookie: cookie,
+                state,
+                links: link_names(&dir),
+                pod_index: slot,
+                rules: config.map_or(0, |c| c.rules),
+                own_sk_lookup: record.own_sk_lookup,
+                inbound_listeners: self.maps.listeners_of(cookie),
+                options: record.options.clone(),
+                config: record.config.clone(),
+                counters,
+            });
         }
-        pods.push(PodStatus {
-            netns_cookie: cookie,
-            pod: names.get(&cookie).cloned(),
-            rules: cfg.rules,
-            counters: values,
-        });
+        Ok(out)
     }
-    let mut links: Vec<String> = program_names::ALL
-        .iter()
-        .filter(|p| link_pin(dir, p).exists())
-        .map(|p| p.to_string())
-        .collect();
-    links.sort();
-    Ok(InstanceStatus {
-        instance: dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        record,
-        links,
-        pods,
-        connections_pending: count_keys(dir, map_names::ORIG_DST_BY_COOKIE)?
-            + count_keys(dir, map_names::ORIG_DST6_BY_COOKIE)?,
-        connections_tracked: count_keys(dir, map_names::ORIG_DST_BY_TUPLE)?
-            + count_keys(dir, map_names::ORIG_DST6_BY_TUPLE)?,
-        inbound_listeners: count_listeners(dir)?,
-        programs: program_stats(dir)?,
-        error: None,
-    })
+
+    /// Run statistics of every pinned program of this datapath, and of the pods' own
+    /// `sk_lookup` copies.
+    pub fn program_stats(&self) -> Vec<BuildPrograms> {
+        let mut out = Vec::new();
+        for dir in bpffs::programs_dirs(&self.dir) {
+            let build = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let programs = program_names::ALL
+                .iter()
+                .filter_map(|name| {
+                    let fd = bpf::obj_get(&dir.join(name)).ok()?;
+                    Some(stats(name, bpf::prog_info(&fd).ok()?))
+                })
+                .collect();
+            out.push(BuildPrograms { build, programs });
+        }
+        for pod in bpffs::pod_dirs(&self.dir) {
+            if !self
+                .pod_record(pod.cookie())
+                .is_some_and(|r| r.own_sk_lookup)
+            {
+                continue;
+            }
+            let pin = link_pin(&pod.path(&self.dir), program_names::SK_LOOKUP);
+            if let Ok(link) = links::info(&pin)
+                && let Ok(fd) = bpf::prog_fd_by_id(link.prog_id)
+                && let Ok(info) = bpf::prog_info(&fd)
+            {
+                out.push(BuildPrograms {
+                    build: format!("pod {}", pod.cookie()),
+                    programs: vec![stats(program_names::SK_LOOKUP, info)],
+                });
+            }
+        }
+        out
+    }
+
+    /// Every registered pod: its record, configuration and counters.
+    pub fn registered(&self) -> anyhow::Result<Vec<Registration>> {
+        let mut out = Vec::new();
+        for (cookie, config) in self.maps.pod_configs()? {
+            let mut record = self.pod_record(cookie).unwrap_or_default();
+            record.netns_cookie = cookie;
+            record.pod_index = config.pod_index;
+            let counters = self.maps.pod_counters(config.pod_index)?;
+            out.push((record, config, counters));
+        }
+        Ok(out)
+    }
 }
 
-/// Entries and capacity of the connection-tracking maps (LRU: full means evicting).
-pub fn connection_map_occupancy(dir: &Path) -> anyhow::Result<Vec<(&'static str, usize, u32)>> {
-    let mut out = Vec::new();
-    for name in [
-        map_names::ORIG_DST_BY_COOKIE,
-        map_names::ORIG_DST_BY_TUPLE,
-        map_names::ORIG_DST6_BY_COOKIE,
-        map_names::ORIG_DST6_BY_TUPLE,
-    ] {
-        let capacity = aya::maps::MapInfo::from_pin(dir.join(name))?.max_entries();
-        out.push((name, count_keys(dir, name)?, capacity));
-    }
-    Ok(out)
-}
+/// A registered pod: its record, configuration and counters.
+pub type Registration = (PodRecord, PodConfig, Vec<(Counter, u64)>);
 
-/// Registered capture listeners; 0 for an instance made by a version without inbound capture.
-fn count_listeners(dir: &Path) -> anyhow::Result<usize> {
-    if !dir.join(map_names::INBOUND_LISTENERS).exists() {
-        return Ok(0);
+fn stats(name: &str, info: bpf::ProgInfo) -> ProgramStats {
+    ProgramStats {
+        name: name.to_string(),
+        id: info.id,
+        run_count: info.run_count,
+        run_time_ns: info.run_time_ns,
+        avg_ns: (info.run_count > 0 && info.run_time_ns > 0)
+            .then(|| info.run_time_ns / info.run_count),
     }
-    let map = open_pinned(dir, map_names::INBOUND_LISTENERS)?;
-    Ok(SockHash::<MapData, ListenerKey>::try_from(map)?
-        .keys()
-        .count())
-}
-
-fn count_keys(dir: &Path, name: &str) -> anyhow::Result<usize> {
-    use interceptor_ebpf::{OrigDst4, OrigDst6, SockTuple4, SockTuple6};
-    if !dir.join(name).exists() {
-        return Ok(0); // an instance made by a version without this map (IPv6)
-    }
-    let m = open_pinned(dir, name)?;
-    Ok(match name {
-        map_names::ORIG_DST_BY_COOKIE => HashMap::<MapData, u64, OrigDst4>::try_from(m)?
-            .keys()
-            .count(),
-        map_names::ORIG_DST6_BY_COOKIE => HashMap::<MapData, u64, OrigDst6>::try_from(m)?
-            .keys()
-            .count(),
-        map_names::ORIG_DST6_BY_TUPLE => HashMap::<MapData, SockTuple6, OrigDst6>::try_from(m)?
-            .keys()
-            .count(),
-        _ => HashMap::<MapData, SockTuple4, OrigDst4>::try_from(m)?
-            .keys()
-            .count(),
-    })
 }

@@ -1,22 +1,30 @@
-//! `init` and `clean` with the eBPF backend: one instance per pod cgroup.
+//! `init` and `clean` with the eBPF backend: the pod joins the node's datapath (the first pod
+//! of a node and build loads the programs; the others only attach them and write their
+//! entries), and `clean` takes it out again.
 
-use std::{
-    path::Path,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::Path;
 
 use anyhow::Context as _;
 
 use super::{CleanOptions, InitOptions, name_servers};
 use crate::{
     config::{DnsCapture, InterceptConfig},
-    datapath::{self, InstanceMode, InstanceRecord, LoadOptions, MapPlan, instance},
+    datapath::{
+        Datapath, Enrolment, InstanceMode, MapPlan, PodRecord, Sizes,
+        bpffs::{self, PodDir},
+        gc, legacy, now_unix,
+        pods::HANDOVER_GRACE,
+    },
+    error::TargetError,
     pod::{self, Cgroup, Netns, PodFacts},
     sys::users::require_root,
 };
 
 const ROOT_NEEDED: &str =
     "it loads BPF programs and attaches them to cgroups (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)";
+
+/// Pods a node's datapath holds when `init` creates it.
+pub const MAX_PODS: u32 = 1024;
 
 pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<String>> {
     cfg.check_ebpf_support()?;
@@ -30,7 +38,7 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
     if let Some(w) = warning {
         tracing::warn!(resolv_conf = %opts.resolv_conf.display(), "{w}");
     }
-    // Everything that depends on the pod (e.g. -c names) is checked before loading.
+    // Everything that depends on the pod (e.g. -c names) is checked before anything changes.
     let plan = MapPlan::build(&cfg, &facts, &dns, 1, 0)?;
     if opts.dry_run {
         let out = serde_json::json!({
@@ -43,43 +51,54 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
         });
         return Ok(Some(serde_json::to_string_pretty(&out)? + "\n"));
     }
-
-    let record = InstanceRecord {
+    if facts.ipv6_enabled(cfg.dual_stack).unwrap_or(false) {
+        pod::add_inbound_passthrough_v6(&netns)?;
+    }
+    let sizes = Sizes {
+        max_pods: MAX_PODS,
+        max_connections: opts.max_connections.max(1),
+    };
+    let base = bpffs::ensure_ready(&opts.target.bpffs)?;
+    let _lock = Datapath::lock(&base)?;
+    gc::sweep(&base)?;
+    refuse_node_cgroup(&base, &cgroup)?;
+    let mut dp = Datapath::open(&base, sizes, opts.kernel_log_level)?;
+    let record = PodRecord {
         mode: InstanceMode::Pod,
         version: env!("CARGO_PKG_VERSION").to_string(),
         cgroup: cgroup.path.display().to_string(),
         cgroup_id: cgroup.id,
-        netns: netns.path.display().to_string(),
-        netns_inode: netns.inode,
-        netns_cookie: plan.netns_cookie,
-        updated_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        config: serde_json::to_value(&cfg)?,
-        dns_capture: serde_json::to_value(&dns)?,
+        registered_unix: now_unix(),
+        options: Some(opts.options.clone()),
+        config: serde_json::to_value(&cfg).ok(),
+        dns_servers: facts.name_servers.clone(),
+        ..PodRecord::default()
     };
-    if facts.ipv6_enabled(cfg.dual_stack).unwrap_or(false) {
-        pod::add_inbound_passthrough_v6(&netns)?;
-    }
-    let load = LoadOptions {
-        bpffs_root: opts.target.bpffs.clone(),
-        max_connections: opts.max_connections.max(1),
-        kernel_log_level: opts.kernel_log_level,
+    let registered = dp.register(&netns, &facts, Enrolment::Init(&cgroup), record, |r, s| {
+        MapPlan::build(&cfg, &facts, &dns, r, s)
+    });
+    let registered = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            // All or nothing: a datapath made for this pod alone goes with it.
+            if Datapath::is_unused(&dp.dir) {
+                let _ = std::fs::remove_dir_all(&dp.dir);
+            }
+            return Err(e);
+        }
     };
-    let applied = instance::apply(&cgroup, &netns, &record, &load, |rules| {
-        MapPlan::build(&cfg, &facts, &dns, rules, 0)
-    })?;
+    let moved = move_out(&base, &mut dp, cgroup.id, registered.slot)?;
     tracing::info!(
-        instance = %applied.instance_dir.display(),
+        pod = %registered.dir.display(),
         cgroup = %cgroup.path.display(),
         netns = %netns.path.display(),
         netns_cookie = plan.netns_cookie,
-        rules = applied.rules,
+        rules = registered.rules,
+        programs_loaded = dp.loaded,
         "interception {}",
-        if applied.rebuilt {
-            "active (the older instance was replaced)"
-        } else if applied.replaced {
+        if moved {
+            "active (moved here from an instance of another build)"
+        } else if registered.updated {
             "updated in place"
         } else {
             "active"
@@ -88,20 +107,130 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
     Ok(None)
 }
 
+/// The pod's interception by another build (another datapath, or a version 0.1 instance) goes,
+/// now that this build's is in place; its counters go on in `slot`. True when there was one.
+fn move_out(base: &Path, dp: &mut Datapath, cgroup_id: u64, slot: u32) -> anyhow::Result<bool> {
+    let mut moved = false;
+    let others = bpffs::datapath_dirs(base)
+        .into_iter()
+        .filter(|d| *d != dp.dir);
+    for dir in others.collect::<Vec<_>>() {
+        for pod in bpffs::pod_dirs(&dir) {
+            let PodDir::Init {
+                cgroup_id: id,
+                cookie,
+            } = pod
+            else {
+                continue;
+            };
+            if id != cgroup_id {
+                continue;
+            }
+            let removed = Datapath::existing(&dir)?.unregister(cookie, Some(HANDOVER_GRACE))?;
+            dp.maps.add_counters(slot, &removed.counters)?;
+            if Datapath::is_unused(&dir) {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+            moved = true;
+        }
+    }
+    if let Some(dir) = legacy::find(base, cgroup_id) {
+        // One pod per instance, in slot 0.
+        for counters in legacy::remove(&dir, &[0])? {
+            dp.maps.add_counters(slot, &counters)?;
+        }
+        moved = true;
+    }
+    Ok(moved)
+}
+
+/// `init` does not enroll a pod the node daemon covers: its cgroup is the daemon's, or below it.
+fn refuse_node_cgroup(base: &Path, cgroup: &Cgroup) -> anyhow::Result<()> {
+    let nodes: Vec<u64> = bpffs::datapath_dirs(base)
+        .iter()
+        .flat_map(|d| bpffs::node_dirs(d).into_iter().map(|(id, _)| id))
+        .chain(
+            bpffs::legacy_instance_dirs(base)
+                .into_iter()
+                .filter(|(_, d)| legacy::record(d).is_some_and(|r| r.mode == InstanceMode::Node))
+                .map(|(id, _)| id),
+        )
+        .collect();
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    for dir in cgroup.path.ancestors() {
+        let id = std::os::unix::fs::MetadataExt::ino(&match std::fs::metadata(dir) {
+            Ok(m) => m,
+            Err(_) => break,
+        });
+        if nodes.contains(&id) {
+            return Err(TargetError::ManagedByDaemon {
+                path: cgroup.path.display().to_string(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 pub fn clean(opts: &CleanOptions) -> anyhow::Result<()> {
     require_root(ROOT_NEEDED)?;
     let root = &opts.target.bpffs;
     let cgroup_id = match &opts.instance {
-        Some(name) => datapath::bpffs::parse_instance_name(name)
+        Some(name) => bpffs::parse_legacy_instance_name(name)
             .with_context(|| format!("--instance {name:?}: not an instance name (cgroup-<id>)"))?,
         None => open_cgroup(opts.target.cgroup.as_deref())?.id,
     };
-    if instance::remove_instance(root, cgroup_id)? {
+    let base = bpffs::interceptor_dir(root);
+    if !bpffs::is_mounted(root) || !base.exists() {
+        tracing::info!("nothing to clean: no interception on this node");
+        return Ok(());
+    }
+    let _lock = Datapath::lock(&base)?;
+    gc::sweep(&base)?;
+    let mut removed = false;
+    for dir in bpffs::datapath_dirs(&base) {
+        if bpffs::node_dirs(&dir)
+            .iter()
+            .any(|(id, _)| *id == cgroup_id)
+        {
+            remove_node(&dir, cgroup_id)?;
+            removed = true;
+        }
+        for pod in bpffs::pod_dirs(&dir) {
+            if let PodDir::Init {
+                cgroup_id: id,
+                cookie,
+            } = pod
+                && id == cgroup_id
+            {
+                Datapath::existing(&dir)?.unregister(cookie, None)?;
+                removed = true;
+            }
+        }
+        if Datapath::is_unused(&dir) {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    if let Some(dir) = legacy::find(&base, cgroup_id) {
+        crate::datapath::links::detach_all(&dir, None)?;
+        removed = true;
+    }
+    let _ = std::fs::remove_dir(&base); // the last of ours gone: nothing stays on bpffs
+    if removed {
         tracing::info!("interception removed");
     } else {
-        tracing::info!("nothing to clean: no instance for this cgroup");
+        tracing::info!("nothing to clean: no interception for this cgroup");
     }
     Ok(())
+}
+
+/// `clean` of a node daemon's cgroup: its links and every pod it registered.
+fn remove_node(dir: &Path, cgroup_id: u64) -> anyhow::Result<()> {
+    crate::datapath::links::detach_all(&bpffs::node_dir(dir, cgroup_id), None)?;
+    Datapath::existing(dir)?.unregister_node_pods(cgroup_id)
 }
 
 /// The pod's cgroup: the one given, else the parent of the caller's own.

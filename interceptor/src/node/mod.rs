@@ -1,10 +1,13 @@
-//! Node mode: one instance at a parent cgroup (the kubepods cgroup), with pods registered and
-//! removed one by one. The cgroup programs are attached once; each pod adds its configuration
-//! (keyed by its network-namespace cookie), its rule sets, a counter slot, a record, and its own
-//! `sk_lookup` link (that program carries the pod's cookie as a load-time constant).
+//! Node mode: the node daemon attaches the cgroup programs once, at the pods' parent cgroup (the
+//! kubepods cgroup), and registers pods one by one in the node's datapath, the same one per-pod
+//! `init` uses: each pod adds its configuration (keyed by its network-namespace cookie), its
+//! sets, a counter slot, a record, and an `sk_lookup` link on its namespace. No program is
+//! loaded per pod.
 //!
-//! Everything lives pinned under the instance directory, so the daemon can die at any moment:
-//! interception goes on, and the next daemon re-adopts what is pinned (`Node::start`).
+//! Everything lives pinned, so the daemon can die at any moment: interception goes on, and the
+//! next daemon takes over what is pinned (`Node::start`): its programs are swapped in place when
+//! the map layout is the same; otherwise (an upgrade that changed it, or a version 0.1 daemon's
+//! instance) every pod is registered anew in this build's datapath before the old one goes.
 //!
 //! - [`api`]: the local API's wire format and its client (`interceptor pod`, the CNI plugin);
 //! - [`daemon`]: the agent serving it; [`metrics`]: its HTTP endpoints.
@@ -15,44 +18,46 @@ pub mod metrics;
 
 use std::{
     collections::BTreeMap,
-    fs,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, anyhow};
-use interceptor_ebpf::{Counter, POD_RECORD_SIZE, program_names};
+use interceptor_ebpf::{Counter, program_names};
 
 use crate::{
     config::DnsCapture,
     datapath::{
-        InstanceMode, InstanceRecord, LoadOptions, MapPlan, bpffs,
-        instance::{self, Existing},
+        self, Datapath, Enrolment, InstanceMode, LoadOptions, MapPlan, Sizes,
+        bpffs::{self, PodDir},
+        gc, legacy,
         links::{self, Target},
-        listeners::register_existing_listener,
-        maps::Maps,
-        object,
-        status::{self, ProgramStats},
+        now_unix, object,
+        pods::{HANDOVER_GRACE, liveness},
+        programs,
+        status::ProgramStats,
     },
     error::TargetError,
     pod::{self, Cgroup, NameServers, Netns, PodFacts},
-    sys::{self, bpf, fs::DirLock},
+    sys::fs::DirLock,
 };
 pub use api::{AddPod, Added, PodInfo, PodRecord, PodSelector};
 
-/// How the daemon runs its instance.
+/// How the daemon runs its datapath.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
     pub load: LoadOptions,
-    /// Pods the maps have room for (fixed when the instance is first created).
+    /// Pods the datapath has room for (fixed when it is first created).
     pub max_pods: u32,
 }
 
 /// What `start` found and did, one line per pod.
 #[derive(Clone, Debug, Default)]
 pub struct Reconciled {
+    /// No daemon had run here before (no node links at this cgroup).
     pub created: bool,
     pub adopted: Vec<String>,
+    /// Pods taken over from another build's datapath or a version 0.1 instance.
+    pub migrated: Vec<String>,
     pub dropped: Vec<String>,
 }
 
@@ -65,359 +70,334 @@ pub struct Snapshot {
     pub maps: Vec<(&'static str, usize, u32)>,
 }
 
-/// The node instance, held open by the daemon.
+/// The node's datapath as the daemon holds it.
 pub struct Node {
-    root: PathBuf,
-    dir: PathBuf,
-    opts: NodeOptions,
-    maps: Maps,
-    /// Counter slots (pods) the pinned maps were made with.
-    slots: u32,
+    base: PathBuf,
+    cgroup: Cgroup,
+    dp: Datapath,
+    /// `node-<cgroup id>` in the datapath: the cgroup links.
+    links: PathBuf,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// A pod's record as the API shows it.
+fn api_record(r: &datapath::PodRecord) -> PodRecord {
+    PodRecord {
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        container_id: r.container_id.clone(),
+        netns: r.netns.clone(),
+        netns_inode: r.netns_inode,
+        netns_cookie: r.netns_cookie,
+        pod_index: r.pod_index,
+        registered_unix: r.registered_unix,
+        options: r.options.clone(),
+    }
 }
 
-/// The pin of a pod's `sk_lookup` link.
-fn pod_link_pin(dir: &Path, cookie: u64) -> PathBuf {
-    dir.join(format!("link_{}@{cookie}", program_names::SK_LOOKUP))
-}
-
-/// The cookies of every pod link pinned in `dir`.
-fn pinned_pod_links(dir: &Path) -> anyhow::Result<Vec<u64>> {
-    let prefix = format!("link_{}@", program_names::SK_LOOKUP);
-    Ok(fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix(&prefix)?
-                .parse::<u64>()
-                .ok()
-        })
-        .collect())
+fn counters(values: Vec<(Counter, u64)>) -> BTreeMap<String, u64> {
+    values
+        .into_iter()
+        .map(|(c, v)| (c.name().to_string(), v))
+        .collect()
 }
 
 impl Node {
-    /// Creates the instance at `cgroup`, or re-adopts the one pinned there: the cgroup programs
-    /// and every pod's `sk_lookup` are replaced in place by this binary's (an upgrade never
-    /// leaves a moment without interception), and pods whose network namespace is gone, or
-    /// whose registration a crash cut short, are dropped.
+    /// Opens this build's datapath, attaches (or swaps in place) the cgroup programs at
+    /// `cgroup`, and takes over every pod pinned for it: re-adopted when still alive, moved
+    /// over from another build's datapath or a version 0.1 instance, dropped when its network
+    /// namespace is gone.
     pub fn start(cgroup: &Cgroup, opts: NodeOptions) -> anyhow::Result<(Node, Reconciled)> {
-        let root = bpffs::ensure_ready(&opts.load.bpffs_root)?;
-        let _lock =
-            sys::fs::lock_dir(&root).with_context(|| format!("locking {}", root.display()))?;
-        let dir = root.join(bpffs::instance_name(cgroup.id));
-        let existing = match instance::inspect_existing(&dir)? {
-            Existing::Nothing => {
-                if dir.exists() {
-                    // Pins of a start that failed before attaching: start over.
-                    instance::remove_instance_dir(&dir)?;
-                }
-                fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                false
-            }
-            Existing::Current => true,
-            Existing::Outdated(reason) => anyhow::bail!(
-                "the node instance {} was made by a build whose maps this one cannot use \
-                 ({reason}); programs can only be replaced in place over compatible maps. \
-                 Run the previous version, or remove it (`interceptor clean --cgroup {}`) and \
-                 register the pods again",
-                dir.display(),
-                cgroup.path.display()
-            ),
+        let base = bpffs::ensure_ready(&opts.load.bpffs_root)?;
+        let _lock = Datapath::lock(&base)?;
+        gc::sweep(&base)?;
+        refuse_per_pod(&base, cgroup)?;
+        let sizes = Sizes {
+            max_pods: opts.max_pods.max(1),
+            max_connections: opts.load.max_connections.max(1),
         };
-        if existing && instance::instance_mode(&dir) != InstanceMode::Node {
-            return Err(TargetError::ManagedByInit {
-                path: cgroup.path.display().to_string(),
-            }
-            .into());
-        }
-        let started = (|| {
-            let programs = object::cgroup_programs();
-            let mut ebpf = object::load(&dir, &opts.load, opts.max_pods, 0, &programs)?;
-            let mut maps = Maps::from_ebpf(&mut ebpf, &dir)?;
-            maps.write_record(&InstanceRecord {
-                mode: InstanceMode::Node,
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                cgroup: cgroup.path.display().to_string(),
-                cgroup_id: cgroup.id,
-                netns: String::new(),
-                netns_inode: 0,
-                netns_cookie: 0,
-                updated_unix: now_unix(),
-                config: serde_json::json!({ "max_pods": opts.max_pods }),
-                dns_capture: serde_json::Value::Null,
-            })?;
-            links::install(&ebpf, &dir, &programs, |_| Target::Cgroup(cgroup))?;
-            let slots = maps.counter_slots()?;
-            Ok::<_, anyhow::Error>(Node {
-                root: root.clone(),
-                dir: dir.clone(),
-                opts: opts.clone(),
-                maps,
-                slots,
-            })
-        })();
-        let mut node = match started {
-            Ok(node) => node,
-            Err(e) => {
-                if !existing {
-                    instance::discard_new_instance(&root, &dir);
-                }
-                return Err(e);
-            }
+        let dp = Datapath::open(&base, sizes, opts.load.kernel_log_level)?;
+        let links_dir = bpffs::node_dir(&dp.dir, cgroup.id);
+        let mut node = Node {
+            base: base.clone(),
+            cgroup: Cgroup::open(&cgroup.path)?,
+            links: links_dir,
+            dp,
         };
         let mut done = Reconciled {
-            created: !existing,
+            created: !node.links.exists(),
             ..Reconciled::default()
         };
-        if existing {
-            node.reconcile(&mut done)?;
+        let installed = node.install_links();
+        if let Err(e) = installed {
+            if Datapath::is_unused(&node.dp.dir) {
+                let _ = std::fs::remove_dir_all(&node.dp.dir);
+            }
+            return Err(e);
         }
+        node.adopt(&mut done)?;
+        node.take_over_other_builds(&mut done)?;
         Ok((node, done))
     }
 
-    /// The instance directory on bpffs.
+    /// The cgroup programs at the node's cgroup: attached, or swapped in place.
+    fn install_links(&self) -> anyhow::Result<()> {
+        let programs = self
+            .dp
+            .programs
+            .as_ref()
+            .ok_or_else(|| anyhow!("the datapath was opened without programs"))?;
+        links::install(
+            &self.links,
+            &object::cgroup_programs(),
+            |name| programs.fd(name),
+            |_| Target::Cgroup(&self.cgroup),
+        )
+    }
+
+    /// Whether the daemon registered this pod (not `init`, not another daemon).
+    fn owns(&self, record: &datapath::PodRecord) -> bool {
+        record.mode == InstanceMode::Node && record.cgroup_id == self.cgroup.id
+    }
+
+    /// The datapath directory on bpffs.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.dp.dir
     }
 
-    fn records(&self) -> BTreeMap<u64, PodRecord> {
-        self.maps
-            .pod_records()
-            .into_iter()
-            .map(|(cookie, json)| (cookie, serde_json::from_slice(&json).unwrap_or_default()))
-            .collect()
+    fn lock(&self) -> anyhow::Result<DirLock> {
+        Datapath::lock(&self.base)
     }
 
-    fn describe(record: Option<&PodRecord>, cookie: u64) -> String {
-        match record {
-            Some(r) if !r.name.is_empty() => {
-                format!(
-                    "{}/{} (netns cookie {cookie}, {})",
-                    r.namespace, r.name, r.netns
-                )
-            }
-            _ => format!("netns cookie {cookie}"),
-        }
-    }
-
-    fn reconcile(&mut self, done: &mut Reconciled) -> anyhow::Result<()> {
-        let records = self.records();
-        let configs = self.maps.pod_configs()?;
-        let links = pinned_pod_links(&self.dir)?;
-        for (cookie, cfg) in &configs {
-            let who = Self::describe(records.get(cookie), *cookie);
-            let pin = pod_link_pin(&self.dir, *cookie);
-            let verdict = if !pin.exists() {
-                Err("its registration was cut short (no inbound link)".to_string())
-            } else {
-                match Self::netns_alive(&pin) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err("its network namespace is gone".to_string()),
-                    Err(e) => Err(format!("its inbound link is unreadable: {e:#}")),
-                }
+    /// Pods this datapath holds for the daemon: their `sk_lookup` runs this build's program
+    /// from now on, or they are dropped when their namespace is gone.
+    fn adopt(&mut self, done: &mut Reconciled) -> anyhow::Result<()> {
+        for pod in bpffs::pod_dirs(&self.dp.dir) {
+            let PodDir::Node { cookie } = pod else {
+                continue;
             };
-            match verdict {
+            let Some(record) = self.dp.pod_record(cookie) else {
+                continue; // a registration cut short: the sweep takes it
+            };
+            if record.cgroup_id != self.cgroup.id {
+                continue; // another daemon's pod
+            }
+            let who = record.describe();
+            let dir = pod.path(&self.dp.dir);
+            match liveness(&dir, pod) {
                 Ok(()) => {
-                    let ebpf = self.load_sk_lookup(*cookie)?;
-                    links::replace_program(&ebpf, program_names::SK_LOOKUP, &pin)?;
+                    self.refresh_sk_lookup(cookie, &dir)?;
                     tracing::info!("re-adopted pod {who}: programs replaced in place");
                     done.adopted.push(who);
                 }
                 Err(reason) => {
-                    self.drop_pod(*cookie, cfg.rules);
+                    self.dp.unregister(cookie, None)?;
                     tracing::info!("dropped pod {who}: {reason}");
                     done.dropped.push(format!("{who}: {reason}"));
                 }
             }
         }
-        // Leftovers of a crash between steps: a link or record without a configuration.
-        for cookie in links {
-            if !configs.iter().any(|(c, _)| *c == cookie) {
-                let _ = fs::remove_file(pod_link_pin(&self.dir, cookie));
-                tracing::info!("removed the inbound link of unregistered netns cookie {cookie}");
+        Ok(())
+    }
+
+    /// Puts this build's `sk_lookup` (shared, or a copy of the pod's own) behind a pod's link.
+    fn refresh_sk_lookup(&self, cookie: u64, dir: &Path) -> anyhow::Result<()> {
+        let pin = links::link_pin(dir, program_names::SK_LOOKUP);
+        let own = self.dp.pod_record(cookie).is_some_and(|r| r.own_sk_lookup);
+        if own {
+            let fd =
+                programs::own_sk_lookup(&self.dp.dir, self.dp.sizes, self.dp.log_level, cookie)?;
+            links::replace(
+                &pin,
+                program_names::SK_LOOKUP,
+                std::os::fd::AsFd::as_fd(&fd),
+            )
+        } else {
+            let programs = self
+                .dp
+                .programs
+                .as_ref()
+                .ok_or_else(|| anyhow!("the datapath was opened without programs"))?;
+            links::replace(
+                &pin,
+                program_names::SK_LOOKUP,
+                programs.fd(program_names::SK_LOOKUP)?,
+            )
+        }
+    }
+
+    /// Pods a daemon of another build left for this cgroup (another datapath, or a version 0.1
+    /// instance) are registered here; then the old links go, the programs that redirect first
+    /// and, after a grace, those that serve connections redirected until then. The pods'
+    /// counters go on from the old ones.
+    fn take_over_other_builds(&mut self, done: &mut Reconciled) -> anyhow::Result<()> {
+        // (old datapath or None for version 0.1, old cookie, old slot) -> new slot
+        let mut moved: Vec<(Option<PathBuf>, u64, u32, u32)> = Vec::new();
+        let mut old_node_dirs = Vec::new();
+        for dir in bpffs::datapath_dirs(&self.base) {
+            let node_dir = bpffs::node_dir(&dir, self.cgroup.id);
+            if dir == self.dp.dir || !node_dir.exists() {
+                continue;
+            }
+            let other = Datapath::existing(&dir)?;
+            for pod in bpffs::pod_dirs(&dir) {
+                if let PodDir::Node { cookie } = pod
+                    && let Some(record) = other.pod_record(cookie)
+                    && record.cgroup_id == self.cgroup.id
+                {
+                    let old_slot = record.pod_index;
+                    if let Some(slot) = self.take_pod(record, done) {
+                        moved.push((Some(dir.clone()), cookie, old_slot, slot));
+                    }
+                }
+            }
+            old_node_dirs.push((dir, node_dir));
+        }
+        let legacy_dir = legacy::find(&self.base, self.cgroup.id)
+            .filter(|d| legacy::record(d).is_some_and(|r| r.mode == InstanceMode::Node));
+        if let Some(dir) = &legacy_dir {
+            for pod in legacy::node_pods(dir)? {
+                let mut record = pod.record;
+                if record.dns_servers.is_empty()
+                    && let Some(config) = pod.config
+                {
+                    record.dns_servers = legacy::dns_servers(&config);
+                }
+                let (cookie, old_slot) = (record.netns_cookie, record.pod_index);
+                let old_slot = pod.config.map_or(old_slot, |c| c.pod_index);
+                if let Some(slot) = self.take_pod(record, done) {
+                    moved.push((None, cookie, old_slot, slot));
+                }
             }
         }
-        for cookie in records.keys() {
-            if !configs.iter().any(|(c, _)| c == cookie) {
-                self.maps.remove_pod_record(*cookie);
+        // The old links go: the node's (redirecting programs first, then after a grace the
+        // ones serving what they redirected), then each pod's; then the counts they made.
+        for (dir, node_dir) in old_node_dirs {
+            links::detach_all(&node_dir, Some(HANDOVER_GRACE))?;
+            let mut other = Datapath::existing(&dir)?;
+            for (_, cookie, _, slot) in moved.iter().filter(|m| m.0.as_ref() == Some(&dir)) {
+                let removed = other.unregister(*cookie, None)?;
+                self.dp.maps.add_counters(*slot, &removed.counters)?;
+            }
+            other.unregister_node_pods(self.cgroup.id)?;
+            if Datapath::is_unused(&dir) {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+            }
+        }
+        if let Some(dir) = legacy_dir {
+            let from_legacy: Vec<_> = moved.iter().filter(|m| m.0.is_none()).collect();
+            let old_slots: Vec<u32> = from_legacy.iter().map(|m| m.2).collect();
+            for (counters, (_, _, _, slot)) in legacy::remove(&dir, &old_slots)?
+                .into_iter()
+                .zip(from_legacy)
+            {
+                self.dp.maps.add_counters(*slot, &counters)?;
             }
         }
         Ok(())
     }
 
-    /// Whether the namespace a pod's `sk_lookup` link is attached to still exists.
-    fn netns_alive(pin: &Path) -> anyhow::Result<bool> {
-        let link = bpf::obj_get(pin)?;
-        Ok(bpf::link_info(&link)?.netns_ino != 0)
-    }
-
-    /// Drops pods whose network namespace went away without a `remove` (a runtime that
-    /// crashed before its CNI DEL). Returns what it dropped.
-    pub fn collect_gone(&mut self) -> anyhow::Result<Vec<String>> {
-        let _lock = self.lock()?;
-        let records = self.records();
-        let mut dropped = Vec::new();
-        for (cookie, cfg) in self.maps.pod_configs()? {
-            let pin = pod_link_pin(&self.dir, cookie);
-            if pin.exists() && !Self::netns_alive(&pin).unwrap_or(true) {
-                let who = Self::describe(records.get(&cookie), cookie);
-                self.drop_pod(cookie, cfg.rules);
-                tracing::info!("dropped pod {who}: its network namespace is gone");
-                dropped.push(who);
+    /// Registers here a pod another build registered; its new slot, or `None` when it could
+    /// not be (it is dropped: its namespace is gone, say).
+    fn take_pod(&mut self, record: datapath::PodRecord, done: &mut Reconciled) -> Option<u32> {
+        let who = record.describe();
+        match self.register_record(record) {
+            Ok(slot) => {
+                tracing::info!("took pod {who} over from another build");
+                done.migrated.push(who);
+                Some(slot)
+            }
+            Err(e) => {
+                tracing::warn!("dropped pod {who}: {e:#}");
+                done.dropped.push(format!("{who}: {e:#}"));
+                None
             }
         }
-        Ok(dropped)
     }
 
-    fn lock(&self) -> anyhow::Result<DirLock> {
-        sys::fs::lock_dir(&self.root).with_context(|| format!("locking {}", self.root.display()))
-    }
-
-    /// Loads a copy of `sk_lookup` for one pod (the maps are the instance's).
-    fn load_sk_lookup(&self, cookie: u64) -> anyhow::Result<aya::Ebpf> {
-        object::load(
-            &self.dir,
-            &self.opts.load,
-            self.opts.max_pods,
-            cookie,
-            &[program_names::SK_LOOKUP],
-        )
-    }
-
-    /// Removes everything of one pod; configuration first, so its connections go direct
-    /// from that moment on. Best effort: each step is independent.
-    fn drop_pod(&mut self, cookie: u64, rules: u32) {
-        let _ = self.maps.remove_pod(cookie);
-        let _ = fs::remove_file(pod_link_pin(&self.dir, cookie));
-        let _ = self.maps.clear_rules(rules);
-        self.maps.remove_listeners(cookie);
-        self.maps.remove_pod_record(cookie);
+    /// Registers a pod another build registered, from its record; its slot.
+    fn register_record(&mut self, old: datapath::PodRecord) -> anyhow::Result<u32> {
+        let netns = Netns::open(Path::new(&old.netns))?;
+        anyhow::ensure!(
+            old.netns_inode == 0 || netns.inode == old.netns_inode,
+            "its network namespace {} is another one now",
+            old.netns
+        );
+        let request = AddPod {
+            netns: PathBuf::from(&old.netns),
+            name: old.name.clone(),
+            namespace: old.namespace.clone(),
+            container_id: old.container_id.clone(),
+            options: old.options.clone().unwrap_or_default(),
+            resolv_conf: None,
+            dns_servers: old.dns_servers.clone(),
+        };
+        Ok(self.register(&request, &netns)?.pod.record.pod_index)
     }
 
     /// Registers a pod, or replaces its configuration when its namespace is registered already
-    /// (atomically, as `init` does: new rule sets beside the old, one map write publishes).
+    /// (atomically, as `init` does: new sets beside the old, one map write publishes).
     pub fn add(&mut self, req: &AddPod) -> anyhow::Result<Added> {
+        let netns = Netns::open(&req.netns)?;
+        let _lock = self.lock()?;
+        self.register(req, &netns)
+    }
+
+    fn register(&mut self, req: &AddPod, netns: &Netns) -> anyhow::Result<Added> {
         let cfg = req.options.resolve_here()?;
         cfg.check_ebpf_support()?;
-        let netns = Netns::open(&req.netns)?;
         let name_servers = match &req.resolv_conf {
             _ if !req.dns_servers.is_empty() => NameServers::Given(req.dns_servers.clone()),
             Some(path) if cfg.needs_name_servers() => NameServers::ResolvConf(path.clone()),
             _ => NameServers::NotNeeded,
         };
-        let info = PodFacts::read(&netns, &name_servers)?;
-        let (dns, dns_warning) = DnsCapture::resolve(&cfg, &info.name_servers);
+        let facts = PodFacts::read(netns, &name_servers)?;
+        let (dns, dns_warning) = DnsCapture::resolve(&cfg, &facts.name_servers);
         let warnings: Vec<String> = dns_warning.into_iter().collect();
         // Validate everything that depends on the namespace before touching the maps.
-        let cookie = MapPlan::build(&cfg, &info, &dns, 1, 0)?.netns_cookie;
-
-        let _lock = self.lock()?;
-        let configs = self.maps.pod_configs()?;
-        let previous = configs.iter().find(|(c, _)| *c == cookie).map(|(_, c)| *c);
-        let pod_index = match previous {
-            Some(p) => p.pod_index,
-            None => (0..self.slots)
-                .find(|i| !configs.iter().any(|(_, c)| c.pod_index == *i))
-                .ok_or_else(|| {
-                    anyhow!(
-                        "the node has {} pods registered, as many as its maps hold \
-                         (--max-pods when the instance was created)",
-                        configs.len()
-                    )
-                })?,
-        };
-        let rules = (1..=u32::MAX)
-            .find(|r| !configs.iter().any(|(_, c)| c.rules == *r))
-            .expect("fewer pods than rule ids");
-        let plan = MapPlan::build(&cfg, &info, &dns, rules, pod_index)?;
-        if info.ipv6_enabled(cfg.dual_stack).unwrap_or(false) {
+        MapPlan::build(&cfg, &facts, &dns, 1, 0)?;
+        if facts.ipv6_enabled(cfg.dual_stack).unwrap_or(false) {
             // As istio-iptables: Envoy's IPv6 inbound passthrough binds ::6.
-            pod::add_inbound_passthrough_v6(&netns)?;
+            pod::add_inbound_passthrough_v6(netns)?;
         }
-        let record = PodRecord {
+        let record = datapath::PodRecord {
+            mode: InstanceMode::Node,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            // The daemon's cgroup: several daemons (one per parent cgroup) may share a datapath.
+            cgroup: self.cgroup.path.display().to_string(),
+            cgroup_id: self.cgroup.id,
             name: req.name.clone(),
             namespace: req.namespace.clone(),
             container_id: req.container_id.clone(),
-            netns: netns.path.display().to_string(),
-            netns_inode: netns.inode,
-            netns_cookie: cookie,
-            pod_index,
             registered_unix: now_unix(),
             options: Some(req.options.clone()),
+            config: serde_json::to_value(&cfg).ok(),
+            dns_servers: facts.name_servers.clone(),
+            ..datapath::PodRecord::default()
         };
-        let mut json = serde_json::to_vec(&record)?;
-        if json.len() > POD_RECORD_SIZE {
-            json = serde_json::to_vec(&PodRecord {
-                options: None,
-                ..record.clone()
+        let registered = self
+            .dp
+            .register(netns, &facts, Enrolment::Node, record, |r, s| {
+                MapPlan::build(&cfg, &facts, &dns, r, s)
             })?;
-        }
-
-        let pin = pod_link_pin(&self.dir, cookie);
-        let result = (|| {
-            self.maps.clear_rules(rules)?; // leftovers of an interrupted earlier run
-            self.maps.write_sets(&plan)?;
-            if previous.is_none() {
-                self.maps.zero_counters(pod_index)?;
-            }
-            if !pin.exists() {
-                // Inbound steering before the configuration: until it is published, the
-                // program lets everything pass.
-                let ebpf = self.load_sk_lookup(cookie)?;
-                let link = links::attach(&ebpf, program_names::SK_LOOKUP, Target::Netns(&netns))?;
-                bpf::obj_pin(&link, &pin).context("pinning the pod's inbound link")?;
-            }
-            self.maps.write_pod_record(cookie, &json)?;
-            self.maps.publish(&plan)
-        })();
-        if let Err(e) = result {
-            let _ = self.maps.clear_rules(rules);
-            if previous.is_none() {
-                let _ = fs::remove_file(&pin);
-                self.maps.remove_pod_record(cookie);
-            }
-            return Err(e);
-        }
-        if let Some(old) = previous {
-            self.maps.clear_rules(old.rules)?;
-        }
-        if plan.pod.has(interceptor_ebpf::flags::INBOUND_CAPTURE) {
-            register_existing_listener(&mut self.maps, &netns, &plan);
-        }
         tracing::info!(
             pod = %format!("{}/{}", req.namespace, req.name),
             netns = %netns.path.display(),
-            netns_cookie = cookie,
-            pod_index,
-            rules,
+            netns_cookie = registered.record.netns_cookie,
+            pod_index = registered.slot,
+            rules = registered.rules,
             "pod {}",
-            if previous.is_some() { "configuration replaced" } else { "registered" }
+            if registered.updated { "configuration replaced" } else { "registered" }
         );
         Ok(Added {
             pod: PodInfo {
-                record,
-                rules,
-                counters: self.counters(pod_index)?,
+                record: api_record(&registered.record),
+                rules: registered.rules,
+                counters: counters(self.dp.maps.pod_counters(registered.slot)?),
             },
-            updated: previous.is_some(),
+            updated: registered.updated,
             warnings,
         })
-    }
-
-    fn counters(&self, pod_index: u32) -> anyhow::Result<BTreeMap<String, u64>> {
-        Ok(self
-            .maps
-            .pod_counters(pod_index)?
-            .into_iter()
-            .map(|(c, v): (Counter, u64)| (c.name().to_string(), v))
-            .collect())
     }
 
     /// Removes the pods `sel` names; their connections go direct from then on. Removing a
@@ -434,10 +414,12 @@ impl Node {
             .and_then(|p| Netns::open(p).ok())
             .and_then(|n| n.cookie().ok());
         let _lock = self.lock()?;
-        let records = self.records();
         let mut removed = Vec::new();
-        for (c, cfg) in self.maps.pod_configs()? {
-            let record = records.get(&c).cloned().unwrap_or_default();
+        for (record, config, values) in self.dp.registered()? {
+            if !self.owns(&record) {
+                continue;
+            }
+            let c = record.netns_cookie;
             let matches =
                 sel.container_id
                     .as_ref()
@@ -452,53 +434,79 @@ impl Node {
             if !matches {
                 continue;
             }
-            let counters = self.counters(cfg.pod_index).unwrap_or_default();
-            self.drop_pod(c, cfg.rules);
-            tracing::info!("removed pod {}", Self::describe(Some(&record), c));
+            self.dp.unregister(c, None)?;
+            tracing::info!("removed pod {}", record.describe());
             removed.push(PodInfo {
-                record,
-                rules: cfg.rules,
-                counters,
+                record: api_record(&record),
+                rules: config.rules,
+                counters: counters(values),
             });
         }
         Ok(removed)
     }
 
-    /// Every registered pod with its counters.
+    /// Every pod registered with the daemon, with its counters.
     pub fn list(&self) -> anyhow::Result<Vec<PodInfo>> {
-        let records = self.records();
-        let mut out = Vec::new();
-        for (cookie, cfg) in self.maps.pod_configs()? {
-            let mut record = records.get(&cookie).cloned().unwrap_or_default();
-            record.netns_cookie = cookie;
-            record.pod_index = cfg.pod_index;
-            out.push(PodInfo {
-                record,
-                rules: cfg.rules,
-                counters: self.counters(cfg.pod_index)?,
-            });
-        }
+        let mut out: Vec<PodInfo> = self
+            .dp
+            .registered()?
+            .into_iter()
+            .filter(|(r, _, _)| self.owns(r))
+            .map(|(record, config, values)| PodInfo {
+                record: api_record(&record),
+                rules: config.rules,
+                counters: counters(values),
+            })
+            .collect();
         out.sort_by(|a, b| {
             (&a.record.namespace, &a.record.name).cmp(&(&b.record.namespace, &b.record.name))
         });
         Ok(out)
     }
 
+    /// Reclaims what pods gone without a `remove` held (a runtime that crashed before its CNI
+    /// DEL, or deleted the namespace first). Returns what it removed.
+    pub fn collect_gone(&mut self) -> anyhow::Result<Vec<String>> {
+        let _lock = self.lock()?;
+        let swept = gc::sweep(&self.base)?;
+        Ok(swept.removed)
+    }
+
     /// Whether every cgroup program is attached (its link pinned): `/readyz`.
     pub fn attached(&self) -> bool {
         object::cgroup_programs()
             .iter()
-            .all(|p| links::link_pin(&self.dir, p).exists())
+            .all(|p| links::link_pin(&self.links, p).exists())
     }
 
     /// What `/metrics` shows.
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let mut maps = self.maps.occupancy()?;
-        maps.extend(status::connection_map_occupancy(&self.dir)?);
         Ok(Snapshot {
             pods: self.list()?,
-            programs: status::program_stats(&self.dir)?,
-            maps,
+            programs: self
+                .dp
+                .program_stats()
+                .into_iter()
+                .flat_map(|b| b.programs)
+                .collect(),
+            maps: self.dp.maps.occupancy()?,
         })
     }
+}
+
+/// The daemon does not take a cgroup that `init` intercepts as one pod.
+fn refuse_per_pod(base: &Path, cgroup: &Cgroup) -> anyhow::Result<()> {
+    let per_pod = bpffs::datapath_dirs(base).iter().any(|d| {
+        bpffs::pod_dirs(d)
+            .iter()
+            .any(|p| matches!(p, PodDir::Init { cgroup_id, .. } if *cgroup_id == cgroup.id))
+    }) || legacy::find(base, cgroup.id)
+        .is_some_and(|d| legacy::record(&d).is_some_and(|r| r.mode == InstanceMode::Pod));
+    if per_pod {
+        return Err(TargetError::ManagedByInit {
+            path: cgroup.path.display().to_string(),
+        }
+        .into());
+    }
+    Ok(())
 }

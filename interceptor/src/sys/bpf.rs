@@ -11,7 +11,9 @@ use std::{
 };
 
 pub use aya_obj::generated::bpf_attach_type;
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type, bpf_stats_type};
+use aya_obj::generated::{
+    bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type, bpf_prog_info, bpf_stats_type,
+};
 
 /// Runs one bpf command; the kernel's return value (an fd for the commands that make one).
 fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
@@ -132,6 +134,46 @@ pub fn link_info(link: &impl AsFd) -> io::Result<LinkInfo> {
         netns_ino,
         cgroup_id,
     })
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` says of a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgInfo {
+    pub id: u32,
+    /// Runs and the time they took, counted while run-time statistics are on.
+    pub run_count: u64,
+    pub run_time_ns: u64,
+    /// Instructions the verifier went through.
+    pub verified_insns: u32,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program.
+pub fn prog_info(prog: &impl AsFd) -> io::Result<ProgInfo> {
+    // SAFETY: `bpf_prog_info` is plain integers: all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { mem::zeroed() };
+    let mut attr = zeroed();
+    attr.info.bpf_fd = raw(prog);
+    attr.info.info_len = mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = (&raw mut info) as u64; // `info` outlives the call
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(ProgInfo {
+        id: info.id,
+        run_count: info.run_cnt,
+        run_time_ns: info.run_time_ns,
+        verified_insns: info.verified_insns,
+    })
+}
+
+/// `BPF_PROG_GET_FD_BY_ID`: a program by its id.
+pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed();
+    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
+    bpf(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr).map(owned_fd)
+}
+
+/// A program's id.
+pub fn prog_id(prog: &impl AsFd) -> io::Result<u32> {
+    Ok(prog_info(prog)?.id)
 }
 
 /// `BPF_ENABLE_STATS(BPF_STATS_RUN_TIME)`: the kernel counts every program's runs and run time

@@ -7,10 +7,12 @@
 //! - [`fs`]: file-system magic, mounting bpffs, directory locks, mountinfo's escapes;
 //! - [`net`]: a namespace's interfaces and addresses, its cookie, `setns`;
 //! - [`process`]: other processes' file descriptors (`pidfd_getfd`);
+//! - [`time`]: the monotonic clock the programs stamp with;
 //! - [`users`]: the passwd and group databases, and whether we are root.
 
 pub mod bpf;
 pub mod fs;
 pub mod net;
 pub mod process;
+pub mod time;
 pub mod users;

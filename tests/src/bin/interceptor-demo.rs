@@ -118,7 +118,7 @@ fn run() -> Result<()> {
         .context("pod cgroup")?
         .ino();
     let demo = Demo {
-        instance: format!("cgroup-{ino}"),
+        instance: format!("cgroup {ino}"),
         topo,
         bin,
     };
@@ -212,8 +212,13 @@ fn run() -> Result<()> {
     let status = demo.interceptor(&["status"])?;
     let mut ours = false;
     for line in status.lines() {
-        if let Some(name) = line.strip_prefix("instance ") {
-            ours = name.trim() == demo.instance;
+        // The node's datapath, and this demo's pod (others may run on the node).
+        if line.starts_with("datapath ") {
+            ours = true;
+        } else if let Some(name) = line.strip_prefix("pod ") {
+            ours = name.starts_with(&format!("{} ", demo.instance));
+        } else if line.starts_with("instance ") {
+            ours = false;
         }
         if ours {
             println!("  {line}");

@@ -33,6 +33,7 @@ mod results;
 mod scale;
 mod stats;
 mod table;
+mod workdir;
 mod workloads;
 
 use std::collections::BTreeSet;
@@ -50,7 +51,8 @@ use results::{
     Case, Direction, Enrolment, Flow, InitSample, KernelSample, LoadSample, Meta, Results, Sample,
     Settings, Sysctls, Workload,
 };
-use workloads::{Http, LARGE_PATH, SMALL_PATH};
+use workdir::{LARGE_PATH, SMALL_PATH};
+use workloads::Http;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -135,7 +137,7 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
     });
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let _workdir = RemoveOnDrop(workdir.clone());
-    workloads::write_workdir(
+    workdir::write_workdir(
         &workdir,
         settings.small_body_bytes,
         settings.large_body_bytes,

@@ -18,7 +18,7 @@ use interceptor_tests::{Identity, Place, ProbeOptions, Process, Side, Topology};
 
 use super::modes::{self, Mode};
 use super::results::{CpuFigures, Direction, Flow, Sysctls};
-use super::workloads;
+use super::workdir;
 
 /// Bound for a server or the sidecar to listen, and for `interceptor` to finish.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,13 +169,13 @@ impl<'t> BenchPod<'t> {
     /// inbound sidecar on the capture port (uid 1337, so that the eBPF datapath registers its
     /// listener), both started before `init`, as in a pod whose init container re-runs.
     fn start_inbound(&mut self) -> Result<()> {
-        let cmd = self.nginx(Side::Pod, Identity::ROOT, workloads::APP_CONF, "app")?;
+        let cmd = self.nginx(Side::Pod, Identity::ROOT, workdir::APP_CONF, "app")?;
         self.start(cmd, &[SocketAddr::from(([0, 0, 0, 0], modes::APP_PORT))])?;
         if self.mode.has_sidecar() {
             let cmd = self.nginx(
                 Side::Pod,
                 Identity::PROXY,
-                workloads::INBOUND_SIDECAR_CONF,
+                workdir::INBOUND_SIDECAR_CONF,
                 "sidecar",
             )?;
             let port = modes::INBOUND_CAPTURE_PORT;
@@ -191,7 +191,7 @@ impl<'t> BenchPod<'t> {
         let pid_file = self
             .tools
             .workdir
-            .join(workloads::RUN_DIR)
+            .join(workdir::RUN_DIR)
             .join(format!("{}.{role}.pid", self.topo.name));
         let mut cmd = self.command(side, identity, "nginx")?;
         cmd.arg("-c")
@@ -207,12 +207,7 @@ impl<'t> BenchPod<'t> {
     fn start_outbound(&mut self) -> Result<()> {
         let server_ip = self.topo.server_ip;
 
-        let cmd = self.nginx(
-            Side::Server,
-            Identity::ROOT,
-            workloads::SERVER_CONF,
-            "server",
-        )?;
+        let cmd = self.nginx(Side::Server, Identity::ROOT, workdir::SERVER_CONF, "server")?;
         self.start(cmd, &[SocketAddr::from(([0, 0, 0, 0], modes::HTTP_PORT))])?;
 
         let mut cmd = self.command(Side::Server, Identity::ROOT, "iperf3")?;

@@ -1,0 +1,248 @@
+//! Per-pod mode at node scale: one datapath per node. A pod's `init` after the first loads no
+//! program (it attaches the node's verified ones and writes its entries); 200 pods enrolled by
+//! their own `init` each intercept their own traffic with their own options; and pods deleted
+//! the way a runtime deletes them (cgroup and network namespace removed, no `clean`) leave
+//! nothing behind once the next `init` or `clean` has run.
+//!
+//! These tests count the kernel's BPF objects, so they run one at a time.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use interceptor_tests::{
+    BPFFS, Identity, Process, Route, interceptor,
+    kernel::{BpfObjects, bpf_objects},
+    light_pod::LightPod,
+    route_of,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Programs (and so links) a pod's `init` attaches.
+const PROGRAMS: usize = 13;
+
+fn init(pod: &LightPod, flags: &[&str]) -> Result<()> {
+    let mut args: Vec<String> = vec!["init".into()];
+    args.extend(pod.target_args());
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let out = interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    ensure!(
+        out.status.success(),
+        "init {flags:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn clean(pod: &LightPod) -> Result<()> {
+    let mut args: Vec<String> = vec!["clean".into()];
+    args.extend(pod.target_args());
+    let out = interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `interceptor status --json`'s pods.
+fn status_pods() -> Result<Vec<serde_json::Value>> {
+    let out = interceptor(&["status", "--json"]);
+    ensure!(out.status.success(), "status failed");
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(all["pods"].as_array().cloned().unwrap_or_default())
+}
+
+fn cgroup_id(pod: &LightPod) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(&pod.cgroup)?.ino())
+}
+
+/// Waits (bounded) until `done` holds; its last error otherwise.
+fn eventually(what: &str, timeout: Duration, done: impl Fn() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn target(third: u8, fourth: u8) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(10, 97, third, fourth), 80))
+}
+
+#[test]
+fn a_second_pods_init_loads_no_program() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let first = LightPod::new("scale-first", 0)?;
+    let second = LightPod::new("scale-second", 1)?;
+    init(&first, &["-i", "*"])?;
+    let before = bpf_objects()?;
+    init(&second, &["-p", "15002", "-i", "*"])?;
+    let after = bpf_objects()?;
+    assert_eq!(
+        after.programs, before.programs,
+        "the second pod's init loaded programs: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.links, before.links + PROGRAMS, "its own links only");
+
+    // Both intercept, each with its own options, on the same programs.
+    let _s1 = first.spawn_sidecar(15001)?;
+    let _s2 = second.spawn_sidecar(15002)?;
+    for (pod, port) in [(&first, 15001), (&second, 15002)] {
+        let r = pod.probe(Identity::APP, target(0, 1))?;
+        assert_eq!(route_of(&r), Route::Sidecar(target(0, 1)), "{r:?}");
+        assert_eq!(r.sidecar_line().map(|l| l.port), Some(port), "{r:?}");
+    }
+    clean(&first)?;
+    clean(&second)?;
+    Ok(())
+}
+
+#[test]
+fn two_hundred_pods_each_intercept_their_own_traffic_with_their_own_options() -> Result<()> {
+    const PODS: u32 = 200;
+    const THREADS: u32 = 4;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let start = bpf_objects()?;
+    // Pod i: its own proxy port (-p 20000+i) and its own excluded range (-x 10.98.i.0/24).
+    let pods: Vec<(LightPod, Process)> = thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn(move || -> Result<Vec<(LightPod, Process)>> {
+                    let mut mine = Vec::new();
+                    for i in (t..PODS).step_by(THREADS as usize) {
+                        let pod = LightPod::new("scale-many", i)?;
+                        let port = (20000 + i).to_string();
+                        let exclude = format!("10.98.{i}.0/24");
+                        init(&pod, &["-p", &port, "-i", "*", "-x", &exclude])?;
+                        let sidecar = pod.spawn_sidecar(20000 + i as u16)?;
+                        mine.push((pod, sidecar));
+                    }
+                    Ok(mine)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(w.join().expect("a worker panicked")?);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
+    let (pods, _sidecars): (Vec<LightPod>, Vec<Process>) = pods.into_iter().unzip();
+    let loaded = bpf_objects()?;
+    assert!(
+        loaded.programs <= start.programs + PROGRAMS,
+        "{PODS} pods loaded one set of programs at most: {start:?} -> {loaded:?}"
+    );
+
+    thread::scope(|s| {
+        for chunk in pods.chunks(pods.len().div_ceil(THREADS as usize)) {
+            s.spawn(move || -> Result<()> {
+                for pod in chunk {
+                    let i = u32::from(pod.addr.octets()[2]);
+                    let port = 20000 + i as u16;
+                    // Its own port.
+                    let r = pod.probe(Identity::APP, target(0, 1))?;
+                    ensure!(
+                        route_of(&r) == Route::Sidecar(target(0, 1))
+                            && r.sidecar_line().map(|l| l.port) == Some(port),
+                        "pod {i}: {r:?}"
+                    );
+                    // Its own exclusion, not another pod's.
+                    let own = SocketAddr::from((Ipv4Addr::new(10, 98, i as u8, 1), 80));
+                    let r = pod.probe(Identity::APP, own)?;
+                    ensure!(r.sidecar_line().is_none(), "pod {i} excludes {own}: {r:?}");
+                    let other = SocketAddr::from((Ipv4Addr::new(10, 98, (i as u8) ^ 1, 1), 80));
+                    let r = pod.probe(Identity::APP, other)?;
+                    ensure!(
+                        r.sidecar_line().map(|l| l.port) == Some(port),
+                        "pod {i} intercepts {other}: {r:?}"
+                    );
+                }
+                Ok(())
+            });
+        }
+    });
+    for pod in &pods {
+        clean(pod)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn pods_deleted_as_a_runtime_deletes_them_leave_nothing_behind() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let base = Path::new(BPFFS).join("interceptor");
+    let before: BpfObjects = bpf_objects()?;
+    let pods: Vec<LightPod> = (0..3)
+        .map(|i| LightPod::new("scale-gone", 10 + i))
+        .collect::<Result<_>>()?;
+    for pod in &pods {
+        init(pod, &["-i", "*", "-b", "*"])?;
+    }
+    let ids: Vec<u64> = pods.iter().map(cgroup_id).collect::<Result<_>>()?;
+    let state = |id: u64| -> Result<Option<String>> {
+        Ok(status_pods()?
+            .iter()
+            .find(|p| p["cgroup_id"] == id)
+            .and_then(|p| p["state"].as_str().map(str::to_string)))
+    };
+    for id in &ids {
+        assert_eq!(state(*id)?.as_deref(), Some("active"));
+    }
+
+    // Two pods go the way Kubernetes removes them: no clean.
+    let mut pods = pods.into_iter();
+    pods.next().context("pod")?.delete_like_a_runtime()?;
+    pods.next().context("pod")?.delete_like_a_runtime()?;
+    let survivor = pods.next().context("pod")?;
+    for id in &ids[..2] {
+        eventually("status shows the pod gone", Duration::from_secs(20), || {
+            Ok(state(*id)?.is_some_and(|s| s.starts_with("gone:")))
+        })?;
+    }
+    assert_eq!(state(ids[2])?.as_deref(), Some("active"));
+
+    // The next init on the node reclaims them.
+    let newcomer = LightPod::new("scale-gone", 13)?;
+    init(&newcomer, &["-i", "*"])?;
+    for id in &ids[..2] {
+        assert_eq!(state(*id)?, None, "reclaimed by the next init");
+    }
+    assert_eq!(state(ids[2])?.as_deref(), Some("active"));
+
+    // The last ones go too, and the next clean (of anything) leaves nothing of ours.
+    survivor.delete_like_a_runtime()?;
+    newcomer.delete_like_a_runtime()?;
+    eventually(
+        "the last pods read as gone",
+        Duration::from_secs(20),
+        || {
+            Ok(status_pods()?
+                .iter()
+                .all(|p| p["state"].as_str().is_some_and(|s| s.starts_with("gone:"))))
+        },
+    )?;
+    let out = interceptor(&["clean", "--instance", "cgroup-1"]);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!base.exists(), "nothing pinned under {}", base.display());
+    eventually(
+        "the kernel's programs, maps and links back to what they were",
+        Duration::from_secs(20),
+        || Ok(bpf_objects()? == before),
+    )?;
+    Ok(())
+}
