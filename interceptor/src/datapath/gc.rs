@@ -39,7 +39,15 @@ pub fn sweep(base: &Path) -> anyhow::Result<Swept> {
     let mut swept = Swept::default();
     for dir in bpffs::datapath_dirs(base) {
         match Datapath::existing(&dir) {
-            Ok(mut dp) => dp.sweep(&mut swept)?,
+            Ok(mut dp) => {
+                dp.sweep(&mut swept)?;
+                // A tracer killed without detaching left the programs' events on.
+                if super::trace::clear_if_unattended(&dir)? {
+                    swept
+                        .removed
+                        .push(format!("{}: trace events of no tracer", dir.display()));
+                }
+            }
             Err(e) if Datapath::is_unused(&dir) => {
                 // Created by a loader killed before it was complete: nothing uses it.
                 tracing::debug!(error = %format!("{e:#}"), dir = %dir.display(), "incomplete");
