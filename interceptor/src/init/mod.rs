@@ -19,6 +19,37 @@ use crate::{
 pub enum Backend {
     Ebpf,
     Iptables(IptablesMode),
+    /// eBPF if this kernel has every feature it uses, else iptables with this flavour.
+    Auto(IptablesMode),
+}
+
+impl Backend {
+    /// `Auto` decided on this kernel (probed without changing anything), saying in one log
+    /// line which feature sent it to iptables; the others as they are.
+    pub fn resolved(self) -> Backend {
+        let Backend::Auto(mode) = self else {
+            return self;
+        };
+        let report = crate::check::run_without_own_programs();
+        match report.missing() {
+            None => {
+                tracing::debug!(kernel = %report.kernel, "--backend auto: eBPF (every feature present)");
+                Backend::Ebpf
+            }
+            Some(row) => {
+                tracing::info!(
+                    kernel = %report.kernel,
+                    missing = row.id,
+                    "--backend auto: using the iptables backend: this kernel lacks {} (Linux \
+                     {}; without it: {})",
+                    row.feature,
+                    row.since,
+                    row.loses
+                );
+                Backend::Iptables(mode)
+            }
+        }
+    }
 }
 
 /// Where a pod is.
@@ -61,16 +92,16 @@ pub struct CleanOptions {
 /// Sets up interception for one pod; with `dry_run`, the text to print instead.
 pub fn init(opts: &InitOptions) -> anyhow::Result<Option<String>> {
     let cfg = opts.options.resolve_here()?;
-    match opts.backend {
-        Backend::Ebpf => ebpf::init(opts, cfg),
+    match opts.backend.resolved() {
+        Backend::Ebpf | Backend::Auto(_) => ebpf::init(opts, cfg),
         Backend::Iptables(mode) => iptables::init(opts, &cfg, mode),
     }
 }
 
 /// Removes what `init` set up for one pod.
 pub fn clean(opts: &CleanOptions) -> anyhow::Result<()> {
-    match opts.backend {
-        Backend::Ebpf => ebpf::clean(opts),
+    match opts.backend.resolved() {
+        Backend::Ebpf | Backend::Auto(_) => ebpf::clean(opts),
         Backend::Iptables(mode) => iptables::clean(opts, mode),
     }
 }
