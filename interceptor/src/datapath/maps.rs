@@ -13,9 +13,9 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use interceptor_ebpf::{
-    CaptureMark, Cidr4Key, Cidr6Key, Counter, IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE, InFlight4,
-    InFlight6, InstanceMeta, ListenerKey, POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey,
-    SockTuple4, SockTuple6, map_names,
+    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrSet, Counter, IN_FLIGHT_CLOCK_SHIFT,
+    INSTANCE_META_SIZE, InFlight4, InFlight6, InstanceMeta, ListenerKey, POD_RECORD_SIZE,
+    PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4, SockTuple6, map_names,
     wire::{RawIpv4, RawIpv6, raw_ipv4, raw_ipv6},
 };
 
@@ -166,6 +166,85 @@ impl Maps {
         for k in cidrs6 {
             let _ = self.cidr6.remove(&k);
         }
+    }
+
+    /// Whether the port set `set` of the rule-set id `rules` holds `port` (what the programs
+    /// look up).
+    pub fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool {
+        let key = PortKey {
+            rules,
+            set: set as u16,
+            port,
+        };
+        self.port_set.get(&key, 0).is_ok()
+    }
+
+    /// The value of the most specific IPv4 range of `set` holding `addr` (the programs' lookup).
+    pub fn longest_match4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> Option<u8> {
+        let key = Cidr4Key {
+            rules,
+            set: set as u32,
+            addr,
+        };
+        self.cidr4
+            .get(&LpmKey::new(CIDR_KEY_PREFIX_BITS + 32, key), 0)
+            .ok()
+    }
+
+    /// The same for IPv6.
+    pub fn longest_match6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> Option<u8> {
+        let key = Cidr6Key {
+            rules,
+            set: set as u32,
+            addr,
+        };
+        self.cidr6
+            .get(&LpmKey::new(CIDR_KEY_PREFIX_BITS + 128, key), 0)
+            .ok()
+    }
+
+    /// Every entry of the rule-set id `rules`: its ports, and its IPv4 and IPv6 ranges as
+    /// (set, address, prefix length, value).
+    pub fn rule_set(&self, rules: u32) -> RuleSetEntries {
+        let ports = self
+            .port_set
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.rules == rules)
+            .collect();
+        let cidrs4 = self
+            .cidr4
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.data().rules == rules)
+            .map(|(k, v)| {
+                let d = k.data();
+                (d.set, d.addr, k.prefix_len() - CIDR_KEY_PREFIX_BITS, v)
+            })
+            .collect();
+        let cidrs6 = self
+            .cidr6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.data().rules == rules)
+            .map(|(k, v)| {
+                let d = k.data();
+                (d.set, d.addr, k.prefix_len() - CIDR_KEY_PREFIX_BITS, v)
+            })
+            .collect();
+        RuleSetEntries {
+            ports,
+            cidrs4,
+            cidrs6,
+        }
+    }
+
+    /// Whether the pod `cookie` has a capture listener of `family` registered.
+    pub fn has_listener(&self, cookie: u64, family: Family) -> bool {
+        self.listeners
+            .keys()
+            .filter_map(Result::ok)
+            .any(|k| k.netns == cookie && k.family == family.af())
     }
 
     // --- counter slots ---------------------------------------------------------------------
@@ -487,6 +566,15 @@ impl Maps {
         }
         Ok(out)
     }
+}
+
+/// The entries of one rule-set id (see `Maps::rule_set`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSetEntries {
+    pub ports: Vec<PortKey>,
+    /// (set, address, prefix length, value).
+    pub cidrs4: Vec<(u32, RawIpv4, u32, u8)>,
+    pub cidrs6: Vec<(u32, RawIpv6, u32, u8)>,
 }
 
 impl std::fmt::Debug for Maps {
