@@ -1,0 +1,154 @@
+//! The programs' aya-log records (`--kernel-log-level` at `init` or `daemon`): the datapath's
+//! `AYA_LOGS` ring buffer, read with aya-log's own reader. `trace --kernel-log` prints them; the
+//! node daemon forwards them into its `tracing` log, under the target `kernel`.
+//!
+//! A ring buffer has one reader position: with a daemon running, read them in its log.
+
+use std::{
+    io::Write,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya_log::EbpfLogger;
+use interceptor_ebpf::program_names;
+
+use crate::{datapath::bpffs, sys::bpf};
+
+/// A reader of one datapath's records, passing each to `L`.
+pub type Reader<L> = EbpfLogger<L>;
+
+/// Opens the records of the datapath at `dir`, for `logger`.
+pub fn open<L: log::Log>(dir: &Path, logger: L) -> anyhow::Result<Reader<L>> {
+    // The programs that write records reference the ring buffer: aya-log finds it through
+    // one of them (any build's: the datapath's programs all share it).
+    let program = bpffs::programs_dirs(dir)
+        .into_iter()
+        .map(|d| d.join(program_names::CONNECT4))
+        .find(|p| p.exists())
+        .ok_or_else(|| anyhow!("{}: no programs pinned", dir.display()))?;
+    let fd = bpf::obj_get(&program).with_context(|| format!("opening {}", program.display()))?;
+    let id = bpf::prog_id(&fd)?;
+    EbpfLogger::init_from_id_with_logger(id, logger)
+        .map_err(|e| anyhow!("opening the kernel log of {}: {e}", dir.display()))
+}
+
+/// Prints records as lines (or JSON objects) on a writer.
+pub struct Printer<W: Write + Send> {
+    out: Mutex<W>,
+    json: bool,
+    /// Lines written.
+    pub lines: std::sync::atomic::AtomicU64,
+}
+
+impl<W: Write + Send> Printer<W> {
+    pub fn new(out: W, json: bool) -> Self {
+        Printer {
+            out: Mutex::new(out),
+            json,
+            lines: 0.into(),
+        }
+    }
+}
+
+impl<W: Write + Send> log::Log for Printer<W> {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args().to_string();
+        let line = if self.json {
+            serde_json::json!({
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "message": message,
+            })
+            .to_string()
+        } else {
+            format!("{:<5} {}: {message}", record.level(), record.target())
+        };
+        if let Ok(mut out) = self.out.lock() {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        self.lines
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn flush(&self) {}
+}
+
+/// Forwards records into this process's `tracing` log (the node daemon's), target `kernel`.
+pub struct ToTracing;
+
+impl log::Log for ToTracing {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        let program = record.target();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "kernel", program, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "kernel", program, "{message}"),
+            log::Level::Info => tracing::info!(target: "kernel", program, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "kernel", program, "{message}"),
+            log::Level::Trace => tracing::trace!(target: "kernel", program, "{message}"),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Reads every datapath's records until stopped (a signal, `duration`, `count` lines).
+pub fn print(
+    bpffs_root: &Path,
+    json: bool,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    attached: impl FnOnce(usize),
+) -> anyhow::Result<u64> {
+    let base = bpffs::interceptor_dir(bpffs_root);
+    if !bpffs::is_mounted(bpffs_root) || !base.exists() {
+        bail!(
+            "no interception on this node (nothing under {})",
+            base.display()
+        );
+    }
+    let printer: &'static Printer<std::io::Stdout> =
+        Box::leak(Box::new(Printer::new(std::io::stdout(), json)));
+    let mut readers = Vec::new();
+    for dir in bpffs::datapath_dirs(&base) {
+        readers.push(open(&dir, printer)?);
+    }
+    if readers.is_empty() {
+        bail!("no datapath on this node");
+    }
+    attached(readers.len());
+    let started = Instant::now();
+    let shown = || printer.lines.load(std::sync::atomic::Ordering::Relaxed);
+    while !super::stopping()
+        && !duration.is_some_and(|d| started.elapsed() >= d)
+        && !count.is_some_and(|n| shown() >= n)
+    {
+        let mut fds: Vec<libc::pollfd> = readers
+            .iter()
+            .map(|r| libc::pollfd {
+                fd: r.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of the length given, alive for the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+        for r in &mut readers {
+            r.flush();
+        }
+    }
+    Ok(shown())
+}
