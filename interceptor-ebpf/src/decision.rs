@@ -403,6 +403,23 @@ mod tests {
     fn check<F: Fixture>(cfg: &PodConfig, sets: &Sets, cases: &[(Connect<F::Addr>, Verdict)]) {
         for (c, want) in cases {
             assert_eq!(decide_outbound::<F>(cfg, c, sets), *want, "{c:?}");
+            // The decision that names its rule is the same decision.
+            assert_eq!(
+                decide_outbound_by_rule::<F>(cfg, c, sets).verdict,
+                *want,
+                "{c:?}"
+            );
+        }
+    }
+
+    /// The rules that decided each case.
+    fn rules<F: Fixture>(cfg: &PodConfig, sets: &Sets, cases: &[(Connect<F::Addr>, OutboundRule)]) {
+        for (c, want) in cases {
+            assert_eq!(
+                decide_outbound_by_rule::<F>(cfg, c, sets).rule,
+                *want,
+                "{c:?}"
+            );
         }
     }
 
@@ -422,7 +439,100 @@ mod tests {
         unspecified_destination_is_localhost_as_the_kernel_makes_it,
         exclude_interfaces_follow_the_route_a_connection_takes,
         owner_groups_spare_groups_after_the_proxy_rules,
+        each_rule_of_istio_output_is_named,
     );
+
+    fn each_rule_of_istio_output_is_named<F: Fixture>() {
+        use OutboundRule::*;
+        let uid = |index| ProxyId {
+            owner: Owner::Uid,
+            index,
+        };
+        let gid = |index| ProxyId {
+            owner: Owner::Gid,
+            index,
+        };
+        let mut cfg = pod(F::HAS_INCLUDE_CIDRS
+            | F::HAS_EXCLUDE_CIDRS
+            | flags::HAS_OUTBOUND_PORTS_EXCLUDE
+            | flags::HAS_OUTBOUND_PORTS_INCLUDE
+            | F::HAS_EXCLUDED_ROUTES
+            | flags::OWNER_GROUPS_EXCEPT);
+        cfg.gids[1] = 1338;
+        cfg.n_gids = 2;
+        cfg.owner_groups[0] = 3000;
+        cfg.n_owner_groups = 1;
+        let sets = Sets::default()
+            .range::<F>(1, CidrSet::Route, "0.0.0.0/0", 0)
+            .range::<F>(1, CidrSet::Route, "10.8.0.0/16", 1)
+            .range::<F>(1, CidrSet::Exclude, "10.9.0.0/16", 1)
+            .range::<F>(1, CidrSet::Include, "10.2.0.0/16", 1)
+            .port(PortSet::OutboundExclude, 3306)
+            .port(PortSet::OutboundInclude, 8443);
+        let tcp = tcp::<F>;
+        rules::<F>(
+            &cfg,
+            &sets,
+            &[
+                (tcp("10.8.1.1", 80, APP, APP), ExcludedInterface),
+                (tcp("10.2.0.1", 3306, APP, APP), OutboundPortExclude),
+                (
+                    from_passthrough::<F>(tcp(POD_IP, 9080, PROXY, PROXY)),
+                    InboundPassthrough,
+                ),
+                (tcp(POD_IP, 9080, PROXY, PROXY), ProxyToOwnPod(uid(0))),
+                (tcp(POD_IP, 9080, APP, APP), OthersOverLo(uid(0))),
+                (tcp("10.2.0.1", 80, PROXY, APP), ProxyOwner(uid(0))),
+                // Past the uid rules, the gid rules name the index of the gid that matched.
+                (tcp("10.2.0.1", 80, APP, 1338), ProxyOwner(gid(1))),
+                (tcp("10.2.0.1", 80, APP, 3000), OwnerGroups),
+                (to::<F>(F::LOCALHOST, 80, 2000, 2000), OthersOverLo(uid(0))),
+                (tcp("10.9.0.1", 80, APP, APP), ExcludeCidr),
+                (tcp("192.0.2.1", 8443, APP, APP), OutboundPortInclude),
+                (tcp("10.2.0.1", 80, APP, APP), IncludeCidr),
+                (udp::<F>("10.2.0.1", 80, APP, APP), UdpNotRedirected),
+                (tcp("192.0.2.1", 80, APP, APP), EndOfChain),
+            ],
+        );
+        cfg.flags |= flags::INCLUDE_ALL;
+        rules::<F>(&cfg, &sets, &[(tcp("192.0.2.1", 80, APP, APP), IncludeAll)]);
+        let dns = dns_pod::<F>(flags::CAPTURE_ALL_DNS, &[]);
+        rules::<F>(
+            &dns,
+            &sets,
+            &[(udp::<F>("192.0.2.1", 53, APP, APP), DnsCapture)],
+        );
+        let loopback = pod(flags::INCLUDE_ALL);
+        rules::<F>(
+            &loopback,
+            &sets,
+            &[(to::<F>(F::LOCALHOST, 80, 2000, 2000), OthersOverLo(uid(0)))],
+        );
+    }
+
+    #[test]
+    fn localhost_and_ipv6_not_captured_are_named() {
+        let cfg = pod(flags::INCLUDE_ALL | flags::LOOPBACK_INCLUDED);
+        let sets = Sets::default();
+        rules::<V4>(
+            &cfg,
+            &sets,
+            &[(
+                tcp::<V4>("127.0.0.1", 80, APP, APP),
+                OutboundRule::Localhost,
+            )],
+        );
+        let mut v4_only = pod(flags::INCLUDE_ALL);
+        v4_only.flags &= !flags::IPV6;
+        rules::<V6>(
+            &v4_only,
+            &sets,
+            &[(
+                tcp::<V6>("10.2.0.1", 80, APP, APP),
+                OutboundRule::Ipv6NotCaptured,
+            )],
+        );
+    }
 
     fn include_all_table<F: Fixture>() {
         let cfg =

@@ -174,6 +174,8 @@ mod tests {
     ) {
         for (lookup, want) in cases {
             assert_eq!(decide_inbound::<F>(c, lookup, sets), *want, "{lookup:?}");
+            let decided = decide_inbound_by_rule::<F>(c, lookup, sets);
+            assert_eq!(decided.verdict, *want, "{lookup:?}");
         }
     }
 
@@ -182,11 +184,57 @@ mod tests {
         Sets::default().port(PortSet::InboundInclude, 9080)
     }
 
+    /// The rules that decided each case.
+    fn rules<F: Fixture>(
+        c: &PodConfig,
+        sets: &Sets,
+        cases: &[(InboundLookup<F::Addr>, InboundRule)],
+    ) {
+        for (lookup, want) in cases {
+            assert_eq!(
+                decide_inbound_by_rule::<F>(c, lookup, sets).rule,
+                *want,
+                "{lookup:?}"
+            );
+        }
+    }
+
     in_both_families!(
+        each_inbound_rule_is_named,
         listed_ports_are_steered_and_others_pass,
         wildcard_minus_excluded_ports_never_the_tunnel_or_capture_port,
         loopback_local_sources_excluded_interfaces_and_no_capture_pass,
     );
+
+    fn each_inbound_rule_is_named<F: Fixture>() {
+        use InboundRule::*;
+        let listed = cfg(flags::INBOUND_CAPTURE);
+        rules::<F>(
+            &listed,
+            &seed(),
+            &[
+                (on::<F>(9080, 2), ListedPort),
+                (on::<F>(8080, 2), NotListed),
+                (on::<F>(15008, 2), TunnelPort),
+                (on::<F>(15006, 2), CapturePort),
+                (on::<F>(9080, 7), ExcludedInterface),
+                (on::<F>(9080, LOOPBACK_IFINDEX), MadeInPod),
+            ],
+        );
+        let all = cfg(flags::INBOUND_CAPTURE
+            | flags::INBOUND_ALL_PORTS
+            | flags::HAS_INBOUND_PORTS_EXCLUDE);
+        let sets = Sets::default().port(PortSet::InboundExclude, 15090);
+        rules::<F>(
+            &all,
+            &sets,
+            &[
+                (on::<F>(9080, 2), AllPorts),
+                (on::<F>(15090, 2), ExcludedPort),
+            ],
+        );
+        rules::<F>(&cfg(0), &seed(), &[(on::<F>(9080, 2), NotCaptured)]);
+    }
 
     fn listed_ports_are_steered_and_others_pass<F: Fixture>() {
         let c = cfg(flags::INBOUND_CAPTURE);

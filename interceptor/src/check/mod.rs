@@ -56,6 +56,8 @@ enum Probe {
     TaskHelpers,
     /// This build's own programs, loaded and verified (never attached).
     OwnPrograms,
+    /// The iptables backend's tools of one flavour, read only.
+    Iptables(&'static str),
 }
 
 const fn sock_addr(attach: at) -> Hook {
@@ -278,6 +280,22 @@ pub const FEATURES: &[Feature] = &[
         probe: Probe::TaskHelpers,
     },
     Feature {
+        id: "iptables_legacy",
+        what: "iptables-legacy (x_tables), for --backend iptables",
+        since: "any",
+        loses: "nothing of the eBPF backend; the iptables backend's legacy flavour",
+        required: false,
+        probe: Probe::Iptables("legacy"),
+    },
+    Feature {
+        id: "iptables_nft",
+        what: "iptables-nft (nf_tables), for --backend iptables",
+        since: "any",
+        loses: "nothing of the eBPF backend; the iptables backend's nft flavour",
+        required: false,
+        probe: Probe::Iptables("nft"),
+    },
+    Feature {
         id: "programs",
         what: "this build's programs load and pass the verifier",
         since: "5.15",
@@ -313,6 +331,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether the row `id` is present.
+    pub fn has(&self, id: &str) -> bool {
+        self.rows.iter().any(|r| r.id == id && r.present)
+    }
+
     /// The first required feature this kernel lacks, if any: what keeps the eBPF backend from
     /// running.
     pub fn missing(&self) -> Option<&Row> {
@@ -371,9 +394,17 @@ pub fn hidden_features() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Probes every feature (needs CAP_BPF, or root). `own_programs` verifies this build's
-/// programs (the caller passes the loader's check, which lives with the datapath).
-pub fn run(own_programs: impl Fn() -> anyhow::Result<()>) -> Report {
+/// The probes that live with the backends: this build's programs (the datapath's loader) and
+/// the iptables tools (the iptables backend), passed in.
+pub struct Probes<'a> {
+    /// Loads and verifies this build's programs, attaching nothing.
+    pub own_programs: &'a dyn Fn() -> anyhow::Result<()>,
+    /// Whether a flavour's tools (`legacy`, `nft`) work here, reading only.
+    pub iptables: &'a dyn Fn(&str) -> Result<(), String>,
+}
+
+/// Probes every feature (needs CAP_BPF, or root).
+pub fn run(probes: &Probes<'_>) -> Report {
     let hidden = hidden_features();
     let rows = FEATURES
         .iter()
@@ -381,7 +412,7 @@ pub fn run(own_programs: impl Fn() -> anyhow::Result<()>) -> Report {
             let found = if hidden.iter().any(|h| h == f.id) {
                 Found::Absent(format!("hidden by {HIDE_FEATURES_ENV} (tests only)"))
             } else {
-                probe_one(f, &own_programs)
+                probe_one(f, probes)
             };
             Row {
                 id: f.id,
@@ -404,15 +435,18 @@ pub fn run(own_programs: impl Fn() -> anyhow::Result<()>) -> Report {
     }
 }
 
-/// Every probe but the last (loading this build's programs): what `--backend auto` asks before
-/// an `init`, which loads them anyway.
-pub fn run_without_own_programs() -> Report {
-    let mut report = run(|| Ok(()));
+/// Every probe but loading this build's programs: what `--backend auto` asks before an
+/// `init`, which loads them anyway.
+pub fn run_without_own_programs(iptables: &dyn Fn(&str) -> Result<(), String>) -> Report {
+    let mut report = run(&Probes {
+        own_programs: &|| Ok(()),
+        iptables,
+    });
     report.rows.retain(|r| r.id != "programs");
     report
 }
 
-fn probe_one(f: &Feature, own_programs: &impl Fn() -> anyhow::Result<()>) -> Found {
+fn probe_one(f: &Feature, probes: &Probes<'_>) -> Found {
     let all = |hooks: &[Hook], one: &dyn Fn(Hook) -> Found| {
         hooks
             .iter()
@@ -454,9 +488,13 @@ fn probe_one(f: &Feature, own_programs: &impl Fn() -> anyhow::Result<()>) -> Fou
                 Found::Absent("the verifier refuses pid/comm helpers in cgroup hooks".into())
             }
         }
-        Probe::OwnPrograms => match own_programs() {
+        Probe::OwnPrograms => match (probes.own_programs)() {
             Ok(()) => Found::Present,
             Err(e) => Found::Absent(format!("{e:#}")),
+        },
+        Probe::Iptables(flavour) => match (probes.iptables)(flavour) {
+            Ok(()) => Found::Present,
+            Err(why) => Found::Absent(why),
         },
     }
 }

@@ -152,6 +152,37 @@ mod tests {
         );
     }
 
+    /// Needs root (CAP_BPF), as every test of the crate run by `cargo xtask test`.
+    #[test]
+    fn probes_tell_what_a_hook_may_do_from_what_it_may_not() {
+        let connect = Hook::new(
+            bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            bpf_attach_type::BPF_CGROUP_INET4_CONNECT,
+        );
+        let sk_lookup = Hook::new(
+            bpf_prog_type::BPF_PROG_TYPE_SK_LOOKUP,
+            bpf_attach_type::BPF_SK_LOOKUP,
+        );
+        assert!(program(connect).is_present(), "a connect4 program loads");
+        assert!(helper(sk_lookup, bpf_func_id::BPF_FUNC_sk_assign).is_present());
+        // sk_assign is for sk_lookup (and tc), never for connect: the verifier says so.
+        match helper(connect, bpf_func_id::BPF_FUNC_sk_assign) {
+            Found::Absent(why) => assert!(why.contains("sk_assign"), "{why}"),
+            Found::Present => panic!("connect4 may not call bpf_sk_assign"),
+        }
+        // A connect program loaded for a getsockopt attach point is refused.
+        let wrong = Hook::new(
+            bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+            bpf_attach_type::BPF_CGROUP_GETSOCKOPT,
+        );
+        assert!(!program(wrong).is_present());
+        assert!(map(bpf_map_type::BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0).is_present());
+        assert!(
+            !map(bpf_map_type::BPF_MAP_TYPE_RINGBUF, 0, 0, 4095, 0).is_present(),
+            "not a page multiple"
+        );
+    }
+
     #[test]
     fn the_verifier_refusing_a_helper_is_told_from_other_errors() {
         let refused = "0: (85) call bpf_get_current_comm#16\nprogram of this type cannot use \

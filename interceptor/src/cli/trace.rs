@@ -6,7 +6,7 @@ use super::args::{TraceArgs, TraceVerdict};
 use crate::{
     explain::ebpf::{PodTarget, find_pod},
     sys::users::require_root,
-    trace::{self, PodFilter, TraceOptions, kernel_log},
+    trace::{self, PodFilter, TraceOptions},
 };
 
 pub fn trace(args: &TraceArgs) -> anyhow::Result<()> {
@@ -16,7 +16,8 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<()> {
     // Said on stderr once events flow, so that a script (or a test) knows when to start.
     let attached = |n: usize| eprintln!("interceptor: tracing {n} datapath(s); Ctrl-C stops");
     if args.kernel_log {
-        let lines = kernel_log::print(&args.bpffs, args.json, duration, args.count, attached)?;
+        let lines =
+            trace::print_kernel_log(&args.bpffs, args.json, duration, args.count, attached)?;
         eprintln!("interceptor: {lines} kernel log record(s)");
         return Ok(());
     }

@@ -176,6 +176,8 @@ pub struct LiveOptions {
     pub cfg: InterceptConfig,
     pub dns: DnsCapture,
     pub ipv6: bool,
+    /// The rule set istio-iptables writes for them (what names the rules).
+    pub rules: crate::iptables::ruleset::RuleSet,
     /// Why the registered options were not used, if they were not.
     pub note: Option<String>,
 }
@@ -218,10 +220,12 @@ pub fn options_of(
         (None, Some(cfg)) => cfg,
         _ => from_entries(pc, &entries, facts),
     };
+    let rules = crate::iptables::ruleset::build(&cfg, &dns, ipv6);
     LiveOptions {
         cfg,
         dns,
         ipv6,
+        rules,
         note: note.map(str::to_string),
     }
 }
@@ -408,11 +412,7 @@ pub fn explain_for(
     opts: &LiveOptions,
     conn: &Connection,
 ) -> anyhow::Result<Explanation> {
-    let ctx = Context {
-        cfg: &opts.cfg,
-        dns: &opts.dns,
-        ipv6: opts.ipv6,
-    };
+    let ctx = Context::with_set(&opts.cfg, &opts.dns, opts.ipv6, &opts.rules);
     let sets = LiveSets(&pod.datapath.maps);
     let pc = &pod.config;
     let (verdict, words, udp) = match *conn {

@@ -16,6 +16,9 @@ pub mod ebpf;
 pub mod iptables;
 pub mod walk;
 
+#[cfg(test)]
+mod against_dry_run;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use serde::Serialize;

@@ -7,16 +7,14 @@
 //! while it runs is followed. Events the full ring buffer could not take are counted by the
 //! programs and reported as they happen, and in the summary.
 //!
-//! - [`kernel_log`]: the programs' aya-log records, for `trace --kernel-log` and the daemon.
-
-pub mod kernel_log;
+//! `trace --kernel-log` prints the programs' aya-log records instead ([`print_kernel_log`]).
 
 use std::{
     collections::HashMap,
     io::Write,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -33,7 +31,7 @@ use serde::Serialize;
 
 use crate::{
     datapath::{
-        Datapath, PodRecord, bpffs,
+        Datapath, PodRecord, bpffs, kernel_log,
         trace::{Attached, TraceMaps},
     },
     explain::ebpf::{LiveOptions, options_of},
@@ -416,11 +414,8 @@ fn describe(e: &TraceEvent, view: &PodView, clock: &Clock) -> TraceLine {
     } else {
         Family::V6
     };
-    let ctx = Context {
-        cfg: &view.options.cfg,
-        dns: &view.options.dns,
-        ipv6: view.options.ipv6,
-    };
+    let opts = &view.options;
+    let ctx = Context::with_set(&opts.cfg, &opts.dns, opts.ipv6, &opts.rules);
     let subject = |interface| Subject {
         family,
         udp,
@@ -513,6 +508,54 @@ fn describe(e: &TraceEvent, view: &PodView, clock: &Clock) -> TraceLine {
         rules: words.rules,
         note,
     }
+}
+
+/// Reads every datapath's records until stopped (a signal, `duration`, `count` lines).
+pub fn print_kernel_log(
+    bpffs_root: &Path,
+    json: bool,
+    duration: Option<Duration>,
+    count: Option<u64>,
+    attached: impl FnOnce(usize),
+) -> anyhow::Result<u64> {
+    let base = bpffs::interceptor_dir(bpffs_root);
+    if !bpffs::is_mounted(bpffs_root) || !base.exists() {
+        bail!(
+            "no interception on this node (nothing under {})",
+            base.display()
+        );
+    }
+    let printer: &'static kernel_log::Printer<std::io::Stdout> =
+        Box::leak(Box::new(kernel_log::Printer::new(std::io::stdout(), json)));
+    let mut readers = Vec::new();
+    for dir in bpffs::datapath_dirs(&base) {
+        readers.push(kernel_log::open(&dir, printer)?);
+    }
+    if readers.is_empty() {
+        bail!("no datapath on this node");
+    }
+    attached(readers.len());
+    let started = Instant::now();
+    let shown = || printer.lines.load(std::sync::atomic::Ordering::Relaxed);
+    while !stopping()
+        && !duration.is_some_and(|d| started.elapsed() >= d)
+        && !count.is_some_and(|n| shown() >= n)
+    {
+        let mut fds: Vec<libc::pollfd> = readers
+            .iter()
+            .map(|r| libc::pollfd {
+                fd: r.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of the length given, alive for the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+        for r in &mut readers {
+            r.flush();
+        }
+    }
+    Ok(shown())
 }
 
 fn errno_name(errno: u32) -> &'static str {

@@ -4,7 +4,7 @@
 //! to the one value that matched: the `-x` range, the `-o` port...), so its text is what
 //! `--backend iptables --dry-run` prints, and its position is looked up in the whole set.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use interceptor_ebpf::{
     decision::{OutboundRule, Owner as RuleOwner, ProxyId},
@@ -66,17 +66,34 @@ pub struct Context<'a> {
     pub cfg: &'a InterceptConfig,
     pub dns: &'a Dns,
     pub ipv6: bool,
+    set: Cow<'a, RuleSet>,
 }
 
-impl Context<'_> {
-    fn set(&self) -> RuleSet {
-        build(self.cfg, self.dns, self.ipv6)
+impl<'a> Context<'a> {
+    /// The context of a configuration, its rule set built once here.
+    pub fn new(cfg: &'a InterceptConfig, dns: &'a Dns, ipv6: bool) -> Self {
+        Context {
+            cfg,
+            dns,
+            ipv6,
+            set: Cow::Owned(build(cfg, dns, ipv6)),
+        }
+    }
+
+    /// The same with the set built already (`build(cfg, dns, ipv6)`).
+    pub fn with_set(cfg: &'a InterceptConfig, dns: &'a Dns, ipv6: bool, set: &'a RuleSet) -> Self {
+        Context {
+            cfg,
+            dns,
+            ipv6,
+            set: Cow::Borrowed(set),
+        }
     }
 
     /// `rule` of `family`, named, with its position in the whole set.
     fn name(&self, family: Family, rule: &Rule, option: impl Into<String>) -> NamedRule {
-        let set = self.set();
-        let position = set
+        let position = self
+            .set
             .rules(family)
             .iter()
             .filter(|r| r.table == rule.table && r.chain == rule.chain)

@@ -1,22 +1,18 @@
 //! The programs' aya-log records (`--kernel-log-level` at `init` or `daemon`): the datapath's
-//! `AYA_LOGS` ring buffer, read with aya-log's own reader. `trace --kernel-log` prints them; the
-//! node daemon forwards them into its `tracing` log, under the target `kernel`.
+//! `AYA_LOGS` ring buffer, read with aya-log's own reader. `trace --kernel-log` prints them
+//! ([`Printer`]); the node daemon forwards them into its `tracing` log, under the target
+//! `kernel` ([`ToTracing`]).
 //!
 //! A ring buffer has one reader position: with a daemon running, read them in its log.
 
-use std::{
-    io::Write,
-    os::fd::{AsFd as _, AsRawFd as _},
-    path::Path,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{io::Write, path::Path, sync::Mutex};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use aya_log::EbpfLogger;
 use interceptor_ebpf::program_names;
 
-use crate::{datapath::bpffs, sys::bpf};
+use super::bpffs;
+use crate::sys::bpf;
 
 /// A reader of one datapath's records, passing each to `L`.
 pub type Reader<L> = EbpfLogger<L>;
@@ -103,52 +99,4 @@ impl log::Log for ToTracing {
     }
 
     fn flush(&self) {}
-}
-
-/// Reads every datapath's records until stopped (a signal, `duration`, `count` lines).
-pub fn print(
-    bpffs_root: &Path,
-    json: bool,
-    duration: Option<Duration>,
-    count: Option<u64>,
-    attached: impl FnOnce(usize),
-) -> anyhow::Result<u64> {
-    let base = bpffs::interceptor_dir(bpffs_root);
-    if !bpffs::is_mounted(bpffs_root) || !base.exists() {
-        bail!(
-            "no interception on this node (nothing under {})",
-            base.display()
-        );
-    }
-    let printer: &'static Printer<std::io::Stdout> =
-        Box::leak(Box::new(Printer::new(std::io::stdout(), json)));
-    let mut readers = Vec::new();
-    for dir in bpffs::datapath_dirs(&base) {
-        readers.push(open(&dir, printer)?);
-    }
-    if readers.is_empty() {
-        bail!("no datapath on this node");
-    }
-    attached(readers.len());
-    let started = Instant::now();
-    let shown = || printer.lines.load(std::sync::atomic::Ordering::Relaxed);
-    while !super::stopping()
-        && !duration.is_some_and(|d| started.elapsed() >= d)
-        && !count.is_some_and(|n| shown() >= n)
-    {
-        let mut fds: Vec<libc::pollfd> = readers
-            .iter()
-            .map(|r| libc::pollfd {
-                fd: r.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of the length given, alive for the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
-        for r in &mut readers {
-            r.flush();
-        }
-    }
-    Ok(shown())
 }
