@@ -28,6 +28,11 @@
 //!
 //! The pods' first address is IPv4: as with istio-iptables, IPv6 is captured only by the flag
 //! sets with `--dual-stack`, which the IPv6 part of the matrix compares too.
+//!
+//! A fourth record is `interceptor explain`'s prediction of every case, asked of each pod's own
+//! backend (the eBPF one from the pinned maps, the iptables ones from their live rules) in one
+//! batch: where the connection goes (`proxy:PORT`, `direct`, `refused`). Every prediction must
+//! be what all three pods actually did (see [`as_outcome`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -538,15 +543,150 @@ fn probe_all(
         .collect())
 }
 
-/// Runs the matrix in one pod: case label -> outcome.
-fn record(pod: &Intercepted) -> Result<Record> {
-    let t = &pod.topo;
-    let name_servers: [(&str, IpAddr); 4] = [
+/// The DNS servers queried: the pod's name servers and another address of each family.
+fn name_servers(t: &Topology) -> [(&'static str, IpAddr); 4] {
+    [
         ("server", t.server_ip.into()),
         ("10.200.1.1", t.server_extra_ips[0].into()),
         ("server6", t.server_ip6.into()),
         ("fd00:200:1::1", t.server_extra_ips6[0].into()),
-    ];
+    ]
+}
+
+/// Every case of [`record`]'s matrix as a connection `interceptor explain` takes, one line
+/// each: label -> line.
+fn explain_cases(t: &Topology) -> Vec<(String, String)> {
+    let line = |who: Identity, udp: bool, c: &ProbeCase| {
+        let mut l = format!("--uid {} --gid {} --to {}", who.uid, who.gid, c.target);
+        if let Some(bind) = c.bind {
+            l.push_str(&format!(" --from {bind}"));
+        }
+        if udp {
+            l.push_str(" --udp");
+        }
+        l
+    };
+    let mut out = Vec::new();
+    for (who_name, who) in IDENTITIES {
+        for (label, case) in outbound_cases(t) {
+            out.push((format!("{who_name} {label}"), line(who, false, &case)));
+        }
+        for transport in [DnsTransport::Udp, DnsTransport::UdpConnected] {
+            let mut servers: Vec<(String, SocketAddr)> = name_servers(t)
+                .into_iter()
+                .map(|(name, ip)| (format!("{name}:53"), SocketAddr::new(ip, 53)))
+                .collect();
+            let mapped = addr6(t.server_ip.to_ipv6_mapped(), 53);
+            servers.push(("::ffff:server:53".into(), mapped));
+            for (dest, to) in servers {
+                let label = format!("{who_name} {transport:?} dns {dest}");
+                out.push((label, line(who, true, &ProbeCase::to(to))));
+            }
+        }
+    }
+    for (who_name, who) in [("app", APP), ("proxy", PROXY)] {
+        let case = ProbeCase::to(addr(BLACKHOLE, 8080));
+        out.push((format!("{who_name} tcp blackhole:8080"), line(who, false, &case)));
+    }
+    for (label, case) in inbound_cases(t) {
+        // From the server's address on the same link as the pod's address dialled.
+        let from: IpAddr = match case.target.ip() {
+            IpAddr::V6(_) => t.server_ip6.into(),
+            ip if ip == IpAddr::V4(t.pod_ip) => t.server_ip.into(),
+            _ => t.pod_interfaces[0].server_ip.into(),
+        };
+        out.push((label, format!("--inbound --to {} --from {from}", case.target)));
+    }
+    out
+}
+
+/// `interceptor explain`'s prediction of every case in the pod's own backend, in one batch:
+/// case label -> `proxy:PORT`, `direct`, `refused` (or the error it gave).
+fn predict(pod: &Intercepted) -> Result<Record> {
+    use std::io::Write as _;
+    let cases = explain_cases(&pod.topo);
+    let mut child = std::process::Command::new(interceptor_tests::interceptor_bin())
+        .args(["explain", "--batch", "--json"])
+        .args(pod.target_args())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting interceptor explain")?;
+    let mut stdin = child.stdin.take().context("explain's stdin")?;
+    let input: String = cases.iter().map(|(_, l)| format!("{l}\n")).collect();
+    // Written from a thread: explain answers as it reads, and its answers fill a pipe too.
+    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().context("waiting for interceptor explain")?;
+    writer.join().expect("writing explain's input")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "interceptor explain failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        answers.len() == cases.len(),
+        "explain answered {} of {} cases",
+        answers.len(),
+        cases.len()
+    );
+    Ok(cases
+        .into_iter()
+        .zip(answers)
+        .map(|((label, _), a)| {
+            let said = match (a["outcome"].as_str(), a["error"].as_str()) {
+                (Some(o), _) => o.to_owned(),
+                (None, Some(e)) => format!("error: {e}"),
+                (None, None) => format!("no outcome in {a}"),
+            };
+            (label, said)
+        })
+        .collect())
+}
+
+/// What a case's record means in `explain`'s words: `proxy:PORT` (a sidecar answered on PORT;
+/// a DNS answer from the DNS proxy is `proxy:15053`), `refused`, or `direct` (its destination
+/// answered, or nothing did: a timeout is not a refusal).
+fn as_outcome(value: &str) -> String {
+    if let Some(rest) = value.strip_prefix("sidecar:") {
+        return format!("proxy:{}", rest.split_whitespace().next().unwrap_or_default());
+    }
+    if value == "failed: connect refused" {
+        return "refused".to_owned();
+    }
+    if value.starts_with("direct to ") || value.starts_with("failed: ") {
+        return "direct".to_owned();
+    }
+    if value.starts_with("dns proxy,") {
+        return "proxy:15053".to_owned();
+    }
+    if value.starts_with("server,") {
+        return "direct".to_owned();
+    }
+    value.to_owned()
+}
+
+/// Cases whose prediction is not what a record shows, as a readable table.
+fn mispredicted(predicted: &Record, record: &Record, explained: &str, pod: &str) -> Vec<String> {
+    record
+        .iter()
+        .filter_map(|(case, value)| {
+            let said = predicted.get(case).map_or("-", String::as_str);
+            (said != as_outcome(value)).then(|| {
+                format!("{case}:\n  explain ({explained}): {said}\n  {pod}: {value}")
+            })
+        })
+        .collect()
+}
+
+/// Runs the matrix in one pod: case label -> outcome.
+fn record(pod: &Intercepted) -> Result<Record> {
+    let t = &pod.topo;
+    let name_servers = name_servers(t);
     let outbound = outbound_cases(t);
     let mut out = BTreeMap::new();
     // The cases that time out cost their whole timeout: they run beside the rest.
@@ -639,7 +779,7 @@ fn run_flag_set(index: usize) -> Result<()> {
         ("nft", Backend::Iptables(IptablesMode::Nft)),
     ];
     // Each backend in its own pod (namespaces where no other backend ever ran), side by side.
-    let records: Vec<(&str, Result<(Record, KnownAnswers)>)> = thread::scope(|s| {
+    let records: Vec<(&str, Result<(Record, KnownAnswers, Record)>)> = thread::scope(|s| {
         let handles: Vec<_> = backends
             .iter()
             .map(|&(name, backend)| {
@@ -647,7 +787,8 @@ fn run_flag_set(index: usize) -> Result<()> {
                     let tag = format!("df{index}{name}");
                     let (pod, _peers) = build_pod(&tag, backend, flags)?;
                     let known = known_answers(index, &pod.topo);
-                    Ok((record(&pod)?, known))
+                    let recorded = record(&pod)?;
+                    Ok((recorded, known, predict(&pod)?))
                 })
             })
             .collect();
@@ -661,7 +802,7 @@ fn run_flag_set(index: usize) -> Result<()> {
     for (name, r) in records {
         recs.push((name, r.with_context(|| format!("{name} with {flags:?}"))?));
     }
-    let (_, (ebpf, known)) = &recs[0];
+    let (_, (ebpf, known, _)) = &recs[0];
     // The records must say something: both some capture and some direct connection.
     assert!(
         ebpf.values().any(|v| v.starts_with("sidecar"))
@@ -687,7 +828,7 @@ fn run_flag_set(index: usize) -> Result<()> {
             wrong.join("\n")
         ));
     }
-    for (name, (rec, _)) in &recs[1..] {
+    for (name, (rec, _, _)) in &recs[1..] {
         let diff = differences(ebpf, rec, name);
         if !diff.is_empty() {
             failures.push(format!(
@@ -695,6 +836,19 @@ fn run_flag_set(index: usize) -> Result<()> {
                 diff.len(),
                 diff.join("\n")
             ));
+        }
+    }
+    // The fourth record: each backend's explanation predicts what every pod did.
+    for (explained, (_, _, predicted)) in &recs {
+        for (pod, (rec, _, _)) in &recs {
+            let wrong = mispredicted(predicted, rec, explained, pod);
+            if !wrong.is_empty() {
+                failures.push(format!(
+                    "explain ({explained}) mispredicts {} cases of the {pod} pod:\n{}",
+                    wrong.len(),
+                    wrong.join("\n")
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{flags:?}: {}", failures.join("\n"));

@@ -415,7 +415,7 @@ pub fn explain_for(
     let ctx = Context::with_set(&opts.cfg, &opts.dns, opts.ipv6, &opts.rules);
     let sets = LiveSets(&pod.datapath.maps);
     let pc = &pod.config;
-    let (verdict, words, udp) = match *conn {
+    let (verdict, words, udp, local) = match *conn {
         Connection::Outbound {
             udp,
             uid,
@@ -440,7 +440,10 @@ pub fn explain_for(
                     counter: Some(counter.name()),
                 },
             };
-            (verdict, words::outbound(&ctx, decided.rule, &subject), udp)
+            let local = facts
+                .is_some_and(|f| super::is_local(f, dst))
+                .then_some(to.port());
+            (verdict, words::outbound(&ctx, decided.rule, &subject), udp, local)
         }
         Connection::Inbound {
             from,
@@ -490,14 +493,15 @@ pub fn explain_for(
                 dst_port: to.port(),
                 interface: Some(ifc),
             };
-            (verdict, words::inbound(&ctx, decided.rule, &subject), false)
+            let words = words::inbound(&ctx, decided.rule, &subject);
+            (verdict, words, false, Some(to.port()))
         }
     };
-    let ports = match (netns, &verdict) {
-        (Some(n), Verdict::Redirect { .. }) => n.run_inside(|| Ok(listening_ports()?))?,
-        _ => Vec::new(),
+    let ports = match netns {
+        Some(n) => n.run_inside(|| Ok(listening_ports()?))?,
+        None => Vec::new(),
     };
-    let outcome = outcome(&verdict, udp, |p| ports.contains(&p));
+    let outcome = outcome(&verdict, udp, local, |p| ports.contains(&p));
     let note = match (words.note, &opts.note) {
         (Some(a), Some(b)) => Some(format!("{a}; {b}")),
         (a, b) => a.or_else(|| b.clone()),

@@ -78,7 +78,7 @@ impl LiveRules {
 
     /// Explains `conn` by walking the rules.
     pub fn explain(&self, conn: &Connection) -> anyhow::Result<Explanation> {
-        let (start, packet, udp, family) = match *conn {
+        let (start, packet, udp, family, local) = match *conn {
             Connection::Outbound {
                 udp,
                 uid,
@@ -103,7 +103,8 @@ impl LiveRules {
                     uid: Some(uid),
                     gid: Some(gid),
                 };
-                ("OUTPUT", packet, udp, Family::of(&dst))
+                let local = super::is_local(&self.facts, dst).then_some(to.port());
+                ("OUTPUT", packet, udp, Family::of(&dst), local)
             }
             Connection::Inbound {
                 from,
@@ -126,7 +127,8 @@ impl LiveRules {
                     uid: None,
                     gid: None,
                 };
-                ("PREROUTING", packet, false, Family::of(&to.ip()))
+                let family = Family::of(&to.ip());
+                ("PREROUTING", packet, false, family, Some(to.port()))
             }
         };
         let nat = self.nat(family);
@@ -163,7 +165,7 @@ impl LiveRules {
                 option: option_of(&m.chain, &m.text, m.position),
             })
             .collect();
-        let outcome = outcome(&verdict, udp, |p| self.listening.contains(&p));
+        let outcome = outcome(&verdict, udp, local, |p| self.listening.contains(&p));
         Ok(Explanation {
             backend: format!("iptables-{}", self.flavour),
             pod: format!("netns {}", self.netns.path.display()),

@@ -133,12 +133,24 @@ impl Explanation {
     /// The explanation in words, one line each.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "pod:        {}\nconnection: {}\nverdict:    {} ({})\n",
+            "pod:        {}\nconnection: {}\nverdict:    {}\n",
             self.pod,
             self.connection,
             verdict_words(&self.verdict),
-            self.outcome
         );
+        match (&self.verdict, self.outcome.as_str()) {
+            (Verdict::Redirect { port, .. } | Verdict::Steer { port }, "refused") => out.push_str(
+                &format!("meets:      a refusal: nothing listens on port {port} in the pod\n"),
+            ),
+            (Verdict::Direct { .. } | Verdict::NoListener { refused: false }, "refused") => {
+                out.push_str("meets:      a refusal: nothing listens on that port in the pod\n")
+            }
+            (_, outcome) if outcome.starts_with("proxy:") => out.push_str(&format!(
+                "meets:      the socket listening on port {} (the proxy)\n",
+                &outcome["proxy:".len()..]
+            )),
+            _ => {}
+        }
         for (i, r) in self.rules.iter().enumerate() {
             let label = if i == 0 { "rule:" } else { "then:" };
             let at = r
@@ -173,8 +185,10 @@ pub fn verdict_words(v: &Verdict) -> String {
     }
 }
 
-/// The outcome of a verdict, given whether anything listens (TCP) on the port it sends to.
-fn outcome(v: &Verdict, udp: bool, listening: impl Fn(u16) -> bool) -> String {
+/// The outcome of a verdict, given whether anything listens (TCP) on a port of the pod. A
+/// connection sent to a port of the pod (redirected, steered, or direct to one of its own
+/// addresses: `local`) is refused when nothing listens there; elsewhere, nobody here knows.
+fn outcome(v: &Verdict, udp: bool, local: Option<u16>, listening: impl Fn(u16) -> bool) -> String {
     match *v {
         Verdict::Redirect { port, .. } | Verdict::Steer { port } => {
             if udp || listening(port) {
@@ -183,7 +197,10 @@ fn outcome(v: &Verdict, udp: bool, listening: impl Fn(u16) -> bool) -> String {
                 "refused".to_string()
             }
         }
-        Verdict::Direct { .. } | Verdict::NoListener { refused: false } => "direct".to_string(),
+        Verdict::Direct { .. } | Verdict::NoListener { refused: false } => match local {
+            Some(port) if !udp && !listening(port) => "refused".to_string(),
+            _ => "direct".to_string(),
+        },
         Verdict::NoListener { refused: true } => "refused".to_string(),
     }
 }
@@ -276,13 +293,16 @@ mod tests {
             port: 15001,
             counter: None,
         };
-        assert_eq!(outcome(&redirect, false, |p| p == 15001), "proxy:15001");
-        assert_eq!(outcome(&redirect, false, |_| false), "refused");
-        assert_eq!(outcome(&redirect, true, |_| false), "proxy:15001", "UDP");
+        assert_eq!(outcome(&redirect, false, None, |p| p == 15001), "proxy:15001");
+        assert_eq!(outcome(&redirect, false, None, |_| false), "refused");
+        assert_eq!(outcome(&redirect, true, None, |_| false), "proxy:15001", "UDP");
         let direct = Verdict::Direct { counter: None };
-        assert_eq!(outcome(&direct, false, |_| false), "direct");
+        assert_eq!(outcome(&direct, false, None, |_| false), "direct");
+        // Direct to a port of the pod where nothing listens: refused.
+        assert_eq!(outcome(&direct, false, Some(7070), |p| p == 8080), "refused");
+        assert_eq!(outcome(&direct, false, Some(8080), |p| p == 8080), "direct");
         assert_eq!(
-            outcome(&Verdict::NoListener { refused: true }, false, |_| true),
+            outcome(&Verdict::NoListener { refused: true }, false, None, |_| true),
             "refused"
         );
     }
