@@ -13,6 +13,7 @@
 //! Safety on a shared machine: everything is created under unique names (tag, pid, counter),
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
+pub mod bpffs;
 mod cgroup;
 pub mod cni_node;
 pub mod dns;
@@ -27,6 +28,7 @@ pub mod outcome;
 mod process;
 mod temp_file;
 mod topology;
+pub mod tracer;
 
 use std::env;
 use std::path::PathBuf;

@@ -32,7 +32,9 @@
 //! A fourth record is `interceptor explain`'s prediction of every case, asked of each pod's own
 //! backend (the eBPF one from the pinned maps, the iptables ones from their live rules) in one
 //! batch: where the connection goes (`proxy:PORT`, `direct`, `refused`). Every prediction must
-//! be what all three pods actually did (see [`as_outcome`]).
+//! be what all three pods actually did (see [`as_outcome`]). And while the eBPF pod runs the
+//! matrix, `interceptor trace` watches it: every decision it shows must be the one, and name
+//! the rule, that `explain` gave for the same connection (see [`check_trace`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -43,7 +45,9 @@ use anyhow::{Context as _, Result};
 use interceptor_tests::{
     Backend, DnsTransport, Identity, Intercepted, IptablesMode, Place, ProbeCase, ProbeResult,
     SEED_FLAGS, ServerLine, Side, SidecarLine, TempFile, Topology, addr, addr6, any, any6,
+    tracer::Tracer,
 };
+use serde_json::Value;
 
 const VIA_PROXY: Ipv4Addr = Ipv4Addr::new(10, 200, 9, 9);
 const VIA_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 8, 8);
@@ -553,23 +557,41 @@ fn name_servers(t: &Topology) -> [(&'static str, IpAddr); 4] {
     ]
 }
 
-/// Every case of [`record`]'s matrix as a connection `interceptor explain` takes, one line
-/// each: label -> line.
-fn explain_cases(t: &Topology) -> Vec<(String, String)> {
-    let line = |who: Identity, udp: bool, c: &ProbeCase| {
-        let mut l = format!("--uid {} --gid {} --to {}", who.uid, who.gid, c.target);
+/// A case of [`record`]'s matrix as `interceptor explain` takes it, and as `trace` shows it.
+struct ExplainCase {
+    label: String,
+    /// The connection options, one `--batch` line.
+    line: String,
+    /// `(kind, destination, uid, gid, source)` as a trace line has them (inbound: no owner,
+    /// the peer's address without its port).
+    key: TraceKey,
+}
+
+type TraceKey = (String, String, Option<u64>, Option<u64>, Option<String>);
+
+/// Every case of [`record`]'s matrix as a connection `interceptor explain` takes.
+fn explain_cases(t: &Topology) -> Vec<ExplainCase> {
+    let case = |label: String, who: Identity, udp: bool, c: &ProbeCase| {
+        let mut line = format!("--uid {} --gid {} --to {}", who.uid, who.gid, c.target);
         if let Some(bind) = c.bind {
-            l.push_str(&format!(" --from {bind}"));
+            line.push_str(&format!(" --from {bind}"));
         }
         if udp {
-            l.push_str(" --udp");
+            line.push_str(" --udp");
         }
-        l
+        let kind = if udp { "datagram" } else { "connect" };
+        let dst = canonical(c.target).to_string();
+        let src = c
+            .bind
+            .map(|b| SocketAddr::new(b.to_canonical(), 0).to_string());
+        let owner = (Some(u64::from(who.uid)), Some(u64::from(who.gid)));
+        let key = (kind.to_owned(), dst, owner.0, owner.1, src);
+        ExplainCase { label, line, key }
     };
     let mut out = Vec::new();
     for (who_name, who) in IDENTITIES {
-        for (label, case) in outbound_cases(t) {
-            out.push((format!("{who_name} {label}"), line(who, false, &case)));
+        for (label, c) in outbound_cases(t) {
+            out.push(case(format!("{who_name} {label}"), who, false, &c));
         }
         for transport in [DnsTransport::Udp, DnsTransport::UdpConnected] {
             let mut servers: Vec<(String, SocketAddr)> = name_servers(t)
@@ -580,31 +602,43 @@ fn explain_cases(t: &Topology) -> Vec<(String, String)> {
             servers.push(("::ffff:server:53".into(), mapped));
             for (dest, to) in servers {
                 let label = format!("{who_name} {transport:?} dns {dest}");
-                out.push((label, line(who, true, &ProbeCase::to(to))));
+                out.push(case(label, who, true, &ProbeCase::to(to)));
             }
         }
     }
     for (who_name, who) in [("app", APP), ("proxy", PROXY)] {
-        let case = ProbeCase::to(addr(BLACKHOLE, 8080));
-        out.push((format!("{who_name} tcp blackhole:8080"), line(who, false, &case)));
+        let c = ProbeCase::to(addr(BLACKHOLE, 8080));
+        out.push(case(
+            format!("{who_name} tcp blackhole:8080"),
+            who,
+            false,
+            &c,
+        ));
     }
-    for (label, case) in inbound_cases(t) {
+    for (label, c) in inbound_cases(t) {
         // From the server's address on the same link as the pod's address dialled.
-        let from: IpAddr = match case.target.ip() {
+        let from: IpAddr = match c.target.ip() {
             IpAddr::V6(_) => t.server_ip6.into(),
             ip if ip == IpAddr::V4(t.pod_ip) => t.server_ip.into(),
             _ => t.pod_interfaces[0].server_ip.into(),
         };
-        out.push((label, format!("--inbound --to {} --from {from}", case.target)));
+        let line = format!("--inbound --to {} --from {from}", c.target);
+        let key = (
+            "inbound".to_owned(),
+            c.target.to_string(),
+            None,
+            None,
+            Some(from.to_string()),
+        );
+        out.push(ExplainCase { label, line, key });
     }
     out
 }
 
-/// `interceptor explain`'s prediction of every case in the pod's own backend, in one batch:
-/// case label -> `proxy:PORT`, `direct`, `refused` (or the error it gave).
-fn predict(pod: &Intercepted) -> Result<Record> {
+/// `interceptor explain`'s answer to every case in the pod's own backend, in one batch: case
+/// label -> its JSON.
+fn explain_all(pod: &Intercepted, cases: &[ExplainCase]) -> Result<BTreeMap<String, Value>> {
     use std::io::Write as _;
-    let cases = explain_cases(&pod.topo);
     let mut child = std::process::Command::new(interceptor_tests::interceptor_bin())
         .args(["explain", "--batch", "--json"])
         .args(pod.target_args())
@@ -614,17 +648,19 @@ fn predict(pod: &Intercepted) -> Result<Record> {
         .spawn()
         .context("starting interceptor explain")?;
     let mut stdin = child.stdin.take().context("explain's stdin")?;
-    let input: String = cases.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let input: String = cases.iter().map(|c| format!("{}\n", c.line)).collect();
     // Written from a thread: explain answers as it reads, and its answers fill a pipe too.
     let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().context("waiting for interceptor explain")?;
+    let out = child
+        .wait_with_output()
+        .context("waiting for interceptor explain")?;
     writer.join().expect("writing explain's input")?;
     anyhow::ensure!(
         out.status.success(),
         "interceptor explain failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
@@ -635,25 +671,118 @@ fn predict(pod: &Intercepted) -> Result<Record> {
         cases.len()
     );
     Ok(cases
-        .into_iter()
+        .iter()
         .zip(answers)
-        .map(|((label, _), a)| {
+        .map(|(c, a)| (c.label.clone(), a))
+        .collect())
+}
+
+/// The predictions of `explain`'s answers: case label -> `proxy:PORT`, `direct`, `refused`
+/// (or the error it gave).
+fn predictions(answers: &BTreeMap<String, Value>) -> Record {
+    answers
+        .iter()
+        .map(|(label, a)| {
             let said = match (a["outcome"].as_str(), a["error"].as_str()) {
                 (Some(o), _) => o.to_owned(),
                 (None, Some(e)) => format!("error: {e}"),
                 (None, None) => format!("no outcome in {a}"),
             };
-            (label, said)
+            (label.clone(), said)
         })
-        .collect())
+        .collect()
 }
+
+/// The decisions `trace` showed against `explain`'s answers: each traced connection of a case
+/// has the verdict, port and rules explain gave, and every case the programs trace was traced
+/// (outbound ones all; inbound ones that inbound capture had a say in, which explain counts).
+fn check_trace(
+    cases: &[ExplainCase],
+    answers: &BTreeMap<String, Value>,
+    lines: &[Value],
+    recorded: &Record,
+) -> Vec<String> {
+    let key_of = |l: &Value| -> TraceKey {
+        let src = match l["kind"].as_str() {
+            Some("inbound") => l["src"]
+                .as_str()
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .map(|a| a.ip().to_string()),
+            _ => l["src"].as_str().map(str::to_owned),
+        };
+        (
+            l["kind"].as_str().unwrap_or_default().to_owned(),
+            l["dst"].as_str().unwrap_or_default().to_owned(),
+            l["uid"].as_u64(),
+            l["gid"].as_u64(),
+            src,
+        )
+    };
+    let rules = |v: &Value| -> Vec<(String, String)> {
+        v["rules"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        let field = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
+                        (field("chain"), field("text"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut wrong = Vec::new();
+    for c in cases {
+        let a = &answers[&c.label];
+        let want_verdict = match (a["verdict"].as_str(), a["refused"].as_bool()) {
+            (Some("redirect"), _) => "redirected",
+            (Some("steer"), _) => "steered",
+            (Some("no_listener"), Some(true)) => "refused",
+            (Some("no_listener"), _) => "passed",
+            _ => "direct",
+        };
+        let traced: Vec<&Value> = lines.iter().filter(|l| key_of(l) == c.key).collect();
+        // A socket that could not bind its source (::6 where IPv6 is not captured, so not put
+        // on lo) never connected: nothing to decide.
+        let connected = !recorded
+            .get(&c.label)
+            .is_some_and(|v| v.starts_with("failed: bind"));
+        let must = connected
+            && (c.key.0 != "inbound" || !a["counter"].is_null() || want_verdict != "direct");
+        if traced.is_empty() && must {
+            wrong.push(format!("{}: not traced ({})", c.label, c.line));
+        }
+        for l in traced {
+            let port_ok = want_verdict != "redirected" || l["port"] == a["port"];
+            if l["verdict"] != want_verdict || !port_ok || rules(l) != rules(a) {
+                wrong.push(format!(
+                    "{}:\n  explain: {want_verdict} {} {:?}\n  trace:   {} {} {:?}",
+                    c.label,
+                    a["port"],
+                    rules(a),
+                    l["verdict"],
+                    l["port"],
+                    rules(l)
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+/// One traced recording at a time: a datapath's events have one reader, and the eBPF pods of
+/// every flag set share the node's datapath.
+static TRACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// What a case's record means in `explain`'s words: `proxy:PORT` (a sidecar answered on PORT;
 /// a DNS answer from the DNS proxy is `proxy:15053`), `refused`, or `direct` (its destination
 /// answered, or nothing did: a timeout is not a refusal).
 fn as_outcome(value: &str) -> String {
     if let Some(rest) = value.strip_prefix("sidecar:") {
-        return format!("proxy:{}", rest.split_whitespace().next().unwrap_or_default());
+        return format!(
+            "proxy:{}",
+            rest.split_whitespace().next().unwrap_or_default()
+        );
     }
     if value == "failed: connect refused" {
         return "refused".to_owned();
@@ -676,9 +805,8 @@ fn mispredicted(predicted: &Record, record: &Record, explained: &str, pod: &str)
         .iter()
         .filter_map(|(case, value)| {
             let said = predicted.get(case).map_or("-", String::as_str);
-            (said != as_outcome(value)).then(|| {
-                format!("{case}:\n  explain ({explained}): {said}\n  {pod}: {value}")
-            })
+            (said != as_outcome(value))
+                .then(|| format!("{case}:\n  explain ({explained}): {said}\n  {pod}: {value}"))
         })
         .collect()
 }
@@ -779,7 +907,8 @@ fn run_flag_set(index: usize) -> Result<()> {
         ("nft", Backend::Iptables(IptablesMode::Nft)),
     ];
     // Each backend in its own pod (namespaces where no other backend ever ran), side by side.
-    let records: Vec<(&str, Result<(Record, KnownAnswers, Record)>)> = thread::scope(|s| {
+    type Recorded = (Record, KnownAnswers, Record, Vec<String>);
+    let records: Vec<(&str, Result<Recorded>)> = thread::scope(|s| {
         let handles: Vec<_> = backends
             .iter()
             .map(|&(name, backend)| {
@@ -787,8 +916,23 @@ fn run_flag_set(index: usize) -> Result<()> {
                     let tag = format!("df{index}{name}");
                     let (pod, _peers) = build_pod(&tag, backend, flags)?;
                     let known = known_answers(index, &pod.topo);
-                    let recorded = record(&pod)?;
-                    Ok((recorded, known, predict(&pod)?))
+                    let (recorded, traced) = if backend == Backend::Ebpf {
+                        let _one = TRACING.lock().unwrap_or_else(|e| e.into_inner());
+                        let netns = pod.topo.netns_path(Side::Pod).display().to_string();
+                        let tracer = Tracer::start(&["--netns", &netns, "--json"], true)?;
+                        let recorded = record(&pod)?;
+                        (recorded, tracer.stop()?.json()?)
+                    } else {
+                        (record(&pod)?, Vec::new())
+                    };
+                    let cases = explain_cases(&pod.topo);
+                    let answers = explain_all(&pod, &cases)?;
+                    let trace_wrong = if backend == Backend::Ebpf {
+                        check_trace(&cases, &answers, &traced, &recorded)
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((recorded, known, predictions(&answers), trace_wrong))
                 })
             })
             .collect();
@@ -802,7 +946,7 @@ fn run_flag_set(index: usize) -> Result<()> {
     for (name, r) in records {
         recs.push((name, r.with_context(|| format!("{name} with {flags:?}"))?));
     }
-    let (_, (ebpf, known, _)) = &recs[0];
+    let (_, (ebpf, known, _, trace_wrong)) = &recs[0];
     // The records must say something: both some capture and some direct connection.
     assert!(
         ebpf.values().any(|v| v.starts_with("sidecar"))
@@ -828,7 +972,7 @@ fn run_flag_set(index: usize) -> Result<()> {
             wrong.join("\n")
         ));
     }
-    for (name, (rec, _, _)) in &recs[1..] {
+    for (name, (rec, _, _, _)) in &recs[1..] {
         let diff = differences(ebpf, rec, name);
         if !diff.is_empty() {
             failures.push(format!(
@@ -839,8 +983,8 @@ fn run_flag_set(index: usize) -> Result<()> {
         }
     }
     // The fourth record: each backend's explanation predicts what every pod did.
-    for (explained, (_, _, predicted)) in &recs {
-        for (pod, (rec, _, _)) in &recs {
+    for (explained, (_, _, predicted, _)) in &recs {
+        for (pod, (rec, _, _, _)) in &recs {
             let wrong = mispredicted(predicted, rec, explained, pod);
             if !wrong.is_empty() {
                 failures.push(format!(
@@ -850,6 +994,13 @@ fn run_flag_set(index: usize) -> Result<()> {
                 ));
             }
         }
+    }
+    if !trace_wrong.is_empty() {
+        failures.push(format!(
+            "trace and explain disagree on {} cases of the ebpf pod:\n{}",
+            trace_wrong.len(),
+            trace_wrong.join("\n")
+        ));
     }
     assert!(failures.is_empty(), "{flags:?}: {}", failures.join("\n"));
     eprintln!(

@@ -1,11 +1,11 @@
 //! The programs' decision events, from user space: attaching a tracer (the programs write events
 //! only while one is), reading them, and counting those the full ring buffer lost.
 //!
-//! Attached means: the tracer holds a shared `flock` on the datapath's directory and has set
-//! `TRACE_CONTROL[0]`. A tracer that leaves clears it when no other tracer holds the lock; a
-//! tracer that was killed leaves it set until the next sweep (`init`, `clean`, the daemon every
-//! 30 s), which clears it when nobody holds the lock. The lock is the kernel's: it goes with
-//! the process, however it ends.
+//! A ring buffer has one reader position, so a datapath has one tracer at a time. Attached
+//! means: the tracer holds an exclusive `flock` on the datapath's directory and has set
+//! `TRACE_CONTROL[0]`; it clears it when it leaves. A tracer that was killed leaves it set
+//! until the next sweep (`init`, `clean`, the daemon every 30 s), which clears it when nobody
+//! holds the lock. The lock is the kernel's: it goes with the process, however it ends.
 
 use std::{
     os::fd::{AsFd, BorrowedFd},
@@ -20,7 +20,7 @@ use interceptor_ebpf::{
 };
 
 use super::maps::open_pinned;
-use crate::sys::fs::{DirLock, lock_dir_shared, try_lock_dir};
+use crate::sys::fs::{DirLock, try_lock_dir};
 
 /// A datapath's trace maps, open.
 pub struct TraceMaps {
@@ -46,16 +46,32 @@ impl TraceMaps {
         }))
     }
 
-    /// Attaches this process as a tracer: events flow until the returned guard goes.
+    /// Attaches this process as the datapath's tracer: events flow until the returned guard
+    /// goes. Fails when another tracer is attached.
     pub fn attach(&mut self) -> anyhow::Result<Attached> {
-        let lock = lock_dir_shared(&self.dir)
-            .with_context(|| format!("locking {}", self.dir.display()))?;
+        // A sweep holds the lock for a moment: wait that out, not a tracer.
+        let mut lock = None;
+        for _ in 0..20 {
+            lock = try_lock_dir(&self.dir)
+                .with_context(|| format!("locking {}", self.dir.display()))?;
+            if lock.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let Some(lock) = lock else {
+            anyhow::bail!(
+                "another tracer is attached to {} (a datapath's events have one reader)",
+                self.dir.display()
+            );
+        };
         self.control
             .set(0, TRACE_ON, 0)
             .context("turning the programs' trace events on")?;
         Ok(Attached {
             dir: self.dir.clone(),
-            lock: Some(lock),
+            control: Array::try_from(open_pinned(&self.dir, map_names::TRACE_CONTROL)?)?,
+            _lock: lock,
         })
     }
 
@@ -91,14 +107,15 @@ impl TraceMaps {
 /// A tracer's attachment; detaches on drop.
 pub struct Attached {
     dir: PathBuf,
-    lock: Option<DirLock>,
+    control: Array<MapData, u32>,
+    _lock: DirLock,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.lock = None;
-        if let Err(e) = clear_if_unattended(&self.dir) {
-            tracing::warn!(datapath = %self.dir.display(), "detaching the tracer: {e:#}");
+        // Off before the lock goes: the next tracer turns them on again.
+        if let Err(e) = self.control.set(0, 0, 0) {
+            tracing::warn!(datapath = %self.dir.display(), "detaching the tracer: {e}");
         }
     }
 }

@@ -443,7 +443,12 @@ pub fn explain_for(
             let local = facts
                 .is_some_and(|f| super::is_local(f, dst))
                 .then_some(to.port());
-            (verdict, words::outbound(&ctx, decided.rule, &subject), udp, local)
+            (
+                verdict,
+                words::outbound(&ctx, decided.rule, &subject),
+                udp,
+                local,
+            )
         }
         Connection::Inbound {
             from,

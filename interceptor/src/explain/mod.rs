@@ -293,16 +293,28 @@ mod tests {
             port: 15001,
             counter: None,
         };
-        assert_eq!(outcome(&redirect, false, None, |p| p == 15001), "proxy:15001");
+        assert_eq!(
+            outcome(&redirect, false, None, |p| p == 15001),
+            "proxy:15001"
+        );
         assert_eq!(outcome(&redirect, false, None, |_| false), "refused");
-        assert_eq!(outcome(&redirect, true, None, |_| false), "proxy:15001", "UDP");
+        assert_eq!(
+            outcome(&redirect, true, None, |_| false),
+            "proxy:15001",
+            "UDP"
+        );
         let direct = Verdict::Direct { counter: None };
         assert_eq!(outcome(&direct, false, None, |_| false), "direct");
         // Direct to a port of the pod where nothing listens: refused.
-        assert_eq!(outcome(&direct, false, Some(7070), |p| p == 8080), "refused");
+        assert_eq!(
+            outcome(&direct, false, Some(7070), |p| p == 8080),
+            "refused"
+        );
         assert_eq!(outcome(&direct, false, Some(8080), |p| p == 8080), "direct");
         assert_eq!(
-            outcome(&Verdict::NoListener { refused: true }, false, None, |_| true),
+            outcome(&Verdict::NoListener { refused: true }, false, None, |_| {
+                true
+            }),
             "refused"
         );
     }
