@@ -1,7 +1,6 @@
 //! The programs' aya-log records (`--kernel-log-level` at `init` or `daemon`): the datapath's
 //! `AYA_LOGS` ring buffer, read with aya-log's own reader. `trace --kernel-log` prints them
-//! ([`Printer`]); the node daemon forwards them into its `tracing` log, under the target
-//! `kernel` ([`ToTracing`]).
+//! ([`Printer`]); the node daemon forwards them into its `tracing` log ([`ToTracing`]).
 //!
 //! A ring buffer has one reader position: with a daemon running, read them in its log.
 
@@ -78,7 +77,10 @@ impl<W: Write + Send> log::Log for Printer<W> {
     fn flush(&self) {}
 }
 
-/// Forwards records into this process's `tracing` log (the node daemon's), target `kernel`.
+/// Forwards records into this process's `tracing` log (the node daemon's), each with the field
+/// `kernel` (the program's module) and its level. Errors and warnings keep theirs; the rest are
+/// logged at info, so that what `--kernel-log-level` asks the programs to write is shown
+/// whatever the log's own filter (`--log`).
 pub struct ToTracing;
 
 impl log::Log for ToTracing {
@@ -88,13 +90,11 @@ impl log::Log for ToTracing {
 
     fn log(&self, record: &log::Record<'_>) {
         let message = record.args();
-        let program = record.target();
+        let kernel = record.target();
         match record.level() {
-            log::Level::Error => tracing::error!(target: "kernel", program, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "kernel", program, "{message}"),
-            log::Level::Info => tracing::info!(target: "kernel", program, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "kernel", program, "{message}"),
-            log::Level::Trace => tracing::trace!(target: "kernel", program, "{message}"),
+            log::Level::Error => tracing::error!(kernel, "{message}"),
+            log::Level::Warn => tracing::warn!(kernel, "{message}"),
+            level => tracing::info!(kernel, level = %level, "{message}"),
         }
     }
 

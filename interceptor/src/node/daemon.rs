@@ -145,8 +145,7 @@ async fn serve(args: DaemonOptions, cgroup: Cgroup) -> anyhow::Result<()> {
     serve_api(listener, cell, ApiLimits::DAEMON).await
 }
 
-/// Forwards the programs' aya-log records (`--kernel-log-level`) into this log, under the
-/// target `kernel`, as they come.
+/// Forwards the programs' aya-log records (`--kernel-log-level`) into this log as they come.
 fn forward_kernel_log(datapath: &Path) {
     let reader = match kernel_log::open(datapath, kernel_log::ToTracing) {
         Ok(r) => r,
@@ -165,7 +164,7 @@ fn forward_kernel_log(datapath: &Path) {
             return;
         }
     };
-    tracing::info!("forwarding the programs' log records (target kernel)");
+    tracing::info!("forwarding the programs' log records");
     tokio::spawn(async move {
         loop {
             let Ok(mut ready) = reader.readable_mut().await else {
