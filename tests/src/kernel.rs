@@ -54,3 +54,35 @@ fn count(cmd: libc::c_long) -> io::Result<usize> {
         n += 1;
     }
 }
+
+/// `BPF_PROG_QUERY`.
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+/// The attach points interceptor uses: sockops, connect4/6, post_bind4/6, sendmsg4/6,
+/// recvmsg4/6, getsockopt, getpeername4/6 (cgroups); sk_lookup (network namespaces).
+pub const CGROUP_ATTACH_TYPES: [u32; 12] = [3, 10, 11, 12, 13, 14, 15, 19, 20, 21, 29, 30];
+pub const SK_LOOKUP: u32 = 36;
+
+/// Programs attached to `target` (an open cgroup directory or network namespace) for
+/// `attach_type`, by the kernel's account.
+pub fn attached(target: &std::fs::File, attach_type: u32) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    // bpf_attr's `query`: target_fd, attach_type, query_flags, attach_flags, prog_ids (u64,
+    // none: only the count), prog_cnt (filled in); the rest zero.
+    let mut attr = [0u32; 32];
+    attr[0] = target.as_raw_fd() as u32;
+    attr[1] = attach_type;
+    // SAFETY: a zeroed bpf_attr of the size given, which the kernel fills in.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr) as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr[6])
+}
