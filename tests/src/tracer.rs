@@ -94,14 +94,21 @@ impl Tracer {
     }
 
     /// Waits for it to end by itself (`--duration`, `--count`), and collects what it printed.
+    /// A tracer still running after [`TRACER_TIMEOUT`] is killed, and that is an error.
     pub fn finish(mut self) -> Result<Traced> {
         let mut child = self.child.take().context("the tracer ran")?;
-        let mut stdout = String::new();
-        if let Some(handle) = self.stdout.take() {
-            stdout = handle.join().unwrap_or_default();
-        } else if let Some(mut out) = child.stdout.take() {
-            out.read_to_string(&mut stdout)?;
-        }
+        // Its output is read while it runs: a tracer whose pipe is full never ends.
+        let reader = match self.stdout.take() {
+            Some(reader) => reader,
+            None => {
+                let mut out = child.stdout.take().context("trace's stdout")?;
+                std::thread::spawn(move || {
+                    let mut s = String::new();
+                    let _ = out.read_to_string(&mut s);
+                    s
+                })
+            }
+        };
         let deadline = std::time::Instant::now() + TRACER_TIMEOUT;
         let status = loop {
             if let Some(status) = child.try_wait()? {
@@ -109,10 +116,12 @@ impl Tracer {
             }
             if std::time::Instant::now() > deadline {
                 let _ = child.kill();
-                bail!("the tracer did not end");
+                let _ = child.wait();
+                bail!("the tracer did not end within {TRACER_TIMEOUT:?}: killed");
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let stdout = reader.join().unwrap_or_default();
         let stderr: Vec<String> = self.stderr.try_iter().collect();
         let stderr = stderr.join("\n");
         if !status.success() {

@@ -374,7 +374,13 @@ impl Traced {
             let name = if !record.name.is_empty() {
                 format!("{}/{}", record.namespace, record.name)
             } else if !record.cgroup.is_empty() {
-                format!("cgroup:{}", record.cgroup_id)
+                // Per-pod instances: the cgroup's own name (kubelet's `pod<uid>`).
+                let dir = std::path::Path::new(&record.cgroup);
+                let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+                format!(
+                    "cgroup:{}",
+                    name.unwrap_or_else(|| record.cgroup_id.to_string())
+                )
             } else {
                 format!("netns:{cookie}")
             };
