@@ -20,7 +20,15 @@ impl PrivateBpffs {
     /// Mounts a new bpffs at `/run/icpt-<tag>-<pid>-<n>-bpffs`. Needs root.
     pub fn new(tag: &str) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!("/run/icpt-{tag}-{}-{n}-bpffs", std::process::id()));
+        Self::at(&PathBuf::from(format!(
+            "/run/icpt-{tag}-{}-{n}-bpffs",
+            std::process::id()
+        )))
+    }
+
+    /// Mounts a new bpffs at `path`, a directory made here (it must not exist).
+    pub fn at(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         let target = CString::new(path.as_os_str().as_bytes())?;
         let fstype = c"bpf";

@@ -33,17 +33,7 @@ fn count(cmd: libc::c_long) -> io::Result<usize> {
         // bpf_attr's `start_id` then `next_id` (the rest zero).
         let mut attr = [0u32; 32];
         attr[0] = id;
-        // SAFETY: a zeroed bpf_attr of the size given, which the kernel fills in.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr) as u32,
-            )
-        };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = bpf(cmd, &mut attr) {
             return if e.raw_os_error() == Some(libc::ENOENT) {
                 Ok(n)
             } else {
@@ -53,6 +43,23 @@ fn count(cmd: libc::c_long) -> io::Result<usize> {
         id = attr[1];
         n += 1;
     }
+}
+
+/// One `bpf(2)` command on `attr`, a zeroed `bpf_attr` but for what the command reads.
+fn bpf(cmd: libc::c_long, attr: &mut [u32; 32]) -> io::Result<()> {
+    // SAFETY: a bpf_attr of the size given, alive for the call, which the kernel fills in.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr) as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `BPF_PROG_QUERY`.
@@ -72,17 +79,6 @@ pub fn attached(target: &std::fs::File, attach_type: u32) -> io::Result<u32> {
     let mut attr = [0u32; 32];
     attr[0] = target.as_raw_fd() as u32;
     attr[1] = attach_type;
-    // SAFETY: a zeroed bpf_attr of the size given, which the kernel fills in.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr) as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    bpf(BPF_PROG_QUERY, &mut attr)?;
     Ok(attr[6])
 }

@@ -19,6 +19,7 @@ pub mod cni_node;
 pub mod dns;
 mod dns_peers;
 pub mod family;
+pub mod flag_sets;
 mod intercepted;
 pub mod kernel;
 pub mod light_pod;

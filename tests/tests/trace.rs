@@ -216,6 +216,45 @@ fn filters_and_one_tracer_per_datapath() -> Result<()> {
 }
 
 #[test]
+fn a_failed_original_destination_is_traced() -> Result<()> {
+    let pod = Pod::new("trorig", &["-i", "*", "-b", "9080"])?;
+    let _sidecar = pod.topo.spawn_sidecar(&[15001], &["--announce"])?;
+    let tracer = pod.tracer(&["--json", "--verdict", "failed"], true)?;
+    // Straight to the sidecar's port from outside: not captured (-b 9080), so when the sidecar
+    // asks where the connection was going, nobody knows (ENOENT, as netfilter answers).
+    let to = addr(pod.topo.pod_ip, 15001);
+    let _ = pod.topo.probe_from(
+        &Place::Server,
+        Identity::APP,
+        to,
+        &interceptor_tests::ProbeOptions::default(),
+    )?;
+    let lines = tracer.stop()?.json()?;
+    let failed = decisions(&lines);
+    ensure!(failed.len() == 1, "{lines:#?}");
+    let l = failed[0];
+    ensure!(
+        l["kind"] == "orig_dst"
+            && l["errno"] == "ENOENT"
+            && l["dst"] == to.to_string()
+            && l["uid"] == 1337
+            && l["src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{}:", pod.topo.server_ip))),
+        "{l}"
+    );
+    // The process that asked: the sidecar (`comm` is the asking thread's name, tokio's here).
+    let pid = l["pid"].as_u64().unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    ensure!(
+        String::from_utf8_lossy(&cmdline).contains("interceptor-sidecar"),
+        "pid {pid} is not the sidecar: {}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    Ok(())
+}
+
+#[test]
 fn the_programs_log_records_are_printed() -> Result<()> {
     let pod = Pod::new("trklog", &["-i", "*", "--kernel-log-level", "debug"])?;
     let tracer = pod.tracer(&["--kernel-log", "--json", "--count", "1"], true)?;
@@ -273,6 +312,31 @@ fn node_mode_follows_a_pod_added_while_tracing_and_the_daemon_logs_kernel_record
             "the pod added while tracing is not followed: {lines:#?}"
         );
         ensure!(shown.iter().all(|l| l["pod"] == "shop/late"), "{lines:#?}");
+        // explain names the same rule for the pod, by name.
+        let dst = target.to_string();
+        let out = interceptor(&[
+            "explain",
+            "--bpffs",
+            &bpffs.arg(),
+            "--pod",
+            "shop/late",
+            "--uid",
+            "1000",
+            "--to",
+            &dst,
+            "--json",
+        ]);
+        ensure!(out.status.success(), "explain --pod: {}", stderr(&out));
+        let said: Value = serde_json::from_slice(&out.stdout)?;
+        ensure!(
+            said["verdict"] == "redirect" && said["pod"] == "shop/late",
+            "{said}"
+        );
+        let traced = shown
+            .iter()
+            .find(|l| l["dst"] == dst.as_str())
+            .expect("traced above");
+        ensure!(said["rules"] == traced["rules"], "{said} vs {traced}");
         Ok(())
     })();
     // The daemon's log, with the kernel's records forwarded into it.

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, Write as _};
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use clap::Parser as _;
 
 use super::{
@@ -13,7 +13,7 @@ use super::{
 use crate::{
     error::ConfigError,
     explain::{
-        Connection, Explanation, default_peer,
+        Connection, Explanation, Inbound, Outbound, default_peer,
         ebpf::{self, PodTarget},
         iptables::LiveRules,
     },
@@ -116,25 +116,28 @@ fn connection(c: &ConnectionArgs) -> anyhow::Result<Connection> {
         if from.to_canonical().is_ipv4() != to.ip().is_ipv4() {
             return Err(bad("--from", "the peer must be of --to's address family"));
         }
-        return Ok(Connection::Inbound {
+        return Ok(Connection::Inbound(Inbound {
             from: from.to_canonical(),
             to,
             interface: c.interface.clone(),
-        });
+        }));
     }
     if c.interface.is_some() {
-        bail!("--interface names where an --inbound connection arrives");
+        return Err(bad(
+            "--interface",
+            "it names where an --inbound connection arrives",
+        ));
     }
     let Some(uid) = c.uid else {
         return Err(bad("--uid", "the connecting process's uid is required"));
     };
-    Ok(Connection::Outbound {
+    Ok(Connection::Outbound(Outbound {
         udp: c.udp,
         uid,
         gid: c.gid.unwrap_or(uid),
         from: c.from,
         to,
-    })
+    }))
 }
 
 /// A batch answer in words, on one line.

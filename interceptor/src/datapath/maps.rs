@@ -13,9 +13,9 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use interceptor_ebpf::{
-    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrSet, Counter, IN_FLIGHT_CLOCK_SHIFT,
-    INSTANCE_META_SIZE, InFlight4, InFlight6, InstanceMeta, ListenerKey, POD_RECORD_SIZE,
-    PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4, SockTuple6, map_names,
+    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrKey, CidrSet, Counter,
+    IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE, InFlight4, InFlight6, InstanceMeta, ListenerKey,
+    POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4, SockTuple6, map_names,
     wire::{RawIpv4, RawIpv6, raw_ipv4, raw_ipv6},
 };
 
@@ -212,30 +212,10 @@ impl Maps {
             .filter_map(Result::ok)
             .filter(|k| k.rules == rules)
             .collect();
-        let cidrs4 = self
-            .cidr4
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| k.data().rules == rules)
-            .map(|(k, v)| {
-                let d = k.data();
-                (d.set, d.addr, k.prefix_len() - CIDR_KEY_PREFIX_BITS, v)
-            })
-            .collect();
-        let cidrs6 = self
-            .cidr6
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| k.data().rules == rules)
-            .map(|(k, v)| {
-                let d = k.data();
-                (d.set, d.addr, k.prefix_len() - CIDR_KEY_PREFIX_BITS, v)
-            })
-            .collect();
         RuleSetEntries {
             ports,
-            cidrs4,
-            cidrs6,
+            cidrs4: trie_entries(&self.cidr4, rules),
+            cidrs6: trie_entries(&self.cidr6, rules),
         }
     }
 
@@ -566,6 +546,24 @@ impl Maps {
         }
         Ok(out)
     }
+}
+
+/// The entries of `rules` in one family's trie: (set, address, prefix length, value).
+fn trie_entries<A: Copy>(
+    trie: &LpmTrie<MapData, CidrKey<A>, u8>,
+    rules: u32,
+) -> Vec<(u32, A, u32, u8)>
+where
+    CidrKey<A>: aya::Pod,
+{
+    trie.iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.data().rules == rules)
+        .map(|(k, v)| {
+            let d = k.data();
+            (d.set, d.addr, k.prefix_len() - CIDR_KEY_PREFIX_BITS, v)
+        })
+        .collect()
 }
 
 /// The entries of one rule-set id (see `Maps::rule_set`).

@@ -1,8 +1,9 @@
-//! `explain`'s two ways of answering, held to each other without a kernel: for istio-iptables'
-//! flags of the differential test, the kernel's decision functions on the map entries `init`
-//! would write (`MapPlan`), named by the rule-set builder ([`words`]), against a walk of the
-//! rules `--backend iptables --dry-run` prints ([`walk`]), over a matrix of connections. The
-//! verdicts must agree, and the rules named must be the rules walked, word for word.
+//! `explain`'s two ways of answering, held to each other without a kernel: for the flag sets of
+//! the differential test, in a pod of its address plan, the kernel's decision functions on the
+//! map entries `init` would write (`MapPlan`), named by the rule-set builder ([`words`]),
+//! against a walk of the rules `--backend iptables --dry-run` prints ([`walk`]), over a matrix
+//! of connections. The verdicts must agree, and the rules named must be the rules walked, word
+//! for word.
 
 use std::{
     collections::BTreeSet,
@@ -17,6 +18,8 @@ use interceptor_ebpf::{
     inbound::{InboundLookup, InboundRule, InboundVerdict},
     wire::{RawIpv4, RawIpv6, ipv4_octets, ipv6_octets, raw_ipv4, raw_ipv6},
 };
+
+use interceptor_tests::flag_sets::{FLAG_SETS, flags_and_env};
 
 use super::{is_local, out_interface, walk};
 use crate::{
@@ -34,137 +37,11 @@ use crate::{
     pod::{PodFacts, Route},
 };
 
-/// The differential test's flag sets (environment-only settings as `ENV NAME=VALUE`).
-const FLAG_SETS: &[&[&str]] = &[
-    &[
-        "-p", "15001", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "9080,", "-d", "",
-    ],
-    &["--dual-stack", "-i", "*", "-x", "10.9.0.0/16,fd00:9::/64"],
-    &[
-        "--dual-stack",
-        "-i",
-        "10.2.0.0/16,10.9.0.0/16,fd00:2::/64",
-        "-x",
-        "10.2.5.5/32",
-    ],
-    &[
-        "--dual-stack",
-        "-i",
-        "fd00:2::/64,10.2.0.0/16",
-        "-q",
-        "8443",
-        "-x",
-        "10.2.9.9/32",
-    ],
-    &["--dual-stack", "-i", "", "-q", "3306,53"],
-    &["--dual-stack", "-i", "*", "-o", "3306,15008"],
-    &["--dual-stack", "-u", "1337,2000", "-g", "1337", "-i", "*"],
-    &[
-        "--dual-stack",
-        "-u",
-        "1337",
-        "-g",
-        "1337,3000",
-        "-i",
-        "*",
-        "-x",
-        "10.9.0.0/16",
-    ],
-    &["--dual-stack", "-i", "127.0.0.0/8,10.2.0.0/16"],
-    &["--dual-stack", "-i", "::1/128,fd00:2::/64"],
-    &[
-        "--dual-stack",
-        "--redirect-dns",
-        "-i",
-        "*",
-        "-x",
-        "10.9.0.0/16,fd00:9::/64",
-    ],
-    &[
-        "--dual-stack",
-        "--redirect-dns",
-        "--capture-all-dns",
-        "-i",
-        "10.2.0.0/16",
-    ],
-    &[
-        "--dual-stack",
-        "--redirect-dns",
-        "-u",
-        "1337",
-        "-g",
-        "1337,3000",
-        "-i",
-        "*",
-        "-z",
-        "15007",
-        "-e",
-        "3306",
-        "-b",
-        "*",
-    ],
-    &[
-        "--dual-stack",
-        "-i",
-        "*",
-        "-c",
-        "eth1",
-        "-q",
-        "8443",
-        "-b",
-        "*",
-    ],
-    &[
-        "--dual-stack",
-        "ENV",
-        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=3000",
-        "-i",
-        "*",
-    ],
-    &[
-        "ENV",
-        "ISTIO_OUTBOUND_OWNER_GROUPS=1000",
-        "ENV",
-        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8",
-        "--dual-stack",
-        "-i",
-        "127.0.0.0/8,10.2.0.0/16",
-    ],
-    &["--dual-stack", "-i", "*", "-b", "*", "-d", "3306,15020"],
-    &[
-        "--dual-stack",
-        "-p",
-        "15002",
-        "-z",
-        "15007",
-        "-u",
-        "1337",
-        "-g",
-        "3000",
-        "-i",
-        "10.0.0.0/8",
-        "-b",
-        "9080,8080,15008",
-    ],
-];
-
 /// The options of a flag set, as `init` reads them.
 fn options(set: &[&str]) -> RawOptions {
-    let (mut flags, mut env) = (vec!["interceptor", "init"], Vec::new());
-    let mut it = set.iter();
-    while let Some(&f) = it.next() {
-        if f == "ENV" {
-            env.push(
-                it.next()
-                    .expect("NAME=VALUE")
-                    .split_once('=')
-                    .expect("NAME=VALUE"),
-            );
-        } else {
-            flags.push(f);
-        }
-    }
-    let Command::Init(init) = Cli::try_parse_from(flags).unwrap().command else {
+    let (flags, env) = flags_and_env(set);
+    let args = ["interceptor", "init"].into_iter().chain(flags);
+    let Command::Init(init) = Cli::try_parse_from(args).unwrap().command else {
         panic!("not init")
     };
     let mut raw = init.istio.raw();
@@ -180,8 +57,8 @@ fn options(set: &[&str]) -> RawOptions {
     raw
 }
 
-/// A pod: 10.1.0.2 and fd00:1::2 on eth0, 10.8.0.2 on eth1 (routes 10.8.0.0/16 there), name
-/// servers 10.96.0.10 and fd00:96::10.
+/// The differential test's pod (its topology's address plan): 10.200.0.2 and fd00:200::2 on
+/// eth0, 10.200.101.2 on eth1; the server, 10.200.0.1 and fd00:200::1, its name servers.
 fn facts() -> PodFacts {
     let route = |dst: &str, len, dev: &str| Route {
         dst: dst.parse().unwrap(),
@@ -191,19 +68,19 @@ fn facts() -> PodFacts {
     };
     PodFacts {
         netns_cookie: Some(7),
-        addrs4: vec![Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 8, 0, 2)],
-        addrs6: vec!["fd00:1::2".parse().unwrap()],
+        addrs4: vec![Ipv4Addr::new(10, 200, 0, 2), Ipv4Addr::new(10, 200, 101, 2)],
+        addrs6: vec!["fd00:200::2".parse().unwrap()],
         interfaces: vec![("lo".into(), 1), ("eth0".into(), 2), ("eth1".into(), 3)],
         routes: vec![
             route("0.0.0.0", 0, "eth0"),
-            route("10.1.0.0", 24, "eth0"),
-            route("10.8.0.0", 16, "eth1"),
+            route("10.200.0.0", 24, "eth0"),
+            route("10.200.101.0", 24, "eth1"),
             route("::", 0, "eth0"),
-            route("fd00:1::", 64, "eth0"),
+            route("fd00:200::", 64, "eth0"),
         ],
         name_servers: vec![
-            "10.96.0.10".parse().unwrap(),
-            "fd00:96::10".parse().unwrap(),
+            "10.200.0.1".parse().unwrap(),
+            "fd00:200::1".parse().unwrap(),
         ],
     }
 }
@@ -211,14 +88,28 @@ fn facts() -> PodFacts {
 /// A plan's sets, looked up as the kernel looks its maps up.
 struct PlanSets<'a>(&'a MapPlan);
 
-fn longest<A: Copy>(
-    entries: impl Iterator<Item = (u32, u32, A, u32, u8)>,
+/// An address of either family as the top bits of a `u128`, so that one mask serves both.
+fn left4(a: RawIpv4) -> u128 {
+    u128::from(u32::from_be_bytes(ipv4_octets(a))) << 96
+}
+
+fn left6(a: RawIpv6) -> u128 {
+    u128::from_be_bytes(ipv6_octets(a))
+}
+
+/// The value of the most specific entry of `set` under `rules` holding `addr`: the entries as
+/// (rules, set, address, prefix length, value), addresses left-aligned.
+fn longest(
+    entries: impl Iterator<Item = (u32, u32, u128, u32, u8)>,
     rules: u32,
     set: CidrSet,
-    holds: impl Fn(A, u32) -> bool,
+    addr: u128,
 ) -> Option<u8> {
     entries
-        .filter(|e| e.0 == rules && e.1 == set as u32 && holds(e.2, e.3))
+        .filter(|e| {
+            let mask = u128::MAX.checked_shl(128 - e.3).unwrap_or(0);
+            e.0 == rules && e.1 == set as u32 && addr & mask == e.2 & mask
+        })
         .max_by_key(|e| e.3)
         .map(|e| e.4)
 }
@@ -231,15 +122,11 @@ impl RuleSets<V4> for PlanSets<'_> {
             .any(|k| k.rules == rules && k.set == set as u16 && k.port == port)
     }
     fn longest_match(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> Option<u8> {
-        let a = u32::from_be_bytes(ipv4_octets(addr));
         let entries = self.0.cidrs4.iter().map(|e| {
             let len = e.prefix_len - CIDR_KEY_PREFIX_BITS;
-            (e.key.rules, e.key.set, e.key.addr, len, e.value)
+            (e.key.rules, e.key.set, left4(e.key.addr), len, e.value)
         });
-        longest(entries, rules, set, |net: RawIpv4, len| {
-            let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-            a & mask == u32::from_be_bytes(ipv4_octets(net)) & mask
-        })
+        longest(entries, rules, set, left4(addr))
     }
 }
 
@@ -248,15 +135,11 @@ impl RuleSets<V6> for PlanSets<'_> {
         <Self as RuleSets<V4>>::has_port(self, rules, set, port)
     }
     fn longest_match(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> Option<u8> {
-        let a = u128::from_be_bytes(ipv6_octets(addr));
         let entries = self.0.cidrs6.iter().map(|e| {
             let len = e.prefix_len - CIDR_KEY_PREFIX_BITS;
-            (e.key.rules, e.key.set, e.key.addr, len, e.value)
+            (e.key.rules, e.key.set, left6(e.key.addr), len, e.value)
         });
-        longest(entries, rules, set, |net: RawIpv6, len| {
-            let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-            a & mask == u128::from_be_bytes(ipv6_octets(net)) & mask
-        })
+        longest(entries, rules, set, left6(addr))
     }
 }
 
@@ -295,25 +178,26 @@ fn pod(set: &[&str]) -> Pod {
     }
 }
 
-const DESTINATIONS: [&str; 16] = [
-    "10.2.0.1",
-    "10.2.5.5",
-    "10.2.9.9",
-    "10.9.0.1",
-    "10.8.1.1",
-    "192.0.2.1",
-    "10.96.0.10",
+/// The differential test's destinations (and two more: unspecified, and an address off every
+/// route but the default), ports (and the capture port) and owners.
+const DESTINATIONS: [&str; 15] = [
+    "10.200.0.1",
+    "10.200.1.1",
+    "10.200.2.1",
     "127.0.0.1",
     "127.0.0.5",
-    "10.1.0.2",
+    "10.200.0.2",
+    "10.200.101.1",
+    "10.200.250.1",
     "0.0.0.0",
-    "fd00:2::1",
-    "fd00:9::1",
+    "fd00:200::1",
+    "fd00:200:1::1",
+    "fd00:200:2::1",
     "::1",
-    "fd00:1::2",
-    "fd00:96::10",
+    "fd00:200::2",
+    "192.0.2.1",
 ];
-const PORTS: [u16; 6] = [80, 3306, 53, 15008, 8443, 15006];
+const PORTS: [u16; 5] = [8080, 3306, 15008, 53, 15006];
 const OWNERS: [(u32, u32); 5] = [
     (1000, 1000),
     (1337, 1337),
@@ -406,7 +290,7 @@ fn the_kernel_decisions_named_by_the_builder_are_the_dry_run_rules_walked() {
                 }
             }
         }
-        for to in ["10.1.0.2", "10.8.0.2", "fd00:1::2"] {
+        for to in ["10.200.0.2", "10.200.101.2", "fd00:200::2"] {
             let to: IpAddr = to.parse().unwrap();
             for port in [9080, 8080, 3306, 15008, 15020, 15006, 15007, 7070] {
                 inbound_case(&pod, &ctx, &sets, &nats, to, port, &mut rules_seen);
@@ -418,8 +302,8 @@ fn the_kernel_decisions_named_by_the_builder_are_the_dry_run_rules_walked() {
         "OUTPUT -o eth1 -j RETURN",
         "ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS",
         "ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN",
-        "ISTIO_OUTPUT -d 10.9.0.0/16 -j RETURN",
-        "ISTIO_OUTPUT -p tcp --dport 8443 -j ISTIO_REDIRECT",
+        "ISTIO_OUTPUT -d 10.200.1.0/24 -j RETURN",
+        "ISTIO_OUTPUT -p tcp --dport 8080 -j ISTIO_REDIRECT",
         "ISTIO_OUTPUT -m owner --gid-owner 3000 -j RETURN",
         "ISTIO_INBOUND -p tcp --dport 15020 -j RETURN",
         "PREROUTING -i eth1 -j RETURN",

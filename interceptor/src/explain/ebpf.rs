@@ -22,7 +22,7 @@ use interceptor_ebpf::{
     wire::{RawIpv4, RawIpv6, ipv4_octets, ipv6_octets, raw_ipv4, raw_ipv6},
 };
 
-use super::{Connection, Explanation, Verdict, listening_ports, out_interface, outcome};
+use super::{Connection, Explanation, Outbound, Verdict, listening_ports, out_interface, outcome};
 use crate::{
     config::{
         Cidr, DnsCapture, InboundFail, InboundPorts, InterceptConfig, InterceptionMode,
@@ -33,6 +33,7 @@ use crate::{
         bpffs::{self, PodDir},
         maps::{Maps, RuleSetEntries},
     },
+    error::ConfigError,
     family::Family,
     iptables::ruleset::words::{self, Context, Subject},
     pod::{NameServers, Netns, PodFacts, cgroup::Cgroup},
@@ -311,18 +312,21 @@ fn from_entries(pc: &PodConfig, e: &RuleSetEntries, facts: Option<&PodFacts>) ->
         v.sort_unstable();
         v
     };
+    // Every range of both families: (set, address, prefix length).
+    let ranges: Vec<(u32, IpAddr, u32)> = (e.cidrs4.iter())
+        .map(|c| (c.0, IpAddr::V4(Ipv4Addr::from(ipv4_octets(c.1))), c.2))
+        .chain((e.cidrs6.iter()).map(|c| (c.0, IpAddr::V6(Ipv6Addr::from(ipv6_octets(c.1))), c.2)))
+        .collect();
     let cidrs = |set: CidrSet| -> Vec<Cidr> {
-        let v4 = e.cidrs4.iter().filter(|c| c.0 == set as u32).map(|c| Cidr {
-            addr: IpAddr::V4(Ipv4Addr::from(ipv4_octets(c.1))),
-            prefix_len: c.2 as u8,
-        });
-        let v6 = e.cidrs6.iter().filter(|c| c.0 == set as u32).map(|c| Cidr {
-            addr: IpAddr::V6(Ipv6Addr::from(ipv6_octets(c.1))),
-            prefix_len: c.2 as u8,
-        });
-        let mut all: Vec<Cidr> = v4.chain(v6).collect();
-        all.sort_by_key(|c| (c.addr, c.prefix_len));
-        all
+        let mut of_set: Vec<Cidr> = (ranges.iter())
+            .filter(|c| c.0 == set as u32)
+            .map(|c| Cidr {
+                addr: c.1,
+                prefix_len: c.2 as u8,
+            })
+            .collect();
+        of_set.sort_by_key(|c| (c.addr, c.prefix_len));
+        of_set
     };
     let interface = |index: u32| {
         facts
@@ -416,14 +420,9 @@ pub fn explain_for(
     let sets = LiveSets(&pod.datapath.maps);
     let pc = &pod.config;
     let (verdict, words, udp, local) = match *conn {
-        Connection::Outbound {
-            udp,
-            uid,
-            gid,
-            from,
-            to,
-        } => {
-            let (decided, family, dst) = decide_outbound(pc, &sets, udp, uid, gid, from, to);
+        Connection::Outbound(ref o) => {
+            let (udp, to) = (o.udp, o.to);
+            let (decided, family, dst) = decide_outbound(pc, &sets, o);
             let subject = Subject {
                 family,
                 udp,
@@ -450,11 +449,8 @@ pub fn explain_for(
                 local,
             )
         }
-        Connection::Inbound {
-            from,
-            to,
-            ref interface,
-        } => {
+        Connection::Inbound(ref i) => {
+            let (from, to, interface) = (i.from, i.to, &i.interface);
             let facts = facts.ok_or_else(|| {
                 anyhow!("the pod's network namespace is needed to know its interfaces")
             })?;
@@ -469,7 +465,10 @@ pub fn explain_for(
                 .iter()
                 .find(|(n, _)| *n == ifc)
                 .map(|(_, i)| *i)
-                .ok_or_else(|| anyhow!("--interface {ifc}: the pod has no such interface"))?;
+                .ok_or_else(|| ConfigError::NoSuchInterface {
+                    flag: "--interface",
+                    value: ifc.clone(),
+                })?;
             let decided = decide_inbound(pc, &sets, from, to, ifindex);
             let family = Family::of(&to.ip());
             let verdict = match decided.verdict {
@@ -527,21 +526,18 @@ pub fn explain_for(
 fn decide_outbound(
     pc: &PodConfig,
     sets: &LiveSets<'_>,
-    udp: bool,
-    uid: u32,
-    gid: u32,
-    from: Option<IpAddr>,
-    to: SocketAddr,
+    o: &Outbound,
 ) -> (Decision, Family, IpAddr) {
-    let proto = if udp { Proto::Udp } else { Proto::Tcp };
-    let dst = to.ip().to_canonical();
-    let src = from.map(|a| a.to_canonical());
+    let proto = if o.udp { Proto::Udp } else { Proto::Tcp };
+    let dst = o.to.ip().to_canonical();
+    let src = o.from.map(|a| a.to_canonical());
+    let (uid, gid, dst_port) = (o.uid, o.gid, o.to.port());
     match dst {
         IpAddr::V4(d) => {
             let conn = Connect {
                 proto,
                 dst: raw_ipv4(d.octets()),
-                dst_port: to.port(),
+                dst_port,
                 src: match src {
                     Some(IpAddr::V4(s)) => raw_ipv4(s.octets()),
                     _ => 0,
@@ -559,7 +555,7 @@ fn decide_outbound(
             let conn = Connect {
                 proto,
                 dst: raw_ipv6(d.octets()),
-                dst_port: to.port(),
+                dst_port,
                 src: match src {
                     Some(IpAddr::V6(s)) => raw_ipv6(s.octets()),
                     _ => [0; 4],

@@ -3,10 +3,7 @@
 //! none), walked as netfilter walks them. The rules that decided are shown as iptables prints
 //! them, each with the istio-iptables option that writes a rule of that shape.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
-};
+use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, anyhow};
 
@@ -18,11 +15,12 @@ use crate::{
     family::Family,
     iptables::{
         Mode,
-        mode::{self, Flavour, Tool},
+        mode::{self, Flavour},
+        restore,
         ruleset::words::NamedRule,
         save,
     },
-    pod::{NameServers, Netns, PodFacts, exec},
+    pod::{NameServers, Netns, PodFacts},
 };
 
 /// A namespace's live rules of one family, read once (batches reuse them).
@@ -43,19 +41,8 @@ impl LiveRules {
         let flavour = mode::resolve(mode, &netns)?;
         let mut nat: [save::SavedTable; 2] = Default::default();
         for (slot, family) in nat.iter_mut().zip(Family::BOTH) {
-            let program = flavour.binary(family, Tool::Save);
-            let out = exec::run(&netns, &program, &[], None)?;
-            anyhow::ensure!(
-                out.status.success(),
-                "{program} failed in {} ({}): {}",
-                netns.path.display(),
-                out.status,
-                out.stderr.trim()
-            );
-            if let Some(table) = save::parse(&out.stdout)
-                .into_iter()
-                .find(|t| t.name == "nat")
-            {
+            let tables = restore::read_state(&netns, flavour, family, true)?.unwrap_or_default();
+            if let Some(table) = tables.into_iter().find(|t| t.name == "nat") {
                 *slot = table;
             }
         }
@@ -79,13 +66,8 @@ impl LiveRules {
     /// Explains `conn` by walking the rules.
     pub fn explain(&self, conn: &Connection) -> anyhow::Result<Explanation> {
         let (start, packet, udp, family, local) = match *conn {
-            Connection::Outbound {
-                udp,
-                uid,
-                gid,
-                from,
-                to,
-            } => {
+            Connection::Outbound(ref o) => {
+                let (udp, to) = (o.udp, o.to);
                 // The kernel connects an unspecified destination to localhost; an IPv4-mapped
                 // one is an IPv4 connection, in iptables' table, not ip6tables'.
                 let dst = match to.ip().to_canonical() {
@@ -95,23 +77,27 @@ impl LiveRules {
                 };
                 let packet = Packet {
                     udp,
-                    src: from.map(|a| a.to_canonical()),
+                    src: o.from.map(|a| a.to_canonical()),
                     dst,
                     dport: to.port(),
                     out_interface: out_interface(&self.facts, dst),
                     in_interface: None,
-                    uid: Some(uid),
-                    gid: Some(gid),
+                    uid: Some(o.uid),
+                    gid: Some(o.gid),
                 };
                 let local = super::is_local(&self.facts, dst).then_some(to.port());
                 ("OUTPUT", packet, udp, Family::of(&dst), local)
             }
-            Connection::Inbound {
-                from,
-                to,
-                ref interface,
-            } => {
+            Connection::Inbound(ref i) => {
+                let (from, to, interface) = (i.from, i.to, &i.interface);
                 let ifc = match interface {
+                    Some(i) if !self.facts.interfaces.iter().any(|(n, _)| n == i) => {
+                        return Err(crate::error::ConfigError::NoSuchInterface {
+                            flag: "--interface",
+                            value: i.clone(),
+                        }
+                        .into());
+                    }
                     Some(i) => i.clone(),
                     None => route_interface(&self.facts.routes, to.ip()).ok_or_else(|| {
                         anyhow!("no route to {} in the pod: name the interface", to.ip())
@@ -258,11 +244,6 @@ fn is_loopback(cidr: &str) -> bool {
         .next()
         .and_then(|a| a.parse::<IpAddr>().ok())
         .is_some_and(|a| a.is_loopback())
-}
-
-/// The socket address of `to` as text, for messages.
-pub fn describe(to: &SocketAddr) -> String {
-    to.to_string()
 }
 
 #[cfg(test)]

@@ -31,22 +31,28 @@ use crate::{
 /// A connection to explain, as the command line describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Connection {
-    /// A connect (or, with `udp`, a datagram) by a process of the pod.
-    Outbound {
-        udp: bool,
-        uid: u32,
-        gid: u32,
-        /// The address the socket is bound to, if any.
-        from: Option<IpAddr>,
-        to: SocketAddr,
-    },
-    /// A TCP connection arriving from outside the pod, for `to`.
-    Inbound {
-        from: IpAddr,
-        to: SocketAddr,
-        /// The interface it arrives on (default: the one `to`'s address is reached through).
-        interface: Option<String>,
-    },
+    Outbound(Outbound),
+    Inbound(Inbound),
+}
+
+/// A connect (or, with `udp`, a datagram) by a process of the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    pub udp: bool,
+    pub uid: u32,
+    pub gid: u32,
+    /// The address the socket is bound to, if any.
+    pub from: Option<IpAddr>,
+    pub to: SocketAddr,
+}
+
+/// A TCP connection arriving from outside the pod, for `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    pub from: IpAddr,
+    pub to: SocketAddr,
+    /// The interface it arrives on (default: the one `to`'s address is reached through).
+    pub interface: Option<String>,
 }
 
 /// The peer an inbound connection comes from when none is given: documentation addresses
@@ -61,27 +67,17 @@ pub fn default_peer(to: &SocketAddr) -> IpAddr {
 impl std::fmt::Display for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Connection::Outbound {
-                udp,
-                uid,
-                gid,
-                from,
-                to,
-            } => {
-                write!(f, "{} to {to}", if *udp { "udp" } else { "tcp" })?;
-                if let Some(from) = from {
+            Connection::Outbound(o) => {
+                write!(f, "{} to {}", if o.udp { "udp" } else { "tcp" }, o.to)?;
+                if let Some(from) = o.from {
                     write!(f, " from {from}")?;
                 }
-                write!(f, " by uid {uid} gid {gid}")
+                write!(f, " by uid {} gid {}", o.uid, o.gid)
             }
-            Connection::Inbound {
-                from,
-                to,
-                interface,
-            } => {
-                write!(f, "inbound tcp to {to} from {from}")?;
-                if let Some(i) = interface {
-                    write!(f, " on {i}")?;
+            Connection::Inbound(i) => {
+                write!(f, "inbound tcp to {} from {}", i.to, i.from)?;
+                if let Some(ifc) = &i.interface {
+                    write!(f, " on {ifc}")?;
                 }
                 Ok(())
             }

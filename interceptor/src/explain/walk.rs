@@ -377,46 +377,54 @@ mod tests {
     use super::*;
     use crate::iptables::save;
 
-    /// The nat table of `iptables-save` run on istio's rules for `-i '*' -x 10.9.0.0/16 -o
-    /// 3306 -c eth1` with DNS capture of 10.96.0.10, as iptables 1.8.9 prints it.
-    const SAVED: &str = "*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:ISTIO_INBOUND - [0:0]
-:ISTIO_IN_REDIRECT - [0:0]
-:ISTIO_OUTPUT - [0:0]
-:ISTIO_OUTPUT_DNS - [0:0]
-:ISTIO_REDIRECT - [0:0]
--A PREROUTING -i eth1 -j RETURN
--A PREROUTING -p tcp -j ISTIO_INBOUND
--A OUTPUT -o eth1 -j RETURN
--A OUTPUT -j ISTIO_OUTPUT
--A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN
--A ISTIO_INBOUND -p tcp -m tcp --dport 9080 -j ISTIO_IN_REDIRECT
--A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006
--A ISTIO_OUTPUT -p tcp -m tcp --dport 3306 -j RETURN
--A ISTIO_OUTPUT -p udp -m udp --dport 3306 -j RETURN
--A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN
--A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT
--A ISTIO_OUTPUT -o lo -p tcp -m tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN
--A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS
--A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN
--A ISTIO_OUTPUT -d 10.9.0.0/16 -j RETURN
--A ISTIO_OUTPUT -j ISTIO_REDIRECT
--A ISTIO_OUTPUT_DNS -d 10.96.0.10/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053
--A ISTIO_OUTPUT_DNS -d 10.96.0.10/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053
--A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001
-COMMIT
-";
+    /// The nat rules `iptables-save` prints for istio's rules of `-i '*' -x 10.9.0.0/16 -o 3306
+    /// -c eth1 -b 9080` with DNS capture of 10.96.0.10 (iptables 1.8.9).
+    const RULES: [&str; 19] = [
+        "-A PREROUTING -i eth1 -j RETURN",
+        "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+        "-A OUTPUT -o eth1 -j RETURN",
+        "-A OUTPUT -j ISTIO_OUTPUT",
+        "-A ISTIO_INBOUND -p tcp -m tcp --dport 15008 -j RETURN",
+        "-A ISTIO_INBOUND -p tcp -m tcp --dport 9080 -j ISTIO_IN_REDIRECT",
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        "-A ISTIO_OUTPUT -p tcp -m tcp --dport 3306 -j RETURN",
+        "-A ISTIO_OUTPUT -p udp -m udp --dport 3306 -j RETURN",
+        "-A ISTIO_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -p tcp -m multiport ! --dports 53,15008 -m owner --uid-owner 1337 -j ISTIO_IN_REDIRECT",
+        "-A ISTIO_OUTPUT -o lo -p tcp -m tcp ! --dport 53 -m owner ! --uid-owner 1337 -j RETURN",
+        "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A ISTIO_OUTPUT -j ISTIO_OUTPUT_DNS",
+        "-A ISTIO_OUTPUT -d 127.0.0.1/32 -j RETURN",
+        "-A ISTIO_OUTPUT -d 10.9.0.0/16 -j RETURN",
+        "-A ISTIO_OUTPUT -j ISTIO_REDIRECT",
+        "-A ISTIO_OUTPUT_DNS -d 10.96.0.10/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+    ];
+
+    /// The nat table of `rules` as `iptables-save` prints it (chains declared, then the rules).
+    fn saved(rules: &[&str]) -> SavedTable {
+        let mut chains: Vec<&str> = vec!["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
+        for r in rules {
+            let chain = r.split(' ').nth(1).unwrap_or_default();
+            if !chains.contains(&chain) {
+                chains.push(chain);
+            }
+        }
+        let mut text = String::from("*nat\n");
+        for (i, c) in chains.iter().enumerate() {
+            let policy = if i < 4 { "ACCEPT" } else { "-" };
+            text.push_str(&format!(":{c} {policy} [0:0]\n"));
+        }
+        for r in rules {
+            text.push_str(r);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n");
+        save::parse(&text).remove(0)
+    }
 
     fn nat() -> SavedTable {
-        save::parse(SAVED)
-            .into_iter()
-            .find(|t| t.name == "nat")
-            .unwrap()
+        saved(&RULES)
     }
 
     fn out(dst: &str, dport: u16, uid: u32, out_interface: &str) -> Packet {
@@ -526,8 +534,7 @@ COMMIT
 
     #[test]
     fn what_it_cannot_evaluate_is_an_error_naming_the_rule() {
-        let text = "*nat\n:OUTPUT ACCEPT [0:0]\n-A OUTPUT -m mark --mark 0x1 -j RETURN\nCOMMIT\n";
-        let nat = save::parse(text).remove(0);
+        let nat = saved(&["-A OUTPUT -m mark --mark 0x1 -j RETURN"]);
         let err = walk(&nat, "OUTPUT", &out("10.2.0.1", 80, 0, "eth0")).unwrap_err();
         assert!(
             err.contains("-A OUTPUT -m mark --mark 0x1 -j RETURN"),

@@ -81,6 +81,8 @@ pub struct TraceLine {
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
+    /// 4 or 6: the connection's family (a dual-stack socket's IPv4 connection is 4).
+    pub family: u8,
     pub proto: &'static str,
     /// The original destination (inbound: the address it arrived for; `orig_dst`: where the
     /// proxy accepted it).
@@ -498,6 +500,7 @@ fn describe(e: &TraceEvent, view: &PodView, clock: &Clock) -> TraceLine {
         }),
         uid: (!inbound && (!orig_dst || task)).then_some(e.uid),
         gid: (!inbound && (!orig_dst || task)).then_some(e.gid),
+        family: e.family,
         proto: if udp { "udp" } else { "tcp" },
         dst: SocketAddr::new(dst, e.dst_port),
         src: (inbound || orig_dst || !src.is_unspecified())
@@ -593,31 +596,24 @@ impl Clock {
     /// `ktime_ns` as UTC, `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
     fn wall(&self, ktime_ns: u64) -> String {
         let ns = i128::from(ktime_ns) + self.offset_ns;
-        let secs = ns.div_euclid(1_000_000_000) as i64;
+        let secs = ns.div_euclid(1_000_000_000) as libc::time_t;
         let micros = ns.rem_euclid(1_000_000_000) / 1_000;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (y, m, d) = civil_from_days(days);
+        // SAFETY: `tm` is plain integers (and a pointer the call sets or leaves null).
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to a time and to the `tm` it fills, both alive for the call.
+        if unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null() {
+            return format!("{ktime_ns}ns");
+        }
         format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec
         )
     }
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -625,12 +621,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_from_day_counts() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_788), (2026, 12, 1));
+    fn times_are_utc_with_microseconds() {
         let clock = Clock { offset_ns: 0 };
         assert_eq!(clock.wall(1_500_000), "1970-01-01T00:00:00.001500Z");
+        // 2000-02-29T12:34:56.789012Z, a leap day.
+        let t = 951_827_696_789_012_000;
+        assert_eq!(clock.wall(t), "2000-02-29T12:34:56.789012Z");
     }
 }

@@ -711,54 +711,17 @@ struct PrivateBpffs {
     path: PathBuf,
     /// What the kernel put in it at mount (the preloaded iterators, `maps.debug`...).
     initial: Vec<String>,
+    _mount: interceptor_tests::bpffs::PrivateBpffs,
 }
 
 impl PrivateBpffs {
     fn mount(path: &Path) -> Result<Self> {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt as _;
-        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
-        let target = CString::new(path.as_os_str().as_bytes())?;
-        let fstype = c"bpf";
-        // SAFETY: NUL-terminated strings that outlive the call; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            let _ = fs::remove_dir(path);
-            return Err(e).with_context(|| format!("mounting bpffs at {}", path.display()));
-        }
+        let mount = interceptor_tests::bpffs::PrivateBpffs::at(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             initial: pinned_files(path),
+            _mount: mount,
         })
-    }
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt as _;
-        let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) else {
-            return;
-        };
-        // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-            eprintln!(
-                "bench: unmounting {}: {}",
-                self.path.display(),
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        let _ = fs::remove_dir(&self.path);
     }
 }
 
