@@ -181,26 +181,12 @@ impl Maps {
 
     /// The value of the most specific IPv4 range of `set` holding `addr` (the programs' lookup).
     pub fn longest_match4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> Option<u8> {
-        let key = Cidr4Key {
-            rules,
-            set: set as u32,
-            addr,
-        };
-        self.cidr4
-            .get(&LpmKey::new(CIDR_KEY_PREFIX_BITS + 32, key), 0)
-            .ok()
+        longest_match(&self.cidr4, rules, set, addr, 32)
     }
 
     /// The same for IPv6.
     pub fn longest_match6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> Option<u8> {
-        let key = Cidr6Key {
-            rules,
-            set: set as u32,
-            addr,
-        };
-        self.cidr6
-            .get(&LpmKey::new(CIDR_KEY_PREFIX_BITS + 128, key), 0)
-            .ok()
+        longest_match(&self.cidr6, rules, set, addr, 128)
     }
 
     /// Every entry of the rule-set id `rules`: its ports, and its IPv4 and IPv6 ranges as
@@ -546,6 +532,26 @@ impl Maps {
         }
         Ok(out)
     }
+}
+
+/// The value of the most specific range of `set` under `rules` holding `addr` (of `bits`).
+fn longest_match<A: Copy>(
+    trie: &LpmTrie<MapData, CidrKey<A>, u8>,
+    rules: u32,
+    set: CidrSet,
+    addr: A,
+    bits: u32,
+) -> Option<u8>
+where
+    CidrKey<A>: aya::Pod,
+{
+    let key = CidrKey {
+        rules,
+        set: set as u32,
+        addr,
+    };
+    trie.get(&LpmKey::new(CIDR_KEY_PREFIX_BITS + bits, key), 0)
+        .ok()
 }
 
 /// The entries of `rules` in one family's trie: (set, address, prefix length, value).

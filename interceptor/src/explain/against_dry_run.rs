@@ -7,21 +7,21 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr},
 };
 
 use clap::Parser as _;
 use interceptor_ebpf::{
     CIDR_KEY_PREFIX_BITS, CidrSet, PortSet,
-    decision::{Connect, OutboundRule, Proto, RuleSets, Verdict as KernelVerdict},
+    decision::{OutboundRule, RuleSets, Verdict as KernelVerdict},
     family::{V4, V6},
-    inbound::{InboundLookup, InboundRule, InboundVerdict},
-    wire::{RawIpv4, RawIpv6, ipv4_octets, ipv6_octets, raw_ipv4, raw_ipv6},
+    inbound::{InboundRule, InboundVerdict},
+    wire::{RawIpv4, RawIpv6, ipv4_octets, ipv6_octets},
 };
 
 use interceptor_tests::flag_sets::{FLAG_SETS, flags_and_env};
 
-use super::{is_local, out_interface, walk};
+use super::{Outbound, is_local, out_interface, walk};
 use crate::{
     cli::{Cli, Command},
     config::{DnsCapture, InterceptConfig, NoUsers, RawOptions},
@@ -333,34 +333,16 @@ fn inbound_case(
         .find(|(n, _)| *n == ifc)
         .unwrap()
         .1;
-    let (decided, family) = match to {
-        IpAddr::V4(_) => {
-            let lookup = InboundLookup {
-                port,
-                ifindex,
-                remote: raw_ipv4([192, 0, 2, 1]),
-            };
-            let d = interceptor_ebpf::inbound::decide_inbound_by_rule::<V4>(
-                &pod.plan.pod,
-                &lookup,
-                sets,
-            );
-            (d, Family::V4)
-        }
-        IpAddr::V6(_) => {
-            let lookup = InboundLookup {
-                port,
-                ifindex,
-                remote: raw_ipv6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets()),
-            };
-            let d = interceptor_ebpf::inbound::decide_inbound_by_rule::<V6>(
-                &pod.plan.pod,
-                &lookup,
-                sets,
-            );
-            (d, Family::V6)
-        }
-    };
+    let from: IpAddr = if to.is_ipv4() {
+        "192.0.2.1"
+    } else {
+        "2001:db8::1"
+    }
+    .parse()
+    .unwrap();
+    let target = std::net::SocketAddr::new(to, port);
+    let decided = super::ebpf::decide_inbound(&pod.plan.pod, sets, from, target, ifindex);
+    let family = Family::of(&to);
     let case = format!("{to}:{port} on {ifc}: {:?}", decided.rule);
     let packet = walk::Packet {
         udp: false,
@@ -434,41 +416,15 @@ fn decide(
     dst: IpAddr,
     port: u16,
 ) -> (KernelVerdict, OutboundRule, Family) {
-    let proto = if udp { Proto::Udp } else { Proto::Tcp };
-    match dst {
-        IpAddr::V4(d) => {
-            let c = Connect {
-                proto,
-                dst: raw_ipv4(d.octets()),
-                dst_port: port,
-                src: match src {
-                    Some(IpAddr::V4(s)) => raw_ipv4(s.octets()),
-                    _ => 0,
-                },
-                uid,
-                gid,
-            };
-            let d =
-                interceptor_ebpf::decision::decide_outbound_by_rule::<V4>(&pod.plan.pod, &c, sets);
-            (d.verdict, d.rule, Family::V4)
-        }
-        IpAddr::V6(d) => {
-            let c = Connect {
-                proto,
-                dst: raw_ipv6(d.octets()),
-                dst_port: port,
-                src: match src {
-                    Some(IpAddr::V6(s)) => raw_ipv6(s.octets()),
-                    _ => [0; 4],
-                },
-                uid,
-                gid,
-            };
-            let d =
-                interceptor_ebpf::decision::decide_outbound_by_rule::<V6>(&pod.plan.pod, &c, sets);
-            (d.verdict, d.rule, Family::V6)
-        }
-    }
+    let o = Outbound {
+        udp,
+        uid,
+        gid,
+        from: src,
+        to: std::net::SocketAddr::new(dst, port),
+    };
+    let (d, family, _) = super::ebpf::decide_outbound(&pod.plan.pod, sets, &o);
+    (d.verdict, d.rule, family)
 }
 
 #[test]

@@ -250,29 +250,18 @@ fn same_entries(
     let mut live_ports = entries.ports.clone();
     ports.sort_by_key(|k| (k.set, k.port));
     live_ports.sort_by_key(|k| (k.set, k.port));
-    let mut c4: Vec<_> = plan
-        .cidrs4
-        .iter()
-        .map(|e| {
-            (
-                e.key.set,
-                e.key.addr,
-                e.prefix_len - interceptor_ebpf::CIDR_KEY_PREFIX_BITS,
-                e.value,
-            )
-        })
+    // As `Maps::rule_set` gives the live ones: (set, address, prefix length, value).
+    fn entry<A>(set: u32, addr: A, prefix_len: u32, value: u8) -> (u32, A, u32, u8) {
+        let bits = prefix_len - interceptor_ebpf::CIDR_KEY_PREFIX_BITS;
+        (set, addr, bits, value)
+    }
+    let c4 = plan.cidrs4.iter();
+    let mut c4: Vec<_> = c4
+        .map(|e| entry(e.key.set, e.key.addr, e.prefix_len, e.value))
         .collect();
-    let mut c6: Vec<_> = plan
-        .cidrs6
-        .iter()
-        .map(|e| {
-            (
-                e.key.set,
-                e.key.addr,
-                e.prefix_len - interceptor_ebpf::CIDR_KEY_PREFIX_BITS,
-                e.value,
-            )
-        })
+    let c6 = plan.cidrs6.iter();
+    let mut c6: Vec<_> = c6
+        .map(|e| entry(e.key.set, e.key.addr, e.prefix_len, e.value))
         .collect();
     let (mut l4, mut l6) = (entries.cidrs4.clone(), entries.cidrs6.clone());
     c4.sort();
@@ -523,9 +512,9 @@ pub fn explain_for(
 
 /// The kernel's outbound decision, as `connect4`/`connect6` (and `sendmsg`) make it: an
 /// IPv4-mapped destination is an IPv4 connection. The decision, its family and destination.
-fn decide_outbound(
+pub(super) fn decide_outbound<S: RuleSets<V4> + RuleSets<V6>>(
     pc: &PodConfig,
-    sets: &LiveSets<'_>,
+    sets: &S,
     o: &Outbound,
 ) -> (Decision, Family, IpAddr) {
     let proto = if o.udp { Proto::Udp } else { Proto::Tcp };
@@ -573,9 +562,9 @@ fn decide_outbound(
 }
 
 /// The kernel's inbound decision, as `sk_lookup` makes it.
-fn decide_inbound(
+pub(super) fn decide_inbound<S: RuleSets<V4> + RuleSets<V6>>(
     pc: &PodConfig,
-    sets: &LiveSets<'_>,
+    sets: &S,
     from: IpAddr,
     to: SocketAddr,
     ifindex: u32,
