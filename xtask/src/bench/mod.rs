@@ -510,6 +510,13 @@ fn measure_tracer(results: &mut Results, tools: &Tools, baseline: Option<&Tools>
         return Ok(());
     }
     for round in 1..=settings.rounds {
+        // With --tracer-only these are the only rounds: the report's load averages come from here.
+        if !results.meta.loadavg.iter().any(|s| s.round == round) {
+            results.meta.loadavg.push(LoadSample {
+                round,
+                loadavg_1m: machine::loadavg_1m(),
+            });
+        }
         for arm in tracer::arms(round, baseline.is_some()) {
             check_interrupted()?;
             let arm_tools = match (arm, baseline) {
