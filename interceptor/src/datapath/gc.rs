@@ -39,7 +39,17 @@ pub fn sweep(base: &Path) -> anyhow::Result<Swept> {
     let mut swept = Swept::default();
     for dir in bpffs::datapath_dirs(base) {
         match Datapath::existing(&dir) {
-            Ok(mut dp) => dp.sweep(&mut swept)?,
+            // What cannot be reclaimed now is left for a later sweep: never a reason to fail
+            // the `init`, `clean` or daemon start that sweeps first.
+            Ok(mut dp) => {
+                if let Err(e) = dp.sweep(&mut swept) {
+                    tracing::warn!(
+                        datapath = %dir.display(),
+                        error = %format!("{e:#}"),
+                        "cannot reclaim what a datapath holds"
+                    );
+                }
+            }
             Err(e) if Datapath::is_unused(&dir) => {
                 // Created by a loader killed before it was complete: nothing uses it.
                 tracing::debug!(error = %format!("{e:#}"), dir = %dir.display(), "incomplete");
