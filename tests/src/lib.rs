@@ -33,7 +33,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
-pub use cgroup::cgroup2_mount;
+pub use cgroup::{OwnedCgroup, cgroup2_mount};
 pub use dns_peers::DnsTransport;
 pub use intercepted::{
     BPFFS, Backend, Intercepted, IptablesMode, Route, SEED_FLAGS, addr, addr6, any, any6,
@@ -44,7 +44,7 @@ pub use lines::{
     SidecarLine, errno_name,
 };
 pub use netns::{is_listening, netns_path, run_in_netns};
-pub use process::{Finished, Identity, Process};
+pub use process::{Finished, Identity, Process, in_cgroup};
 pub use temp_file::TempFile;
 pub use topology::{Place, PodInterface, Side, Topology};
 
