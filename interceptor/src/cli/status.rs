@@ -86,7 +86,10 @@ fn print(s: &Status) {
         if let Some(o) = &p.options {
             println!("  options:  {}", options_set(o));
         }
-        println!("  counters: {}", nonzero(p.counters.iter().map(|(k, v)| (*k, *v))));
+        println!(
+            "  counters: {}",
+            nonzero(p.counters.iter().map(|(k, v)| (*k, *v)))
+        );
     }
     for l in &s.legacy {
         println!("instance {} (version 0.1)", l.instance);
