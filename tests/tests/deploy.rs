@@ -10,29 +10,11 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 use interceptor_tests::cni_node::{CniNode, GATEWAY};
+use interceptor_tests::manifests::{deploy_dir, load, validator};
 use interceptor_tests::{
     OwnedCgroup, Route, TempFile, addr, bin_path, in_cgroup, interceptor_bin, route_of,
 };
 use serde_json::{Value, json};
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn validator() -> Result<PathBuf> {
-    let path = std::env::var_os("INTERCEPTOR_KUBERNETES_VALIDATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/tools/k8s-venv/bin/kubernetes-validate")
-        });
-    ensure!(
-        path.is_file(),
-        "{} missing: run `cargo xtask setup`",
-        path.display()
-    );
-    Ok(path)
-}
 
 /// Every YAML file under deploy/.
 fn manifests() -> Result<Vec<PathBuf>> {
@@ -47,24 +29,6 @@ fn manifests() -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// A manifest as JSON, read by the validator's own PyYAML.
-fn load(relative: &str) -> Result<Value> {
-    let python = validator()?.with_file_name("python");
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(deploy_dir().join(relative))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn validate(files: &[PathBuf]) -> Result<std::process::Output> {
