@@ -24,17 +24,17 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use interceptor_tests::cni_node::{http_get, pod_counter, registered_pods};
 use interceptor_tests::kernel::{cgroup_programs, program_exists};
 use interceptor_tests::manifests::load;
 use interceptor_tests::podman::Podman;
 use interceptor_tests::{
-    LoopSummary, ProbeResult, Process, Route, addr, cgroup2_mount, interceptor, interceptor_bin,
-    route_of,
+    LoopSummary, ProbeResult, Process, Route, addr, cgroup2_mount, interceptor, route_of,
 };
 use serde_json::{Value, json};
 
@@ -150,6 +150,25 @@ fn inode(path: &Path) -> Result<u64> {
     Ok(std::fs::metadata(path)
         .with_context(|| format!("{}", path.display()))?
         .ino())
+}
+
+/// `interceptor clean --bpffs <the node's> TARGET`, then what is left of ours on that bpffs.
+fn clean_then_pinned(podman: &Podman, target: &[&str]) -> Result<Vec<String>> {
+    let bpffs = podman.bpffs.to_str().context("path")?;
+    let mut args = vec!["clean", "--bpffs", bpffs];
+    args.extend_from_slice(target);
+    let out = interceptor(&args);
+    ensure!(
+        out.status.success(),
+        "clean {target:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(std::fs::read_dir(podman.bpffs.join("interceptor"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect())
 }
 
 /// The per-pod example as podman plays it (see the module's documentation for each change).
@@ -311,24 +330,7 @@ fn the_per_pod_example_runs_under_podman_kube_play() -> Result<()> {
     // The last pod goes; the next clean (of that pod, as status names it) collects the node's
     // datapath: nothing of ours is pinned, attached or loaded.
     podman.kube_down(&second.file)?;
-    let out = interceptor(&[
-        "clean",
-        "--bpffs",
-        podman.bpffs.to_str().context("path")?,
-        "--instance",
-        &format!("cgroup-{second_id}"),
-    ]);
-    ensure!(
-        out.status.success(),
-        "clean: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let left: Vec<String> = std::fs::read_dir(podman.bpffs.join("interceptor"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let left = clean_then_pinned(&podman, &["--instance", &format!("cgroup-{second_id}")])?;
     assert!(left.is_empty(), "pinned after the last pod: {left:?}");
     for cgroup in [&first.cgroup, &second.cgroup] {
         if cgroup.exists() {
@@ -370,49 +372,15 @@ impl Node {
         self.run_dir.join("interceptor.sock")
     }
 
-    fn pod_cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(interceptor_bin())
-            .arg("pod")
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .output()
-            .expect("running interceptor pod")
-    }
-
     /// The registered pods (`interceptor pod list --json`).
     fn pods(&self) -> Result<Vec<Value>> {
-        let out = self.pod_cli(&["list", "--json"]);
-        ensure!(
-            out.status.success(),
-            "pod list: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    /// A GET on the daemon's metrics port (host network): the status code.
-    fn http_status(&self, path: &str) -> Result<u16> {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect_timeout(
-            &addr(Ipv4Addr::LOCALHOST, self.metrics),
-            Duration::from_secs(2),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        text.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("an HTTP status line")
+        registered_pods(&self.socket())
     }
 
     fn ready(&self) -> bool {
-        self.pods().is_ok() && self.http_status("/readyz").is_ok_and(|c| c == 200)
+        self.pods().is_ok()
+            && http_get(addr(Ipv4Addr::LOCALHOST, self.metrics), "/readyz")
+                .is_ok_and(|(code, _)| code == 200)
     }
 }
 
@@ -542,14 +510,7 @@ fn registered<'a>(pods: &'a [Value], name: &str) -> Option<&'a Value> {
 
 /// A pod's counter from the environment's bpffs, by network-namespace cookie.
 fn counter(podman: &Podman, cookie: u64, name: &str) -> Result<u64> {
-    let pods = pods_of(&status(podman)?);
-    let pod = pods
-        .iter()
-        .find(|p| p["netns_cookie"] == cookie)
-        .with_context(|| format!("pod {cookie} in status"))?;
-    pod["counters"][name]
-        .as_u64()
-        .with_context(|| format!("counter {name}"))
+    pod_counter(&status(podman)?, cookie, name)
 }
 
 fn wait_growth(podman: &Podman, cookie: u64, from: u64, by: u64) -> Result<u64> {
@@ -781,26 +742,10 @@ fn the_daemonset_intercepts_pods_podman_creates() -> Result<()> {
         "{conf:#}"
     );
     podman.kube_down(&played)?;
-    let out = interceptor(&[
-        "clean",
-        "--bpffs",
-        podman.bpffs.to_str().context("path")?,
-        "--cgroup",
-        unified.join(&node.kubepods).to_str().context("path")?,
-    ]);
-    ensure!(
-        out.status.success(),
-        "clean: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let left: Vec<String> = std::fs::read_dir(podman.bpffs.join("interceptor"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let kubepods = unified.join(&node.kubepods);
+    let left = clean_then_pinned(&podman, &["--cgroup", kubepods.to_str().context("path")?])?;
     assert!(left.is_empty(), "pinned after uninstalling: {left:?}");
-    assert_eq!(cgroup_programs(&unified.join(&node.kubepods))?, 0);
+    assert_eq!(cgroup_programs(&kubepods)?, 0);
     if let Some(change) = podman.host_cni_changes() {
         bail!("{change}");
     }
