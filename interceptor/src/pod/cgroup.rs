@@ -250,47 +250,26 @@ mod tests {
     }
 
     #[test]
-    fn finds_its_own_cgroup_by_path_without_a_namespace() {
-        let tree = fake_tree("path", 4242);
-        let host = Cgroup2Mount {
-            root: "/".into(),
-            mount_point: tree.clone(),
-        };
+    fn finds_its_own_cgroup_with_or_without_a_cgroup_namespace() {
+        let tree = fake_tree("own", 4242);
+        let ctr = tree.join("kubepods/burstable/pod-a/ctr-1");
         let own = "/kubepods/burstable/pod-a/ctr-1";
-        assert_eq!(
-            own_dir_in(&host, own, 4242),
-            Some(tree.join("kubepods/burstable/pod-a/ctr-1"))
-        );
-        // The path must list the caller.
-        assert_eq!(own_dir_in(&host, own, 4243), None);
+        let mount = |root: &str, at: &Path| Cgroup2Mount {
+            root: root.into(),
+            mount_point: at.to_path_buf(),
+        };
+        // No namespace: the path from a mount of an ancestor, which must list the caller.
+        assert_eq!(own_dir_in(&mount("/", &tree), own, 4242), Some(ctr.clone()));
+        assert_eq!(own_dir_in(&mount("/", &tree), own, 4243), None);
         // A mount of the caller's own cgroup does not reach its parent.
-        let own_view = Cgroup2Mount {
-            root: own.into(),
-            mount_point: tree.join("kubepods/burstable/pod-a/ctr-1"),
-        };
-        assert_eq!(own_dir_in(&own_view, own, 4242), None);
-        std::fs::remove_dir_all(tree).unwrap();
-    }
-
-    #[test]
-    fn finds_its_own_cgroup_from_inside_a_cgroup_namespace() {
-        let tree = fake_tree("ns", 4242);
-        // The namespace's root is ctr-1, four levels below the host mount's root.
-        let host = Cgroup2Mount {
-            root: "/../../../..".into(),
-            mount_point: tree.clone(),
-        };
-        assert_eq!(
-            own_dir_in(&host, "/", 4242),
-            Some(tree.join("kubepods/burstable/pod-a/ctr-1"))
-        );
+        assert_eq!(own_dir_in(&mount(own, &ctr), own, 4242), None);
+        // In a namespace rooted at ctr-1, four levels below the host mount's root: the
+        // directory four levels down that lists the caller.
+        let host = mount("/../../../..", &tree);
+        assert_eq!(own_dir_in(&host, "/", 4242), Some(ctr));
         assert_eq!(own_dir_in(&host, "/", 7), None);
         // A root beside the namespace's own is not on the caller's path.
-        let beside = Cgroup2Mount {
-            root: "/../other".into(),
-            mount_point: tree.clone(),
-        };
-        assert_eq!(own_dir_in(&beside, "/", 4242), None);
+        assert_eq!(own_dir_in(&mount("/../other", &tree), "/", 4242), None);
         std::fs::remove_dir_all(tree).unwrap();
     }
 }
