@@ -10,6 +10,9 @@
 //! - `interceptor-dns-query`: a DNS client (unconnected or connected UDP, or TCP);
 //! - `interceptor-dns-proxy`: plays istio-agent's DNS proxy on 15053.
 //!
+//! [`podman::Podman`] runs `deploy/` under a real container runtime, from images it builds out of
+//! the static binaries `cargo xtask test` stages (`$INTERCEPTOR_IMAGE_CONTEXTS`).
+//!
 //! Safety on a shared machine: everything is created under unique names (tag, pid, counter),
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
