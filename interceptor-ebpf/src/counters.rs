@@ -118,6 +118,11 @@ impl Counter {
     pub const fn slot(self, pod_index: u32) -> u32 {
         pod_index * Self::COUNT + self as u32
     }
+
+    /// The counter named `name` (as `name` gives it), if this build has it.
+    pub fn from_name(name: &str) -> Option<Counter> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,33 @@ fn unescape_octal(field: &str) -> PathBuf {
     PathBuf::from(OsString::from_vec(out))
 }
 
+/// A cgroup subtree a test made (under the cgroup2 mount), removed with everything in it on
+/// drop.
+#[derive(Debug)]
+pub struct OwnedCgroup {
+    pub path: PathBuf,
+}
+
+impl OwnedCgroup {
+    /// Creates `<cgroup2 mount>/<name>/<children...>` (all of it is removed on drop).
+    pub fn new(name: &str, children: &[&str]) -> Result<Self> {
+        let path = cgroup2_mount()?.join(name);
+        let me = Self { path };
+        fs::create_dir(&me.path).with_context(|| format!("creating {}", me.path.display()))?;
+        let leaf = children.iter().fold(me.path.clone(), |d, c| d.join(c));
+        fs::create_dir_all(&leaf).with_context(|| format!("creating {}", leaf.display()))?;
+        Ok(me)
+    }
+}
+
+impl Drop for OwnedCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.path, Duration::from_secs(5)) {
+            eprintln!("{e:#}");
+        }
+    }
+}
+
 /// Kills every process in the cgroup subtree at `root`, then removes the subtree, children first.
 ///
 /// Only call this on a tree this crate created. rmdir fails with EBUSY until the killed processes

@@ -230,47 +230,19 @@ impl CniNode {
 
     /// `interceptor pod --socket <node's> ARGS`.
     pub fn pod_cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(interceptor_bin())
-            .arg("pod")
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("running interceptor pod")
+        pod_cli(&self.socket, args)
     }
 
     /// `interceptor pod list --json`.
     pub fn pods(&self) -> Result<Vec<Value>> {
-        let out = self.pod_cli(&["list", "--json"]);
-        ensure!(
-            out.status.success(),
-            "pod list: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(serde_json::from_slice(&out.stdout)?)
+        registered_pods(&self.socket)
     }
 
     /// A GET on the daemon's HTTP endpoint (inside the node's namespace): (status, body).
     pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
         let path = path.to_string();
-        crate::run_in_netns(&self.netns_path(), move || -> Result<(u16, String)> {
-            use std::io::Read as _;
-            let addr: SocketAddr = METRICS_ADDR.parse()?;
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            let code = text
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .context("an HTTP status line")?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-            Ok((code, body.to_string()))
+        crate::run_in_netns(&self.netns_path(), move || {
+            http_get(METRICS_ADDR.parse()?, &path)
         })?
     }
 
@@ -321,16 +293,7 @@ impl CniNode {
 
     /// One counter of the pod with this netns cookie, from the pinned maps.
     pub fn counter(&self, cookie: u64, name: &str) -> Result<u64> {
-        let status = self.status()?;
-        let pod = status["pods"]
-            .as_array()
-            .context("pods")?
-            .iter()
-            .find(|p| p["netns_cookie"] == cookie)
-            .with_context(|| format!("pod {cookie} in status"))?;
-        pod["counters"][name]
-            .as_u64()
-            .with_context(|| format!("counter {name}"))
+        pod_counter(&self.status()?, cookie, name)
     }
 
     /// A conflist: `bridge` with `host-local` IPAM in the node's namespace, then
@@ -513,6 +476,62 @@ impl CniNode {
             .stderr(Stdio::piped());
         self.spawn(&mut cmd)
     }
+}
+
+/// One counter of the pod with this netns cookie in `interceptor status --json` output.
+pub fn pod_counter(status: &Value, cookie: u64, name: &str) -> Result<u64> {
+    let pod = status["pods"]
+        .as_array()
+        .context("pods")?
+        .iter()
+        .find(|p| p["netns_cookie"] == cookie)
+        .with_context(|| format!("pod {cookie} in status"))?;
+    pod["counters"][name]
+        .as_u64()
+        .with_context(|| format!("counter {name}"))
+}
+
+/// A GET of `path` on the daemon's HTTP endpoint at `addr` (in the caller's network
+/// namespace): (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("an HTTP status line")?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((code, body.to_string()))
+}
+
+/// `interceptor pod --socket SOCKET ARGS`: a client of the daemon listening there.
+pub fn pod_cli(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(interceptor_bin())
+        .arg("pod")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("running interceptor pod")
+}
+
+/// The pods the daemon listening at `socket` has registered (`interceptor pod list --json`).
+pub fn registered_pods(socket: &Path) -> Result<Vec<Value>> {
+    let out = pod_cli(socket, &["list", "--json"]);
+    ensure!(
+        out.status.success(),
+        "pod list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 impl Drop for CniNode {

@@ -10,6 +10,9 @@
 //! - `interceptor-dns-query`: a DNS client (unconnected or connected UDP, or TCP);
 //! - `interceptor-dns-proxy`: plays istio-agent's DNS proxy on 15053.
 //!
+//! [`podman::Podman`] runs `deploy/` under a real container runtime, from images it builds out of
+//! the static binaries `cargo xtask test` stages (`$INTERCEPTOR_IMAGE_CONTEXTS`).
+//!
 //! Safety on a shared machine: everything is created under unique names (tag, pid, counter),
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
@@ -24,8 +27,10 @@ mod intercepted;
 pub mod kernel;
 pub mod light_pod;
 mod lines;
+pub mod manifests;
 mod netns;
 pub mod outcome;
+pub mod podman;
 mod process;
 mod temp_file;
 mod topology;
@@ -36,7 +41,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
-pub use cgroup::cgroup2_mount;
+pub use cgroup::{OwnedCgroup, cgroup2_mount};
 pub use dns_peers::DnsTransport;
 pub use intercepted::{
     BPFFS, Backend, Intercepted, IptablesMode, Route, SEED_FLAGS, addr, addr6, any, any6,
@@ -47,7 +52,7 @@ pub use lines::{
     SidecarLine, errno_name,
 };
 pub use netns::{is_listening, netns_path, run_in_netns};
-pub use process::{Finished, Identity, Process};
+pub use process::{Finished, Identity, Process, in_cgroup};
 pub use temp_file::TempFile;
 pub use topology::{Place, PodInterface, Side, Topology};
 

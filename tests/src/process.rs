@@ -81,6 +81,30 @@ pub(crate) fn place_command(
     Ok(())
 }
 
+/// Makes `cmd` join `cgroup` between fork and exec, and with `own_namespace` then unshare a
+/// cgroup namespace rooted there, as a container runtime does on cgroup v2 hosts: the child's
+/// `/proc/self/cgroup` reads `0::/`, and mounts of the hierarchy show their roots relative to
+/// it (`/../..`).
+pub fn in_cgroup(cmd: &mut Command, cgroup: &Path, own_namespace: bool) -> Result<()> {
+    let path = cgroup.join("cgroup.procs");
+    let procs: OwnedFd = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?
+        .into();
+    let hook = move || {
+        write_own_pid(procs.as_raw_fd())?;
+        if own_namespace {
+            // SAFETY: a flag-only syscall that changes this (the child's) process.
+            check(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls and formats into a stack buffer.
+    unsafe { cmd.pre_exec(hook) };
+    Ok(())
+}
+
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())

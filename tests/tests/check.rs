@@ -9,7 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use interceptor_tests::kernel::{CGROUP_ATTACH_TYPES, SK_LOOKUP, attached};
+use interceptor_tests::kernel::{SK_LOOKUP, attached, cgroup_programs};
 use interceptor_tests::{
     Identity, Intercepted, Place, ProbeOptions, Route, Side, Topology, any, interceptor_bin,
     interceptor_env, route_of, run_in_netns,
@@ -195,13 +195,10 @@ fn asking_changes_nothing() -> Result<()> {
     // No table was created to find out which flavours work ...
     ensure!(tables(&topo)?.is_empty(), "check created iptables tables");
     // ... and no program attached, not even where check ran.
-    let cgroup = std::fs::File::open(&topo.pod_cgroup)?;
-    for t in CGROUP_ATTACH_TYPES {
-        ensure!(
-            attached(&cgroup, t)? == 0,
-            "a program attached to the cgroup ({t})"
-        );
-    }
+    ensure!(
+        cgroup_programs(&topo.pod_cgroup)? == 0,
+        "a program attached to the cgroup"
+    );
     let netns = std::fs::File::open(topo.netns_path(Side::Pod))?;
     ensure!(attached(&netns, SK_LOOKUP)? == 0, "sk_lookup attached");
     Ok(())

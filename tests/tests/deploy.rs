@@ -1,7 +1,8 @@
 //! The Kubernetes packaging in `deploy/`: the manifests pass the Kubernetes schemas offline
 //! (`kubernetes-validate`, installed by `cargo xtask setup`), the DaemonSet's capability set
 //! runs the daemon and cannot be narrowed, the ConfigMap's CNI entry is one interceptor-cni
-//! accepts, and the per-pod example replaces istio-init's arguments line for line.
+//! accepts, the per-pod example replaces istio-init's arguments line for line, and `init` finds
+//! its pod's cgroup by itself, as the example needs, also from inside a cgroup namespace.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,27 +10,11 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 use interceptor_tests::cni_node::{CniNode, GATEWAY};
-use interceptor_tests::{Route, TempFile, addr, bin_path, interceptor_bin, route_of};
+use interceptor_tests::manifests::{deploy_dir, load, validator};
+use interceptor_tests::{
+    OwnedCgroup, Route, TempFile, addr, bin_path, in_cgroup, interceptor_bin, route_of,
+};
 use serde_json::{Value, json};
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-fn validator() -> Result<PathBuf> {
-    let path = std::env::var_os("INTERCEPTOR_KUBERNETES_VALIDATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/tools/k8s-venv/bin/kubernetes-validate")
-        });
-    ensure!(
-        path.is_file(),
-        "{} missing: run `cargo xtask setup`",
-        path.display()
-    );
-    Ok(path)
-}
 
 /// Every YAML file under deploy/.
 fn manifests() -> Result<Vec<PathBuf>> {
@@ -44,24 +29,6 @@ fn manifests() -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// A manifest as JSON, read by the validator's own PyYAML.
-fn load(relative: &str) -> Result<Value> {
-    let python = validator()?.with_file_name("python");
-    let out = Command::new(python)
-        .args([
-            "-c",
-            "import json,sys,yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(deploy_dir().join(relative))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 fn validate(files: &[PathBuf]) -> Result<std::process::Output> {
@@ -214,11 +181,13 @@ fn the_per_pod_example_replaces_istio_init_line_for_line() -> Result<()> {
     assert_eq!(istio[0], "istio-iptables");
     assert_eq!(ours[0], "init");
     assert_eq!(
-        ours[1..istio.len()],
+        ours[1..],
         istio[1..],
-        "the istio-iptables arguments, unchanged"
+        "the istio-iptables arguments, unchanged, nothing added (the pod's cgroup is init's \
+         default)"
     );
-    // interceptor accepts them as they are (the pod's cgroup is the one addition).
+    // interceptor accepts them as they are (the test names a cgroup that does not exist here:
+    // only that is refused).
     let mut check = vec!["init".to_string(), "--dry-run".into()];
     check.extend(istio[1..].iter().cloned());
     check.extend(["--cgroup".into(), "/nonexistent".into()]);
@@ -285,5 +254,51 @@ fn the_daemonsets_capabilities_run_the_daemon_and_cannot_be_narrowed() -> Result
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Operation not permitted"), "{err}");
+    Ok(())
+}
+
+/// `init --dry-run` (which prints the cgroup it would attach to) from a process placed in
+/// `container`, in a cgroup namespace rooted there or not: the cgroup, or the error.
+fn default_cgroup_from(container: &Path, namespaced: bool) -> Result<Result<String, String>> {
+    let mut cmd = Command::new(interceptor_bin());
+    cmd.args(["init", "--dry-run", "-i", "*"]);
+    in_cgroup(&mut cmd, container, namespaced)?;
+    Ok(dry_run_cgroup(cmd.output()?))
+}
+
+fn dry_run_cgroup(out: std::process::Output) -> Result<String, String> {
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["cgroup"].as_str().map(str::to_string))
+        .ok_or_else(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The example names no cgroup: `init` attaches to the parent of its own. On cgroup v2 nodes
+/// containerd and CRI-O put the container in a cgroup namespace, where its own cgroup reads as
+/// `/` and the host's tree shows its root as `/../..`: it still finds the pod's directory.
+#[test]
+fn init_finds_its_pod_cgroup_with_or_without_a_cgroup_namespace() -> Result<()> {
+    let tree = OwnedCgroup::new(
+        &format!("interceptor-test-cgns-{}", std::process::id()),
+        &["pod", "init"],
+    )?;
+    let pod = tree.path.join("pod");
+    let container = pod.join("init");
+    for namespaced in [false, true] {
+        let found = default_cgroup_from(&container, namespaced)?;
+        assert_eq!(
+            found.as_deref(),
+            Ok(pod.to_str().context("path")?),
+            "namespaced: {namespaced}"
+        );
+    }
+    // Directly below the root, the parent would be the root: refused, with the way out.
+    for namespaced in [false, true] {
+        let err = default_cgroup_from(&tree.path, namespaced)?.expect_err("the root is refused");
+        assert!(err.contains("--cgroup"), "{err}");
+    }
     Ok(())
 }

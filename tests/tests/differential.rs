@@ -44,7 +44,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use interceptor_tests::{
     Backend, DnsTransport, Identity, Intercepted, IptablesMode, Place, ProbeCase, ProbeResult,
-    SEED_FLAGS, ServerLine, Side, SidecarLine, TempFile, Topology, addr, addr6, any, any6,
+    ServerLine, Side, SidecarLine, TempFile, Topology, addr, addr6, any, any6,
     flag_sets::{FLAG_SETS, flags_and_env},
     tracer::Tracer,
 };

@@ -1,6 +1,7 @@
 //! `cargo xtask`: bootstrap a fresh machine, build, run the demo, run the tests, benchmark.
 
 mod bench;
+mod image;
 mod setup;
 
 use std::{
@@ -21,7 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need: nightly rust-src, bpf-linker, iproute2, iptables,
-    /// dnsutils, dnsmasq-base, containernetworking-plugins, kubernetes-validate (PyPI).
+    /// dnsutils, dnsmasq-base, containernetworking-plugins, kubernetes-validate (PyPI), podman,
+    /// runc and the musl target.
     Setup,
     /// Build every binary (kernel programs included).
     Build {
@@ -38,6 +40,15 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy on the host crates.
     Lint,
+    /// Build the container image offline (static binaries, `deploy/Dockerfile.static`) into
+    /// the machine's podman store as localhost/interceptor:<version>; installs podman and runc
+    /// when missing.
+    Image {
+        /// Also the test peers' images (sidecar, server, application), to try the per-pod
+        /// example by hand.
+        #[arg(long)]
+        test_peers: bool,
+    },
     /// Compare interception modes (direct, explicit, iptables-legacy, iptables-nft, ebpf) on
     /// real traffic, outbound and inbound, and measure `init`, `pod add` and kernel memory at a
     /// node's scale; writes bench/results/<timestamp>/ (needs root; installs nginx and its
@@ -51,7 +62,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Setup => {
             setup::ensure_all()?;
+            setup::ensure_podman()?;
             setup::ensure_kubernetes_validate(&root).map(|_| ())
+        }
+        Cmd::Image { test_peers } => {
+            setup::ensure_all()?;
+            setup::ensure_podman()?;
+            let contexts = image::build_contexts(&root, cargo(&root))?;
+            image::build_images(&root, &contexts, test_peers)
         }
         Cmd::Build { release } => {
             setup::ensure_all()?;
@@ -70,9 +88,12 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::ensure_all()?;
+            setup::ensure_podman()?;
             let validator = setup::ensure_kubernetes_validate(&root)?;
             require_root("the integration tests")?;
             build(&root, false)?;
+            // The podman tests build the images from these (static binaries, FROM scratch).
+            let contexts = image::build_contexts(&root, cargo(&root))?;
             let bin_dir = root.join("target/debug");
             // The shared data model and decision table, on the host.
             run(cargo(&root).args(["test", "-p", "interceptor-ebpf", "--lib"]))?;
@@ -82,7 +103,8 @@ fn main() -> anyhow::Result<()> {
             cmd.args(["test", "-p", "interceptor", "-p", "interceptor-tests"])
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
                 .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir)
-                .env("INTERCEPTOR_KUBERNETES_VALIDATE", &validator);
+                .env("INTERCEPTOR_KUBERNETES_VALIDATE", &validator)
+                .env("INTERCEPTOR_IMAGE_CONTEXTS", &contexts.dir);
             if !args.is_empty() {
                 cmd.arg("--").args(&args);
             }

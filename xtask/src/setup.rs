@@ -10,6 +10,9 @@
 //!   which the daemon tests chain `interceptor-cni` after, as a runtime would;
 //! - `kubernetes-validate` from PyPI in a virtualenv under `target/tools/`, which checks the
 //!   manifests in `deploy/` against the Kubernetes schemas offline;
+//! - for the images and the podman tests: `podman` and `runc` (Debian's; `crun` refuses
+//!   hybrid cgroup hosts), and the stable toolchain's `x86_64-unknown-linux-musl` target (the
+//!   images' statically linked binaries);
 //! - for `cargo xtask bench` only: `nginx` and its stream module (`libnginx-mod-stream`: the
 //!   inbound sidecar), `wrk`, `iperf3`, `bpftool`.
 
@@ -58,6 +61,37 @@ pub fn ensure_all() -> anyhow::Result<()> {
     ensure_command("dnsmasq", "dnsmasq-base")?;
     ensure_file("/usr/lib/cni/bridge", "containernetworking-plugins")?;
     ensure_file("/usr/lib/cni/host-local", "containernetworking-plugins")?;
+    Ok(())
+}
+
+/// What `cargo xtask image` and the podman tests need: podman with runc, and the musl target.
+/// Installing podman writes its default network into /etc/cni/net.d (Debian's package ships
+/// it); the tests never use that directory.
+pub fn ensure_podman() -> anyhow::Result<()> {
+    ensure_command("podman", "podman")?;
+    ensure_command("runc", "runc")?;
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("rustup target list failed")?;
+    if installed
+        .lines()
+        .any(|l| l.trim() == crate::image::MUSL_TARGET)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: adding the {} target (the images' static binaries)",
+        crate::image::MUSL_TARGET
+    );
+    let ok = Command::new("rustup")
+        .args(["target", "add", crate::image::MUSL_TARGET])
+        .status()?
+        .success();
+    if !ok {
+        bail!(
+            "could not add the {t} target; run by hand: rustup target add {t}",
+            t = crate::image::MUSL_TARGET
+        );
+    }
     Ok(())
 }
 

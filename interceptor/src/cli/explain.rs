@@ -56,10 +56,11 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Answers one connection from what was read of the pod.
+type Answerer = Box<dyn FnMut(&Connection) -> anyhow::Result<Explanation>>;
+
 /// Reads the pod once, and answers each connection from what was read.
-fn answerer(
-    args: &ExplainArgs,
-) -> anyhow::Result<Box<dyn FnMut(&Connection) -> anyhow::Result<Explanation>>> {
+fn answerer(args: &ExplainArgs) -> anyhow::Result<Answerer> {
     match args.backend {
         ExplainBackend::Iptables => {
             let netns = args.netns.clone().ok_or_else(|| {

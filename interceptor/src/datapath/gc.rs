@@ -39,13 +39,27 @@ pub fn sweep(base: &Path) -> anyhow::Result<Swept> {
     let mut swept = Swept::default();
     for dir in bpffs::datapath_dirs(base) {
         match Datapath::existing(&dir) {
+            // What cannot be reclaimed now is left for a later sweep: never a reason to fail
+            // the `init`, `clean` or daemon start that sweeps first.
             Ok(mut dp) => {
-                dp.sweep(&mut swept)?;
+                if let Err(e) = dp.sweep(&mut swept) {
+                    tracing::warn!(
+                        datapath = %dir.display(),
+                        error = %format!("{e:#}"),
+                        "cannot reclaim what a datapath holds"
+                    );
+                }
                 // A tracer killed without detaching left the programs' events on.
-                if super::trace::clear_if_unattended(&dir)? {
-                    swept
+                match super::trace::clear_if_unattended(&dir) {
+                    Ok(true) => swept
                         .removed
-                        .push(format!("{}: trace events of no tracer", dir.display()));
+                        .push(format!("{}: trace events of no tracer", dir.display())),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        datapath = %dir.display(),
+                        error = %format!("{e:#}"),
+                        "cannot turn off the trace events of no tracer"
+                    ),
                 }
             }
             Err(e) if Datapath::is_unused(&dir) => {

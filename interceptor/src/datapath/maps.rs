@@ -19,7 +19,7 @@ use interceptor_ebpf::{
     wire::{RawIpv4, RawIpv6, raw_ipv4, raw_ipv6},
 };
 
-use super::plan::MapPlan;
+use super::{plan::MapPlan, record::DatapathRecord};
 use crate::{family::Family, sys};
 
 /// `bpf_map_update_elem` flag: fail with EEXIST when the key is present.
@@ -54,6 +54,9 @@ pub struct Maps {
     counters: PerCpuArray<MapData, u64>,
     in_flight4: HashMap<MapData, SockTuple4, InFlight4>,
     in_flight6: HashMap<MapData, SockTuple6, InFlight6>,
+    /// A pod's counters in `COUNTERS` as the datapath's creator laid them out: which of this
+    /// build's counters each one is (`None`: one this build does not have).
+    counter_layout: Vec<Option<Counter>>,
     /// The datapath directory (sizes are read from the pins).
     dir: PathBuf,
 }
@@ -62,7 +65,7 @@ impl Maps {
     /// Opens the maps pinned in the datapath directory `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let open = |name: &str| open_pinned(dir, name);
-        Ok(Maps {
+        let mut maps = Maps {
             pod_config: HashMap::try_from(open(map_names::POD_CONFIG)?)?,
             port_set: HashMap::try_from(open(map_names::PORT_SET)?)?,
             cidr4: LpmTrie::try_from(open(map_names::CIDR4)?)?,
@@ -77,8 +80,11 @@ impl Maps {
             counters: PerCpuArray::try_from(open(map_names::COUNTERS)?)?,
             in_flight4: HashMap::try_from(open(map_names::IN_FLIGHT4)?)?,
             in_flight6: HashMap::try_from(open(map_names::IN_FLIGHT6)?)?,
+            counter_layout: Counter::ALL.into_iter().map(Some).collect(),
             dir: dir.to_path_buf(),
-        })
+        };
+        maps.read_counter_layout();
+        Ok(maps)
     }
 
     // --- pods' configurations -------------------------------------------------------------
@@ -215,9 +221,32 @@ impl Maps {
 
     // --- counter slots ---------------------------------------------------------------------
 
+    /// Reads the counter layout from the datapath's record; a datapath without one (being
+    /// created now) has this build's.
+    fn read_counter_layout(&mut self) {
+        let names = self
+            .datapath_record()
+            .and_then(|json| serde_json::from_slice::<DatapathRecord>(&json).ok())
+            .map(|r| r.counters)
+            .unwrap_or_default();
+        if !names.is_empty() {
+            self.counter_layout = counter_layout(&names);
+        }
+    }
+
+    /// Counters per pod in `COUNTERS`.
+    fn counter_stride(&self) -> u32 {
+        self.counter_layout.len() as u32
+    }
+
+    /// Where `counter` of the pod in `slot` is in `COUNTERS`, if the datapath has it.
+    fn counter_index(&self, slot: u32, counter: Counter) -> Option<u32> {
+        counter_index(&self.counter_layout, slot, counter)
+    }
+
     /// Pods the datapath has slots for.
     pub fn slot_count(&self) -> anyhow::Result<u32> {
-        Ok(capacity(&self.dir, map_names::COUNTERS)? / Counter::COUNT)
+        Ok(capacity(&self.dir, map_names::COUNTERS)? / self.counter_stride().max(1))
     }
 
     /// Takes a free slot (its counters zeroed), or none when every slot is in use.
@@ -265,12 +294,14 @@ impl Maps {
         Ok(out)
     }
 
-    /// A pod's counters, summed over CPUs, in `Counter::ALL` order.
+    /// A pod's counters that this build knows, summed over CPUs, in `Counter::ALL` order.
     pub fn pod_counters(&self, slot: u32) -> anyhow::Result<Vec<(Counter, u64)>> {
         let mut out = Vec::with_capacity(Counter::ALL.len());
         for c in Counter::ALL {
-            let per_cpu = self.counters.get(&c.slot(slot), 0)?;
-            out.push((c, per_cpu.iter().sum()));
+            if let Some(index) = self.counter_index(slot, c) {
+                let per_cpu = self.counters.get(&index, 0)?;
+                out.push((c, per_cpu.iter().sum()));
+            }
         }
         Ok(out)
     }
@@ -279,18 +310,16 @@ impl Maps {
     /// counting where it was).
     pub fn add_counters(&mut self, slot: u32, counts: &[(Counter, u64)]) -> anyhow::Result<()> {
         for (c, add) in counts.iter().filter(|(_, v)| *v > 0) {
-            let mut values: Vec<u64> = self
-                .counters
-                .get(&c.slot(slot), 0)?
-                .iter()
-                .copied()
-                .collect();
+            let Some(index) = self.counter_index(slot, *c) else {
+                continue; // a counter this datapath does not have
+            };
+            let mut values: Vec<u64> = self.counters.get(&index, 0)?.iter().copied().collect();
             if let Some(first) = values.first_mut() {
                 *first += add;
             }
             let values = aya::maps::PerCpuValues::try_from(values)?;
             self.counters
-                .set(c.slot(slot), values, 0)
+                .set(index, values, 0)
                 .context("carrying a pod's counters over")?;
         }
         Ok(())
@@ -298,10 +327,10 @@ impl Maps {
 
     fn zero_counters(&mut self, slot: u32) -> anyhow::Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        for c in Counter::ALL {
+        for i in 0..self.counter_stride() {
             let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
             self.counters
-                .set(c.slot(slot), zeros, 0)
+                .set(slot * self.counter_stride() + i, zeros, 0)
                 .context("zeroing a pod's counters")?;
         }
         Ok(())
@@ -584,5 +613,51 @@ pub struct RuleSetEntries {
 impl std::fmt::Debug for Maps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Maps").field("dir", &self.dir).finish()
+    }
+}
+
+/// Which of this build's counters each of a datapath's counters (by name, in their order) is.
+fn counter_layout(names: &[String]) -> Vec<Option<Counter>> {
+    names.iter().map(|n| Counter::from_name(n)).collect()
+}
+
+/// Where `counter` of the pod in `slot` is, in a `COUNTERS` map laid out as `layout`.
+fn counter_index(layout: &[Option<Counter>], slot: u32, counter: Counter) -> Option<u32> {
+    let i = layout.iter().position(|c| *c == Some(counter))?;
+    Some(slot * layout.len() as u32 + i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_found_by_name_in_another_builds_layout() {
+        let ours: Vec<String> = Counter::ALL.iter().map(|c| c.name().to_string()).collect();
+        let layout = counter_layout(&ours);
+        assert_eq!(
+            counter_index(&layout, 3, Counter::OrigDstLost),
+            Some(Counter::OrigDstLost.slot(3)),
+            "this build's own layout is Counter::slot's"
+        );
+        // A build with one counter more (first) and one fewer (`redirected`).
+        let mut theirs = vec!["a_counter_of_a_newer_build".to_string()];
+        theirs.extend(
+            ours.iter()
+                .filter(|n| n.as_str() != Counter::Redirected.name())
+                .cloned(),
+        );
+        let layout = counter_layout(&theirs);
+        let stride = theirs.len() as u32;
+        assert_eq!(layout[0], None);
+        assert_eq!(counter_index(&layout, 2, Counter::Redirected), None);
+        let lost = theirs
+            .iter()
+            .position(|n| n == Counter::OrigDstLost.name())
+            .unwrap() as u32;
+        assert_eq!(
+            counter_index(&layout, 2, Counter::OrigDstLost),
+            Some(2 * stride + lost)
+        );
     }
 }

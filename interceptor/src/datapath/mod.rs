@@ -37,6 +37,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use interceptor_ebpf::Counter;
 
 pub use object::Sizes;
 pub use plan::MapPlan;
@@ -110,6 +111,7 @@ impl Datapath {
                     max_pods: sizes.max_pods,
                     max_connections: sizes.max_connections,
                     created_unix: now_unix(),
+                    counters: Counter::ALL.iter().map(|c| c.name().to_string()).collect(),
                 };
                 maps.write_datapath_record(&serde_json::to_vec(&record)?)?;
             }

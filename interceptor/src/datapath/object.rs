@@ -99,11 +99,18 @@ pub fn datapath_key(sizes: Sizes) -> anyhow::Result<String> {
     let object = object()?;
     let mut names: Vec<&String> = object.maps.keys().collect();
     names.sort();
-    let mut text = format!("pods={} conns={};", sizes.max_pods, sizes.max_connections);
+    let entries: std::collections::BTreeMap<&str, u32> = map_entries(sizes).into_iter().collect();
+    let mut text = String::new();
     for name in names {
         let m = &object.maps[name];
+        // The entries of every sized map: they follow from the sizes and from per-pod
+        // constants (a pod's counters, addresses, listeners) that a build may change.
+        let max_entries = entries
+            .get(name.as_str())
+            .copied()
+            .unwrap_or(m.max_entries());
         text.push_str(&format!(
-            "{name}:{}:{}:{}:{};",
+            "{name}:{}:{}:{}:{}:{max_entries};",
             m.map_type(),
             m.key_size(),
             m.value_size(),
@@ -111,6 +118,28 @@ pub fn datapath_key(sizes: Sizes) -> anyhow::Result<String> {
         ));
     }
     Ok(format!("{:016x}", fnv1a(text.bytes())))
+}
+
+/// The entries of each map the sizes decide (the others keep the size the programs declare).
+fn map_entries(sizes: Sizes) -> [(&'static str, u32); 12] {
+    let pods = sizes.max_pods;
+    [
+        (map_names::POD_CONFIG, pods),
+        (map_names::POD_RECORDS, pods),
+        (map_names::POD_SLOTS, pods.div_ceil(64)),
+        (map_names::COUNTERS, Counter::COUNT * pods),
+        (map_names::POD_ADDRS4, Sizes::ADDRS_PER_POD * pods),
+        (map_names::POD_ADDRS6, Sizes::ADDRS_PER_POD * pods),
+        (
+            map_names::INBOUND_LISTENERS,
+            Sizes::LISTENERS_PER_POD * pods,
+        ),
+        (map_names::PORT_SET, Sizes::SET_ENTRIES),
+        (map_names::CIDR4, Sizes::SET_ENTRIES),
+        (map_names::CIDR6, Sizes::SET_ENTRIES),
+        (map_names::IN_FLIGHT4, sizes.max_connections),
+        (map_names::IN_FLIGHT6, sizes.max_connections),
+    ]
 }
 
 /// (key size, value size) of a map as the programs this build carries declare it.
@@ -132,27 +161,14 @@ pub fn load(
     netns_cookie: u64,
     programs: &[&str],
 ) -> anyhow::Result<Ebpf> {
-    let pods = sizes.max_pods;
     let mut loader = EbpfLoader::new();
     for name in DATAPATH_MAPS {
         loader.map_pin_path(name, dir.join(name));
     }
+    for (name, entries) in map_entries(sizes) {
+        loader.map_max_entries(name, entries);
+    }
     loader
-        .map_max_entries(map_names::POD_CONFIG, pods)
-        .map_max_entries(map_names::POD_RECORDS, pods)
-        .map_max_entries(map_names::POD_SLOTS, pods.div_ceil(64))
-        .map_max_entries(map_names::COUNTERS, Counter::COUNT * pods)
-        .map_max_entries(map_names::POD_ADDRS4, Sizes::ADDRS_PER_POD * pods)
-        .map_max_entries(map_names::POD_ADDRS6, Sizes::ADDRS_PER_POD * pods)
-        .map_max_entries(
-            map_names::INBOUND_LISTENERS,
-            Sizes::LISTENERS_PER_POD * pods,
-        )
-        .map_max_entries(map_names::PORT_SET, Sizes::SET_ENTRIES)
-        .map_max_entries(map_names::CIDR4, Sizes::SET_ENTRIES)
-        .map_max_entries(map_names::CIDR6, Sizes::SET_ENTRIES)
-        .map_max_entries(map_names::IN_FLIGHT4, sizes.max_connections)
-        .map_max_entries(map_names::IN_FLIGHT6, sizes.max_connections)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true)
         .override_global(TRACE_TASK_GLOBAL, trace_task(), true);

@@ -30,6 +30,11 @@ pub struct DatapathRecord {
     pub max_pods: u32,
     pub max_connections: u32,
     pub created_unix: u64,
+    /// The names of a pod's counters, in their order in `COUNTERS`: any build reads any
+    /// datapath's counters by name (a build that adds a counter makes a datapath of its own,
+    /// and pods moving there keep the counts both builds know).
+    #[serde(default)]
+    pub counters: Vec<String>,
 }
 
 /// One pod's record (in `POD_RECORDS`, by netns cookie). Version 0.1's node records have the

@@ -14,7 +14,8 @@ use anyhow::{Context as _, anyhow};
 
 use crate::{error::TargetError, sys};
 
-const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+/// `libc::Ioctl`: the request argument is `unsigned long` in glibc, `int` in musl.
+const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
 
 /// A network namespace, held open.
 #[derive(Debug)]

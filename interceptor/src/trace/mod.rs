@@ -547,8 +547,8 @@ pub fn print_kernel_log(
     let started = Instant::now();
     let shown = || printer.lines.load(std::sync::atomic::Ordering::Relaxed);
     while !stopping()
-        && !duration.is_some_and(|d| started.elapsed() >= d)
-        && !count.is_some_and(|n| shown() >= n)
+        && duration.is_none_or(|d| started.elapsed() < d)
+        && count.is_none_or(|n| shown() < n)
     {
         let mut fds: Vec<libc::pollfd> = readers
             .iter()

@@ -161,7 +161,7 @@ pub fn arms(round: u32, baseline: bool) -> Vec<Arm> {
     if baseline {
         arms.insert(0, Arm::Baseline);
     }
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         arms.reverse();
     }
     arms
