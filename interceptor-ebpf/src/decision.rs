@@ -89,10 +89,75 @@ pub trait RuleSets<F: Family> {
 
 /// Which owner rule group is being walked: istio-iptables writes the same three rules per uid
 /// and per gid, with one difference under DNS capture (below).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Owner {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// `-u`: `-m owner --uid-owner`.
     Uid,
+    /// `-g`: `-m owner --gid-owner`.
     Gid,
+}
+
+/// One of the proxy's ids: the `index`th of `-u`, or of `-g` (istio-iptables writes a group of
+/// rules per id, in that order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyId {
+    pub owner: Owner,
+    pub index: u8,
+}
+
+/// The rule of istio-iptables' chains that decided an outbound connection, named as
+/// `decide_outbound`'s list numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundRule {
+    /// IPv6 and no ip6tables rules at all (istio-iptables' `EnableIPv6` off).
+    Ipv6NotCaptured,
+    /// 0. `OUTPUT -o <-c interface> -j RETURN` (the route to the destination leaves there).
+    ExcludedInterface,
+    /// 1. `-p tcp|udp --dport <-o port> -j RETURN`
+    OutboundPortExclude,
+    /// 2. `-o lo -s 127.0.0.6/32 -j RETURN`
+    InboundPassthrough,
+    /// 3a. the proxy calling its own pod over lo: `-j ISTIO_IN_REDIRECT`.
+    ProxyToOwnPod(ProxyId),
+    /// 3b. anyone but this proxy id over lo: `-j RETURN`.
+    OthersOverLo(ProxyId),
+    /// 3c. this proxy id: `-j RETURN`.
+    ProxyOwner(ProxyId),
+    /// 3d. `ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]`.
+    OwnerGroups,
+    /// 4. DNS capture: `ISTIO_OUTPUT_DNS`'s REDIRECT to 15053.
+    DnsCapture,
+    /// 5. `-d 127.0.0.1/32 -j RETURN`
+    Localhost,
+    /// 6. `-d <-x cidr> -j RETURN`
+    ExcludeCidr,
+    /// 7. `-p tcp --dport <-q port> -j ISTIO_REDIRECT`
+    OutboundPortInclude,
+    /// 8. `-i '*'`: `-j ISTIO_REDIRECT`
+    IncludeAll,
+    /// 8. `-d <-i cidr> -j ISTIO_REDIRECT`
+    IncludeCidr,
+    /// 8. UDP past the excludes: `ISTIO_REDIRECT` redirects TCP only, so nothing matches it.
+    UdpNotRedirected,
+    /// 9. no rule matched: the chain ends (OUTPUT's policy, ACCEPT).
+    EndOfChain,
+}
+
+/// An outbound verdict and the rule that gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub rule: OutboundRule,
+}
+
+impl Decision {
+    #[inline(always)]
+    const fn direct(counter: Counter, rule: OutboundRule) -> Self {
+        Decision {
+            verdict: Verdict::Direct(counter),
+            rule,
+        }
+    }
 }
 
 /// Decide an outbound connect or datagram. IPv6 is decided only when the pod captures IPv6
@@ -131,9 +196,20 @@ pub fn decide_outbound<F: Family>(
     c: &Connect<F::Addr>,
     sets: &impl RuleSets<F>,
 ) -> Verdict {
+    decide_outbound_by_rule(cfg, c, sets).verdict
+}
+
+/// `decide_outbound`, with the rule that decided (what `explain` and `trace` name).
+#[inline(always)]
+pub fn decide_outbound_by_rule<F: Family>(
+    cfg: &PodConfig,
+    c: &Connect<F::Addr>,
+    sets: &impl RuleSets<F>,
+) -> Decision {
+    use OutboundRule::*;
     // No ip6tables rules at all (istio-iptables' EnableIPv6 off): IPv6 goes direct.
     if F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY) {
-        return Verdict::Direct(Counter::DirectIpv6Disabled);
+        return Decision::direct(Counter::DirectIpv6Disabled, Ipv6NotCaptured);
     }
     let rules = cfg.rules;
     let tcp = c.proto == Proto::Tcp;
@@ -146,16 +222,16 @@ pub fn decide_outbound<F: Family>(
     let over_lo = F::is_local(cfg, dst);
     // Local destinations leave through lo, never through a `-c` interface.
     if cfg.has(F::HAS_EXCLUDED_ROUTES) && !over_lo && sets.route_excluded(rules, dst) {
-        return Verdict::Direct(Counter::DirectExcludedInterface);
+        return Decision::direct(Counter::DirectExcludedInterface, ExcludedInterface);
     }
     if cfg.has(flags::HAS_OUTBOUND_PORTS_EXCLUDE)
         && sets.has_port(rules, PortSet::OutboundExclude, c.dst_port)
     {
-        return Verdict::Direct(Counter::DirectExcludedPort);
+        return Decision::direct(Counter::DirectExcludedPort, OutboundPortExclude);
     }
 
     if over_lo && c.src == F::PASSTHROUGH_SRC {
-        return Verdict::Direct(Counter::DirectPassthrough);
+        return Decision::direct(Counter::DirectPassthrough, InboundPassthrough);
     }
 
     if let Some(v) = owner_rules::<F>(cfg, c, dst, Owner::Uid, over_lo, tcp, dns) {
@@ -165,40 +241,47 @@ pub fn decide_outbound<F: Family>(
         return v;
     }
     if cfg.owner_group_spared(c.gid) {
-        return Verdict::Direct(Counter::DirectOwnerGroup);
+        return Decision::direct(Counter::DirectOwnerGroup, OwnerGroups);
     }
 
     if c.dst_port == DNS_PORT && F::is_captured_dns_server(cfg, dst) {
-        return Verdict::Redirect {
-            port: DNS_CAPTURE_PORT,
-            counter: Counter::DnsCaptured,
+        return Decision {
+            verdict: Verdict::Redirect {
+                port: DNS_CAPTURE_PORT,
+                counter: Counter::DnsCaptured,
+            },
+            rule: DnsCapture,
         };
     }
 
     if F::is_localhost(cfg, dst) {
-        return Verdict::Direct(Counter::DirectLocal);
+        return Decision::direct(Counter::DirectLocal, Localhost);
     }
     if cfg.has(F::HAS_EXCLUDE_CIDRS) && sets.has_cidr(rules, CidrSet::Exclude, dst) {
-        return Verdict::Direct(Counter::DirectExcludedCidr);
+        return Decision::direct(Counter::DirectExcludedCidr, ExcludeCidr);
     }
     if !tcp {
-        return Verdict::Direct(Counter::DirectNotIncluded);
+        return Decision::direct(Counter::DirectNotIncluded, UdpNotRedirected);
     }
-    let redirect = Verdict::Redirect {
-        port: cfg.proxy_port,
-        counter: Counter::Redirected,
+    let redirect = |rule| Decision {
+        verdict: Verdict::Redirect {
+            port: cfg.proxy_port,
+            counter: Counter::Redirected,
+        },
+        rule,
     };
     if cfg.has(flags::HAS_OUTBOUND_PORTS_INCLUDE)
         && sets.has_port(rules, PortSet::OutboundInclude, c.dst_port)
     {
-        return redirect;
+        return redirect(OutboundPortInclude);
     }
-    if cfg.has(flags::INCLUDE_ALL)
-        || (cfg.has(F::HAS_INCLUDE_CIDRS) && sets.has_cidr(rules, CidrSet::Include, dst))
-    {
-        return redirect;
+    if cfg.has(flags::INCLUDE_ALL) {
+        return redirect(IncludeAll);
     }
-    Verdict::Direct(Counter::DirectNotIncluded)
+    if cfg.has(F::HAS_INCLUDE_CIDRS) && sets.has_cidr(rules, CidrSet::Include, dst) {
+        return redirect(IncludeCidr);
+    }
+    Decision::direct(Counter::DirectNotIncluded, EndOfChain)
 }
 
 /// Rules 3a-3c for every uid (or gid) in order. `None`: no rule matched, walk on.
@@ -211,7 +294,7 @@ fn owner_rules<F: Family>(
     over_lo: bool,
     tcp: bool,
     dns: bool,
-) -> Option<Verdict> {
+) -> Option<Decision> {
     let (ids, n, id) = match owner {
         Owner::Uid => (&cfg.uids, cfg.n_uids, c.uid),
         Owner::Gid => (&cfg.gids, cfg.n_gids, c.gid),
@@ -232,17 +315,30 @@ fn owner_rules<F: Family>(
             break;
         }
         let mine = ids[i] == id;
+        let which = ProxyId {
+            owner,
+            index: i as u8,
+        };
         if mine && capturable {
-            return Some(Verdict::Redirect {
-                port: cfg.inbound_capture_port,
-                counter: Counter::InboundCaptured,
+            return Some(Decision {
+                verdict: Verdict::Redirect {
+                    port: cfg.inbound_capture_port,
+                    counter: Counter::InboundCaptured,
+                },
+                rule: OutboundRule::ProxyToOwnPod(which),
             });
         }
         if !mine && others_direct {
-            return Some(Verdict::Direct(Counter::DirectLocal));
+            return Some(Decision::direct(
+                Counter::DirectLocal,
+                OutboundRule::OthersOverLo(which),
+            ));
         }
         if mine {
-            return Some(Verdict::Direct(Counter::DirectProxy));
+            return Some(Decision::direct(
+                Counter::DirectProxy,
+                OutboundRule::ProxyOwner(which),
+            ));
         }
         i += 1;
     }
@@ -307,6 +403,23 @@ mod tests {
     fn check<F: Fixture>(cfg: &PodConfig, sets: &Sets, cases: &[(Connect<F::Addr>, Verdict)]) {
         for (c, want) in cases {
             assert_eq!(decide_outbound::<F>(cfg, c, sets), *want, "{c:?}");
+            // The decision that names its rule is the same decision.
+            assert_eq!(
+                decide_outbound_by_rule::<F>(cfg, c, sets).verdict,
+                *want,
+                "{c:?}"
+            );
+        }
+    }
+
+    /// The rules that decided each case.
+    fn rules<F: Fixture>(cfg: &PodConfig, sets: &Sets, cases: &[(Connect<F::Addr>, OutboundRule)]) {
+        for (c, want) in cases {
+            assert_eq!(
+                decide_outbound_by_rule::<F>(cfg, c, sets).rule,
+                *want,
+                "{c:?}"
+            );
         }
     }
 
@@ -326,7 +439,100 @@ mod tests {
         unspecified_destination_is_localhost_as_the_kernel_makes_it,
         exclude_interfaces_follow_the_route_a_connection_takes,
         owner_groups_spare_groups_after_the_proxy_rules,
+        each_rule_of_istio_output_is_named,
     );
+
+    fn each_rule_of_istio_output_is_named<F: Fixture>() {
+        use OutboundRule::*;
+        let uid = |index| ProxyId {
+            owner: Owner::Uid,
+            index,
+        };
+        let gid = |index| ProxyId {
+            owner: Owner::Gid,
+            index,
+        };
+        let mut cfg = pod(F::HAS_INCLUDE_CIDRS
+            | F::HAS_EXCLUDE_CIDRS
+            | flags::HAS_OUTBOUND_PORTS_EXCLUDE
+            | flags::HAS_OUTBOUND_PORTS_INCLUDE
+            | F::HAS_EXCLUDED_ROUTES
+            | flags::OWNER_GROUPS_EXCEPT);
+        cfg.gids[1] = 1338;
+        cfg.n_gids = 2;
+        cfg.owner_groups[0] = 3000;
+        cfg.n_owner_groups = 1;
+        let sets = Sets::default()
+            .range::<F>(1, CidrSet::Route, "0.0.0.0/0", 0)
+            .range::<F>(1, CidrSet::Route, "10.8.0.0/16", 1)
+            .range::<F>(1, CidrSet::Exclude, "10.9.0.0/16", 1)
+            .range::<F>(1, CidrSet::Include, "10.2.0.0/16", 1)
+            .port(PortSet::OutboundExclude, 3306)
+            .port(PortSet::OutboundInclude, 8443);
+        let tcp = tcp::<F>;
+        rules::<F>(
+            &cfg,
+            &sets,
+            &[
+                (tcp("10.8.1.1", 80, APP, APP), ExcludedInterface),
+                (tcp("10.2.0.1", 3306, APP, APP), OutboundPortExclude),
+                (
+                    from_passthrough::<F>(tcp(POD_IP, 9080, PROXY, PROXY)),
+                    InboundPassthrough,
+                ),
+                (tcp(POD_IP, 9080, PROXY, PROXY), ProxyToOwnPod(uid(0))),
+                (tcp(POD_IP, 9080, APP, APP), OthersOverLo(uid(0))),
+                (tcp("10.2.0.1", 80, PROXY, APP), ProxyOwner(uid(0))),
+                // Past the uid rules, the gid rules name the index of the gid that matched.
+                (tcp("10.2.0.1", 80, APP, 1338), ProxyOwner(gid(1))),
+                (tcp("10.2.0.1", 80, APP, 3000), OwnerGroups),
+                (to::<F>(F::LOCALHOST, 80, 2000, 2000), OthersOverLo(uid(0))),
+                (tcp("10.9.0.1", 80, APP, APP), ExcludeCidr),
+                (tcp("192.0.2.1", 8443, APP, APP), OutboundPortInclude),
+                (tcp("10.2.0.1", 80, APP, APP), IncludeCidr),
+                (udp::<F>("10.2.0.1", 80, APP, APP), UdpNotRedirected),
+                (tcp("192.0.2.1", 80, APP, APP), EndOfChain),
+            ],
+        );
+        cfg.flags |= flags::INCLUDE_ALL;
+        rules::<F>(&cfg, &sets, &[(tcp("192.0.2.1", 80, APP, APP), IncludeAll)]);
+        let dns = dns_pod::<F>(flags::CAPTURE_ALL_DNS, &[]);
+        rules::<F>(
+            &dns,
+            &sets,
+            &[(udp::<F>("192.0.2.1", 53, APP, APP), DnsCapture)],
+        );
+        let loopback = pod(flags::INCLUDE_ALL);
+        rules::<F>(
+            &loopback,
+            &sets,
+            &[(to::<F>(F::LOCALHOST, 80, 2000, 2000), OthersOverLo(uid(0)))],
+        );
+    }
+
+    #[test]
+    fn localhost_and_ipv6_not_captured_are_named() {
+        let cfg = pod(flags::INCLUDE_ALL | flags::LOOPBACK_INCLUDED);
+        let sets = Sets::default();
+        rules::<V4>(
+            &cfg,
+            &sets,
+            &[(
+                tcp::<V4>("127.0.0.1", 80, APP, APP),
+                OutboundRule::Localhost,
+            )],
+        );
+        let mut v4_only = pod(flags::INCLUDE_ALL);
+        v4_only.flags &= !flags::IPV6;
+        rules::<V6>(
+            &v4_only,
+            &sets,
+            &[(
+                tcp::<V6>("10.2.0.1", 80, APP, APP),
+                OutboundRule::Ipv6NotCaptured,
+            )],
+        );
+    }
 
     fn include_all_table<F: Fixture>() {
         let cfg =

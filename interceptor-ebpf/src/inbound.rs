@@ -42,6 +42,39 @@ pub enum InboundVerdict {
     Steer,
 }
 
+/// The rule of istio-iptables' `PREROUTING` / `ISTIO_INBOUND` rules that decided an inbound
+/// connection (or why none applies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundRule {
+    /// No inbound capture (`-b ''`), or none for this family: `PREROUTING` has no jump to
+    /// `ISTIO_INBOUND`.
+    NotCaptured,
+    /// Made inside the pod (loopback, a local source, Envoy's passthrough source): nat
+    /// `PREROUTING` never sees it.
+    MadeInPod,
+    /// `PREROUTING -i <-c interface> -j RETURN`
+    ExcludedInterface,
+    /// `ISTIO_INBOUND -p tcp --dport <-e> -j RETURN`
+    TunnelPort,
+    /// To `-z` itself: it reaches the proxy's listener as it is.
+    CapturePort,
+    /// `ISTIO_INBOUND -p tcp --dport <-d port> -j RETURN` (with `-b '*'`)
+    ExcludedPort,
+    /// `ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT` (`-b '*'`)
+    AllPorts,
+    /// `ISTIO_INBOUND -p tcp --dport <-b port> -j ISTIO_IN_REDIRECT`
+    ListedPort,
+    /// No `-b` port matched: the end of `ISTIO_INBOUND`.
+    NotListed,
+}
+
+/// An inbound verdict and the rule that gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboundDecision {
+    pub verdict: InboundVerdict,
+    pub rule: InboundRule,
+}
+
 /// Decide one inbound connection of a pod with inbound capture configured or not.
 #[inline(always)]
 pub fn decide_inbound<F: Family>(
@@ -49,9 +82,24 @@ pub fn decide_inbound<F: Family>(
     c: &InboundLookup<F::Addr>,
     sets: &impl RuleSets<F>,
 ) -> InboundVerdict {
+    decide_inbound_by_rule(cfg, c, sets).verdict
+}
+
+/// `decide_inbound`, with the rule that decided.
+#[inline(always)]
+pub fn decide_inbound_by_rule<F: Family>(
+    cfg: &PodConfig,
+    c: &InboundLookup<F::Addr>,
+    sets: &impl RuleSets<F>,
+) -> InboundDecision {
+    use InboundRule::*;
+    let pass = |counter, rule| InboundDecision {
+        verdict: InboundVerdict::Pass(counter),
+        rule,
+    };
     // No inbound capture, or none for this family (no ip6tables rules without IPv6).
     if !cfg.has(flags::INBOUND_CAPTURE) || (F::ENABLED_BY != 0 && !cfg.has(F::ENABLED_BY)) {
-        return InboundVerdict::Pass(None);
+        return pass(None, NotCaptured);
     }
     // Made inside the pod: from a local source (a packet from outside with a local source is a
     // martian the kernel drops before any socket lookup). Envoy's passthrough source counts as
@@ -59,26 +107,34 @@ pub fn decide_inbound<F: Family>(
     // after init), so the sidecar's connection to the application is never steered back.
     if c.ifindex == LOOPBACK_IFINDEX || F::is_local(cfg, c.remote) || c.remote == F::PASSTHROUGH_SRC
     {
-        return InboundVerdict::Pass(None);
+        return pass(None, MadeInPod);
     }
     if cfg.is_excluded_interface(c.ifindex) {
-        return InboundVerdict::Pass(Some(Counter::InboundDirectInterface));
+        return pass(Some(Counter::InboundDirectInterface), ExcludedInterface);
+    }
+    if c.port == cfg.inbound_tunnel_port {
+        return pass(Some(Counter::InboundDirectPort), TunnelPort);
     }
     // Connections addressed to the capture port itself already reach the listener.
-    if c.port == cfg.inbound_tunnel_port || c.port == cfg.inbound_capture_port {
-        return InboundVerdict::Pass(Some(Counter::InboundDirectPort));
+    if c.port == cfg.inbound_capture_port {
+        return pass(Some(Counter::InboundDirectPort), CapturePort);
     }
-    let captured = if cfg.has(flags::INBOUND_ALL_PORTS) {
-        !(cfg.has(flags::HAS_INBOUND_PORTS_EXCLUDE)
-            && sets.has_port(cfg.rules, PortSet::InboundExclude, c.port))
-    } else {
-        sets.has_port(cfg.rules, PortSet::InboundInclude, c.port)
+    let steer = |rule| InboundDecision {
+        verdict: InboundVerdict::Steer,
+        rule,
     };
-    if captured {
-        InboundVerdict::Steer
-    } else {
-        InboundVerdict::Pass(Some(Counter::InboundDirectPort))
+    if cfg.has(flags::INBOUND_ALL_PORTS) {
+        if cfg.has(flags::HAS_INBOUND_PORTS_EXCLUDE)
+            && sets.has_port(cfg.rules, PortSet::InboundExclude, c.port)
+        {
+            return pass(Some(Counter::InboundDirectPort), ExcludedPort);
+        }
+        return steer(AllPorts);
     }
+    if sets.has_port(cfg.rules, PortSet::InboundInclude, c.port) {
+        return steer(ListedPort);
+    }
+    pass(Some(Counter::InboundDirectPort), NotListed)
 }
 
 #[cfg(test)]
@@ -118,6 +174,8 @@ mod tests {
     ) {
         for (lookup, want) in cases {
             assert_eq!(decide_inbound::<F>(c, lookup, sets), *want, "{lookup:?}");
+            let decided = decide_inbound_by_rule::<F>(c, lookup, sets);
+            assert_eq!(decided.verdict, *want, "{lookup:?}");
         }
     }
 
@@ -126,11 +184,57 @@ mod tests {
         Sets::default().port(PortSet::InboundInclude, 9080)
     }
 
+    /// The rules that decided each case.
+    fn rules<F: Fixture>(
+        c: &PodConfig,
+        sets: &Sets,
+        cases: &[(InboundLookup<F::Addr>, InboundRule)],
+    ) {
+        for (lookup, want) in cases {
+            assert_eq!(
+                decide_inbound_by_rule::<F>(c, lookup, sets).rule,
+                *want,
+                "{lookup:?}"
+            );
+        }
+    }
+
     in_both_families!(
+        each_inbound_rule_is_named,
         listed_ports_are_steered_and_others_pass,
         wildcard_minus_excluded_ports_never_the_tunnel_or_capture_port,
         loopback_local_sources_excluded_interfaces_and_no_capture_pass,
     );
+
+    fn each_inbound_rule_is_named<F: Fixture>() {
+        use InboundRule::*;
+        let listed = cfg(flags::INBOUND_CAPTURE);
+        rules::<F>(
+            &listed,
+            &seed(),
+            &[
+                (on::<F>(9080, 2), ListedPort),
+                (on::<F>(8080, 2), NotListed),
+                (on::<F>(15008, 2), TunnelPort),
+                (on::<F>(15006, 2), CapturePort),
+                (on::<F>(9080, 7), ExcludedInterface),
+                (on::<F>(9080, LOOPBACK_IFINDEX), MadeInPod),
+            ],
+        );
+        let all = cfg(flags::INBOUND_CAPTURE
+            | flags::INBOUND_ALL_PORTS
+            | flags::HAS_INBOUND_PORTS_EXCLUDE);
+        let sets = Sets::default().port(PortSet::InboundExclude, 15090);
+        rules::<F>(
+            &all,
+            &sets,
+            &[
+                (on::<F>(9080, 2), AllPorts),
+                (on::<F>(15090, 2), ExcludedPort),
+            ],
+        );
+        rules::<F>(&cfg(0), &seed(), &[(on::<F>(9080, 2), NotCaptured)]);
+    }
 
     fn listed_ports_are_steered_and_others_pass<F: Fixture>() {
         let c = cfg(flags::INBOUND_CAPTURE);

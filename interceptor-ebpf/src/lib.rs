@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod model;
 #[cfg(test)]
 mod testing;
+pub mod trace;
 pub mod wire;
 
 pub use counters::Counter;

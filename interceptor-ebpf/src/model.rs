@@ -50,6 +50,13 @@ pub mod map_names {
     pub const IN_FLIGHT6: &str = "IN_FLIGHT6";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// One entry: not 0 while a tracer is attached (`interceptor trace`); the programs write
+    /// decision events only then.
+    pub const TRACE_CONTROL: &str = "TRACE_CONTROL";
+    /// Ring buffer of decision events (`trace::TraceEvent`).
+    pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
+    /// Per-CPU count of events the full ring buffer could not take.
+    pub const TRACE_LOST: &str = "TRACE_LOST";
 }
 
 /// Program names (the functions in the kernel crate), in the order the loader attaches them:

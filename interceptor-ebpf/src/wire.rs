@@ -139,6 +139,12 @@ pub const fn port_from_sk_lookup_local(local_port: u32) -> u16 {
     local_port as u16
 }
 
+/// Port in host order from `bpf_sk_lookup.remote_port` (a `__be16`).
+#[inline(always)]
+pub const fn port_from_sk_lookup_remote(remote_port: u16) -> u16 {
+    u16::from_be(remote_port)
+}
+
 /// `sin_port` of a `sockaddr_in` (network order) for a port in host order.
 #[inline(always)]
 pub const fn sin_port(port: u16) -> u16 {
@@ -213,5 +219,10 @@ mod tests {
         assert_eq!(port_from_sock_src(9088), 9088);
         assert_eq!(sin_port(9080).to_ne_bytes(), [0x23, 0x78]);
         assert_eq!(port_from_sk_lookup_local(9080), 9080);
+        // The peer's port, as the kernel's `__be16` holds it: 0x23 0x78 is 9080.
+        assert_eq!(
+            port_from_sk_lookup_remote(u16::from_ne_bytes([0x23, 0x78])),
+            9080
+        );
     }
 }

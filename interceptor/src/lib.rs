@@ -8,17 +8,21 @@
 //!   (istio-iptables' own rules); neither uses the other;
 //! - what they both take: [`pod`] (what we read about a pod, once) and [`config`] (istio's
 //!   options, resolved and validated; pure);
-//! - at the bottom: [`sys`] (system calls by family), [`family`], [`error`], and the kernel
-//!   model shared with the programs (`interceptor_ebpf`).
+//! - at the bottom: [`sys`] (system calls by family), [`check`] (what the kernel offers, probed
+//!   without changing anything), [`family`], [`error`], and the kernel model shared with the
+//!   programs (`interceptor_ebpf`).
 
+pub mod check;
 pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod error;
+pub mod explain;
 pub mod family;
 pub mod init;
 pub mod iptables;
 pub mod node;
 pub mod pod;
 pub mod sys;
+pub mod trace;

@@ -1,6 +1,6 @@
 //! What the kernel holds: counts of BPF programs, maps and links (all of the machine's), read
 //! with the `bpf(2)` commands that walk their ids; whether a given program is still loaded;
-//! what is attached to a cgroup. For tests that check nothing is loaded or left behind.
+//! what is attached to a cgroup or a network namespace. For tests that check nothing is loaded or left behind.
 
 use std::io;
 
@@ -70,23 +70,33 @@ fn count(cmd: libc::c_long) -> io::Result<usize> {
 /// How many programs are attached to the cgroup at `path` itself, over every attach type
 /// (`BPF_PROG_QUERY`; links included).
 pub fn cgroup_programs(path: &std::path::Path) -> io::Result<usize> {
-    use std::os::fd::AsRawFd as _;
     let dir = std::fs::File::open(path)?;
     let mut total = 0;
     for attach_type in 0..ATTACH_TYPES {
-        // bpf_attr's query: target_fd, attach_type, query_flags, attach_flags, prog_ids (u64,
-        // null: only the count is asked for), prog_cnt.
-        let mut attr = [0u32; 32];
-        attr[0] = dir.as_raw_fd() as u32;
-        attr[1] = attach_type;
-        match bpf(BPF_PROG_QUERY, &mut attr) {
-            Ok(_) => total += attr[6] as usize,
+        match attached(&dir, attach_type) {
+            Ok(n) => total += n as usize,
             // Attach types that are not a cgroup's.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(total)
+}
+
+/// `BPF_SK_LOOKUP`, the attach type of a network namespace's sk_lookup programs.
+pub const SK_LOOKUP: u32 = 36;
+
+/// Programs attached to `target` (an open cgroup directory or network namespace) for
+/// `attach_type`, by the kernel's account (`BPF_PROG_QUERY`; links included).
+pub fn attached(target: &std::fs::File, attach_type: u32) -> io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    // bpf_attr's query: target_fd, attach_type, query_flags, attach_flags, prog_ids (u64,
+    // null: only the count is asked for), prog_cnt.
+    let mut attr = [0u32; 32];
+    attr[0] = target.as_raw_fd() as u32;
+    attr[1] = attach_type;
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    Ok(attr[6])
 }
 
 /// Whether the kernel still holds a program with this id.

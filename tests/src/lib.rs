@@ -16,11 +16,13 @@
 //! Safety on a shared machine: everything is created under unique names (tag, pid, counter),
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
+pub mod bpffs;
 mod cgroup;
 pub mod cni_node;
 pub mod dns;
 mod dns_peers;
 pub mod family;
+pub mod flag_sets;
 mod intercepted;
 pub mod kernel;
 pub mod light_pod;
@@ -32,6 +34,7 @@ pub mod podman;
 mod process;
 mod temp_file;
 mod topology;
+pub mod tracer;
 
 use std::env;
 use std::path::PathBuf;

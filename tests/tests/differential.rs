@@ -28,6 +28,13 @@
 //!
 //! The pods' first address is IPv4: as with istio-iptables, IPv6 is captured only by the flag
 //! sets with `--dual-stack`, which the IPv6 part of the matrix compares too.
+//!
+//! A fourth record is `interceptor explain`'s prediction of every case, asked of each pod's own
+//! backend (the eBPF one from the pinned maps, the iptables ones from their live rules) in one
+//! batch: where the connection goes (`proxy:PORT`, `direct`, `refused`). Every prediction must
+//! be what all three pods actually did (see [`as_outcome`]). And while the eBPF pod runs the
+//! matrix, `interceptor trace` watches it: every decision it shows must be the one, and name
+//! the rule, that `explain` gave for the same connection (see [`check_trace`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -37,8 +44,11 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use interceptor_tests::{
     Backend, DnsTransport, Identity, Intercepted, IptablesMode, Place, ProbeCase, ProbeResult,
-    SEED_FLAGS, ServerLine, Side, SidecarLine, TempFile, Topology, addr, addr6, any, any6,
+    ServerLine, Side, SidecarLine, TempFile, Topology, addr, addr6, any, any6,
+    flag_sets::{FLAG_SETS, flags_and_env},
+    tracer::Tracer,
 };
+use serde_json::Value;
 
 const VIA_PROXY: Ipv4Addr = Ipv4Addr::new(10, 200, 9, 9);
 const VIA_SERVER: Ipv4Addr = Ipv4Addr::new(10, 200, 8, 8);
@@ -80,190 +90,10 @@ const IDENTITIES: [(&str, Identity); 5] = [
     ("other", OTHER),
 ];
 
-/// The flag sets. In the address plan, 10.200.0.1 and fd00:200::1 are the server (and the
-/// pod's name servers), 10.200.1.1, 10.200.2.1, fd00:200:1::1 and fd00:200:2::1 are further
-/// server addresses, 10.200.0.2 and fd00:200::2 are the pod, and 10.200.101.1 is the server
-/// reached through the pod's second interface, eth1 (the pod's address there: 10.200.101.2).
-const FLAG_SETS: [&[&str]; 19] = [
-    // The seed's invocation (no --dual-stack: IPv6 is left alone by both), inbound `-b 9080,`.
-    &SEED_FLAGS,
-    // Include everything but a range of each family; current istio defaults for the rest.
-    &[
-        "--dual-stack",
-        "-i",
-        "*",
-        "-x",
-        "10.200.1.0/24,fd00:200:1::/64",
-    ],
-    // An explicit include list, one address inside an included range excluded.
-    &[
-        "--dual-stack",
-        "-i",
-        "10.200.0.0/24,10.200.2.0/24,fd00:200::/64,fd00:200:2::/64",
-        "-x",
-        "10.200.0.1/32,fd00:200::1/128",
-    ],
-    // -q adds ports whatever the destination; -x still wins over it.
-    &[
-        "--dual-stack",
-        "-i",
-        "fd00:200:2::/64,10.200.2.0/24",
-        "-q",
-        "8080",
-        "-x",
-        "10.200.1.1/32,fd00:200:1::1/128",
-    ],
-    // Only -q ports.
-    &["--dual-stack", "-i", "", "-q", "3306,53"],
-    // -o ports never go to the sidecar, not even the proxy's.
-    &["--dual-stack", "-i", "*", "-o", "3306,15008"],
-    // Several proxy uids: only the first one decides over lo.
-    &["--dual-stack", "-u", "1337,2000", "-g", "1337", "-i", "*"],
-    // Several proxy gids.
-    &[
-        "--dual-stack",
-        "-u",
-        "1337",
-        "-g",
-        "1337,3000",
-        "-i",
-        "*",
-        "-x",
-        "10.200.2.0/24,fd00:200:2::/64",
-    ],
-    // A loopback range in -i: the "application over lo goes direct" rules are left out.
-    &["--dual-stack", "-i", "127.0.0.0/8,10.200.2.0/24"],
-    // The same with an IPv6 loopback range (it changes the IPv4 table too).
-    &["--dual-stack", "-i", "::1/128,fd00:200:2::/64"],
-    // DNS capture of the pod's name servers.
-    &[
-        "--dual-stack",
-        "--redirect-dns",
-        "-i",
-        "*",
-        "-x",
-        "10.200.1.0/24,fd00:200:1::/64",
-    ],
-    // DNS capture of every server, with an include list.
-    &[
-        "--dual-stack",
-        "--redirect-dns",
-        "--capture-all-dns",
-        "-i",
-        "10.200.2.0/24,fd00:200:2::/64",
-    ],
-    // DNS capture with several gids and non-default ports; every inbound port captured but the
-    // tunnel port, here 3306 (so 15008 is captured).
-    &[
-        "--dual-stack",
-        "--redirect-dns",
-        "-u",
-        "1337",
-        "-g",
-        "1337,3000",
-        "-i",
-        "*",
-        "-z",
-        "15007",
-        "-e",
-        "3306",
-        "-b",
-        "*",
-    ],
-    // An excluded interface: connections routed through it, or arriving on it, are never
-    // captured.
-    &[
-        "--dual-stack",
-        "-i",
-        "*",
-        "-c",
-        "eth1",
-        "-q",
-        "8080",
-        "-b",
-        "*",
-    ],
-    // Owner groups (environment only): group 3000 is spared.
-    &[
-        "--dual-stack",
-        "ENV",
-        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE=3000",
-        "-i",
-        "*",
-    ],
-    // Only group 1000 captured, and a wider IPv4 localhost.
-    &[
-        "ENV",
-        "ISTIO_OUTBOUND_OWNER_GROUPS=1000",
-        "ENV",
-        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR=127.0.0.1/8",
-        "--dual-stack",
-        "-i",
-        "127.0.0.0/8,10.200.2.0/24,fd00:200:2::/64",
-    ],
-    // Every inbound port captured but the -d ones (and the tunnel port).
-    &[
-        "--dual-stack",
-        "-i",
-        "*",
-        "-x",
-        "10.200.1.0/24,fd00:200:1::/64",
-        "-b",
-        "*",
-        "-d",
-        "3306,15020",
-    ],
-    // Non-default outbound and inbound capture ports, a proxy gid that is not the proxy uid's
-    // group, and an explicit inbound list that names the tunnel port (never captured).
-    &[
-        "--dual-stack",
-        "-p",
-        "15002",
-        "-z",
-        "15007",
-        "-u",
-        "1337",
-        "-g",
-        "3000",
-        "-i",
-        "10.200.0.0/16,fd00:200::/48",
-        "-b",
-        "9080,8080,15008",
-    ],
-    // Inbound capture to a port nothing listens on yet (the sidecar has not started): refused,
-    // inbound (REDIRECT, and the eBPF backend failing closed) and from the proxy to its pod.
-    &[
-        "--dual-stack",
-        "-i",
-        "*",
-        "-b",
-        "*",
-        "-z",
-        "15009",
-        "--inbound-fail",
-        "closed",
-    ],
-];
-
 /// A pod's record: case -> what happened.
 type Record = BTreeMap<String, String>;
 /// Cases and what they must give.
 type KnownAnswers = Vec<(String, String)>;
-
-/// Splits a flag set into flags and `ENV NAME=VALUE` pairs.
-fn flags_and_env<'a>(set: &[&'a str]) -> (Vec<&'a str>, Vec<(&'a str, &'a str)>) {
-    let (mut flags, mut env) = (Vec::new(), Vec::new());
-    let mut it = set.iter();
-    while let Some(&f) = it.next() {
-        if f == "ENV" {
-            let kv = it.next().expect("ENV NAME=VALUE");
-            env.push(kv.split_once('=').expect("NAME=VALUE"));
-        } else {
-            flags.push(f);
-        }
-    }
-    (flags, env)
-}
 
 /// A pod with the test's peers (servers run as root for port 53): servers on every port in the
 /// server namespace and in the pod (the application), the sidecar on the outbound, inbound and
@@ -538,15 +368,274 @@ fn probe_all(
         .collect())
 }
 
-/// Runs the matrix in one pod: case label -> outcome.
-fn record(pod: &Intercepted) -> Result<Record> {
-    let t = &pod.topo;
-    let name_servers: [(&str, IpAddr); 4] = [
+/// The DNS servers queried: the pod's name servers and another address of each family.
+fn name_servers(t: &Topology) -> [(&'static str, IpAddr); 4] {
+    [
         ("server", t.server_ip.into()),
         ("10.200.1.1", t.server_extra_ips[0].into()),
         ("server6", t.server_ip6.into()),
         ("fd00:200:1::1", t.server_extra_ips6[0].into()),
-    ];
+    ]
+}
+
+/// A case of [`record`]'s matrix as `interceptor explain` takes it, and as `trace` shows it.
+struct ExplainCase {
+    label: String,
+    /// The connection options, one `--batch` line.
+    line: String,
+    /// `(kind, destination, uid, gid, source)` as a trace line has them (inbound: no owner,
+    /// the peer's address without its port).
+    key: TraceKey,
+}
+
+type TraceKey = (String, String, Option<u64>, Option<u64>, Option<String>);
+
+/// Every case of [`record`]'s matrix as a connection `interceptor explain` takes.
+fn explain_cases(t: &Topology) -> Vec<ExplainCase> {
+    let case = |label: String, who: Identity, udp: bool, c: &ProbeCase| {
+        let mut line = format!("--uid {} --gid {} --to {}", who.uid, who.gid, c.target);
+        if let Some(bind) = c.bind {
+            line.push_str(&format!(" --from {bind}"));
+        }
+        if udp {
+            line.push_str(" --udp");
+        }
+        let kind = if udp { "datagram" } else { "connect" };
+        let dst = canonical(c.target).to_string();
+        let src = c
+            .bind
+            .map(|b| SocketAddr::new(b.to_canonical(), 0).to_string());
+        let owner = (Some(u64::from(who.uid)), Some(u64::from(who.gid)));
+        let key = (kind.to_owned(), dst, owner.0, owner.1, src);
+        ExplainCase { label, line, key }
+    };
+    let mut out = Vec::new();
+    for (who_name, who) in IDENTITIES {
+        for (label, c) in outbound_cases(t) {
+            out.push(case(format!("{who_name} {label}"), who, false, &c));
+        }
+        for transport in [DnsTransport::Udp, DnsTransport::UdpConnected] {
+            let mut servers: Vec<(String, SocketAddr)> = name_servers(t)
+                .into_iter()
+                .map(|(name, ip)| (format!("{name}:53"), SocketAddr::new(ip, 53)))
+                .collect();
+            let mapped = addr6(t.server_ip.to_ipv6_mapped(), 53);
+            servers.push(("::ffff:server:53".into(), mapped));
+            for (dest, to) in servers {
+                let label = format!("{who_name} {transport:?} dns {dest}");
+                out.push(case(label, who, true, &ProbeCase::to(to)));
+            }
+        }
+    }
+    for (who_name, who) in [("app", APP), ("proxy", PROXY)] {
+        let c = ProbeCase::to(addr(BLACKHOLE, 8080));
+        out.push(case(
+            format!("{who_name} tcp blackhole:8080"),
+            who,
+            false,
+            &c,
+        ));
+    }
+    for (label, c) in inbound_cases(t) {
+        // From the server's address on the same link as the pod's address dialled.
+        let from: IpAddr = match c.target.ip() {
+            IpAddr::V6(_) => t.server_ip6.into(),
+            ip if ip == IpAddr::V4(t.pod_ip) => t.server_ip.into(),
+            _ => t.pod_interfaces[0].server_ip.into(),
+        };
+        let line = format!("--inbound --to {} --from {from}", c.target);
+        let key = (
+            "inbound".to_owned(),
+            c.target.to_string(),
+            None,
+            None,
+            Some(from.to_string()),
+        );
+        out.push(ExplainCase { label, line, key });
+    }
+    out
+}
+
+/// `interceptor explain`'s answer to every case in the pod's own backend, in one batch: case
+/// label -> its JSON.
+fn explain_all(pod: &Intercepted, cases: &[ExplainCase]) -> Result<BTreeMap<String, Value>> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(interceptor_tests::interceptor_bin())
+        .args(["explain", "--batch", "--json"])
+        .args(pod.target_args())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting interceptor explain")?;
+    let mut stdin = child.stdin.take().context("explain's stdin")?;
+    let input: String = cases.iter().map(|c| format!("{}\n", c.line)).collect();
+    // Written from a thread: explain answers as it reads, and its answers fill a pipe too.
+    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child
+        .wait_with_output()
+        .context("waiting for interceptor explain")?;
+    writer.join().expect("writing explain's input")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "interceptor explain failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    anyhow::ensure!(
+        answers.len() == cases.len(),
+        "explain answered {} of {} cases",
+        answers.len(),
+        cases.len()
+    );
+    Ok(cases
+        .iter()
+        .zip(answers)
+        .map(|(c, a)| (c.label.clone(), a))
+        .collect())
+}
+
+/// The predictions of `explain`'s answers: case label -> `proxy:PORT`, `direct`, `refused`
+/// (or the error it gave).
+fn predictions(answers: &BTreeMap<String, Value>) -> Record {
+    answers
+        .iter()
+        .map(|(label, a)| {
+            let said = match (a["outcome"].as_str(), a["error"].as_str()) {
+                (Some(o), _) => o.to_owned(),
+                (None, Some(e)) => format!("error: {e}"),
+                (None, None) => format!("no outcome in {a}"),
+            };
+            (label.clone(), said)
+        })
+        .collect()
+}
+
+/// The decisions `trace` showed against `explain`'s answers: each traced connection of a case
+/// has the verdict, port and rules explain gave, and every case the programs trace was traced
+/// (outbound ones all; inbound ones that inbound capture had a say in, which explain counts).
+fn check_trace(
+    cases: &[ExplainCase],
+    answers: &BTreeMap<String, Value>,
+    lines: &[Value],
+    recorded: &Record,
+) -> Vec<String> {
+    let key_of = |l: &Value| -> TraceKey {
+        let src = match l["kind"].as_str() {
+            Some("inbound") => l["src"]
+                .as_str()
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .map(|a| a.ip().to_string()),
+            _ => l["src"].as_str().map(str::to_owned),
+        };
+        (
+            l["kind"].as_str().unwrap_or_default().to_owned(),
+            l["dst"].as_str().unwrap_or_default().to_owned(),
+            l["uid"].as_u64(),
+            l["gid"].as_u64(),
+            src,
+        )
+    };
+    let rules = |v: &Value| -> Vec<(String, String)> {
+        v["rules"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        let field = |f: &str| r[f].as_str().unwrap_or_default().to_owned();
+                        (field("chain"), field("text"))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut wrong = Vec::new();
+    for c in cases {
+        let a = &answers[&c.label];
+        let want_verdict = match (a["verdict"].as_str(), a["refused"].as_bool()) {
+            (Some("redirect"), _) => "redirected",
+            (Some("steer"), _) => "steered",
+            (Some("no_listener"), Some(true)) => "refused",
+            (Some("no_listener"), _) => "passed",
+            _ => "direct",
+        };
+        let traced: Vec<&Value> = lines.iter().filter(|l| key_of(l) == c.key).collect();
+        // A socket that could not bind its source (::6 where IPv6 is not captured, so not put
+        // on lo) never connected: nothing to decide.
+        let connected = !recorded
+            .get(&c.label)
+            .is_some_and(|v| v.starts_with("failed: bind"));
+        let must = connected
+            && (c.key.0 != "inbound" || !a["counter"].is_null() || want_verdict != "direct");
+        if traced.is_empty() && must {
+            wrong.push(format!("{}: not traced ({})", c.label, c.line));
+        }
+        for l in traced {
+            let port_ok = want_verdict != "redirected" || l["port"] == a["port"];
+            if l["verdict"] != want_verdict || !port_ok || rules(l) != rules(a) {
+                wrong.push(format!(
+                    "{}:\n  explain: {want_verdict} {} {:?}\n  trace:   {} {} {:?}",
+                    c.label,
+                    a["port"],
+                    rules(a),
+                    l["verdict"],
+                    l["port"],
+                    rules(l)
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+/// One traced recording at a time: a datapath's events have one reader, and the eBPF pods of
+/// every flag set share the node's datapath.
+static TRACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What a case's record means in `explain`'s words: `proxy:PORT` (a sidecar answered on PORT;
+/// a DNS answer from the DNS proxy is `proxy:15053`), `refused`, or `direct` (its destination
+/// answered, or nothing did: a timeout is not a refusal).
+fn as_outcome(value: &str) -> String {
+    if let Some(rest) = value.strip_prefix("sidecar:") {
+        return format!(
+            "proxy:{}",
+            rest.split_whitespace().next().unwrap_or_default()
+        );
+    }
+    if value == "failed: connect refused" {
+        return "refused".to_owned();
+    }
+    if value.starts_with("direct to ") || value.starts_with("failed: ") {
+        return "direct".to_owned();
+    }
+    if value.starts_with("dns proxy,") {
+        return "proxy:15053".to_owned();
+    }
+    if value.starts_with("server,") {
+        return "direct".to_owned();
+    }
+    value.to_owned()
+}
+
+/// Cases whose prediction is not what a record shows, as a readable table.
+fn mispredicted(predicted: &Record, record: &Record, explained: &str, pod: &str) -> Vec<String> {
+    record
+        .iter()
+        .filter_map(|(case, value)| {
+            let said = predicted.get(case).map_or("-", String::as_str);
+            (said != as_outcome(value))
+                .then(|| format!("{case}:\n  explain ({explained}): {said}\n  {pod}: {value}"))
+        })
+        .collect()
+}
+
+/// Runs the matrix in one pod: case label -> outcome.
+fn record(pod: &Intercepted) -> Result<Record> {
+    let t = &pod.topo;
+    let name_servers = name_servers(t);
     let outbound = outbound_cases(t);
     let mut out = BTreeMap::new();
     // The cases that time out cost their whole timeout: they run beside the rest.
@@ -639,7 +728,8 @@ fn run_flag_set(index: usize) -> Result<()> {
         ("nft", Backend::Iptables(IptablesMode::Nft)),
     ];
     // Each backend in its own pod (namespaces where no other backend ever ran), side by side.
-    let records: Vec<(&str, Result<(Record, KnownAnswers)>)> = thread::scope(|s| {
+    type Recorded = (Record, KnownAnswers, Record, Vec<String>);
+    let records: Vec<(&str, Result<Recorded>)> = thread::scope(|s| {
         let handles: Vec<_> = backends
             .iter()
             .map(|&(name, backend)| {
@@ -647,7 +737,23 @@ fn run_flag_set(index: usize) -> Result<()> {
                     let tag = format!("df{index}{name}");
                     let (pod, _peers) = build_pod(&tag, backend, flags)?;
                     let known = known_answers(index, &pod.topo);
-                    Ok((record(&pod)?, known))
+                    let (recorded, traced) = if backend == Backend::Ebpf {
+                        let _one = TRACING.lock().unwrap_or_else(|e| e.into_inner());
+                        let netns = pod.topo.netns_path(Side::Pod).display().to_string();
+                        let tracer = Tracer::start(&["--netns", &netns, "--json"], true)?;
+                        let recorded = record(&pod)?;
+                        (recorded, tracer.stop()?.json()?)
+                    } else {
+                        (record(&pod)?, Vec::new())
+                    };
+                    let cases = explain_cases(&pod.topo);
+                    let answers = explain_all(&pod, &cases)?;
+                    let trace_wrong = if backend == Backend::Ebpf {
+                        check_trace(&cases, &answers, &traced, &recorded)
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((recorded, known, predictions(&answers), trace_wrong))
                 })
             })
             .collect();
@@ -661,7 +767,7 @@ fn run_flag_set(index: usize) -> Result<()> {
     for (name, r) in records {
         recs.push((name, r.with_context(|| format!("{name} with {flags:?}"))?));
     }
-    let (_, (ebpf, known)) = &recs[0];
+    let (_, (ebpf, known, _, trace_wrong)) = &recs[0];
     // The records must say something: both some capture and some direct connection.
     assert!(
         ebpf.values().any(|v| v.starts_with("sidecar"))
@@ -687,7 +793,7 @@ fn run_flag_set(index: usize) -> Result<()> {
             wrong.join("\n")
         ));
     }
-    for (name, (rec, _)) in &recs[1..] {
+    for (name, (rec, _, _, _)) in &recs[1..] {
         let diff = differences(ebpf, rec, name);
         if !diff.is_empty() {
             failures.push(format!(
@@ -696,6 +802,26 @@ fn run_flag_set(index: usize) -> Result<()> {
                 diff.join("\n")
             ));
         }
+    }
+    // The fourth record: each backend's explanation predicts what every pod did.
+    for (explained, (_, _, predicted, _)) in &recs {
+        for (pod, (rec, _, _, _)) in &recs {
+            let wrong = mispredicted(predicted, rec, explained, pod);
+            if !wrong.is_empty() {
+                failures.push(format!(
+                    "explain ({explained}) mispredicts {} cases of the {pod} pod:\n{}",
+                    wrong.len(),
+                    wrong.join("\n")
+                ));
+            }
+        }
+    }
+    if !trace_wrong.is_empty() {
+        failures.push(format!(
+            "trace and explain disagree on {} cases of the ebpf pod:\n{}",
+            trace_wrong.len(),
+            trace_wrong.join("\n")
+        ));
     }
     assert!(failures.is_empty(), "{flags:?}: {}", failures.join("\n"));
     eprintln!(

@@ -35,6 +35,7 @@ use crate::{
         PAGE_SIZE, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, SockaddrIn, SockaddrIn6,
     },
     maps::{CAPTURE_SOCKETS, count, pod_config},
+    trace::{self, EventAddr},
 };
 
 #[cgroup_sockopt(getsockopt)]
@@ -125,7 +126,10 @@ impl OriginalDst for V6 {
 
 /// `getorigdst()`'s (or `ipv6_getorigdst()`'s) checks, in its order, then the answer.
 #[inline(always)]
-fn answer<F: OriginalDst>(ctx: &SockoptContext, mut so: Sockopt<'_>) {
+fn answer<F: OriginalDst>(ctx: &SockoptContext, mut so: Sockopt<'_>)
+where
+    F::Addr: EventAddr,
+{
     if so.level() != F::LEVEL || so.optname() != F::OPTNAME || so.retval() == 0 {
         return; // not ours, or the kernel (conntrack) already answered
     }
@@ -141,17 +145,20 @@ fn answer<F: OriginalDst>(ctx: &SockoptContext, mut so: Sockopt<'_>) {
     }
     if sk.protocol != IPPROTO_TCP {
         so.set_retval(-ENOPROTOOPT);
+        trace::orig_dst_failed::<F>(netns, sk, ENOPROTOOPT);
         return;
     }
     let len = size_of::<F::Sockaddr>() as i32;
     let optlen = so.optlen();
     if optlen < len {
         so.set_retval(-EINVAL);
+        trace::orig_dst_failed::<F>(netns, sk, EINVAL);
         return;
     }
     let Some(orig) = original_dst::<F>(netns, cfg, sk) else {
         count(cfg, Counter::OrigDstMiss);
         so.set_retval(-ENOENT);
+        trace::orig_dst_failed::<F>(netns, sk, ENOENT);
         return;
     };
     let Some(out) = so.buffer::<F::Sockaddr>() else {

@@ -26,6 +26,7 @@ mod maps;
 mod redirect;
 mod restore;
 mod rule_sets;
+mod trace;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -15,7 +15,7 @@ use aya_ebpf::{bindings::bpf_sock_addr, programs::SockAddrContext};
 use aya_log_ebpf::debug;
 use interceptor_ebpf::{
     Counter, OrigDst, PodConfig,
-    decision::{Connect, Proto, Verdict, decide_outbound},
+    decision::{Connect, Proto, Verdict, decide_outbound, decide_outbound_by_rule},
     family::{V4, V6},
     wire::{LOCALHOST4, LOCALHOST6, ipv4_mapped, ipv6_octets, port_from_user_port},
 };
@@ -26,6 +26,7 @@ use crate::{
     linux::{SOCK_DGRAM, SOCK_STREAM},
     maps::{count, pod_config, socket_of},
     rule_sets::MapSets,
+    trace::{self, EventAddr},
 };
 
 /// Which hook runs the step on an IPv6 socket.
@@ -141,8 +142,20 @@ fn redirect<F: KernelFamily, S: KernelFamily>(
     cfg: &PodConfig,
     conn: &Connect<F::Addr>,
     localhost: S::Addr,
-) -> Option<u16> {
-    let port = settle(cfg, conn.proto, decide_outbound::<F>(cfg, conn, &MapSets))?;
+) -> Option<u16>
+where
+    F::Addr: EventAddr,
+{
+    // Without a tracer, the decision is made exactly as it would be with no tracing at all;
+    // with one, the same decision also says which rule decided, for the event.
+    let verdict = if trace::tracing() {
+        let decided = decide_outbound_by_rule::<F>(cfg, conn, &MapSets);
+        trace::outbound::<F>(netns_cookie(ctx), conn, &decided, F::BITS != S::BITS);
+        decided.verdict
+    } else {
+        decide_outbound::<F>(cfg, conn, &MapSets)
+    };
+    let port = settle(cfg, conn.proto, verdict)?;
     if !record::<F>(ctx, OrigDst::new(conn.dst, conn.dst_port)) {
         count(cfg, Counter::OrigDstLost);
     }

@@ -20,7 +20,11 @@ use interceptor_ebpf::{
     Counter, ListenerKey, PodConfig,
     family::{V4, V6},
     flags,
-    inbound::{InboundLookup, InboundVerdict, decide_inbound},
+    inbound::{
+        InboundDecision, InboundLookup, InboundRule, InboundVerdict, decide_inbound,
+        decide_inbound_by_rule,
+    },
+    trace::Outcome,
     wire::port_from_sk_lookup_local,
 };
 
@@ -29,6 +33,7 @@ use crate::{
     linux::{AF_INET, AF_INET6, IPPROTO_TCP},
     maps::{INBOUND_LISTENERS, count, pod_config},
     rule_sets::MapSets,
+    trace,
 };
 
 /// 0 in the node's shared program; the cookie of its pod in a copy of the program a pod has
@@ -63,33 +68,36 @@ fn steer(ctx: &SkLookupContext) -> u32 {
     let Some(cfg) = pod_config(netns) else {
         return SK_PASS;
     };
-    let verdict = if family == AF_INET {
-        decide::<V4>(cfg, l)
+    // As in `connect`: the rule is worked out only for a tracer.
+    let traced = trace::tracing();
+    let decided = if family == AF_INET {
+        decide::<V4>(cfg, l, traced)
     } else {
-        decide::<V6>(cfg, l)
+        decide::<V6>(cfg, l, traced)
     };
-    match verdict {
-        InboundVerdict::Pass(None) => SK_PASS,
-        InboundVerdict::Pass(Some(reason)) => {
-            count(cfg, reason);
-            SK_PASS
-        }
+    let (action, outcome, counter) = match decided.verdict {
+        InboundVerdict::Pass(None) => return SK_PASS,
+        InboundVerdict::Pass(Some(reason)) => (SK_PASS, Outcome::Direct, reason),
         InboundVerdict::Steer => {
             let assigned =
                 assign(ctx, netns, family) || (family == AF_INET && assign(ctx, netns, AF_INET6));
             if assigned {
-                count(cfg, Counter::InboundSteered);
-                SK_PASS
+                (SK_PASS, Outcome::Steered, Counter::InboundSteered)
             } else if cfg.has(flags::INBOUND_FAIL_CLOSED) {
                 // No listener: the connection is refused (RST), never given to the application.
-                count(cfg, Counter::InboundNoListenerRefused);
-                SK_DROP
+                let refused = Counter::InboundNoListenerRefused;
+                (SK_DROP, Outcome::NoListenerRefused, refused)
             } else {
-                count(cfg, Counter::InboundNoListenerOpen);
-                SK_PASS
+                let passed = Counter::InboundNoListenerOpen;
+                (SK_PASS, Outcome::NoListenerPassed, passed)
             }
         }
+    };
+    count(cfg, counter);
+    if traced {
+        trace::inbound(netns, l, decided.rule, outcome, counter);
     }
+    action
 }
 
 /// The pod whose namespace this program runs in: its own (a copy's constant), or the one
@@ -117,15 +125,21 @@ fn owner<F: KernelFamily>(l: &bpf_sk_lookup) -> Option<u64> {
     unsafe { F::pod_addrs().get(F::lookup_local(l)) }.copied()
 }
 
-/// The decision on the connection, in family `F`.
+/// The decision on the connection, in family `F`, and (for a tracer) the rule that decided.
 #[inline(always)]
-fn decide<F: KernelFamily>(cfg: &PodConfig, l: &bpf_sk_lookup) -> InboundVerdict {
+fn decide<F: KernelFamily>(cfg: &PodConfig, l: &bpf_sk_lookup, traced: bool) -> InboundDecision {
     let lookup = InboundLookup {
         port: port_from_sk_lookup_local(l.local_port),
         ifindex: l.ingress_ifindex,
         remote: F::lookup_remote(l),
     };
-    decide_inbound::<F>(cfg, &lookup, &MapSets)
+    if traced {
+        return decide_inbound_by_rule::<F>(cfg, &lookup, &MapSets);
+    }
+    InboundDecision {
+        verdict: decide_inbound::<F>(cfg, &lookup, &MapSets),
+        rule: InboundRule::NotCaptured, // nobody asks
+    }
 }
 
 /// Hands the connection to the pod's listener of `family`; false when there is none or the

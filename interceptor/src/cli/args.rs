@@ -34,6 +34,12 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Register, remove and list pods with the node daemon.
     Pod(PodArgs),
+    /// Where one connection of a pod goes, and the istio-iptables rule that decides it.
+    Explain(Box<ExplainArgs>),
+    /// A live stream of the programs' decisions (or, with --kernel-log, their log records).
+    Trace(TraceArgs),
+    /// Whether this kernel has every hook and helper the eBPF backend uses (changes nothing).
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +189,8 @@ pub enum Backend {
     Ebpf,
     /// istio-iptables' own rules, written into the pod's network namespace.
     Iptables,
+    /// eBPF when this kernel has everything it uses (`interceptor check`), else iptables.
+    Auto,
 }
 
 /// Which iptables flavour the iptables backend writes with.
@@ -419,6 +427,141 @@ pub struct StatusArgs {
     /// Where bpffs is mounted.
     #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The pod's network namespace (per-pod instances, node mode, and the iptables backend).
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// The pod's cgroup (per-pod instances of the eBPF backend).
+    #[arg(long, value_name = "PATH", conflicts_with = "pod")]
+    pub cgroup: Option<PathBuf>,
+    /// The pod, as the node daemon registered it (node mode).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
+    /// Where bpffs is mounted.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Which backend's rules to explain: `ebpf` (the pinned maps) or `iptables` (the
+    /// namespace's live rules).
+    #[arg(long, value_enum, default_value = "ebpf")]
+    pub backend: ExplainBackend,
+    /// iptables flavour for `--backend iptables`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub iptables_mode: IptablesMode,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Read connections from stdin, one per line (the connection options above), and answer
+    /// each on one line.
+    #[arg(long, conflicts_with_all = ["to", "uid", "gid", "udp", "from", "inbound", "interface"])]
+    pub batch: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The backends `explain` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainBackend {
+    Ebpf,
+    Iptables,
+}
+
+/// One connection, as `explain` takes it (on its command line, or a line of `--batch`).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Outbound: where it connects (ADDR:PORT, [IPv6]:PORT). With --inbound: the pod's address
+    /// and port it arrives for.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub to: Option<std::net::SocketAddr>,
+    /// The connecting process's uid (outbound).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// Its (primary) gid. Default: the uid.
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// A UDP datagram (DNS) rather than a TCP connect.
+    #[arg(long)]
+    pub udp: bool,
+    /// Outbound: the address the socket is bound to. With --inbound: the peer's address
+    /// (default 192.0.2.1, or 2001:db8::1).
+    #[arg(long, value_name = "ADDR")]
+    pub from: Option<std::net::IpAddr>,
+    /// A connection arriving from outside the pod.
+    #[arg(long)]
+    pub inbound: bool,
+    /// With --inbound: the pod's interface it arrives on (default: the one --to's address is
+    /// reached through).
+    #[arg(long, value_name = "NAME")]
+    pub interface: Option<String>,
+}
+
+/// A `--batch` line.
+#[derive(Debug, Parser)]
+#[command(no_binary_name = true, name = "connection")]
+pub struct ConnectionLine {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Where bpffs is mounted.
+    #[arg(long, value_name = "PATH", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+    /// Only this pod, by network namespace.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["cgroup", "pod"])]
+    pub netns: Option<PathBuf>,
+    /// Only this pod, by cgroup (per-pod instances).
+    #[arg(long, value_name = "PATH", conflicts_with = "pod")]
+    pub cgroup: Option<PathBuf>,
+    /// Only this pod, by name (node mode; followed if it is added while tracing).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
+    /// Only these verdicts.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub verdict: Vec<TraceVerdict>,
+    /// Only connections to these ports (inbound: arriving on them).
+    #[arg(long, value_delimiter = ',')]
+    pub port: Vec<u16>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// The programs' aya-log records (written at the --kernel-log-level they were loaded
+    /// with) instead of decisions.
+    #[arg(long)]
+    pub kernel_log: bool,
+    /// Stop after this many lines.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+}
+
+/// What `trace --verdict` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceVerdict {
+    /// Outbound, sent to the proxy (or the DNS proxy).
+    Redirected,
+    /// Left alone (outbound), or passed to the application (inbound).
+    Direct,
+    /// Inbound, handed to the proxy's listener.
+    Steered,
+    /// Inbound, to be captured, but passed: the proxy had no listener (`--inbound-fail open`).
+    Passed,
+    /// Inbound, to be captured, but refused: the proxy had no listener (`closed`).
+    Refused,
+    /// `SO_ORIGINAL_DST` answered with an error.
+    Failed,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

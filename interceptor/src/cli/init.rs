@@ -49,10 +49,11 @@ fn backend(args: &BackendArgs) -> init::Backend {
     match args.backend {
         Backend::Ebpf => init::Backend::Ebpf,
         Backend::Iptables => init::Backend::Iptables(iptables_mode(args.iptables_mode)),
+        Backend::Auto => init::Backend::Auto(iptables_mode(args.iptables_mode)),
     }
 }
 
-fn iptables_mode(mode: IptablesMode) -> iptables::Mode {
+pub(super) fn iptables_mode(mode: IptablesMode) -> iptables::Mode {
     match mode {
         IptablesMode::Auto => iptables::Mode::Auto,
         IptablesMode::Legacy => iptables::Mode::Legacy,

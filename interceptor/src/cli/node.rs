@@ -128,8 +128,13 @@ pub fn pod(args: &PodArgs) -> anyhow::Result<()> {
 
 fn pod_add(socket: &Path, add: &PodAddArgs) -> anyhow::Result<()> {
     if add.backend != Backend::Ebpf {
+        let value = if add.backend == Backend::Auto {
+            "auto"
+        } else {
+            "iptables"
+        };
         return Err(ConfigError::DaemonBackend {
-            value: "iptables".into(),
+            value: value.into(),
         }
         .into());
     }

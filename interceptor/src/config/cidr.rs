@@ -2,11 +2,11 @@
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A CIDR as given (`10.0.0.1/8` is accepted, as istio-iptables does; its host bits are
 /// ignored when matching).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cidr {
     pub addr: IpAddr,
     pub prefix_len: u8,

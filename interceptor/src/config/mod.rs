@@ -16,7 +16,7 @@ mod parse;
 mod raw;
 mod resolve;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use cidr::Cidr;
 pub use dns::DnsCapture;
@@ -29,7 +29,7 @@ pub use raw::{OptionError, RawOptions};
 use crate::error::ConfigError;
 
 /// `-i`: which outbound destinations are redirected.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutboundInclude {
     /// `-i '*'`
@@ -39,7 +39,7 @@ pub enum OutboundInclude {
 }
 
 /// `-b`: which inbound ports are captured.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InboundPorts {
     /// `-b '*'` (minus `-d`).
@@ -49,7 +49,7 @@ pub enum InboundPorts {
 }
 
 /// `-m`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum InterceptionMode {
     Redirect,
@@ -58,7 +58,7 @@ pub enum InterceptionMode {
 
 /// `ISTIO_OUTBOUND_OWNER_GROUPS` / `ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE`: which processes'
 /// outbound connections are captured, by group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerGroups {
     /// Include `*` (the default): every group except these (the exclude list).
@@ -69,7 +69,7 @@ pub enum OwnerGroups {
 
 /// `--inbound-fail`: what happens to a connection inbound capture selects while the proxy has
 /// no listener registered (not started yet, restarting).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InboundFail {
     /// It reaches the application directly, as if it were not captured.
@@ -80,7 +80,7 @@ pub enum InboundFail {
 }
 
 /// A validated configuration: everything the backends need, nothing they must re-check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterceptConfig {
     pub envoy_port: u16,
     pub inbound_capture_port: u16,

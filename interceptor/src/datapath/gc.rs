@@ -49,6 +49,18 @@ pub fn sweep(base: &Path) -> anyhow::Result<Swept> {
                         "cannot reclaim what a datapath holds"
                     );
                 }
+                // A tracer killed without detaching left the programs' events on.
+                match super::trace::clear_if_unattended(&dir) {
+                    Ok(true) => swept
+                        .removed
+                        .push(format!("{}: trace events of no tracer", dir.display())),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        datapath = %dir.display(),
+                        error = %format!("{e:#}"),
+                        "cannot turn off the trace events of no tracer"
+                    ),
+                }
             }
             Err(e) if Datapath::is_unused(&dir) => {
                 // Created by a loader killed before it was complete: nothing uses it.

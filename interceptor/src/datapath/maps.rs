@@ -13,9 +13,9 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use interceptor_ebpf::{
-    CaptureMark, Cidr4Key, Cidr6Key, Counter, IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE, InFlight4,
-    InFlight6, InstanceMeta, ListenerKey, POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey,
-    SockTuple4, SockTuple6, map_names,
+    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrKey, CidrSet, Counter,
+    IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE, InFlight4, InFlight6, InstanceMeta, ListenerKey,
+    POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4, SockTuple6, map_names,
     wire::{RawIpv4, RawIpv6, raw_ipv4, raw_ipv6},
 };
 
@@ -172,6 +172,51 @@ impl Maps {
         for k in cidrs6 {
             let _ = self.cidr6.remove(&k);
         }
+    }
+
+    /// Whether the port set `set` of the rule-set id `rules` holds `port` (what the programs
+    /// look up).
+    pub fn has_port(&self, rules: u32, set: PortSet, port: u16) -> bool {
+        let key = PortKey {
+            rules,
+            set: set as u16,
+            port,
+        };
+        self.port_set.get(&key, 0).is_ok()
+    }
+
+    /// The value of the most specific IPv4 range of `set` holding `addr` (the programs' lookup).
+    pub fn longest_match4(&self, rules: u32, set: CidrSet, addr: RawIpv4) -> Option<u8> {
+        longest_match(&self.cidr4, rules, set, addr, 32)
+    }
+
+    /// The same for IPv6.
+    pub fn longest_match6(&self, rules: u32, set: CidrSet, addr: RawIpv6) -> Option<u8> {
+        longest_match(&self.cidr6, rules, set, addr, 128)
+    }
+
+    /// Every entry of the rule-set id `rules`: its ports, and its IPv4 and IPv6 ranges as
+    /// (set, address, prefix length, value).
+    pub fn rule_set(&self, rules: u32) -> RuleSetEntries {
+        let ports = self
+            .port_set
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.rules == rules)
+            .collect();
+        RuleSetEntries {
+            ports,
+            cidrs4: trie_entries(&self.cidr4, rules),
+            cidrs6: trie_entries(&self.cidr6, rules),
+        }
+    }
+
+    /// Whether the pod `cookie` has a capture listener of `family` registered.
+    pub fn has_listener(&self, cookie: u64, family: Family) -> bool {
+        self.listeners
+            .keys()
+            .filter_map(Result::ok)
+            .any(|k| k.netns == cookie && k.family == family.af())
     }
 
     // --- counter slots ---------------------------------------------------------------------
@@ -516,6 +561,53 @@ impl Maps {
         }
         Ok(out)
     }
+}
+
+/// The value of the most specific range of `set` under `rules` holding `addr` (of `bits`).
+fn longest_match<A: Copy>(
+    trie: &LpmTrie<MapData, CidrKey<A>, u8>,
+    rules: u32,
+    set: CidrSet,
+    addr: A,
+    bits: u32,
+) -> Option<u8>
+where
+    CidrKey<A>: aya::Pod,
+{
+    let key = CidrKey {
+        rules,
+        set: set as u32,
+        addr,
+    };
+    trie.get(&LpmKey::new(CIDR_KEY_PREFIX_BITS + bits, key), 0)
+        .ok()
+}
+
+/// The entries of `rules` in one family's trie: (set, address, prefix length, value).
+fn trie_entries<A: Copy>(
+    trie: &LpmTrie<MapData, CidrKey<A>, u8>,
+    rules: u32,
+) -> Vec<(u32, A, u32, u8)>
+where
+    CidrKey<A>: aya::Pod,
+{
+    trie.iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.data().rules == rules)
+        .map(|(k, v)| {
+            let d = k.data();
+            (d.set, d.addr, k.prefix_len() - CIDR_KEY_PREFIX_BITS, v)
+        })
+        .collect()
+}
+
+/// The entries of one rule-set id (see `Maps::rule_set`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSetEntries {
+    pub ports: Vec<PortKey>,
+    /// (set, address, prefix length, value).
+    pub cidrs4: Vec<(u32, RawIpv4, u32, u8)>,
+    pub cidrs6: Vec<(u32, RawIpv6, u32, u8)>,
 }
 
 impl std::fmt::Debug for Maps {

@@ -11,10 +11,13 @@
 //! - [`pods`]: registering and removing one pod; [`gc`]: reclaiming what vanished pods held;
 //! - [`listeners`]: the proxy's inbound listener opened before us;
 //! - [`record`], [`status`]: what is recorded and shown; [`legacy`]: version 0.1's instances;
+//! - [`trace`]: the programs' decision events (a tracer attached, its events, those lost);
+//!   [`kernel_log`]: their aya-log records;
 //! - [`bpffs`]: where it all lives.
 
 pub mod bpffs;
 pub mod gc;
+pub mod kernel_log;
 pub mod legacy;
 pub mod links;
 pub mod listeners;
@@ -25,6 +28,7 @@ pub mod pods;
 pub mod programs;
 pub mod record;
 pub mod status;
+pub mod trace;
 
 use std::{
     fs,

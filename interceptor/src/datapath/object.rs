@@ -6,14 +6,16 @@ use std::{path::Path, sync::OnceLock};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, EbpfLoader};
-use interceptor_ebpf::{Counter, POD_NETNS_COOKIE_GLOBAL, map_names, program_names};
+use interceptor_ebpf::{
+    Counter, POD_NETNS_COOKIE_GLOBAL, map_names, program_names, trace::TRACE_TASK_GLOBAL,
+};
 
 /// The compiled kernel programs.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
-/// The maps a datapath keeps pinned: every map of the object but aya-log's buffer.
-pub const DATAPATH_MAPS: [&str; 19] = [
+/// The maps a datapath keeps pinned: every map of the object.
+pub const DATAPATH_MAPS: [&str; 22] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -33,6 +35,9 @@ pub const DATAPATH_MAPS: [&str; 19] = [
     map_names::IN_FLIGHT4,
     map_names::IN_FLIGHT6,
     map_names::AYA_LOGS,
+    map_names::TRACE_CONTROL,
+    map_names::TRACE_EVENTS,
+    map_names::TRACE_LOST,
 ];
 
 /// The programs attached to a cgroup (all but `sk_lookup`, which goes to a network
@@ -165,7 +170,8 @@ pub fn load(
     }
     loader
         .override_global("AYA_LOG_LEVEL", &log_level, false)
-        .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
+        .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true)
+        .override_global(TRACE_TASK_GLOBAL, trace_task(), true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         let e = anyhow::Error::new(e);
         if out_of_memory(&e) {
@@ -186,6 +192,47 @@ pub fn load(
         load_program(&mut ebpf, name)?;
     }
     Ok(ebpf)
+}
+
+/// 1 when the kernel lets the cgroup hooks read the current task (probed once per process):
+/// trace events then name the process.
+fn trace_task() -> &'static u8 {
+    static TASK: OnceLock<u8> = OnceLock::new();
+    TASK.get_or_init(|| u8::from(crate::check::probe::task_helpers_in_cgroup_hooks()))
+}
+
+/// Loads this build's programs into the kernel, which verifies them, with small maps of their
+/// own that are neither pinned nor shared, and lets it all go: `check`'s last probe. Nothing
+/// is attached.
+pub fn verify_all() -> anyhow::Result<()> {
+    let mut loader = EbpfLoader::new();
+    for name in [
+        map_names::POD_CONFIG,
+        map_names::POD_RECORDS,
+        map_names::POD_SLOTS,
+        map_names::COUNTERS,
+        map_names::POD_ADDRS4,
+        map_names::POD_ADDRS6,
+        map_names::INBOUND_LISTENERS,
+        map_names::PORT_SET,
+        map_names::CIDR4,
+        map_names::CIDR6,
+        map_names::IN_FLIGHT4,
+        map_names::IN_FLIGHT6,
+    ] {
+        loader.map_max_entries(name, 1);
+    }
+    loader
+        .map_max_entries(map_names::COUNTERS, Counter::COUNT)
+        .override_global(POD_NETNS_COOKIE_GLOBAL, &0u64, true)
+        .override_global(TRACE_TASK_GLOBAL, trace_task(), true);
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .context("creating the programs' maps")?;
+    for name in program_names::ALL {
+        load_program(&mut ebpf, name)?;
+    }
+    Ok(())
 }
 
 /// Whether the kernel's answer somewhere in `e` is ENOMEM (a memory cgroup's limit, usually).

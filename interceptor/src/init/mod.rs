@@ -19,6 +19,41 @@ use crate::{
 pub enum Backend {
     Ebpf,
     Iptables(IptablesMode),
+    /// eBPF if this kernel has every feature it uses, else iptables with this flavour.
+    Auto(IptablesMode),
+}
+
+impl Backend {
+    /// `Auto` decided on this kernel (probed without changing anything), saying in one log
+    /// line which feature sent it to iptables; the others as they are.
+    pub fn resolved(self) -> anyhow::Result<Backend> {
+        let Backend::Auto(mode) = self else {
+            return Ok(self);
+        };
+        let report = crate::check::run_without_own_programs(&crate::iptables::mode::usable_here);
+        let Some(row) = report.missing() else {
+            tracing::debug!(kernel = %report.kernel, "--backend auto: eBPF (every feature present)");
+            return Ok(Backend::Ebpf);
+        };
+        if !report.has("iptables_legacy") && !report.has("iptables_nft") {
+            anyhow::bail!(
+                "--backend auto: this kernel lacks {} (Linux {}) for the eBPF backend, and \
+                 neither iptables-legacy nor iptables-nft works here",
+                row.feature,
+                row.since
+            );
+        }
+        tracing::info!(
+            kernel = %report.kernel,
+            missing = row.id,
+            "--backend auto: using the iptables backend: this kernel lacks {} (Linux {}; \
+             without it: {})",
+            row.feature,
+            row.since,
+            row.loses
+        );
+        Ok(Backend::Iptables(mode))
+    }
 }
 
 /// Where a pod is.
@@ -61,16 +96,16 @@ pub struct CleanOptions {
 /// Sets up interception for one pod; with `dry_run`, the text to print instead.
 pub fn init(opts: &InitOptions) -> anyhow::Result<Option<String>> {
     let cfg = opts.options.resolve_here()?;
-    match opts.backend {
-        Backend::Ebpf => ebpf::init(opts, cfg),
+    match opts.backend.resolved()? {
+        Backend::Ebpf | Backend::Auto(_) => ebpf::init(opts, cfg),
         Backend::Iptables(mode) => iptables::init(opts, &cfg, mode),
     }
 }
 
 /// Removes what `init` set up for one pod.
 pub fn clean(opts: &CleanOptions) -> anyhow::Result<()> {
-    match opts.backend {
-        Backend::Ebpf => ebpf::clean(opts),
+    match opts.backend.resolved()? {
+        Backend::Ebpf | Backend::Auto(_) => ebpf::clean(opts),
         Backend::Iptables(mode) => iptables::clean(opts, mode),
     }
 }

@@ -82,6 +82,27 @@ pub fn choose(legacy_rules: Option<usize>, nft_rules: Option<usize>) -> Option<F
     }
 }
 
+/// Whether the tools of `flavour` (`legacy` or `nft`) work in the caller's network namespace:
+/// `iptables-<flavour>-save` runs and succeeds. Read only: without `-t`, `-save` dumps the
+/// tables that exist and creates none (asking for a table by name would create it).
+pub fn usable_here(flavour: &str) -> Result<(), String> {
+    let program = format!("iptables-{flavour}-save");
+    match std::process::Command::new(&program)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+    {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "{program}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("{program}: {e}")),
+    }
+}
+
 /// The flavour to write with in `netns`.
 pub fn resolve(mode: Mode, netns: &Netns) -> anyhow::Result<Flavour> {
     match mode {

@@ -72,8 +72,9 @@ pub struct Applied {
     pub rules: usize,
 }
 
-/// Reads and parses `-save` for one family (`None`: the binary is missing).
-fn read_state(
+/// Reads and parses `-save` for one family (`None`: the binary is missing). Read only: without
+/// `-t`, `-save` dumps the tables that exist and creates none.
+pub fn read_state(
     netns: &Netns,
     flavour: Flavour,
     family: Family,

@@ -23,7 +23,10 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{
+        AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Interest,
+        unix::AsyncFd,
+    },
     net::{UnixListener, UnixStream},
     sync::Mutex,
     time::{Instant, timeout_at},
@@ -34,7 +37,11 @@ use super::{
     api::{self, Request, Response},
     metrics,
 };
-use crate::{datapath::LoadOptions, pod::Cgroup, sys};
+use crate::{
+    datapath::{LoadOptions, kernel_log},
+    pod::Cgroup,
+    sys,
+};
 
 /// How the daemon runs (`interceptor daemon`'s options).
 #[derive(Clone, Debug)]
@@ -122,6 +129,9 @@ async fn serve(args: DaemonOptions, cgroup: Cgroup) -> anyhow::Result<()> {
         "node instance {}",
         if done.created { "created" } else { "re-adopted, programs replaced in place" }
     );
+    if args.kernel_log_level > 0 {
+        forward_kernel_log(started.dir());
+    }
     *cell.node.lock().await = Some(started);
 
     let socket = args.socket.clone();
@@ -133,6 +143,37 @@ async fn serve(args: DaemonOptions, cgroup: Cgroup) -> anyhow::Result<()> {
 
     tokio::spawn(collect_gone_pods(cell.clone()));
     serve_api(listener, cell, ApiLimits::DAEMON).await
+}
+
+/// Forwards the programs' aya-log records (`--kernel-log-level`) into this log as they come.
+fn forward_kernel_log(datapath: &Path) {
+    let reader = match kernel_log::open(datapath, kernel_log::ToTracing) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("the programs' log records cannot be read: {e:#}");
+            return;
+        }
+    };
+    // SAFETY: the reader owns its ring buffer's descriptor, open and the same until the
+    // reader goes, which is when the `AsyncFd` goes.
+    let registered = unsafe { AsyncFd::register_with_interest(reader, Interest::READABLE) };
+    let mut reader = match registered {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("the programs' log records cannot be waited for: {e}");
+            return;
+        }
+    };
+    tracing::info!("forwarding the programs' log records");
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = reader.readable_mut().await else {
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
 }
 
 /// Drops, every [`GC_INTERVAL`], pods whose namespace vanished without a CNI DEL.

@@ -183,3 +183,64 @@ pub fn enable_stats() -> io::Result<OwnedFd> {
     attr.enable_stats.type_ = bpf_stats_type::BPF_STATS_RUN_TIME as u32;
     bpf(bpf_cmd::BPF_ENABLE_STATS, &mut attr).map(owned_fd)
 }
+
+/// `BPF_PROG_LOAD` of raw instructions (`insns`, as the kernel lays them out), as a probe of what
+/// the kernel accepts: the program, or the errno and the verifier's log. Never attached: it
+/// goes with its fd.
+pub fn prog_load(
+    prog_type: aya_obj::generated::bpf_prog_type,
+    expected_attach_type: Option<bpf_attach_type>,
+    insns: &[u64],
+) -> Result<OwnedFd, (io::Error, String)> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = zeroed();
+    attr.__bindgen_anon_3.prog_type = prog_type as u32;
+    attr.__bindgen_anon_3.insn_cnt = insns.len() as u32;
+    attr.__bindgen_anon_3.insns = insns.as_ptr() as u64; // `insns` outlives the call
+    attr.__bindgen_anon_3.license = license.as_ptr() as u64;
+    attr.__bindgen_anon_3.log_level = 1;
+    attr.__bindgen_anon_3.log_size = log.len() as u32;
+    attr.__bindgen_anon_3.log_buf = log.as_mut_ptr() as u64; // `log` outlives the call
+    attr.__bindgen_anon_3.expected_attach_type = expected_attach_type.map_or(0, |t| t as u32);
+    bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)
+        .map(owned_fd)
+        .map_err(|e| {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            (e, String::from_utf8_lossy(&log[..end]).into_owned())
+        })
+}
+
+/// `BPF_MAP_CREATE` of a map nobody else sees (it goes with its fd): a probe of a map type.
+pub fn map_create(
+    map_type: aya_obj::generated::bpf_map_type,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = zeroed();
+    attr.__bindgen_anon_1.map_type = map_type as u32;
+    attr.__bindgen_anon_1.key_size = key_size;
+    attr.__bindgen_anon_1.value_size = value_size;
+    attr.__bindgen_anon_1.max_entries = max_entries;
+    attr.__bindgen_anon_1.map_flags = map_flags;
+    bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map(owned_fd)
+}
+
+/// Whether the kernel knows `BPF_LINK_CREATE` (Linux 5.7), asked with no program and no target:
+/// a kernel that knows the command fails on the descriptors (EBADF), one that does not on
+/// the command (EINVAL). Nothing is attached either way.
+pub fn knows_link_create() -> bool {
+    let mut attr = zeroed();
+    attr.link_create.__bindgen_anon_1.prog_fd = u32::MAX; // -1: no such descriptor
+    attr.link_create.__bindgen_anon_2.target_fd = u32::MAX;
+    attr.link_create.attach_type = bpf_attach_type::BPF_CGROUP_INET4_CONNECT as u32;
+    match bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr) {
+        Ok(fd) => {
+            drop(owned_fd(fd)); // cannot happen with no descriptors; let it go at once
+            true
+        }
+        Err(e) => e.raw_os_error() == Some(libc::EBADF),
+    }
+}

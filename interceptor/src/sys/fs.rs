@@ -62,6 +62,20 @@ pub fn lock_dir_shared(dir: &Path) -> io::Result<DirLock> {
     flock(dir, libc::LOCK_SH)
 }
 
+/// An exclusive lock if nobody holds any lock on `dir` right now, else `None` (never waits).
+pub fn try_lock_dir(dir: &Path) -> io::Result<Option<DirLock>> {
+    let f = File::open(dir)?;
+    // SAFETY: a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(DirLock { _file: f }))
+}
+
 fn flock(dir: &Path, how: libc::c_int) -> io::Result<DirLock> {
     // `clean` removes the directory once it is empty; a loader that waited on the old one
     // locks the directory that is there now (recreated for writers).

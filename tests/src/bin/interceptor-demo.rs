@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: intercept real traffic in a pod this demo creates, show the path each
-//! connection took (from the sidecar's log, the server's view and `getpeername`), then clean up,
-//! also on error and on Ctrl-C.
+//! connection took (from the sidecar's log, the server's view and `getpeername`), why
+//! (`interceptor explain`) and as it happens (`interceptor trace`), then clean up, also on error
+//! and on Ctrl-C.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt as _;
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use interceptor_tests::{
-    Identity, Place, ProbeOptions, Process, SEED_FLAGS, Side, Topology, bin_path,
+    Identity, Place, ProbeOptions, Process, SEED_FLAGS, Side, Topology, bin_path, tracer::Tracer,
 };
 
 /// How long to wait for the sidecar's log line of a connection (absent when it went direct).
@@ -208,6 +209,9 @@ fn run() -> Result<()> {
     }
 
     check_interrupted()?;
+    explain_and_trace(&demo, &sidecar, &[extra, excluded], &mut wrong)?;
+
+    check_interrupted()?;
     println!("\n== status ({})", demo.instance);
     let status = demo.interceptor(&["status"])?;
     let mut ours = false;
@@ -226,6 +230,72 @@ fn run() -> Result<()> {
     }
     ensure!(wrong.is_empty(), "unexpected paths: {}", wrong.join("; "));
     println!("\nall requests took the expected path");
+    Ok(())
+}
+
+/// `interceptor explain` for a redirected and an excluded connection of the application, then
+/// `interceptor trace` while it makes them: each line shows the verdict and the rule explain
+/// named.
+fn explain_and_trace(
+    demo: &Demo,
+    sidecar: &Process,
+    to: &[Ipv4Addr],
+    wrong: &mut Vec<String>,
+) -> Result<()> {
+    let netns = demo.topo.netns_path(Side::Pod).display().to_string();
+    let cgroup = demo.topo.pod_cgroup.display().to_string();
+    let mut rules = Vec::new();
+    for ip in to {
+        let dst = format!("{ip}:80");
+        let args = [
+            "explain", "--cgroup", &cgroup, "--netns", &netns, "--uid", "1000", "--to", &dst,
+        ];
+        println!("\n$ interceptor {}", shell_words(&args));
+        print_indented(&demo.interceptor(&args)?);
+        let json = demo.interceptor(&[&args[..], &["--json"]].concat())?;
+        let said: serde_json::Value = serde_json::from_str(&json)?;
+        let rule = &said["rules"][0];
+        rules.push((
+            dst,
+            said["verdict"].as_str().unwrap_or_default().to_owned(),
+            format!(
+                "{}: {} (from {})",
+                rule["chain"].as_str().unwrap_or_default(),
+                rule["text"].as_str().unwrap_or_default(),
+                rule["option"].as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    check_interrupted()?;
+    println!("\n== trace (while the application makes those two requests)");
+    println!("$ interceptor trace --netns {netns}    (Ctrl-C after the requests)");
+    let tracer = Tracer::start(&["--netns", &netns], true)?;
+    for ip in to {
+        let options = ProbeOptions {
+            http: true,
+            ..ProbeOptions::default()
+        };
+        demo.topo
+            .probe(Identity::APP, SocketAddr::from((*ip, 80)), &options)?;
+        // The redirected one's sidecar log line, which `show` would otherwise read.
+        let _ = sidecar.next_stdout_line(SIDECAR_LOG_WAIT);
+    }
+    let traced = tracer.stop()?;
+    print_indented(&traced.stdout);
+    for (dst, verdict, rule) in rules {
+        let shown = traced
+            .stdout
+            .lines()
+            .find(|l| l.contains(&format!(" {dst} ")));
+        let want = if verdict == "redirect" {
+            "redirected:"
+        } else {
+            "direct"
+        };
+        if !shown.is_some_and(|l| l.contains(want) && l.ends_with(&format!("| {rule}"))) {
+            wrong.push(format!("trace of {dst}: not {want} by {rule}"));
+        }
+    }
     Ok(())
 }
 

@@ -33,6 +33,7 @@ mod results;
 mod scale;
 mod stats;
 mod table;
+mod tracer;
 mod workdir;
 mod workloads;
 
@@ -82,6 +83,14 @@ pub struct BenchArgs {
     /// Only redraw report.md, the plots and performance-section.md from DIR/results.json.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["quick", "rounds", "duration", "modes", "out", "no_pin"])]
     report: Option<PathBuf>,
+    /// Measure only what a tracer costs (`interceptor trace`): new connections/s and
+    /// redirect_connect4's ns per call, with and without a tracer attached.
+    #[arg(long)]
+    tracer_only: bool,
+    /// Another build's `interceptor` (e.g. the one before tracing existed) measured beside
+    /// this one in the tracer's rounds.
+    #[arg(long, value_name = "PATH")]
+    tracer_baseline: Option<PathBuf>,
 }
 
 /// What `cargo xtask bench` needs besides the build: the server, the load generators, and
@@ -165,9 +174,19 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
         scale: Vec::new(),
         default_sysctls: Default::default(),
         leftover_pins: None,
+        tracer: Vec::new(),
     };
     let clock = Instant::now();
-    let outcome = measure(&mut results, &tools, clock);
+    let baseline = args
+        .tracer_baseline
+        .clone()
+        .map(|path| tracer::baseline_tools(&tools, path));
+    let outcome = if args.tracer_only {
+        measure_tracer(&mut results, &tools, baseline.as_ref())
+    } else {
+        measure(&mut results, &tools, clock)
+            .and_then(|()| measure_tracer(&mut results, &tools, baseline.as_ref()))
+    };
     // Every pod is gone by now, each after `interceptor clean`: nothing should stay pinned
     // (but what the kernel itself puts in a new bpffs, e.g. `maps.debug`).
     results.leftover_pins = Some(
@@ -484,6 +503,46 @@ fn measure(results: &mut Results, tools: &Tools, clock: Instant) -> Result<()> {
     Ok(())
 }
 
+/// The tracer's arms, in turns within each round (eBPF only).
+fn measure_tracer(results: &mut Results, tools: &Tools, baseline: Option<&Tools>) -> Result<()> {
+    let settings = results.settings.clone();
+    if !settings.modes.contains(&Mode::Ebpf) {
+        return Ok(());
+    }
+    for round in 1..=settings.rounds {
+        // With --tracer-only these are the only rounds: the report's load averages come from here.
+        if !results.meta.loadavg.iter().any(|s| s.round == round) {
+            results.meta.loadavg.push(LoadSample {
+                round,
+                loadavg_1m: machine::loadavg_1m(),
+            });
+        }
+        for arm in tracer::arms(round, baseline.is_some()) {
+            check_interrupted()?;
+            let arm_tools = match (arm, baseline) {
+                (tracer::Arm::Baseline, Some(b)) => b,
+                _ => tools,
+            };
+            let sample = tracer::measure(arm_tools, &settings, round, arm)?;
+            eprintln!(
+                "bench: round {round}/{}: tracer, {:<16} {:>8.0} conn/s  redirect_connect4 \
+                 {:.0} ns/call{}",
+                settings.rounds,
+                arm.name(),
+                sample.conns_per_s,
+                sample.connect4_ns_per_run().unwrap_or(f64::NAN),
+                if arm == tracer::Arm::On {
+                    format!("  ({} events traced, {} lost)", sample.traced, sample.lost)
+                } else {
+                    String::new()
+                }
+            );
+            results.tracer.push(sample);
+        }
+    }
+    Ok(())
+}
+
 fn run_case(
     pod: &BenchPod,
     case: Case,
@@ -659,54 +718,17 @@ struct PrivateBpffs {
     path: PathBuf,
     /// What the kernel put in it at mount (the preloaded iterators, `maps.debug`...).
     initial: Vec<String>,
+    _mount: interceptor_tests::bpffs::PrivateBpffs,
 }
 
 impl PrivateBpffs {
     fn mount(path: &Path) -> Result<Self> {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt as _;
-        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
-        let target = CString::new(path.as_os_str().as_bytes())?;
-        let fstype = c"bpf";
-        // SAFETY: NUL-terminated strings that outlive the call; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            let _ = fs::remove_dir(path);
-            return Err(e).with_context(|| format!("mounting bpffs at {}", path.display()));
-        }
+        let mount = interceptor_tests::bpffs::PrivateBpffs::at(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             initial: pinned_files(path),
+            _mount: mount,
         })
-    }
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt as _;
-        let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) else {
-            return;
-        };
-        // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-            eprintln!(
-                "bench: unmounting {}: {}",
-                self.path.display(),
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        let _ = fs::remove_dir(&self.path);
     }
 }
 
@@ -760,6 +782,8 @@ mod tests {
             baseline: Mode::IptablesNft,
             out: None,
             report: None,
+            tracer_only: false,
+            tracer_baseline: None,
         };
         let s = settings(&args).unwrap();
         assert_eq!((s.rounds, s.duration_s), (2, 1));

@@ -480,6 +480,7 @@ fn report(r: &Results, plots: &[plot::Plot]) -> String {
     inbound(&mut o, r);
     default_sysctls(&mut o, r);
     kernel_cost(&mut o, r);
+    tracer_cost(&mut o, r);
     init_cost(&mut o, r);
     node_scale(&mut o, r);
 
@@ -816,6 +817,72 @@ fn kernel_cost(o: &mut String, r: &Results) {
     }
     let _ = writeln!(o);
     inbound_kernel_cost(o, r);
+}
+
+/// `interceptor trace`'s cost: each arm's medians, and round-by-round ratios to no tracer.
+fn tracer_cost(o: &mut String, r: &Results) {
+    use super::tracer::Arm;
+    if r.tracer.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "## What a tracer costs (`interceptor trace`)\n\nA fresh eBPF pod per arm, the arms in \
+         turns within each round: new connections per second ({} connections, `Connection: \
+         close`), then `redirect_connect4`'s kernel time per call over a second such load \
+         with the kernel's statistics on. `no tracer` is this build with nobody tracing (the \
+         programs check one flag, then decide exactly as without tracing); `tracer attached` \
+         has `interceptor trace --json` reading every event; `baseline build`, when present, \
+         is another build's programs (`--tracer-baseline`). Ratios are to `no tracer`, round \
+         by round.\n",
+        r.settings.close_conns
+    );
+    let arm_values = |arm: Arm, f: &dyn Fn(&super::tracer::TracerSample) -> Option<f64>| {
+        r.tracer
+            .iter()
+            .filter(|s| s.arm == arm)
+            .filter_map(|s| Some((s.round, f(s)?)))
+            .collect::<Vec<(u32, f64)>>()
+    };
+    let rate = |s: &super::tracer::TracerSample| Some(s.conns_per_s);
+    let per_call = |s: &super::tracer::TracerSample| s.connect4_ns_per_run();
+    let ratio_to_off = |arm: Arm, f: &dyn Fn(&super::tracer::TracerSample) -> Option<f64>| {
+        let off = arm_values(Arm::Off, f);
+        Summary::of(arm_values(arm, f).into_iter().filter_map(|(round, v)| {
+            let o = off.iter().find(|(r, _)| *r == round)?.1;
+            Some(v / o)
+        }))
+    };
+    let mut table = Table::new([
+        "arm",
+        "new connections/s",
+        "ratio",
+        "redirect_connect4 ns/call",
+        "ratio",
+        "events traced (lost)",
+    ]);
+    for arm in [Arm::Baseline, Arm::Off, Arm::On] {
+        let samples: Vec<&super::tracer::TracerSample> =
+            r.tracer.iter().filter(|s| s.arm == arm).collect();
+        if samples.is_empty() {
+            continue;
+        }
+        let traced: u64 = samples.iter().map(|s| s.traced).sum();
+        let lost: u64 = samples.iter().map(|s| s.lost).sum();
+        table.row([
+            arm.name().to_owned(),
+            with_range(Summary::of_series(&arm_values(arm, &rate)), thousands),
+            ratio(ratio_to_off(arm, &rate)),
+            with_range(Summary::of_series(&arm_values(arm, &per_call)), ns),
+            ratio(ratio_to_off(arm, &per_call)),
+            if arm == Arm::On {
+                format!("{traced} ({lost})")
+            } else {
+                "–".to_owned()
+            },
+        ]);
+    }
+    let _ = writeln!(o, "{table}");
 }
 
 fn inbound_kernel_cost(o: &mut String, r: &Results) {

@@ -31,6 +31,9 @@ pub struct Results {
     /// not checked, in runs from before).
     #[serde(default)]
     pub leftover_pins: Option<Vec<String>>,
+    /// What a tracer costs: each arm of each round (runs from before have none).
+    #[serde(default)]
+    pub tracer: Vec<super::tracer::TracerSample>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

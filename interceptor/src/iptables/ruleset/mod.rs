@@ -26,6 +26,7 @@ mod inbound;
 mod outbound;
 mod preamble;
 mod render;
+pub mod words;
 
 use builder::Builder;
 pub use render::{render, render_tables};
