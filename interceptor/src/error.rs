@@ -40,6 +40,8 @@ pub enum ConfigError {
     NoSuchInterface { flag: &'static str, value: String },
     #[error("--inbound-fail: invalid value {value:?} (open or closed)")]
     InboundFail { value: String },
+    #[error("--raw-sockets: invalid value {value:?} (refuse or allow)")]
+    RawSockets { value: String },
     #[error(
         "--backend {value:?}: the node daemon intercepts with eBPF only (for iptables, run \
          `interceptor init --backend iptables` in the pod)"

@@ -40,11 +40,11 @@ pub use intercepted::{
     instance_dir, interceptor, interceptor_bin, interceptor_env, route_of,
 };
 pub use lines::{
-    FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeOptions, ProbeResult, ServerLine,
-    SidecarLine, errno_name,
+    BurstSummary, FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeOptions, ProbeResult,
+    ServerLine, SidecarLine, errno_name,
 };
 pub use netns::{is_listening, netns_path, run_in_netns};
-pub use process::{Finished, Identity, Process};
+pub use process::{Finished, Identity, Process, raise_open_files_limit};
 pub use temp_file::TempFile;
 pub use topology::{Place, PodInterface, Side, Topology};
 

@@ -23,7 +23,7 @@ use interceptor_tests::{
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Programs (and so links) a pod's `init` attaches.
-const PROGRAMS: usize = 13;
+const PROGRAMS: usize = 15;
 
 fn init(pod: &LightPod, flags: &[&str]) -> Result<()> {
     let mut args: Vec<String> = vec!["init".into()];

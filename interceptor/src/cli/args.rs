@@ -122,6 +122,9 @@ pub struct PodAddArgs {
     /// Inbound connections to capture while the proxy has no listener: `open` or `closed`.
     #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
     pub inbound_fail: Option<String>,
+    /// Raw sockets of the pod's processes other than the proxy: `refuse` (but ICMP) or `allow`.
+    #[arg(long, value_name = "refuse|allow", env = "INTERCEPTOR_RAW_SOCKETS")]
+    pub raw_sockets: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -229,6 +232,11 @@ pub struct InitArgs {
     /// the application) or `closed` (refused).
     #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
     pub inbound_fail: Option<String>,
+    /// Raw sockets of the pod's processes other than the proxy (eBPF): `refuse` (the default:
+    /// any raw socket but ICMP, and IP header inclusion, fail with EPERM, since their packets
+    /// would bypass interception) or `allow`.
+    #[arg(long, value_name = "refuse|allow", env = "INTERCEPTOR_RAW_SOCKETS")]
+    pub raw_sockets: Option<String>,
 }
 
 /// istio-iptables' options: same names, same environment variables, flag over environment.
@@ -377,6 +385,7 @@ impl IstioFlags {
             exclude_interfaces: self.exclude_interfaces.clone(),
             kube_virt_interfaces: self.kube_virt_interfaces.clone(),
             inbound_fail: None, // not an istio-iptables option (InitArgs::inbound_fail)
+            raw_sockets: None,  // nor this one (InitArgs::raw_sockets)
             // The alias variables istio-iptables applies after the primary ones.
             redirect_dns: self.redirect_dns || env_bool("ISTIO_META_DNS_CAPTURE").unwrap_or(false),
             capture_all_dns: self.capture_all_dns,

@@ -11,6 +11,7 @@ use crate::{
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let mut options = args.istio.raw();
     options.inbound_fail = args.inbound_fail.clone();
+    options.raw_sockets = args.raw_sockets.clone();
     let opts = InitOptions {
         target: target(&args.target),
         backend: backend(&args.backend),

@@ -159,6 +159,8 @@ fn parse_upstream(text: &str) -> Result<(u16, SocketAddr), String> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Arc::new(Cli::parse());
+    // A burst of connections holds two descriptors each (accepted, upstream).
+    interceptor_tests::raise_open_files_limit();
     if let Some((port, _)) = cli.upstream.iter().find(|(p, _)| !cli.listen.contains(p)) {
         anyhow::bail!("--upstream {port}=...: not a --listen port");
     }

@@ -23,6 +23,7 @@ use self::lpm::LpmEntries;
 use crate::{
     config::{
         DnsCapture, InboundFail, InboundPorts, InterceptConfig, OutboundInclude, OwnerGroups,
+        RawSockets,
     },
     error::ConfigError,
     pod::{PodFacts, routes},
@@ -221,6 +222,9 @@ impl MapPlan {
         self.add_ports(set, list);
         if cfg.inbound_fail == InboundFail::Closed {
             self.pod.flags |= flags::INBOUND_FAIL_CLOSED;
+        }
+        if cfg.raw_sockets == RawSockets::Allow {
+            self.pod.flags |= flags::RAW_SOCKETS_ALLOWED;
         }
         for (i, name) in cfg.exclude_interfaces.iter().enumerate() {
             let index = facts
