@@ -55,10 +55,13 @@ pub struct DaemonArgs {
     /// costs a few ns per run).
     #[arg(long)]
     pub bpf_stats: bool,
-    /// Pods the maps hold (fixed when the node instance is first created).
+    /// Pods the node's datapath holds (1 to 16384). Part of its identity: other sizes are
+    /// another datapath.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_pods: u32,
-    /// Entries of each connection-tracking map, shared by every pod.
+    /// Connection set-ups in progress at once (application connected, proxy not yet), node-
+    /// wide, per address family (1024 to 4194304, about 200 bytes each). Part of the
+    /// datapath's identity.
     #[arg(long, value_name = "N", default_value_t = 262144)]
     pub max_connections: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.
@@ -222,9 +225,14 @@ pub struct InitArgs {
     /// `--capture-all-dns`). Default: this process's, as in an init container.
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Entries of each connection-tracking map (original destinations in flight).
+    /// Connection set-ups in progress at once (application connected, proxy not yet), node-
+    /// wide, per address family (1024 to 4194304, about 200 bytes each). Part of the node
+    /// datapath's identity: pods enrolled with other sizes are in another datapath.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
+    /// Pods the node's datapath holds (1 to 16384). Part of its identity, as above.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_pods: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.
     #[arg(long, value_enum, default_value = "off")]
     pub kernel_log_level: KernelLogLevel,

@@ -175,26 +175,29 @@ impl Maps {
         Ok(capacity(&self.dir, map_names::COUNTERS)? / Counter::COUNT)
     }
 
-    /// Takes a free slot (its counters zeroed), or none when every slot is in use.
-    pub fn take_slot(&mut self) -> anyhow::Result<Option<u32>> {
+    /// A free slot, or none when every slot is in use (nothing is written: see `take_slot`).
+    pub fn first_free_slot(&self) -> anyhow::Result<Option<u32>> {
         let slots = self.slot_count()?;
         for word in 0..slots.div_ceil(64) {
             let used = self.slots.get(&word, 0)?;
             if used == u64::MAX {
                 continue;
             }
-            let bit = used.trailing_ones();
-            let slot = word * 64 + bit;
-            if slot >= slots {
-                break;
-            }
-            self.zero_counters(slot)?;
-            self.slots
-                .set(word, used | (1 << bit), 0)
-                .context("taking a pod slot")?;
-            return Ok(Some(slot));
+            let slot = word * 64 + used.trailing_ones();
+            return Ok((slot < slots).then_some(slot));
         }
         Ok(None)
+    }
+
+    /// Takes the free slot `slot`, its counters zeroed.
+    pub fn take_slot(&mut self, slot: u32) -> anyhow::Result<()> {
+        let (word, bit) = (slot / 64, slot % 64);
+        let used = self.slots.get(&word, 0)?;
+        anyhow::ensure!(used & (1 << bit) == 0, "pod slot {slot} is taken already");
+        self.zero_counters(slot)?;
+        self.slots
+            .set(word, used | (1 << bit), 0)
+            .context("taking a pod slot")
     }
 
     /// Gives a slot back (once nothing of its pod is left in the sets).

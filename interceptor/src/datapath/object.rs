@@ -8,6 +8,8 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, EbpfLoader};
 use interceptor_ebpf::{Counter, POD_NETNS_COOKIE_GLOBAL, map_names, program_names};
 
+use crate::error::LimitError;
+
 /// The compiled kernel programs.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
@@ -55,13 +57,64 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// Entries of the sets every pod's options go into (`-o`/`-q`/`-b`/`-d` ports, `-i`/`-x`
-    /// ranges and `-c` routes), shared by the node's pods.
-    pub const SET_ENTRIES: u32 = 1 << 18;
+    /// Entries of the port set every pod's `-o`/`-q`/`-b`/`-d` ports go into, shared by the
+    /// node's pods (a hash map without preallocation: memory only for what is used, but its
+    /// bucket array, 16 bytes an entry, is allocated whole).
+    pub const PORT_ENTRIES: u32 = 1 << 18;
+    /// Entries of each family's range set (`-i`, `-x` ranges and `-c` routes), shared by the
+    /// node's pods (LPM tries without preallocation: memory only for what is used).
+    pub const CIDR_ENTRIES: u32 = 1 << 20;
+    /// Port entries one pod may have: a quarter of the node's, so that one pod never holds
+    /// more than its share and a pod's update (old and new sets side by side) always fits
+    /// beside it.
+    pub const POD_PORT_ENTRIES: u32 = Self::PORT_ENTRIES / 4;
+    /// Range entries of one family one pod may have: an eighth of the node's.
+    pub const POD_CIDR_ENTRIES: u32 = Self::CIDR_ENTRIES / 8;
     /// Addresses of one pod that inbound dispatch knows (as `PodConfig` holds them).
     pub const ADDRS_PER_POD: u32 = 8;
     /// Listener sockets of one pod: one per family.
     pub const LISTENERS_PER_POD: u32 = 2;
+
+    /// `--max-pods`: at least one, at most this many.
+    pub const MAX_PODS: u32 = 16384;
+    /// `--max-connections`: each entry takes about 200 bytes of kernel memory per family,
+    /// allocated when the datapath is made: 1024 is 400 KiB, the most 1.6 GiB.
+    pub const MIN_CONNECTIONS: u32 = 1024;
+    pub const MAX_CONNECTIONS: u32 = 1 << 22;
+
+    /// Sizes checked against their bounds: what is out of range is refused, naming the flag,
+    /// the value and the bounds, before anything changes.
+    pub fn checked(max_pods: u32, max_connections: u32) -> Result<Self, LimitError> {
+        let check = |flag, value: u32, min, max, what| {
+            if (min..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(LimitError::OutOfRange {
+                    flag,
+                    value: u64::from(value),
+                    min: u64::from(min),
+                    max: u64::from(max),
+                    what,
+                })
+            }
+        };
+        Ok(Sizes {
+            max_pods: check(
+                "--max-pods",
+                max_pods,
+                1,
+                Self::MAX_PODS,
+                "pods one datapath holds",
+            )?,
+            max_connections: check(
+                "--max-connections",
+                max_connections,
+                Self::MIN_CONNECTIONS,
+                Self::MAX_CONNECTIONS,
+                "connection set-ups in progress at once, node-wide, per address family",
+            )?,
+        })
+    }
 }
 
 fn object() -> anyhow::Result<&'static aya_obj::Object> {
@@ -94,7 +147,16 @@ pub fn datapath_key(sizes: Sizes) -> anyhow::Result<String> {
     let object = object()?;
     let mut names: Vec<&String> = object.maps.keys().collect();
     names.sort();
-    let mut text = format!("pods={} conns={};", sizes.max_pods, sizes.max_connections);
+    // Besides the sizes given, what the maps' sizes are made of: the counters per pod and the
+    // sets' capacities (a build that changes them must not share the maps).
+    let mut text = format!(
+        "pods={} conns={} counters={} ports={} cidrs={};",
+        sizes.max_pods,
+        sizes.max_connections,
+        Counter::COUNT,
+        Sizes::PORT_ENTRIES,
+        Sizes::CIDR_ENTRIES
+    );
     for name in names {
         let m = &object.maps[name];
         text.push_str(&format!(
@@ -143,9 +205,9 @@ pub fn load(
             map_names::INBOUND_LISTENERS,
             Sizes::LISTENERS_PER_POD * pods,
         )
-        .map_max_entries(map_names::PORT_SET, Sizes::SET_ENTRIES)
-        .map_max_entries(map_names::CIDR4, Sizes::SET_ENTRIES)
-        .map_max_entries(map_names::CIDR6, Sizes::SET_ENTRIES)
+        .map_max_entries(map_names::PORT_SET, Sizes::PORT_ENTRIES)
+        .map_max_entries(map_names::CIDR4, Sizes::CIDR_ENTRIES)
+        .map_max_entries(map_names::CIDR6, Sizes::CIDR_ENTRIES)
         .map_max_entries(map_names::IN_FLIGHT4, sizes.max_connections)
         .map_max_entries(map_names::IN_FLIGHT6, sizes.max_connections)
         .override_global("AYA_LOG_LEVEL", &log_level, false)
@@ -196,6 +258,34 @@ mod tests {
             expected_layout(map_names::CIDR6).unwrap(),
             (4 + size_of::<Cidr6Key>() as u32, 1)
         );
+    }
+
+    #[test]
+    fn sizes_out_of_their_bounds_are_refused_naming_flag_value_and_bounds() {
+        assert!(Sizes::checked(1024, 65536).is_ok());
+        assert!(Sizes::checked(1, Sizes::MIN_CONNECTIONS).is_ok());
+        assert!(Sizes::checked(Sizes::MAX_PODS, Sizes::MAX_CONNECTIONS).is_ok());
+        for (pods, conns, text) in [
+            (
+                0,
+                65536,
+                "--max-pods 0: out of range: 1 to 16384 (pods one datapath holds)",
+            ),
+            (16385, 65536, "--max-pods 16385: out of range: 1 to 16384"),
+            (
+                1024,
+                0,
+                "--max-connections 0: out of range: 1024 to 4194304",
+            ),
+            (
+                1024,
+                100_000_000,
+                "--max-connections 100000000: out of range: 1024 to 4194304",
+            ),
+        ] {
+            let err = Sizes::checked(pods, conns).unwrap_err().to_string();
+            assert!(err.starts_with(text), "{err}");
+        }
     }
 
     #[test]

@@ -34,7 +34,11 @@ use super::{
     api::{self, Request, Response},
     metrics,
 };
-use crate::{datapath::LoadOptions, pod::Cgroup, sys};
+use crate::{
+    datapath::{LoadOptions, Sizes},
+    pod::Cgroup,
+    sys,
+};
 
 /// How the daemon runs (`interceptor daemon`'s options).
 #[derive(Clone, Debug)]
@@ -49,10 +53,9 @@ pub struct DaemonOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Have the kernel count each program's run time while the daemon runs.
     pub bpf_stats: bool,
-    /// Pods the maps hold (fixed when the node instance is first created).
-    pub max_pods: u32,
-    /// Entries of each connection-tracking map, shared by every pod.
-    pub max_connections: u32,
+    /// The datapath's sizes: pods, and connection set-ups at once (its identity: other
+    /// sizes are another datapath).
+    pub sizes: Sizes,
     /// aya-log level of the programs (0 = off ... 5 = trace).
     pub kernel_log_level: u8,
 }
@@ -105,10 +108,9 @@ async fn serve(args: DaemonOptions, cgroup: Cgroup) -> anyhow::Result<()> {
     let opts = NodeOptions {
         load: LoadOptions {
             bpffs_root: args.bpffs.clone(),
-            max_connections: args.max_connections.max(1),
+            sizes: args.sizes,
             kernel_log_level: args.kernel_log_level,
         },
-        max_pods: args.max_pods.max(1),
     };
     let cgroup_path = cgroup.path.clone();
     let (started, done) = tokio::task::spawn_blocking(move || Node::start(&cgroup, opts))
