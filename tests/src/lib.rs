@@ -13,6 +13,7 @@
 //! Safety on a shared machine: everything is created under unique names (tag, pid, counter),
 //! and only what was created is removed. Traffic stays inside the two namespaces.
 
+pub mod bpffs;
 mod cgroup;
 pub mod cni_node;
 pub mod dns;
