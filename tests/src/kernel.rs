@@ -131,3 +131,184 @@ pub fn map_entries(
         key = Some(next);
     }
 }
+
+/// The ids of the kernel's BPF programs, maps and links, of every owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BpfIds {
+    pub programs: std::collections::BTreeSet<u32>,
+    pub maps: std::collections::BTreeSet<u32>,
+    pub links: std::collections::BTreeSet<u32>,
+}
+
+impl BpfIds {
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty() && self.maps.is_empty() && self.links.is_empty()
+    }
+
+    pub fn counts(&self) -> BpfObjects {
+        BpfObjects {
+            programs: self.programs.len(),
+            maps: self.maps.len(),
+            links: self.links.len(),
+        }
+    }
+}
+
+/// Every BPF object id in the kernel now.
+pub fn bpf_ids() -> io::Result<BpfIds> {
+    Ok(BpfIds {
+        programs: ids(BPF_PROG_GET_NEXT_ID)?,
+        maps: ids(BPF_MAP_GET_NEXT_ID)?,
+        links: ids(BPF_LINK_GET_NEXT_ID)?,
+    })
+}
+
+fn ids(cmd: libc::c_long) -> io::Result<std::collections::BTreeSet<u32>> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut id: u32 = 0;
+    loop {
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(id);
+        match bpf(cmd, &mut attr) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+        id = (attr[0] >> 32) as u32;
+        out.insert(id);
+    }
+}
+
+/// What BPF objects made since `before` are still in the kernel, but for those someone else
+/// holds: a process's descriptor, a pin on a bpffs other than `own_bpffs`, and what these
+/// hold in turn (a link's program, a program's maps). On a machine where others load BPF
+/// meanwhile, this is what a test left behind; alone on the machine (CI), the counts say the
+/// same as [`bpf_objects`].
+pub fn left_since(before: &BpfIds, own_bpffs: &std::path::Path) -> io::Result<BpfIds> {
+    let now = bpf_ids()?;
+    let held = held_elsewhere(own_bpffs);
+    let left = |now: &std::collections::BTreeSet<u32>,
+                before: &std::collections::BTreeSet<u32>,
+                held: &std::collections::BTreeSet<u32>| {
+        now.iter()
+            .filter(|id| !before.contains(id) && !held.contains(id))
+            .copied()
+            .collect()
+    };
+    Ok(BpfIds {
+        programs: left(&now.programs, &before.programs, &held.programs),
+        maps: left(&now.maps, &before.maps, &held.maps),
+        links: left(&now.links, &before.links, &held.links),
+    })
+}
+
+/// The objects every process's descriptors and every other bpffs's pins hold.
+fn held_elsewhere(own_bpffs: &std::path::Path) -> BpfIds {
+    let mut held = BpfIds::default();
+    // Descriptors of every process (this one holds none between calls).
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            if let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) {
+                for fd in fds.flatten() {
+                    if let Ok(text) = std::fs::read_to_string(fd.path()) {
+                        note_fdinfo(&text, &mut held);
+                    }
+                }
+            }
+        }
+    }
+    // Pins of the other bpffs mounts, opened to read what they are.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        let Some((fields, fs)) = line.split_once(" - ") else {
+            continue;
+        };
+        if fs.split(' ').next() != Some("bpf") {
+            continue;
+        }
+        let Some(point) = fields.split(' ').nth(4) else {
+            continue;
+        };
+        let point = std::path::Path::new(point);
+        if point == own_bpffs {
+            continue;
+        }
+        note_pins(point, &mut held);
+    }
+    // What those hold in turn: each program's maps.
+    for prog in held.programs.clone() {
+        for map in program_maps(prog).unwrap_or_default() {
+            held.maps.insert(map);
+        }
+    }
+    held
+}
+
+fn note_fdinfo(text: &str, held: &mut BpfIds) {
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let Ok(id) = value.trim().parse::<u32>() else {
+            continue;
+        };
+        match key {
+            "prog_id" => held.programs.insert(id),
+            "map_id" => held.maps.insert(id),
+            "link_id" => held.links.insert(id),
+            _ => false,
+        };
+    }
+}
+
+fn note_pins(dir: &std::path::Path, held: &mut BpfIds) {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            note_pins(&path, held);
+            continue;
+        }
+        let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            continue;
+        };
+        let mut attr = [0u64; 16];
+        attr[0] = name.as_ptr() as u64;
+        let Ok(fd) = bpf(BPF_OBJ_GET, &mut attr) else {
+            continue;
+        };
+        // SAFETY: a descriptor the kernel just returned to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())) {
+            note_fdinfo(&text, held);
+        }
+    }
+}
+
+/// The maps a program uses.
+fn program_maps(id: u32) -> io::Result<Vec<u32>> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: a descriptor the kernel just returned to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut maps = vec![0u32; 64];
+    // bpf_prog_info: nr_map_ids at byte 52, map_ids (a pointer) at 56.
+    let mut info = [0u32; 64];
+    info[13] = maps.len() as u32;
+    let ptr = maps.as_mut_ptr() as u64;
+    info[14] = ptr as u32;
+    info[15] = (ptr >> 32) as u32;
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    maps.truncate((info[13] as usize).min(64));
+    Ok(maps)
+}
