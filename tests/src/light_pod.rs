@@ -157,6 +157,17 @@ impl LightPod {
         ProbeResult::parse(&finished.stdout)
     }
 
+    /// `interceptor-probe loop <target>` in the pod as the application; close its stdin to
+    /// stop it and read its summary.
+    pub fn spawn_loop(&self, target: SocketAddr) -> Result<Process> {
+        let mut cmd = self.command(Identity::APP, bin_path(PROBE_BIN)?)?;
+        cmd.args(["loop", &target.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.spawn(&mut cmd)
+    }
+
     /// Deletes the pod the way a container runtime does: its processes killed, its cgroup
     /// removed, its network namespace deleted. Nobody runs `interceptor clean`.
     pub fn delete_like_a_runtime(mut self) -> Result<()> {

@@ -448,3 +448,61 @@ fn in_node_mode_one_pods_ranges_never_make_the_next_pods_registration_fail_at_a_
     assert_eq!(occupancy(&bpffs)?["CIDR4"], NODE - u64::from(SHARE));
     Ok(())
 }
+
+#[test]
+fn a_reinit_with_other_sizes_moves_the_pod_to_their_datapath_and_says_so() -> Result<()> {
+    let bpffs = PrivateBpffs::new("lim-resize")?;
+    let pod = LightPod::new("lim-resize", 4)?;
+    init(
+        &bpffs,
+        &pod,
+        &strings(&["-i", "*", "--max-connections", "2048"]),
+    )?;
+    let _sidecar = pod.spawn_sidecar(15001)?;
+    let target = SocketAddr::from(([10, 97, 0, 1], 80));
+    assert!(pod.probe(Identity::APP, target)?.sidecar_line().is_some());
+    let old = datapath_dir(&bpffs)?;
+
+    // The sizes are the datapath's identity: other sizes, another datapath. The pod moves
+    // there (never "updated in place" with the old sizes), its counters with it, and the old
+    // datapath, unused, goes.
+    let out = try_init(
+        &bpffs,
+        &pod,
+        &strings(&["-i", "*", "--max-connections", "4096"]),
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let old_name = old
+        .file_name()
+        .context("name")?
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        log.contains(&format!(
+            "interception active, moved from {old_name} (--max-pods 1024, --max-connections \
+             2048) to the datapath of this build with --max-pods 1024, --max-connections 4096"
+        )),
+        "{log}"
+    );
+    let new = datapath_dir(&bpffs)?;
+    assert_ne!(new, old);
+    assert_eq!(count(&counters(&bpffs)?, "redirected")?, 1, "carried over");
+    assert!(pod.probe(Identity::APP, target)?.sidecar_line().is_some());
+    // status says which datapath, and of which sizes, the pod is in.
+    let out = run(&bpffs, &["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let new_name = new
+        .file_name()
+        .context("name")?
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        text.contains(&format!(
+            "  datapath: {new_name} (--max-pods 1024, --max-connections 4096)"
+        )),
+        "{text}"
+    );
+    assert_eq!(datapath(&bpffs)?["record"]["max_connections"], 4096);
+    Ok(())
+}

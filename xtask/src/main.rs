@@ -1,6 +1,7 @@
 //! `cargo xtask`: bootstrap a fresh machine, build, run the demo, run the tests, benchmark.
 
 mod bench;
+mod previous;
 mod setup;
 
 use std::{
@@ -30,6 +31,9 @@ enum Cmd {
     },
     /// Intercept real traffic in namespaces the demo creates, and show the path it took.
     Demo,
+    /// Build the previous release (v0.1.0) from the repository's history for the upgrade
+    /// test, once: kept in target/previous-v0.1.0/bin (`test` does this itself).
+    Previous,
     /// Unit tests, then integration tests on the real kernel (needs root).
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -68,11 +72,19 @@ fn main() -> anyhow::Result<()> {
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
                 .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir))
         }
+        Cmd::Previous => {
+            setup::ensure_all()?;
+            let bin = previous::ensure(&root)?;
+            println!("{}", bin.display());
+            Ok(())
+        }
         Cmd::Test { args } => {
             setup::ensure_all()?;
             let validator = setup::ensure_kubernetes_validate(&root)?;
             require_root("the integration tests")?;
             build(&root, false)?;
+            // The upgrade test starts from the previous release (built once, then cached).
+            let previous = previous::ensure(&root)?;
             let bin_dir = root.join("target/debug");
             // The shared data model and decision table, on the host.
             run(cargo(&root).args(["test", "-p", "interceptor-ebpf", "--lib"]))?;
@@ -82,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             cmd.args(["test", "-p", "interceptor", "-p", "interceptor-tests"])
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
                 .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir)
+                .env("INTERCEPTOR_PREVIOUS_BIN_DIR", &previous)
                 .env("INTERCEPTOR_KUBERNETES_VALIDATE", &validator);
             if !args.is_empty() {
                 cmd.arg("--").args(&args);
