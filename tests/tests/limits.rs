@@ -98,17 +98,17 @@ fn datapath_dir(bpffs: &PrivateBpffs) -> Result<PathBuf> {
     Ok(dirs[0].clone())
 }
 
+/// A map's entries (key bytes -> value bytes), by map name.
+type MapContents = BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// Every entry of every map of the datapath that registering a pod writes (not the counters,
 /// which traffic moves, nor the connections in flight).
-fn registration_maps(dir: &Path) -> Result<BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>> {
+fn registration_maps(dir: &Path) -> Result<MapContents> {
     registration_maps_without(dir, &[])
 }
 
 /// [`registration_maps`] but the maps named in `skip`.
-fn registration_maps_without(
-    dir: &Path,
-    skip: &[&str],
-) -> Result<BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>> {
+fn registration_maps_without(dir: &Path, skip: &[&str]) -> Result<MapContents> {
     let mut out = BTreeMap::new();
     for name in [
         "POD_CONFIG",

@@ -23,8 +23,10 @@ pub fn refuse_header_inclusion(ctx: SockoptContext) -> i32 {
     if so.optname != IP_HDRINCL && so.optname != IPV6_HDRINCL {
         return 1; // the common case, decided without a map lookup
     }
-    // SAFETY: `sk` is the member of this union the kernel sets; a full socket or null.
-    let Some(sk) = (unsafe { so.__bindgen_anon_1.sk.as_ref() }) else {
+    // SAFETY: `sk` is the member of this union the kernel sets.
+    let sk = unsafe { so.__bindgen_anon_1.sk };
+    // SAFETY: a full socket valid for the program's run, or null.
+    let Some(sk) = (unsafe { sk.as_ref() }) else {
         return 1;
     };
     let Some(cfg) = pod_config(netns_cookie(&ctx)) else {
@@ -45,13 +47,10 @@ pub fn refuse_header_inclusion(ctx: SockoptContext) -> i32 {
 /// zero. A value the program cannot read counts as on.
 #[inline(always)]
 fn turns_on(so: &aya_ebpf::bindings::bpf_sockopt) -> bool {
-    // SAFETY: `optval` and `optval_end` are the members of these unions the kernel sets.
-    let (start, end) = unsafe {
-        (
-            so.__bindgen_anon_2.optval.cast::<u8>(),
-            so.__bindgen_anon_3.optval_end.cast::<u8>(),
-        )
-    };
+    // SAFETY: `optval` is the member of this union the kernel sets.
+    let start = unsafe { so.__bindgen_anon_2.optval }.cast::<u8>();
+    // SAFETY: `optval_end` is the member of this union the kernel sets.
+    let end = unsafe { so.__bindgen_anon_3.optval_end }.cast::<u8>();
     if so.optlen >= 4 && start.wrapping_add(4) <= end {
         // SAFETY: the four bytes are inside the option's buffer (checked above).
         return unsafe { ptr::read_unaligned(start.cast::<i32>()) } != 0;
