@@ -7,9 +7,10 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -24,9 +25,14 @@ impl PrivateBpffs {
     /// Mounts a new bpffs at `<tmp>/icpt-bpffs-<tag>-<pid>-<n>`.
     pub fn new(tag: &str) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("icpt-bpffs-{tag}-{}-{n}", std::process::id()));
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Self::mount(
+            &std::env::temp_dir().join(format!("icpt-bpffs-{tag}-{}-{n}", std::process::id())),
+        )
+    }
+
+    /// Mounts a new bpffs at `path`, a directory it creates (and removes on drop).
+    pub fn mount(path: &Path) -> Result<Self> {
+        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
         let target = CString::new(path.as_os_str().as_bytes())?;
         // SAFETY: NUL-terminated strings that outlive the call; no data argument.
         let rc = unsafe {
@@ -40,11 +46,11 @@ impl PrivateBpffs {
         };
         if rc != 0 {
             let e = std::io::Error::last_os_error();
-            let _ = fs::remove_dir(&path);
+            let _ = fs::remove_dir(path);
             bail!("mounting bpffs at {}: {e}", path.display());
         }
         let mut me = Self {
-            path,
+            path: path.to_path_buf(),
             initial: Vec::new(),
         };
         me.initial = me.pins();
@@ -54,6 +60,25 @@ impl PrivateBpffs {
     /// `--bpffs=<path>`.
     pub fn arg(&self) -> String {
         format!("--bpffs={}", self.path.display())
+    }
+
+    /// `interceptor ARGS --bpffs=<path>`, to completion.
+    pub fn interceptor(&self, args: &[&str]) -> Output {
+        let arg = self.arg();
+        let mut all = args.to_vec();
+        all.push(&arg);
+        crate::interceptor(&all)
+    }
+
+    /// `interceptor status --json` of this bpffs.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = self.interceptor(&["status", "--json"]);
+        ensure!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Everything pinned (files and directories) under it but what a new bpffs holds,

@@ -28,6 +28,7 @@ pub mod outcome;
 mod process;
 mod temp_file;
 mod topology;
+mod wait;
 
 use std::env;
 use std::path::PathBuf;
@@ -48,6 +49,7 @@ pub use netns::{is_listening, netns_path, run_in_netns};
 pub use process::{Finished, Identity, Process, raise_open_files_limit};
 pub use temp_file::TempFile;
 pub use topology::{Place, PodInterface, Side, Topology};
+pub use wait::eventually;
 
 pub const SIDECAR_BIN: &str = "interceptor-sidecar";
 pub const SERVER_BIN: &str = "interceptor-test-server";

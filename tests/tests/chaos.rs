@@ -25,7 +25,7 @@ use interceptor_tests::cni_node::{CniNode, Pod};
 use interceptor_tests::kernel::{BpfIds, bpf_ids, left_since};
 use interceptor_tests::light_pod::LightPod;
 use interceptor_tests::{
-    Finished, Identity, LoopSummary, Process, Route, interceptor, interceptor_bin, route_of,
+    Finished, Identity, LoopSummary, Process, Route, eventually, interceptor_bin, route_of,
 };
 use serde_json::Value;
 
@@ -74,40 +74,9 @@ impl Rng {
     }
 }
 
-/// `interceptor ARGS --bpffs <private>`.
-fn run(bpffs: &PrivateBpffs, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<&str> = args.to_vec();
-    let arg = bpffs.arg();
-    all.push(&arg);
-    interceptor(&all)
-}
-
-/// `status --json` of the private bpffs.
-fn status(bpffs: &PrivateBpffs) -> Result<Value> {
-    let out = run(bpffs, &["status", "--json"]);
-    ensure!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 fn cgroup_id(path: &Path) -> Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     Ok(std::fs::metadata(path)?.ino())
-}
-
-/// Waits (bounded) until `done` holds.
-fn eventually(what: &str, timeout: Duration, done: impl Fn() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// After everything is gone: one `clean` (of nothing in particular) reclaims what is left, the
@@ -115,7 +84,7 @@ fn eventually(what: &str, timeout: Duration, done: impl Fn() -> Result<bool>) ->
 /// `before` but those others hold (see `kernel::left_since`: on a machine of its own, the
 /// kernel's counts are back to what they were).
 fn nothing_left(bpffs: &PrivateBpffs, before: &BpfIds) -> Result<()> {
-    let out = run(bpffs, &["clean", "--instance", "cgroup-1"]);
+    let out = bpffs.interceptor(&["clean", "--instance", "cgroup-1"]);
     ensure!(
         out.status.success(),
         "clean: {}",
@@ -188,7 +157,7 @@ fn an_init_killed_at_any_moment_leaves_no_live_looking_pod_and_nothing_uncollect
         thread::sleep(rng.millis(0, took * 4 / 3));
         init.kill(); // SIGKILL, whatever it was doing
         let id = cgroup_id(&pod.cgroup)?;
-        let s = status(&bpffs)?;
+        let s = bpffs.status()?;
         let listed: Vec<&Value> = s["pods"]
             .as_array()
             .context("pods")?
@@ -222,7 +191,7 @@ fn an_init_killed_at_any_moment_leaves_no_live_looking_pod_and_nothing_uncollect
         } else {
             let mut args = vec!["clean".to_string()];
             args.extend(pod.target_args());
-            let out = run(&bpffs, &args.iter().map(String::as_str).collect::<Vec<_>>());
+            let out = bpffs.interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
             ensure!(
                 out.status.success(),
                 "clean {i}: {}",
@@ -449,10 +418,7 @@ fn pods_that_stay_registered_lose_no_connection_through_daemon_kills_churn_and_r
         // Everything of the node goes: the daemon, its links and pods, the per-pod pods
         // (deleted like a runtime along the way, or by the node's drop).
         drop(daemon);
-        let out = run(
-            &bpffs,
-            &["clean", "--cgroup", node.cgroup.to_str().context("path")?],
-        );
+        let out = bpffs.interceptor(&["clean", "--cgroup", node.cgroup.to_str().context("path")?]);
         ensure!(
             out.status.success(),
             "clean of the node: {}",

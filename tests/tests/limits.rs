@@ -16,24 +16,15 @@ use interceptor_tests::cni_node::{CniNode, Pod};
 use interceptor_tests::kernel::map_entries;
 use interceptor_tests::light_pod::LightPod;
 use interceptor_tests::outcome::assert_exit;
-use interceptor_tests::{
-    BurstSummary, Identity, PROBE_BIN, bin_path, interceptor, interceptor_bin,
-};
+use interceptor_tests::{BurstSummary, Identity, PROBE_BIN, bin_path, interceptor_bin};
 use serde_json::Value;
-
-/// `interceptor ARGS` with the test's bpffs.
-fn run(bpffs: &PrivateBpffs, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.push(bpffs.arg());
-    interceptor(&all.iter().map(String::as_str).collect::<Vec<_>>())
-}
 
 /// `init` of `pod` with `flags`, whatever its outcome.
 fn try_init(bpffs: &PrivateBpffs, pod: &LightPod, flags: &[String]) -> std::process::Output {
     let mut args = vec!["init".to_string()];
     args.extend(pod.target_args());
     args.extend(flags.iter().cloned());
-    run(bpffs, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    bpffs.interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn init(bpffs: &PrivateBpffs, pod: &LightPod, flags: &[String]) -> Result<()> {
@@ -50,20 +41,9 @@ fn strings(flags: &[&str]) -> Vec<String> {
     flags.iter().map(|s| s.to_string()).collect()
 }
 
-/// `status --json` of the test's bpffs.
-fn status(bpffs: &PrivateBpffs) -> Result<Value> {
-    let out = run(bpffs, &["status", "--json"]);
-    ensure!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-/// The counters of the pod with `cookie`... of the only pod of the bpffs.
+/// The counters of the only pod of the bpffs.
 fn counters(bpffs: &PrivateBpffs) -> Result<Value> {
-    let s = status(bpffs)?;
+    let s = bpffs.status()?;
     let pods = s["pods"].as_array().context("pods")?;
     ensure!(pods.len() == 1, "one pod: {s}");
     Ok(pods[0]["counters"].clone())
@@ -81,6 +61,15 @@ fn exclude_flags(first: u32, n: u32) -> Vec<String> {
         flags.push(chunk.join(","));
     }
     flags
+}
+
+/// The last component of `path`.
+fn name_of(path: &Path) -> Result<String> {
+    Ok(path
+        .file_name()
+        .context("a file name")?
+        .to_string_lossy()
+        .into_owned())
 }
 
 /// The one datapath of the test's bpffs.
@@ -155,7 +144,7 @@ fn sizes_out_of_their_bounds_are_refused_before_anything_changes() -> Result<()>
         // The daemon refuses them the same way, before it touches anything either.
         let mut args = vec!["daemon", "--cgroup", pod.cgroup.to_str().context("path")?];
         args.extend(&flags);
-        let out = run(&bpffs, &args);
+        let out = bpffs.interceptor(&args);
         assert_exit(&out, 2, message, &flags);
     }
     assert_eq!(bpffs.pins(), Vec::<PathBuf>::new(), "nothing was made");
@@ -210,7 +199,7 @@ fn burst(pod: &LightPod, target: SocketAddr, count: u64) -> Result<BurstSummary>
 
 /// What `status --json` says of the test's one datapath.
 fn datapath(bpffs: &PrivateBpffs) -> Result<Value> {
-    let s = status(bpffs)?;
+    let s = bpffs.status()?;
     let all = s["datapaths"].as_array().context("datapaths")?;
     ensure!(all.len() == 1, "one datapath: {s}");
     Ok(all[0].clone())
@@ -473,11 +462,7 @@ fn a_reinit_with_other_sizes_moves_the_pod_to_their_datapath_and_says_so() -> Re
     );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    let old_name = old
-        .file_name()
-        .context("name")?
-        .to_string_lossy()
-        .into_owned();
+    let old_name = name_of(&old)?;
     assert!(
         log.contains(&format!(
             "interception active, moved from {old_name} (--max-pods 1024, --max-connections \
@@ -490,13 +475,9 @@ fn a_reinit_with_other_sizes_moves_the_pod_to_their_datapath_and_says_so() -> Re
     assert_eq!(count(&counters(&bpffs)?, "redirected")?, 1, "carried over");
     assert!(pod.probe(Identity::APP, target)?.sidecar_line().is_some());
     // status says which datapath, and of which sizes, the pod is in.
-    let out = run(&bpffs, &["status"]);
+    let out = bpffs.interceptor(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    let new_name = new
-        .file_name()
-        .context("name")?
-        .to_string_lossy()
-        .into_owned();
+    let new_name = name_of(&new)?;
     assert!(
         text.contains(&format!(
             "  datapath: {new_name} (--max-pods 1024, --max-connections 4096)"

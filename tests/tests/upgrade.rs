@@ -66,16 +66,6 @@ fn run(binary: &PathBuf, bpffs: &PrivateBpffs, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn status(bpffs: &PrivateBpffs) -> Result<Value> {
-    let out = interceptor(&["status", "--json", &bpffs.arg()]);
-    ensure!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
 fn stop_loop(mut l: Process) -> Result<LoopSummary> {
     drop(l.take_stdin());
     let f = l.wait(Duration::from_secs(30))?;
@@ -221,7 +211,7 @@ fn the_new_daemon_takes_over_the_previous_releases_pods_with_their_options_and_c
 
     no_failure("a", &stop_loop(loop_a)?);
     no_failure("b", &stop_loop(loop_b)?);
-    let s = status(&bpffs)?;
+    let s = bpffs.status()?;
     assert_eq!(
         s["legacy"].as_array().map_or(0, Vec::len),
         0,
@@ -255,7 +245,7 @@ fn init_args(pod: &LightPod, flags: &[&str]) -> Vec<String> {
 fn legacy_redirected(bpffs: &PrivateBpffs, pod: &LightPod) -> Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     let name = format!("cgroup-{}", std::fs::metadata(&pod.cgroup)?.ino());
-    let s = status(bpffs)?;
+    let s = bpffs.status()?;
     let instance = s["legacy"]
         .as_array()
         .context("legacy")?
@@ -272,7 +262,7 @@ fn legacy_redirected(bpffs: &PrivateBpffs, pod: &LightPod) -> Result<u64> {
 fn pod_status(bpffs: &PrivateBpffs, pod: &LightPod) -> Result<Option<Value>> {
     use std::os::unix::fs::MetadataExt as _;
     let id = std::fs::metadata(&pod.cgroup)?.ino();
-    let s = status(bpffs)?;
+    let s = bpffs.status()?;
     Ok(s["pods"]
         .as_array()
         .context("pods")?
@@ -315,7 +305,7 @@ fn previous_release_pods_work_beside_new_ones_and_a_new_init_moves_them_over() -
 
     // The new init on an old pod moves it into the new datapath; its counters go on.
     run(&new, &bpffs, &init_args(&p1, &["-i", "*"]))?;
-    let s = status(&bpffs)?;
+    let s = bpffs.status()?;
     assert_eq!(
         s["legacy"].as_array().map_or(0, Vec::len),
         1,

@@ -83,6 +83,13 @@ fn socket(family: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The raw socket, or none, `result.socket` saying which.
+fn open(family: libc::c_int, protocol: libc::c_int, result: &mut RawResult) -> Option<OwnedFd> {
+    let opened = socket(family, protocol);
+    result.socket = opened.as_ref().map_or_else(errno, |_| "ok".into());
+    opened.ok()
+}
+
 fn set_int(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: i32) -> io::Result<()> {
     // SAFETY: reads an int from a live local of the size given.
     let rc = unsafe {
@@ -236,14 +243,9 @@ fn syn(target: SocketAddr, header_included: bool, deadline: Instant) -> RawResul
     } else {
         libc::IPPROTO_TCP
     };
-    let sender = match socket(family, protocol) {
-        Ok(fd) => fd,
-        Err(e) => {
-            result.socket = errno(&e);
-            return result;
-        }
+    let Some(sender) = open(family, protocol, &mut result) else {
+        return result;
     };
-    result.socket = "ok".into();
     if header_included {
         let set = set_int(&sender, libc::IPPROTO_IP, libc::IP_HDRINCL, 1);
         result.header_included = Some(set.as_ref().map_or_else(errno, |()| "ok".into()));
@@ -336,14 +338,9 @@ fn ping(target: IpAddr, deadline: Instant) -> RawResult {
         IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
         IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128u8, 129u8),
     };
-    let fd = match socket(family, protocol) {
-        Ok(fd) => fd,
-        Err(e) => {
-            result.socket = errno(&e);
-            return result;
-        }
+    let Some(fd) = open(family, protocol, &mut result) else {
+        return result;
     };
-    result.socket = "ok".into();
     let id = (std::process::id() & 0xffff) as u16;
     let mut echo = vec![request, 0, 0, 0];
     echo.extend_from_slice(&id.to_be_bytes());

@@ -44,6 +44,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use interceptor_tests::bpffs::PrivateBpffs;
 use kernel::{BpfStats, Snapshot};
 pub use modes::Mode;
 use pod::{BenchPod, Tools};
@@ -171,9 +172,10 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
     // Every pod is gone by now, each after `interceptor clean`: nothing should stay pinned
     // (but what the kernel itself puts in a new bpffs, e.g. `maps.debug`).
     results.leftover_pins = Some(
-        pinned_files(&tools.bpffs)
-            .into_iter()
-            .filter(|p| !bpffs.initial.contains(p))
+        bpffs
+            .pins()
+            .iter()
+            .map(|p| p.display().to_string())
             .collect(),
     );
     results.meta.finished = machine::iso_utc(machine::unix_now());
@@ -633,81 +635,6 @@ fn write_results(root: &Path, out: &Path, results: &Results) -> Result<()> {
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("cargo xtask {}", args.join(" "))
-}
-
-/// The files (pins) under `dir`, at any depth.
-fn pinned_files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(pinned_files(&path));
-        } else {
-            out.push(path.display().to_string());
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A bpffs instance of the run's own, unmounted (with whatever is still pinned in it) and its
-/// mount point removed on drop.
-struct PrivateBpffs {
-    path: PathBuf,
-    /// What the kernel put in it at mount (the preloaded iterators, `maps.debug`...).
-    initial: Vec<String>,
-}
-
-impl PrivateBpffs {
-    fn mount(path: &Path) -> Result<Self> {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt as _;
-        fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
-        let target = CString::new(path.as_os_str().as_bytes())?;
-        let fstype = c"bpf";
-        // SAFETY: NUL-terminated strings that outlive the call; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            let _ = fs::remove_dir(path);
-            return Err(e).with_context(|| format!("mounting bpffs at {}", path.display()));
-        }
-        Ok(Self {
-            path: path.to_path_buf(),
-            initial: pinned_files(path),
-        })
-    }
-}
-
-impl Drop for PrivateBpffs {
-    fn drop(&mut self) {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt as _;
-        let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) else {
-            return;
-        };
-        // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-            eprintln!(
-                "bench: unmounting {}: {}",
-                self.path.display(),
-                std::io::Error::last_os_error()
-            );
-            return;
-        }
-        let _ = fs::remove_dir(&self.path);
-    }
 }
 
 struct RemoveOnDrop(PathBuf);
