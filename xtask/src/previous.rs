@@ -13,8 +13,8 @@ use anyhow::{Context as _, bail};
 
 /// The release the upgrade test starts from.
 pub const TAG: &str = "v0.1.0";
-/// Its binaries the test runs.
-const BINARIES: [&str; 2] = ["interceptor", "interceptor-cni"];
+/// Its binary the test runs (`init`, `daemon`, `pod`).
+const BINARIES: [&str; 1] = ["interceptor"];
 
 /// The directory holding the previous release's binaries, built first if they are missing or
 /// were built from another commit.
