@@ -55,14 +55,16 @@ pub struct DaemonArgs {
     /// costs a few ns per run).
     #[arg(long)]
     pub bpf_stats: bool,
-    /// Pods the node's datapath holds (1 to 16384). Part of its identity: other sizes are
-    /// another datapath.
+    /// Pods the node's datapath holds (1 to 16384). Part of the datapath's identity: another
+    /// value makes (or joins) another datapath, and re-registered pods move to it.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_pods: u32,
-    /// Connection set-ups in progress at once (application connected, proxy not yet), node-
-    /// wide, per address family (1024 to 4194304, about 200 bytes each). Part of the
-    /// datapath's identity.
-    #[arg(long, value_name = "N", default_value_t = 262144)]
+    /// Redirected connections in hand-over at once, node-wide, per address family: between
+    /// the application's side being established and the proxy's (microseconds each). A full
+    /// map is counted as `original_dst_lost`. 1024 to 4194304, about 240 bytes each. Part of
+    /// the datapath's identity, as `--max-pods`; the same default as `init`'s, so both ways
+    /// share one datapath.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.
     #[arg(long, value_enum, default_value = "off")]
@@ -225,12 +227,15 @@ pub struct InitArgs {
     /// `--capture-all-dns`). Default: this process's, as in an init container.
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Connection set-ups in progress at once (application connected, proxy not yet), node-
-    /// wide, per address family (1024 to 4194304, about 200 bytes each). Part of the node
-    /// datapath's identity: pods enrolled with other sizes are in another datapath.
+    /// Redirected connections in hand-over at once, node-wide, per address family: between
+    /// the application's side being established and the proxy's (microseconds each). A full
+    /// map is counted as `original_dst_lost`. 1024 to 4194304, about 240 bytes each. Part of
+    /// the node's datapath's identity: another value makes (or joins) another datapath, and
+    /// the pod moves to it.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
-    /// Pods the node's datapath holds (1 to 16384). Part of its identity, as above.
+    /// Pods the node's datapath holds (1 to 16384). Part of its identity, as
+    /// `--max-connections`.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_pods: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.

@@ -209,8 +209,8 @@ impl Collector for SnapshotMetrics {
         }
         let mut capacity = encoder.encode_descriptor(
             "interceptor_map_capacity",
-            "Most entries each map holds (a full map refuses more: see \
-             interceptor_connection_map_evictions for the connection hand-over maps).",
+            "Most entries each map holds (a full in-flight map refuses new connections' \
+             original destinations: counted in original_dst_lost).",
             None,
             MetricType::Gauge,
         )?;
@@ -219,9 +219,9 @@ impl Collector for SnapshotMetrics {
         }
         let evictions = encoder.encode_descriptor(
             "interceptor_connection_map_evictions",
-            "Redirected connections whose original destination could not be handed to the \
-             proxy: the node's hand-over map (IN_FLIGHT4/6, --max-connections) was full; the \
-             proxy got ENOENT for SO_ORIGINAL_DST (sum of the pods' original_dst_lost).",
+            "Redirected connections whose original destination could not be kept for the \
+             proxy (the in-flight map was full, or the kernel refused socket storage): the sum \
+             of the pods' original_dst_lost. The name is v0.1's, whose LRU maps evicted.",
             None,
             MetricType::Counter,
         )?;
