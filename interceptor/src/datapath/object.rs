@@ -77,8 +77,8 @@ impl Sizes {
 
     /// `--max-pods`: at least one, at most this many.
     pub const MAX_PODS: u32 = 16384;
-    /// `--max-connections`: each entry takes about 200 bytes of kernel memory per family,
-    /// allocated when the datapath is made: 1024 is 400 KiB, the most 1.6 GiB.
+    /// `--max-connections`: each unit takes about 240 bytes of kernel memory (an IPv4 and an
+    /// IPv6 entry, preallocated when the datapath is made): 1024 is 240 KiB, the most 1 GiB.
     pub const MIN_CONNECTIONS: u32 = 1024;
     pub const MAX_CONNECTIONS: u32 = 1 << 22;
 
