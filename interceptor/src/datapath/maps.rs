@@ -54,6 +54,11 @@ pub struct Maps {
     counters: PerCpuArray<MapData, u64>,
     in_flight4: HashMap<MapData, SockTuple4, InFlight4>,
     in_flight6: HashMap<MapData, SockTuple6, InFlight6>,
+    /// Pods the datapath has slots for (the size of its configuration map).
+    slots_count: u32,
+    /// Counters per slot in `COUNTERS`: this build's `Counter::COUNT`, or another's when the
+    /// datapath was made by another build (a sweep reads every datapath on the node).
+    counters_per_slot: u32,
     /// The datapath directory (sizes are read from the pins).
     dir: PathBuf,
 }
@@ -62,6 +67,7 @@ impl Maps {
     /// Opens the maps pinned in the datapath directory `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let open = |name: &str| open_pinned(dir, name);
+        let slots_count = capacity(dir, map_names::POD_CONFIG)?;
         Ok(Maps {
             pod_config: HashMap::try_from(open(map_names::POD_CONFIG)?)?,
             port_set: HashMap::try_from(open(map_names::PORT_SET)?)?,
@@ -77,6 +83,8 @@ impl Maps {
             counters: PerCpuArray::try_from(open(map_names::COUNTERS)?)?,
             in_flight4: HashMap::try_from(open(map_names::IN_FLIGHT4)?)?,
             in_flight6: HashMap::try_from(open(map_names::IN_FLIGHT6)?)?,
+            slots_count,
+            counters_per_slot: capacity(dir, map_names::COUNTERS)? / slots_count.max(1),
             dir: dir.to_path_buf(),
         })
     }
@@ -172,7 +180,13 @@ impl Maps {
 
     /// Pods the datapath has slots for.
     pub fn slot_count(&self) -> anyhow::Result<u32> {
-        Ok(capacity(&self.dir, map_names::COUNTERS)? / Counter::COUNT)
+        Ok(self.slots_count)
+    }
+
+    /// Where the counter `c` of `slot` is in `COUNTERS`, in this datapath's layout (another
+    /// build's may count more or fewer events per pod; new ones are appended), if it has it.
+    fn counter_index(&self, slot: u32, c: Counter) -> Option<u32> {
+        ((c as u32) < self.counters_per_slot).then_some(slot * self.counters_per_slot + c as u32)
     }
 
     /// A free slot, or none when every slot is in use (nothing is written: see `take_slot`).
@@ -227,8 +241,11 @@ impl Maps {
     pub fn pod_counters(&self, slot: u32) -> anyhow::Result<Vec<(Counter, u64)>> {
         let mut out = Vec::with_capacity(Counter::ALL.len());
         for c in Counter::ALL {
-            let per_cpu = self.counters.get(&c.slot(slot), 0)?;
-            out.push((c, per_cpu.iter().sum()));
+            let count = match self.counter_index(slot, c) {
+                Some(i) => self.counters.get(&i, 0)?.iter().sum(),
+                None => 0,
+            };
+            out.push((c, count));
         }
         Ok(out)
     }
@@ -237,18 +254,16 @@ impl Maps {
     /// counting where it was).
     pub fn add_counters(&mut self, slot: u32, counts: &[(Counter, u64)]) -> anyhow::Result<()> {
         for (c, add) in counts.iter().filter(|(_, v)| *v > 0) {
-            let mut values: Vec<u64> = self
-                .counters
-                .get(&c.slot(slot), 0)?
-                .iter()
-                .copied()
-                .collect();
+            let Some(i) = self.counter_index(slot, *c) else {
+                continue;
+            };
+            let mut values: Vec<u64> = self.counters.get(&i, 0)?.iter().copied().collect();
             if let Some(first) = values.first_mut() {
                 *first += add;
             }
             let values = aya::maps::PerCpuValues::try_from(values)?;
             self.counters
-                .set(c.slot(slot), values, 0)
+                .set(i, values, 0)
                 .context("carrying a pod's counters over")?;
         }
         Ok(())
@@ -256,10 +271,10 @@ impl Maps {
 
     fn zero_counters(&mut self, slot: u32) -> anyhow::Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        for c in Counter::ALL {
+        for i in (0..self.counters_per_slot).map(|c| slot * self.counters_per_slot + c) {
             let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
             self.counters
-                .set(c.slot(slot), zeros, 0)
+                .set(i, zeros, 0)
                 .context("zeroing a pod's counters")?;
         }
         Ok(())

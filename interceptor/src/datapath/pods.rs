@@ -152,9 +152,15 @@ impl Datapath {
                         self.maps.remove_address(*addr, cookie);
                     }
                 }
+                // The pod is live: a record that still counts its old sets too only makes the
+                // next capacity check stricter until its next update, not a failure.
                 record.set_entries = entries;
-                self.maps
-                    .write_pod_record(cookie, &record.to_json(POD_RECORD_SIZE)?)?;
+                let counted = record
+                    .to_json(POD_RECORD_SIZE)
+                    .and_then(|json| self.maps.write_pod_record(cookie, &json));
+                if let Err(e) = counted {
+                    tracing::warn!(error = %format!("{e:#}"), "updating the pod's record");
+                }
                 Ok(Registered {
                     dir: dir.path(&self.dir),
                     slot,
