@@ -53,10 +53,13 @@ pub enum Counter {
     /// Direct: IPv6, and IPv6 is not captured in this pod (no `--dual-stack`, and the pod's
     /// first address is IPv4), as istio-iptables would write no ip6tables rules.
     DirectIpv6Disabled,
+    /// A raw socket that could carry TCP or UDP past the rules (or header inclusion on one)
+    /// was refused (EPERM) to a process other than the proxy (`--raw-sockets refuse`).
+    RawSocketRefused,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -82,6 +85,7 @@ impl Counter {
         Counter::DirectExcludedInterface,
         Counter::DirectOwnerGroup,
         Counter::DirectIpv6Disabled,
+        Counter::RawSocketRefused,
     ];
 
     /// The name user space reports (status, metrics).
@@ -110,6 +114,7 @@ impl Counter {
             Counter::DirectExcludedInterface => "direct_excluded_interface",
             Counter::DirectOwnerGroup => "direct_owner_group",
             Counter::DirectIpv6Disabled => "direct_ipv6_disabled",
+            Counter::RawSocketRefused => "raw_socket_refused",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod decision;
 pub mod family;
 pub mod inbound;
 pub mod model;
+pub mod raw_socket;
 #[cfg(test)]
 mod testing;
 pub mod trace;

@@ -80,9 +80,15 @@ pub mod program_names {
     pub const POST_BIND6: &str = "mark_capture_listener6";
     /// `sk_lookup`, attached to the pod's network namespace (not its cgroup).
     pub const SK_LOOKUP: &str = "steer_inbound";
+    /// `cgroup/sock_create`: raw sockets that could carry TCP or UDP past the rules.
+    pub const SOCK_CREATE: &str = "refuse_raw_sockets";
+    /// `cgroup/setsockopt`: header inclusion on raw sockets.
+    pub const SETSOCKOPT: &str = "refuse_header_inclusion";
     /// Inbound steering comes after everything that registers and serves the listener; the
     /// programs that redirect (sendmsg, connect) after everything that serves a redirect.
-    pub const ALL: [&str; 13] = [
+    /// Raw sockets are refused before anything redirects (no moment where a raw socket could
+    /// be opened while connections are redirected).
+    pub const ALL: [&str; 15] = [
         SOCKOPS,
         GETSOCKOPT,
         GETPEERNAME4,
@@ -91,6 +97,8 @@ pub mod program_names {
         RECVMSG6,
         POST_BIND4,
         POST_BIND6,
+        SOCK_CREATE,
+        SETSOCKOPT,
         SK_LOOKUP,
         SENDMSG4,
         SENDMSG6,
@@ -176,6 +184,11 @@ pub mod flags {
     pub const HAS_INBOUND_PORTS_EXCLUDE: u32 = 1 << 18;
     /// `--inbound-fail closed`: refuse captured connections while no listener is registered.
     pub const INBOUND_FAIL_CLOSED: u32 = 1 << 19;
+
+    // Raw sockets (bit 20).
+    /// `--raw-sockets allow`: the pod's processes may open raw sockets of any protocol and
+    /// include their own IP headers (see `raw_socket`); refused otherwise, but to the proxy.
+    pub const RAW_SOCKETS_ALLOWED: u32 = 1 << 20;
 }
 
 /// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).

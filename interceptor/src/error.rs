@@ -40,6 +40,8 @@ pub enum ConfigError {
     NoSuchInterface { flag: &'static str, value: String },
     #[error("--inbound-fail: invalid value {value:?} (open or closed)")]
     InboundFail { value: String },
+    #[error("--raw-sockets: invalid value {value:?} (refuse or allow)")]
+    RawSockets { value: String },
     #[error(
         "--backend {value:?}: the node daemon intercepts with eBPF only (for iptables, run \
          `interceptor init --backend iptables` in the pod)"
@@ -82,6 +84,47 @@ impl TargetError {
     }
 }
 
+/// A limit of the node's datapath: a size out of its bounds, or a pod that does not fit. The
+/// caller's to fix (exit 2), and refused before anything changes.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("{flag} {value}: out of range: {min} to {max} ({what})")]
+    OutOfRange {
+        flag: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+        what: &'static str,
+    },
+    #[error(
+        "{what}: the pod has {count} entries, more than the {max} one pod may have (a node's \
+         datapath holds {node} for all its pods)"
+    )]
+    PodEntries {
+        what: &'static str,
+        count: u64,
+        max: u64,
+        node: u64,
+    },
+    #[error(
+        "{what}: the pod's {count} entries do not fit in the node's datapath: it holds {capacity} \
+         for all its pods, {in_use} are in use{update}; remove pods or shorten their lists"
+    )]
+    NodeEntries {
+        what: &'static str,
+        count: u64,
+        in_use: u64,
+        capacity: u64,
+        /// Said for an update: the pod's current entries stay until its new ones are live.
+        update: &'static str,
+    },
+    #[error(
+        "the node's datapath holds {max} pods, as many as it has room for (--max-pods {max}); \
+         pods of other --max-pods or --max-connections go to a datapath of their own"
+    )]
+    Pods { max: u32 },
+}
+
 /// A failure the daemon reported for a request.
 #[derive(Debug, Error)]
 #[error("{message}")]
@@ -95,5 +138,6 @@ pub struct RemoteError {
 pub fn is_usage(err: &anyhow::Error) -> bool {
     err.downcast_ref::<ConfigError>().is_some()
         || err.downcast_ref::<TargetError>().is_some()
+        || err.downcast_ref::<LimitError>().is_some()
         || err.downcast_ref::<RemoteError>().is_some_and(|e| e.usage)
 }

@@ -143,6 +143,13 @@ impl CniNode {
         Ok(())
     }
 
+    /// Deletes a pod the way a container runtime does: its processes killed, its cgroup
+    /// removed, its network namespace deleted; nobody tells the daemon.
+    pub fn delete_pod_like_a_runtime(&self, pod: &Pod) -> Result<()> {
+        remove_tree(&pod.cgroup, Duration::from_secs(5))?;
+        self.delete_pod_netns(pod)
+    }
+
     /// A command run in the node's namespace, in the test's own cgroup.
     pub fn node_command(&self, program: impl AsRef<OsStr>) -> Result<Command> {
         let mut cmd = Command::new(program);

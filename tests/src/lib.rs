@@ -35,6 +35,7 @@ mod process;
 mod temp_file;
 mod topology;
 pub mod tracer;
+mod wait;
 
 use std::env;
 use std::path::PathBuf;
@@ -48,13 +49,14 @@ pub use intercepted::{
     instance_dir, interceptor, interceptor_bin, interceptor_env, route_of,
 };
 pub use lines::{
-    FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeOptions, ProbeResult, ServerLine,
-    SidecarLine, errno_name,
+    BurstSummary, FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeOptions, ProbeResult,
+    ServerLine, SidecarLine, errno_name,
 };
 pub use netns::{is_listening, netns_path, run_in_netns};
-pub use process::{Finished, Identity, Process, in_cgroup};
+pub use process::{Finished, Identity, Process, in_cgroup, raise_open_files_limit};
 pub use temp_file::TempFile;
 pub use topology::{Place, PodInterface, Side, Topology};
+pub use wait::eventually;
 
 pub const SIDECAR_BIN: &str = "interceptor-sidecar";
 pub const SERVER_BIN: &str = "interceptor-test-server";

@@ -90,10 +90,43 @@ impl LightPod {
         Ok(cmd)
     }
 
+    /// `program` in the pod's network namespace but not its cgroup (the test's own), as
+    /// `identity`: a process interception does not apply to.
+    pub fn command_beside(&self, identity: Identity, program: impl AsRef<Path>) -> Result<Command> {
+        let mut cmd = Command::new(program.as_ref());
+        cmd.stdin(Stdio::null());
+        place_command(&mut cmd, None, &self.netns_path(), identity)?;
+        Ok(cmd)
+    }
+
+    /// Lets the pod's listeners hold `n` connections the kernel completed before they are
+    /// accepted (`net.core.somaxconn`, and the SYN queue, `net.ipv4.tcp_max_syn_backlog`):
+    /// a burst larger than the default 4096 otherwise meets SYN cookies and dropped ACKs.
+    pub fn allow_backlog(&self, n: u32) -> Result<()> {
+        crate::run_in_netns(&self.netns_path(), move || -> Result<()> {
+            for key in ["core/somaxconn", "ipv4/tcp_max_syn_backlog"] {
+                let path = format!("/proc/sys/net/{key}");
+                fs::write(&path, n.to_string()).with_context(|| format!("writing {path}"))?;
+            }
+            Ok(())
+        })?
+    }
+
+    /// Spawns `cmd` (from [`LightPod::command`]); it is killed with the pod.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<Process> {
+        Process::spawn(cmd, Some(self.processes.clone()))
+    }
+
     /// `interceptor-sidecar --announce` as the proxy user on `port`, listening when returned.
     pub fn spawn_sidecar(&self, port: u16) -> Result<Process> {
+        self.spawn_sidecar_with(port, &[])
+    }
+
+    /// [`LightPod::spawn_sidecar`] with more of its options (e.g. `--backlog`).
+    pub fn spawn_sidecar_with(&self, port: u16, extra: &[&str]) -> Result<Process> {
         let mut cmd = self.command(Identity::PROXY, bin_path(SIDECAR_BIN)?)?;
         cmd.args(["--listen", &port.to_string(), "--announce"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut sidecar = Process::spawn(&mut cmd, Some(self.processes.clone()))?;
@@ -122,6 +155,17 @@ impl LightPod {
             finished.stderr.trim()
         );
         ProbeResult::parse(&finished.stdout)
+    }
+
+    /// `interceptor-probe loop <target>` in the pod as the application; close its stdin to
+    /// stop it and read its summary.
+    pub fn spawn_loop(&self, target: SocketAddr) -> Result<Process> {
+        let mut cmd = self.command(Identity::APP, bin_path(PROBE_BIN)?)?;
+        cmd.args(["loop", &target.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.spawn(&mut cmd)
     }
 
     /// Deletes the pod the way a container runtime does: its processes killed, its cgroup

@@ -180,6 +180,33 @@ impl LoopSummary {
     }
 }
 
+/// What `interceptor-probe burst` prints: many connections opened at once, each classified by
+/// its first line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BurstSummary {
+    pub attempts: u64,
+    /// The sidecar answered with the original destination the connection dialled.
+    pub original_dst_kept: u64,
+    /// The sidecar answered, but `SO_ORIGINAL_DST` failed (by errno name) or named another
+    /// address (`wrong:<addr>`).
+    pub original_dst_failed: std::collections::BTreeMap<String, u64>,
+    /// The server answered itself: not redirected.
+    pub direct: u64,
+    /// No line (refused, reset, timed out...).
+    pub failures: u64,
+    /// The first few failures.
+    pub errors: Vec<String>,
+}
+
+impl BurstSummary {
+    pub fn fail(&mut self, error: String) {
+        self.failures += 1;
+        if self.errors.len() < 5 {
+            self.errors.push(error);
+        }
+    }
+}
+
 /// How `interceptor-probe connect` should behave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeOptions {

@@ -340,6 +340,21 @@ fn collect(lines: Option<&Receiver<String>>, deadline: Instant) -> String {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit: a peer that holds
+/// thousands of connections at once (a burst) needs a descriptor for each.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: fills a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: reads a live local.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

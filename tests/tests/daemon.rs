@@ -239,7 +239,7 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
     let names = |v: &[(String, u64)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(&before_restart), names(&after_upgrade));
     assert!(
-        before_restart.len() == 13
+        before_restart.len() == 15
             && before_restart
                 .iter()
                 .zip(&after_upgrade)

@@ -10,11 +10,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Mutex;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use interceptor_tests::{
-    BPFFS, Identity, Process, Route, interceptor,
+    BPFFS, Identity, Process, Route, eventually, interceptor,
     kernel::{BpfObjects, bpf_objects},
     light_pod::LightPod,
     route_of,
@@ -23,7 +23,7 @@ use interceptor_tests::{
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Programs (and so links) a pod's `init` attaches.
-const PROGRAMS: usize = 13;
+const PROGRAMS: usize = 15;
 
 fn init(pod: &LightPod, flags: &[&str]) -> Result<()> {
     let mut args: Vec<String> = vec!["init".into()];
@@ -61,18 +61,6 @@ fn status_pods() -> Result<Vec<serde_json::Value>> {
 fn cgroup_id(pod: &LightPod) -> Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     Ok(std::fs::metadata(&pod.cgroup)?.ino())
-}
-
-/// Waits (bounded) until `done` holds; its last error otherwise.
-fn eventually(what: &str, timeout: Duration, done: impl Fn() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn target(third: u8, fourth: u8) -> SocketAddr {

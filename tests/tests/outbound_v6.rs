@@ -199,7 +199,7 @@ fn a_reinit_with_maps_of_another_layout_moves_the_pod_to_their_datapath() -> Res
 }
 
 /// The programs an instance attaches (`interceptor_ebpf::program_names::ALL`).
-const PROGRAMS: usize = 13;
+const PROGRAMS: usize = 15;
 
 fn links(dir: &std::path::Path) -> Result<usize> {
     Ok(std::fs::read_dir(dir)?

@@ -46,7 +46,6 @@ impl Pod {
             self.topo.pod_cgroup.display().to_string(),
             "--netns".into(),
             self.topo.netns_path(Side::Pod).display().to_string(),
-            "--bpffs".into(),
             self.bpffs.arg(),
         ]
     }
@@ -54,7 +53,7 @@ impl Pod {
     /// A tracer of this pod's datapath with `args`.
     fn tracer(&self, args: &[&str], read: bool) -> Result<Tracer> {
         let bpffs = self.bpffs.arg();
-        let all: Vec<&str> = ["--bpffs", bpffs.as_str()]
+        let all: Vec<&str> = [bpffs.as_str()]
             .into_iter()
             .chain(args.iter().copied())
             .collect();
@@ -185,7 +184,7 @@ fn filters_and_one_tracer_per_datapath() -> Result<()> {
     // A second tracer of the same datapath is refused, saying why.
     let bpffs = pod.bpffs.arg();
     let second = std::process::Command::new(interceptor_bin())
-        .args(["trace", "--bpffs", &bpffs, "--duration", "1"])
+        .args(["trace", &bpffs, "--duration", "1"])
         .output()?;
     ensure!(!second.status.success(), "a second tracer ran");
     ensure!(
@@ -278,15 +277,12 @@ fn node_mode_follows_a_pod_added_while_tracing_and_the_daemon_logs_kernel_record
     let mut daemon = node.start_daemon_full(
         &[],
         &interceptor_bin(),
-        &["--bpffs", &bpffs.arg(), "--kernel-log-level", "debug"],
+        &[&bpffs.arg(), "--kernel-log-level", "debug"],
     )?;
     let _server = node.spawn_server(&[8080])?;
     let result = (|| -> Result<()> {
         // Tracing the pod by name before it exists.
-        let tracer = Tracer::start(
-            &["--bpffs", &bpffs.arg(), "--pod", "shop/late", "--json"],
-            true,
-        )?;
+        let tracer = Tracer::start(&[&bpffs.arg(), "--pod", "shop/late", "--json"], true)?;
         let pod = node.create_pod("late")?;
         let netns = pod.netns_path().display().to_string();
         let out = node.pod_cli(&[
@@ -316,7 +312,6 @@ fn node_mode_follows_a_pod_added_while_tracing_and_the_daemon_logs_kernel_record
         let dst = target.to_string();
         let out = interceptor(&[
             "explain",
-            "--bpffs",
             &bpffs.arg(),
             "--pod",
             "shop/late",
@@ -359,7 +354,7 @@ fn node_mode_follows_a_pod_added_while_tracing_and_the_daemon_logs_kernel_record
 #[test]
 fn a_tracer_needs_interception_to_trace() -> Result<()> {
     let bpffs = PrivateBpffs::new("trempty")?;
-    let out = interceptor(&["trace", "--bpffs", &bpffs.arg(), "--duration", "1"]);
+    let out = interceptor(&["trace", &bpffs.arg(), "--duration", "1"]);
     ensure!(!out.status.success());
     let err = stderr(&out);
     ensure!(err.contains("no interception on this node"), "{err}");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod image;
+mod previous;
 mod setup;
 
 use std::{
@@ -32,6 +33,9 @@ enum Cmd {
     },
     /// Intercept real traffic in namespaces the demo creates, and show the path it took.
     Demo,
+    /// Build the previous release (v0.1.0) from the repository's history for the upgrade
+    /// test, once: kept in target/previous-v0.1.0/bin (`test` does this itself).
+    Previous,
     /// Unit tests, then integration tests on the real kernel (needs root).
     Test {
         /// Extra arguments for the test binaries (e.g. a test name filter).
@@ -86,6 +90,12 @@ fn main() -> anyhow::Result<()> {
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
                 .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir))
         }
+        Cmd::Previous => {
+            setup::ensure_all()?;
+            let bin = previous::ensure(&root)?;
+            println!("{}", bin.display());
+            Ok(())
+        }
         Cmd::Test { args } => {
             setup::ensure_all()?;
             setup::ensure_podman()?;
@@ -94,6 +104,8 @@ fn main() -> anyhow::Result<()> {
             build(&root, false)?;
             // The podman tests build the images from these (static binaries, FROM scratch).
             let contexts = image::build_contexts(&root, cargo(&root))?;
+            // The upgrade test starts from the previous release (built once, then cached).
+            let previous = previous::ensure(&root)?;
             let bin_dir = root.join("target/debug");
             // The shared data model and decision table, on the host.
             run(cargo(&root).args(["test", "-p", "interceptor-ebpf", "--lib"]))?;
@@ -104,7 +116,8 @@ fn main() -> anyhow::Result<()> {
                 .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
                 .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir)
                 .env("INTERCEPTOR_KUBERNETES_VALIDATE", &validator)
-                .env("INTERCEPTOR_IMAGE_CONTEXTS", &contexts.dir);
+                .env("INTERCEPTOR_IMAGE_CONTEXTS", &contexts.dir)
+                .env("INTERCEPTOR_PREVIOUS_BIN_DIR", &previous);
             if !args.is_empty() {
                 cmd.arg("--").args(&args);
             }

@@ -18,10 +18,9 @@ pub const SOCK_DGRAM: u32 = 2;
 /// `bpf_sk_lookup.protocol`.
 pub const IPPROTO_TCP: u32 = 6;
 
-/// `SOL_IP` (include/linux/socket.h), as in `bpf_sockopt.level`.
-pub const SOL_IP: i32 = 0;
-/// `SOL_IPV6` (include/linux/socket.h).
-pub const SOL_IPV6: i32 = 41;
+/// `SOL_IP`, `SOL_IPV6` (include/linux/socket.h), as in `bpf_sockopt.level`: defined with the
+/// raw-socket decisions, which the host's tests run too.
+pub use interceptor_ebpf::raw_socket::{SOL_IP, SOL_IPV6};
 /// `SO_ORIGINAL_DST` (include/uapi/linux/netfilter_ipv4.h), at level `SOL_IP`.
 pub const SO_ORIGINAL_DST: i32 = 80;
 /// `IP6T_SO_ORIGINAL_DST` (include/uapi/linux/netfilter_ipv6/ip6_tables.h), at `SOL_IPV6`.

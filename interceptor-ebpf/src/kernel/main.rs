@@ -14,7 +14,9 @@ mod recvmsg4;
 mod recvmsg6;
 mod sendmsg4;
 mod sendmsg6;
+mod setsockopt;
 mod sk_lookup;
+mod sock_create;
 mod sockops;
 
 // What the hooks share.

@@ -61,14 +61,15 @@ pub struct DaemonArgs {
     /// costs a few ns per run).
     #[arg(long)]
     pub bpf_stats: bool,
-    /// Pods the node's datapath holds. Part of the datapath's identity: another value makes
-    /// (or joins) another datapath, and re-registered pods move to it.
+    /// Pods the node's datapath holds (1 to 16384). Part of the datapath's identity: another
+    /// value makes (or joins) another datapath, and re-registered pods move to it.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_pods: u32,
     /// Redirected connections in hand-over at once, node-wide, per address family: between
     /// the application's side being established and the proxy's (microseconds each). A full
-    /// map is counted as `original_dst_lost`. Part of the datapath's identity, as
-    /// `--max-pods`; the same default as `init`'s, so both ways share one datapath.
+    /// map is counted as `original_dst_lost`. 1024 to 4194304, about 240 bytes each. Part of
+    /// the datapath's identity, as `--max-pods`; the same default as `init`'s, so both ways
+    /// share one datapath.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.
@@ -132,6 +133,9 @@ pub struct PodAddArgs {
     /// Inbound connections to capture while the proxy has no listener: `open` or `closed`.
     #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
     pub inbound_fail: Option<String>,
+    /// Raw sockets of the pod's processes other than the proxy: `refuse` (but ICMP) or `allow`.
+    #[arg(long, value_name = "refuse|allow", env = "INTERCEPTOR_RAW_SOCKETS")]
+    pub raw_sockets: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -233,10 +237,15 @@ pub struct InitArgs {
     pub resolv_conf: PathBuf,
     /// Redirected connections in hand-over at once, node-wide, per address family: between
     /// the application's side being established and the proxy's (microseconds each). A full
-    /// map is counted as `original_dst_lost`. Part of the node's datapath's identity: another
-    /// value makes (or joins) another datapath, and the pod moves to it.
+    /// map is counted as `original_dst_lost`. 1024 to 4194304, about 240 bytes each. Part of
+    /// the node's datapath's identity: another value makes (or joins) another datapath, and
+    /// the pod moves to it.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
+    /// Pods the node's datapath holds (1 to 16384). Part of its identity, as
+    /// `--max-connections`.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_pods: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.
     #[arg(long, value_enum, default_value = "off")]
     pub kernel_log_level: KernelLogLevel,
@@ -244,6 +253,11 @@ pub struct InitArgs {
     /// the application) or `closed` (refused).
     #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
     pub inbound_fail: Option<String>,
+    /// Raw sockets of the pod's processes other than the proxy (eBPF): `refuse` (the default:
+    /// any raw socket but ICMP, and IP header inclusion, fail with EPERM, since their packets
+    /// would bypass interception) or `allow`.
+    #[arg(long, value_name = "refuse|allow", env = "INTERCEPTOR_RAW_SOCKETS")]
+    pub raw_sockets: Option<String>,
 }
 
 /// istio-iptables' options: same names, same environment variables, flag over environment.
@@ -392,6 +406,7 @@ impl IstioFlags {
             exclude_interfaces: self.exclude_interfaces.clone(),
             kube_virt_interfaces: self.kube_virt_interfaces.clone(),
             inbound_fail: None, // not an istio-iptables option (InitArgs::inbound_fail)
+            raw_sockets: None,  // nor this one (InitArgs::raw_sockets)
             // The alias variables istio-iptables applies after the primary ones.
             redirect_dns: self.redirect_dns || env_bool("ISTIO_META_DNS_CAPTURE").unwrap_or(false),
             capture_all_dns: self.capture_all_dns,

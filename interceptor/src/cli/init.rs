@@ -4,20 +4,25 @@ use std::{io::Write as _, path::PathBuf};
 
 use super::args::{Backend, BackendArgs, CleanArgs, InitArgs, IptablesMode, TargetArgs};
 use crate::{
+    datapath::Sizes,
     init::{self, CleanOptions, InitOptions, Target},
     iptables,
 };
 
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
+    // Checked before anything changes, whichever backend (the iptables one has no maps, and
+    // takes the defaults).
+    let sizes = Sizes::checked(args.max_pods, args.max_connections)?;
     let mut options = args.istio.raw();
     options.inbound_fail = args.inbound_fail.clone();
+    options.raw_sockets = args.raw_sockets.clone();
     let opts = InitOptions {
         target: target(&args.target),
         backend: backend(&args.backend),
         options,
         resolv_conf: args.resolv_conf.clone(),
         dry_run: args.istio.dry_run,
-        max_connections: args.max_connections,
+        sizes,
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     };
     if let Some(plan) = init::init(&opts)? {

@@ -7,6 +7,7 @@ use std::{
 
 use super::args::{Backend, DaemonArgs, PodAddArgs, PodArgs, PodCommand};
 use crate::{
+    datapath::Sizes,
     error::{ConfigError, RemoteError},
     node::{
         AddPod, PodSelector,
@@ -16,14 +17,15 @@ use crate::{
 };
 
 pub fn daemon(args: &DaemonArgs) -> anyhow::Result<()> {
+    // Checked before anything changes (or even is looked at).
+    let sizes = Sizes::checked(args.max_pods, args.max_connections)?;
     daemon::run(&DaemonOptions {
         cgroup: args.cgroup.clone(),
         socket: args.socket.clone(),
         bpffs: args.bpffs.clone(),
         metrics: args.metrics,
         bpf_stats: args.bpf_stats,
-        max_pods: args.max_pods.max(1),
-        max_connections: args.max_connections.max(1),
+        sizes,
         kernel_log_level: args.kernel_log_level.as_aya_level(),
     })
 }
@@ -143,6 +145,7 @@ fn pod_add(socket: &Path, add: &PodAddArgs) -> anyhow::Result<()> {
     }
     let mut options = add.istio.raw();
     options.inbound_fail = add.inbound_fail.clone();
+    options.raw_sockets = add.raw_sockets.clone();
     let request = Request::Add(Box::new(AddPod {
         netns: absolute(&add.netns)?,
         name: add.name.clone(),

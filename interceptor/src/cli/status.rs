@@ -30,9 +30,13 @@ fn print(s: &Status) {
         }
         if let Some(r) = &d.record {
             println!(
-                "  created by {} for {} pods, {} connections in hand-over at once",
+                "  created by {} for {} pods (--max-pods) and {} connection set-ups at once \
+                 per family (--max-connections)",
                 r.version, r.max_pods, r.max_connections
             );
+        }
+        if d.unused {
+            println!("  unused:   no pod left; the next init, clean or daemon sweep removes it");
         }
         for (name, entries, capacity) in &d.maps {
             println!("  map:      {name}: {entries} of {capacity}");
@@ -81,6 +85,21 @@ fn print(s: &Status) {
             .unwrap_or_else(|| format!("cgroup {} ({})", p.cgroup_id, p.cgroup));
         println!("pod {who}");
         println!("  state:    {}", p.state);
+        // Its datapath's sizes: a pod enrolled with other ones is in another datapath.
+        let sizes = s
+            .datapaths
+            .iter()
+            .find(|d| d.datapath == p.datapath)
+            .and_then(|d| d.record.as_ref());
+        match sizes {
+            Some(r) => {
+                println!(
+                    "  datapath: {} (--max-pods {}, --max-connections {})",
+                    p.datapath, r.max_pods, r.max_connections
+                );
+            }
+            _ => println!("  datapath: {}", p.datapath),
+        }
         println!("  netns:    {} (cookie {})", p.netns, p.netns_cookie);
         println!("  links:    {}", p.links.join(", "));
         if let Some(o) = &p.options {

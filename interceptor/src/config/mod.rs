@@ -79,6 +79,19 @@ pub enum InboundFail {
     Closed,
 }
 
+/// `--raw-sockets`: whether the pod's processes other than the proxy may open raw sockets that
+/// could carry TCP or UDP past the rules (and include their own IP headers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSockets {
+    /// Refused (EPERM), but ICMP (ping): what istio's nat rules would redirect cannot leave
+    /// the pod directly through a raw socket.
+    #[default]
+    Refuse,
+    /// Allowed: for pods that need raw sockets; their packets are not intercepted.
+    Allow,
+}
+
 /// A validated configuration: everything the backends need, nothing they must re-check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterceptConfig {
@@ -95,6 +108,8 @@ pub struct InterceptConfig {
     pub inbound_ports: InboundPorts,
     pub inbound_ports_exclude: Vec<u16>,
     pub inbound_fail: InboundFail,
+    #[serde(default)]
+    pub raw_sockets: RawSockets,
     pub exclude_interfaces: Vec<String>,
     pub kube_virt_interfaces: Vec<String>,
     pub redirect_dns: bool,

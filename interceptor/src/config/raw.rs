@@ -26,6 +26,8 @@ pub struct RawOptions {
     pub kube_virt_interfaces: Option<String>,
     /// `--inbound-fail` (interceptor's own option): `open` or `closed`.
     pub inbound_fail: Option<String>,
+    /// `--raw-sockets` (interceptor's own option): `refuse` or `allow`.
+    pub raw_sockets: Option<String>,
     pub redirect_dns: bool,
     pub capture_all_dns: bool,
     pub drop_invalid: bool,
@@ -80,6 +82,7 @@ impl RawOptions {
             "istio-exclude-interfaces" => self.exclude_interfaces = text,
             "kube-virt-interfaces" => self.kube_virt_interfaces = text,
             "inbound-fail" => self.inbound_fail = text,
+            "raw-sockets" => self.raw_sockets = text,
             "redirect-dns" => self.redirect_dns = boolean()?,
             "capture-all-dns" => self.capture_all_dns = boolean()?,
             "drop-invalid" => self.drop_invalid = boolean()?,

@@ -3,7 +3,7 @@
 
 use super::{
     Cidr, IdResolver, InboundFail, InboundPorts, InterceptConfig, InterceptionMode,
-    OutboundInclude, RawOptions, defaults, parse::*,
+    OutboundInclude, RawOptions, RawSockets, defaults, parse::*,
 };
 use crate::error::ConfigError;
 
@@ -23,6 +23,7 @@ impl RawOptions {
             other => InboundPorts::Ports(parse_ports("-b/--istio-inbound-ports", other)?),
         };
         let inbound_fail = self.inbound_fail()?;
+        let raw_sockets = self.raw_sockets()?;
         let exclude_interfaces = self.exclude_interfaces()?;
         Ok(InterceptConfig {
             envoy_port,
@@ -47,6 +48,7 @@ impl RawOptions {
                 self.local_exclude_ports.as_deref(),
             )?,
             inbound_fail,
+            raw_sockets,
             exclude_interfaces,
             kube_virt_interfaces: parse_interfaces(
                 "-k/--kube-virt-interfaces",
@@ -152,6 +154,17 @@ impl RawOptions {
             None | Some("open") => Ok(InboundFail::Open),
             Some("closed") => Ok(InboundFail::Closed),
             Some(other) => Err(ConfigError::InboundFail {
+                value: other.to_string(),
+            }),
+        }
+    }
+
+    /// `--raw-sockets`.
+    fn raw_sockets(&self) -> Result<RawSockets, ConfigError> {
+        match self.raw_sockets.as_deref().map(str::trim) {
+            None | Some("refuse") => Ok(RawSockets::Refuse),
+            Some("allow") => Ok(RawSockets::Allow),
+            Some(other) => Err(ConfigError::RawSockets {
                 value: other.to_string(),
             }),
         }

@@ -52,6 +52,11 @@ fn inbound_fail_and_interfaces() {
     };
     let cfg = raw.resolve(&NoUsers, "istio-proxy").unwrap();
     assert_eq!(cfg.inbound_fail, InboundFail::Closed);
+    assert_eq!(
+        cfg.raw_sockets,
+        RawSockets::Refuse,
+        "refused unless allowed"
+    );
     assert_eq!(cfg.exclude_interfaces, vec!["eth1", "eth2"]);
     // -k is refused by the eBPF backend (the iptables backend writes its rules).
     let err = cfg.check_ebpf_support().unwrap_err().to_string();
@@ -305,6 +310,13 @@ fn bad_values_name_flag_and_value() {
                 ..Default::default()
             },
             "--inbound-fail: invalid value \"maybe\"",
+        ),
+        (
+            RawOptions {
+                raw_sockets: s("yes"),
+                ..Default::default()
+            },
+            "--raw-sockets: invalid value \"yes\" (refuse or allow)",
         ),
     ];
     for (raw, expected) in cases {

@@ -47,6 +47,8 @@ fn attach_type(program: &str) -> bpf_attach_type {
         program_names::POST_BIND4 => BPF_CGROUP_INET4_POST_BIND,
         program_names::POST_BIND6 => BPF_CGROUP_INET6_POST_BIND,
         program_names::SK_LOOKUP => BPF_SK_LOOKUP,
+        program_names::SOCK_CREATE => BPF_CGROUP_INET_SOCK_CREATE,
+        program_names::SETSOCKOPT => BPF_CGROUP_SETSOCKOPT,
         other => unreachable!("no attach type for {other}"),
     }
 }

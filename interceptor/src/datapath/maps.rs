@@ -57,6 +57,8 @@ pub struct Maps {
     /// A pod's counters in `COUNTERS` as the datapath's creator laid them out: which of this
     /// build's counters each one is (`None`: one this build does not have).
     counter_layout: Vec<Option<Counter>>,
+    /// Pods the datapath has slots for (the size of its configuration map).
+    slots_count: u32,
     /// The datapath directory (sizes are read from the pins).
     dir: PathBuf,
 }
@@ -65,6 +67,7 @@ impl Maps {
     /// Opens the maps pinned in the datapath directory `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let open = |name: &str| open_pinned(dir, name);
+        let slots_count = capacity(dir, map_names::POD_CONFIG)?;
         let mut maps = Maps {
             pod_config: HashMap::try_from(open(map_names::POD_CONFIG)?)?,
             port_set: HashMap::try_from(open(map_names::PORT_SET)?)?,
@@ -81,6 +84,7 @@ impl Maps {
             in_flight4: HashMap::try_from(open(map_names::IN_FLIGHT4)?)?,
             in_flight6: HashMap::try_from(open(map_names::IN_FLIGHT6)?)?,
             counter_layout: Counter::ALL.into_iter().map(Some).collect(),
+            slots_count,
             dir: dir.to_path_buf(),
         };
         maps.read_counter_layout();
@@ -246,29 +250,32 @@ impl Maps {
 
     /// Pods the datapath has slots for.
     pub fn slot_count(&self) -> anyhow::Result<u32> {
-        Ok(capacity(&self.dir, map_names::COUNTERS)? / self.counter_stride().max(1))
+        Ok(self.slots_count)
     }
 
-    /// Takes a free slot (its counters zeroed), or none when every slot is in use.
-    pub fn take_slot(&mut self) -> anyhow::Result<Option<u32>> {
+    /// A free slot, or none when every slot is in use (nothing is written: see `take_slot`).
+    pub fn first_free_slot(&self) -> anyhow::Result<Option<u32>> {
         let slots = self.slot_count()?;
         for word in 0..slots.div_ceil(64) {
             let used = self.slots.get(&word, 0)?;
             if used == u64::MAX {
                 continue;
             }
-            let bit = used.trailing_ones();
-            let slot = word * 64 + bit;
-            if slot >= slots {
-                break;
-            }
-            self.zero_counters(slot)?;
-            self.slots
-                .set(word, used | (1 << bit), 0)
-                .context("taking a pod slot")?;
-            return Ok(Some(slot));
+            let slot = word * 64 + used.trailing_ones();
+            return Ok((slot < slots).then_some(slot));
         }
         Ok(None)
+    }
+
+    /// Takes the free slot `slot`, its counters zeroed.
+    pub fn take_slot(&mut self, slot: u32) -> anyhow::Result<()> {
+        let (word, bit) = (slot / 64, slot % 64);
+        let used = self.slots.get(&word, 0)?;
+        anyhow::ensure!(used & (1 << bit) == 0, "pod slot {slot} is taken already");
+        self.zero_counters(slot)?;
+        self.slots
+            .set(word, used | (1 << bit), 0)
+            .context("taking a pod slot")
     }
 
     /// Gives a slot back (once nothing of its pod is left in the sets).

@@ -52,8 +52,8 @@ use crate::sys::fs::{DirLock, lock_dir};
 pub struct LoadOptions {
     /// Where bpffs is (mounted if it is not).
     pub bpffs_root: PathBuf,
-    /// Connections being handed over to proxies at once, node-wide (see `Sizes`).
-    pub max_connections: u32,
+    /// The datapath's sizes (checked against their bounds).
+    pub sizes: Sizes,
     /// aya-log level of the programs (0 = off ... 5 = trace).
     pub kernel_log_level: u8,
 }

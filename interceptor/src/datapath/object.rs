@@ -10,6 +10,8 @@ use interceptor_ebpf::{
     Counter, POD_NETNS_COOKIE_GLOBAL, map_names, program_names, trace::TRACE_TASK_GLOBAL,
 };
 
+use crate::error::LimitError;
+
 /// The compiled kernel programs.
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
@@ -60,13 +62,64 @@ pub struct Sizes {
 }
 
 impl Sizes {
-    /// Entries of the sets every pod's options go into (`-o`/`-q`/`-b`/`-d` ports, `-i`/`-x`
-    /// ranges and `-c` routes), shared by the node's pods.
-    pub const SET_ENTRIES: u32 = 1 << 18;
+    /// Entries of the port set every pod's `-o`/`-q`/`-b`/`-d` ports go into, shared by the
+    /// node's pods (a hash map without preallocation: memory only for what is used, but its
+    /// bucket array, 16 bytes an entry, is allocated whole).
+    pub const PORT_ENTRIES: u32 = 1 << 18;
+    /// Entries of each family's range set (`-i`, `-x` ranges and `-c` routes), shared by the
+    /// node's pods (LPM tries without preallocation: memory only for what is used).
+    pub const CIDR_ENTRIES: u32 = 1 << 20;
+    /// Port entries one pod may have: a quarter of the node's, so that one pod never holds
+    /// more than its share and a pod's update (old and new sets side by side) always fits
+    /// beside it.
+    pub const POD_PORT_ENTRIES: u32 = Self::PORT_ENTRIES / 4;
+    /// Range entries of one family one pod may have: an eighth of the node's.
+    pub const POD_CIDR_ENTRIES: u32 = Self::CIDR_ENTRIES / 8;
     /// Addresses of one pod that inbound dispatch knows (as `PodConfig` holds them).
     pub const ADDRS_PER_POD: u32 = 8;
     /// Listener sockets of one pod: one per family.
     pub const LISTENERS_PER_POD: u32 = 2;
+
+    /// `--max-pods`: at least one, at most this many.
+    pub const MAX_PODS: u32 = 16384;
+    /// `--max-connections`: each unit takes about 240 bytes of kernel memory (an IPv4 and an
+    /// IPv6 entry, preallocated when the datapath is made): 1024 is 240 KiB, the most 1 GiB.
+    pub const MIN_CONNECTIONS: u32 = 1024;
+    pub const MAX_CONNECTIONS: u32 = 1 << 22;
+
+    /// Sizes checked against their bounds: what is out of range is refused, naming the flag,
+    /// the value and the bounds, before anything changes.
+    pub fn checked(max_pods: u32, max_connections: u32) -> Result<Self, LimitError> {
+        let check = |flag, value: u32, min, max, what| {
+            if (min..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(LimitError::OutOfRange {
+                    flag,
+                    value: u64::from(value),
+                    min: u64::from(min),
+                    max: u64::from(max),
+                    what,
+                })
+            }
+        };
+        Ok(Sizes {
+            max_pods: check(
+                "--max-pods",
+                max_pods,
+                1,
+                Self::MAX_PODS,
+                "pods one datapath holds",
+            )?,
+            max_connections: check(
+                "--max-connections",
+                max_connections,
+                Self::MIN_CONNECTIONS,
+                Self::MAX_CONNECTIONS,
+                "connection set-ups in progress at once, node-wide, per address family",
+            )?,
+        })
+    }
 }
 
 fn object() -> anyhow::Result<&'static aya_obj::Object> {
@@ -134,9 +187,9 @@ fn map_entries(sizes: Sizes) -> [(&'static str, u32); 12] {
             map_names::INBOUND_LISTENERS,
             Sizes::LISTENERS_PER_POD * pods,
         ),
-        (map_names::PORT_SET, Sizes::SET_ENTRIES),
-        (map_names::CIDR4, Sizes::SET_ENTRIES),
-        (map_names::CIDR6, Sizes::SET_ENTRIES),
+        (map_names::PORT_SET, Sizes::PORT_ENTRIES),
+        (map_names::CIDR4, Sizes::CIDR_ENTRIES),
+        (map_names::CIDR6, Sizes::CIDR_ENTRIES),
         (map_names::IN_FLIGHT4, sizes.max_connections),
         (map_names::IN_FLIGHT6, sizes.max_connections),
     ]
@@ -282,6 +335,34 @@ mod tests {
             expected_layout(map_names::CIDR6).unwrap(),
             (4 + size_of::<Cidr6Key>() as u32, 1)
         );
+    }
+
+    #[test]
+    fn sizes_out_of_their_bounds_are_refused_naming_flag_value_and_bounds() {
+        assert!(Sizes::checked(1024, 65536).is_ok());
+        assert!(Sizes::checked(1, Sizes::MIN_CONNECTIONS).is_ok());
+        assert!(Sizes::checked(Sizes::MAX_PODS, Sizes::MAX_CONNECTIONS).is_ok());
+        for (pods, conns, text) in [
+            (
+                0,
+                65536,
+                "--max-pods 0: out of range: 1 to 16384 (pods one datapath holds)",
+            ),
+            (16385, 65536, "--max-pods 16385: out of range: 1 to 16384"),
+            (
+                1024,
+                0,
+                "--max-connections 0: out of range: 1024 to 4194304",
+            ),
+            (
+                1024,
+                100_000_000,
+                "--max-connections 100000000: out of range: 1024 to 4194304",
+            ),
+        ] {
+            let err = Sizes::checked(pods, conns).unwrap_err().to_string();
+            assert!(err.starts_with(text), "{err}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::{
     programs,
 };
 use crate::{
-    error::TargetError,
+    error::{LimitError, TargetError},
     pod::{Cgroup, Netns, PodFacts},
 };
 
@@ -91,7 +91,10 @@ impl Datapath {
 
     /// Registers the pod in `netns` (or replaces its configuration), with the plan `plan`
     /// builds for a rule-set id and a slot. `record` says who the pod is; the slot, addresses
-    /// and the rest are filled in here. All or nothing: a failure leaves the pod as it was.
+    /// and the rest are filled in here. Whether the pod fits (a slot, room in the node's sets
+    /// for its entries beside everyone else's, its current ones included until the new ones
+    /// are live) is checked before anything is written. All or nothing: a failure leaves the
+    /// pod, and the maps, as they were.
     pub fn register(
         &mut self,
         netns: &Netns,
@@ -115,11 +118,8 @@ impl Datapath {
         }
         let slot = match previous {
             Some(p) => p.pod_index,
-            None => self.maps.take_slot()?.ok_or_else(|| {
-                anyhow!(
-                    "the node's datapath holds {} pods, as many as it has room for",
-                    self.sizes.max_pods
-                )
+            None => self.maps.first_free_slot()?.ok_or(LimitError::Pods {
+                max: self.sizes.max_pods,
             })?,
         };
         let [a, b] = rule_ids(slot);
@@ -128,16 +128,16 @@ impl Datapath {
         } else {
             a
         };
-        let result = self.write_pod(
-            netns,
-            facts,
-            enrolment,
-            dir,
-            &mut record,
-            slot,
-            rules,
-            &plan,
-        );
+        let plan = plan(rules, slot)?;
+        let entries = plan.set_entries().map(|e| e.count);
+        self.check_room(&plan, previous_record.as_ref())?;
+        if previous.is_none() {
+            self.maps.take_slot(slot)?;
+        }
+        // Until the new sets are live, the pod's old ones are there too: counted both.
+        let old = previous_record.as_ref().map_or([0; 3], |r| r.set_entries);
+        record.set_entries = std::array::from_fn(|i| old[i] + entries[i]);
+        let result = self.write_pod(netns, facts, enrolment, dir, &mut record, &plan);
         match result {
             Ok(own_sk_lookup) => {
                 if let Some(p) = previous {
@@ -151,6 +151,15 @@ impl Datapath {
                     {
                         self.maps.remove_address(*addr, cookie);
                     }
+                }
+                // The pod is live: a record that still counts its old sets too only makes the
+                // next capacity check stricter until its next update, not a failure.
+                record.set_entries = entries;
+                let counted = record
+                    .to_json(POD_RECORD_SIZE)
+                    .and_then(|json| self.maps.write_pod_record(cookie, &json));
+                if let Err(e) = counted {
+                    tracing::warn!(error = %format!("{e:#}"), "updating the pod's record");
                 }
                 Ok(Registered {
                     dir: dir.path(&self.dir),
@@ -166,6 +175,13 @@ impl Datapath {
                 if previous.is_none() {
                     let _ = self.forget(cookie, Some(slot), None);
                 } else if let Some(prev) = &previous_record {
+                    for addr in record
+                        .addresses
+                        .iter()
+                        .filter(|a| !prev.addresses.contains(a))
+                    {
+                        self.maps.remove_address(*addr, cookie);
+                    }
                     let _ = self
                         .maps
                         .write_pod_record(cookie, &prev.to_json(POD_RECORD_SIZE)?);
@@ -175,9 +191,50 @@ impl Datapath {
         }
     }
 
+    /// Entries of the node's shared sets in use, by set (ports, IPv4, IPv6 ranges), as the
+    /// pods' records count them.
+    pub fn set_usage(&self) -> [u64; 3] {
+        #[derive(serde::Deserialize)]
+        struct Usage {
+            #[serde(default)]
+            set_entries: [u64; 3],
+        }
+        let mut total = [0u64; 3];
+        for (_, json) in self.maps.pod_records() {
+            if let Ok(u) = serde_json::from_slice::<Usage>(&json) {
+                for (t, n) in total.iter_mut().zip(u.set_entries) {
+                    *t += n;
+                }
+            }
+        }
+        total
+    }
+
+    /// Whether `plan`'s entries fit in the node's sets beside every pod's (`previous`: the
+    /// pod's own record, whose entries stay until the new ones are live).
+    fn check_room(&self, plan: &MapPlan, previous: Option<&PodRecord>) -> Result<(), LimitError> {
+        let in_use = self.set_usage();
+        for (e, used) in plan.set_entries().into_iter().zip(in_use) {
+            if e.count > 0 && used + e.count > u64::from(e.node_max) {
+                return Err(LimitError::NodeEntries {
+                    what: e.what,
+                    count: e.count,
+                    in_use: used,
+                    capacity: u64::from(e.node_max),
+                    update: if previous.is_some() {
+                        " (the pod's current ones among them: they stay until its new ones \
+                         are live)"
+                    } else {
+                        ""
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The writes of `register`, in an order that never lets a connection be redirected before
     /// what serves it is in place. True when the pod got its own `sk_lookup`.
-    #[allow(clippy::too_many_arguments)]
     fn write_pod(
         &mut self,
         netns: &Netns,
@@ -185,20 +242,16 @@ impl Datapath {
         enrolment: Enrolment,
         dir: PodDir,
         record: &mut PodRecord,
-        slot: u32,
-        rules: u32,
-        plan: &impl Fn(u32, u32) -> anyhow::Result<MapPlan>,
+        plan: &MapPlan,
     ) -> anyhow::Result<bool> {
         let cookie = facts.cookie()?;
-        let plan = plan(rules, slot)?;
+        let (slot, rules) = (plan.pod.pod_index, plan.pod.rules);
         if self.maps.pod_config(cookie)?.is_some() {
             // The spare rule-set id of a registered pod may hold leftovers of an interrupted
             // earlier update. A fresh slot is clean: slots are freed (and swept) only after
             // their sets are cleared, and scanning the sets costs a millisecond.
             self.maps.clear_rules(&[rules]);
         }
-        self.maps.write_sets(&plan)?;
-
         // Inbound dispatch: the shared sk_lookup finds the pod by the address a connection
         // arrives for, unless another live pod of the node has that address too.
         let addrs = addresses(facts);
@@ -221,11 +274,13 @@ impl Datapath {
         record.netns_inode = netns.inode;
         record.addresses = if own_sk_lookup { Vec::new() } else { addrs };
         record.own_sk_lookup = own_sk_lookup;
+        // The record first: what it counts is in the sets from the next write on.
+        self.maps
+            .write_pod_record(cookie, &record.to_json(POD_RECORD_SIZE)?)?;
+        self.maps.write_sets(plan)?;
         for addr in &record.addresses {
             self.maps.set_address_owner(*addr, cookie)?;
         }
-        self.maps
-            .write_pod_record(cookie, &record.to_json(POD_RECORD_SIZE)?)?;
 
         let own = if own_sk_lookup {
             Some(programs::own_sk_lookup(
@@ -254,10 +309,10 @@ impl Datapath {
             _ => Target::Netns(netns),
         };
         links::install(&dir.path(&self.dir), &names, program, target)?;
-        self.maps.publish(&plan)?;
+        self.maps.publish(plan)?;
         if plan.pod.has(flags::INBOUND_CAPTURE) {
             // Programs first: a listener opened from now on registers itself.
-            register_existing_listener(&mut self.maps, netns, &plan);
+            register_existing_listener(&mut self.maps, netns, plan);
         }
         Ok(own_sk_lookup)
     }

@@ -69,6 +69,9 @@ pub struct PodRecord {
     pub addresses: Vec<IpAddr>,
     /// Another pod of the node has one of its addresses: its `sk_lookup` is a copy of its own.
     pub own_sk_lookup: bool,
+    /// Its entries in the node's shared sets: ports, IPv4 ranges, IPv6 ranges (what the
+    /// capacity checks add up, without reading the sets).
+    pub set_entries: [u64; 3],
 }
 
 impl PodRecord {

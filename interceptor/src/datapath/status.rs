@@ -46,6 +46,9 @@ pub struct DatapathStatus {
     pub inbound_listeners: usize,
     /// Connections handed from an application to its proxy right now.
     pub connections_in_flight: usize,
+    /// Nothing is enrolled in it any more (a loader killed before its first pod, or every pod
+    /// gone): the next `init`, `clean` or daemon sweep removes it.
+    pub unused: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,8 +86,10 @@ pub struct PodStatus {
     pub cgroup_id: u64,
     pub netns: String,
     pub netns_cookie: u64,
-    /// `active`, or `gone: <why>` for a pod whose cgroup or namespace is gone (reclaimed by the
-    /// next `init`, `clean` or daemon sweep).
+    /// `active`; `gone: <why>` for a pod whose cgroup or namespace is gone; `incomplete: ..`
+    /// for a registration cut short (its `init` or daemon killed before it published the
+    /// pod's configuration, the last step). Neither intercepts anything; the next `init`,
+    /// `clean` or daemon sweep reclaims them.
     pub state: String,
     pub links: Vec<String>,
     pub pod_index: u32,
@@ -168,6 +173,7 @@ impl Datapath {
             maps: self.maps.occupancy()?,
             inbound_listeners: self.maps.listener_count(),
             connections_in_flight: in4 + in6,
+            unused: Datapath::is_unused(&self.dir),
         })
     }
 
@@ -181,7 +187,10 @@ impl Datapath {
             let config = configs.get(&cookie);
             let dir = pod.path(&self.dir);
             let state = match (config, liveness(&dir, pod)) {
-                (None, _) => "gone: not registered".to_string(),
+                (None, _) => "incomplete: its registration was cut short before it was \
+                              published (nothing of it intercepts; the next init, clean or \
+                              daemon sweep removes it)"
+                    .to_string(),
                 (Some(_), Err(why)) => format!("gone: {why}"),
                 (Some(_), Ok(())) => "active".to_string(),
             };

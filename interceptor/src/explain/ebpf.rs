@@ -26,7 +26,7 @@ use super::{Connection, Explanation, Outbound, Verdict, listening_ports, out_int
 use crate::{
     config::{
         Cidr, DnsCapture, InboundFail, InboundPorts, InterceptConfig, InterceptionMode,
-        OutboundInclude, OwnerGroups, defaults,
+        OutboundInclude, OwnerGroups, RawSockets, defaults,
     },
     datapath::{
         Datapath, MapPlan, PodRecord,
@@ -342,6 +342,11 @@ fn from_entries(pc: &PodConfig, e: &RuleSetEntries, facts: Option<&PodFacts>) ->
         outbound_ports_include: ports(PortSet::OutboundInclude),
         outbound_ports_exclude: ports(PortSet::OutboundExclude),
         inbound_mode: InterceptionMode::Redirect,
+        raw_sockets: if pc.has(flags::RAW_SOCKETS_ALLOWED) {
+            RawSockets::Allow
+        } else {
+            RawSockets::Refuse
+        },
         inbound_ports: if !pc.has(flags::INBOUND_CAPTURE) {
             InboundPorts::Ports(Vec::new())
         } else if pc.has(flags::INBOUND_ALL_PORTS) {

@@ -10,7 +10,7 @@ use super::{CleanOptions, InitOptions, name_servers};
 use crate::{
     config::{DnsCapture, InterceptConfig},
     datapath::{
-        Datapath, Enrolment, InstanceMode, MapPlan, PodRecord, Sizes,
+        Datapath, Enrolment, InstanceMode, MapPlan, PodRecord,
         bpffs::{self, PodDir},
         gc, legacy, now_unix,
         pods::HANDOVER_GRACE,
@@ -22,9 +22,6 @@ use crate::{
 
 const ROOT_NEEDED: &str =
     "it loads BPF programs and attaches them to cgroups (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)";
-
-/// Pods a node's datapath holds when `init` creates it.
-pub const MAX_PODS: u32 = 1024;
 
 pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<String>> {
     cfg.check_ebpf_support()?;
@@ -54,10 +51,7 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
     if facts.ipv6_enabled(cfg.dual_stack).unwrap_or(false) {
         pod::add_inbound_passthrough_v6(&netns)?;
     }
-    let sizes = Sizes {
-        max_pods: MAX_PODS,
-        max_connections: opts.max_connections.max(1),
-    };
+    let sizes = opts.sizes;
     let base = bpffs::ensure_ready(&opts.target.bpffs)?;
     let _lock = Datapath::lock(&base)?;
     gc::sweep(&base)?;
@@ -88,6 +82,10 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
         }
     };
     let moved = move_out(&base, &mut dp, cgroup.id, registered.slot)?;
+    let sizes = format!(
+        "--max-pods {}, --max-connections {}",
+        dp.sizes.max_pods, dp.sizes.max_connections
+    );
     tracing::info!(
         pod = %registered.dir.display(),
         cgroup = %cgroup.path.display(),
@@ -96,21 +94,28 @@ pub fn init(opts: &InitOptions, cfg: InterceptConfig) -> anyhow::Result<Option<S
         rules = registered.rules,
         programs_loaded = dp.loaded,
         "interception {}",
-        if moved {
-            "active (moved here from an instance of another build)"
-        } else if registered.updated {
-            "updated in place"
-        } else {
-            "active"
+        match moved {
+            Some(from) => format!(
+                "active, moved from {from} to the datapath of this build with {sizes} \
+                 (counters carried over)"
+            ),
+            None if registered.updated => "updated in place".to_string(),
+            None => "active".to_string(),
         }
     );
     Ok(None)
 }
 
-/// The pod's interception by another build (another datapath, or a version 0.1 instance) goes,
-/// now that this build's is in place; its counters go on in `slot`. True when there was one.
-fn move_out(base: &Path, dp: &mut Datapath, cgroup_id: u64, slot: u32) -> anyhow::Result<bool> {
-    let mut moved = false;
+/// The pod's interception elsewhere (a datapath of other sizes or another build's map layout,
+/// or a version 0.1 instance) goes, now that this one is in place; its counters go on in
+/// `slot`. Where it was, if anywhere.
+fn move_out(
+    base: &Path,
+    dp: &mut Datapath,
+    cgroup_id: u64,
+    slot: u32,
+) -> anyhow::Result<Option<String>> {
+    let mut moved = None;
     let others = bpffs::datapath_dirs(base)
         .into_iter()
         .filter(|d| *d != dp.dir);
@@ -126,13 +131,23 @@ fn move_out(base: &Path, dp: &mut Datapath, cgroup_id: u64, slot: u32) -> anyhow
             if id != cgroup_id {
                 continue;
             }
-            let removed = Datapath::existing(&dir)?.unregister(cookie, Some(HANDOVER_GRACE))?;
+            let mut other = Datapath::existing(&dir)?;
+            let why = if other.sizes == dp.sizes {
+                "another build's map layout".to_string()
+            } else {
+                format!(
+                    "--max-pods {}, --max-connections {}",
+                    other.sizes.max_pods, other.sizes.max_connections
+                )
+            };
+            let removed = other.unregister(cookie, Some(HANDOVER_GRACE))?;
             dp.maps.add_counters(slot, &removed.counters)?;
             if Datapath::is_unused(&dir) {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("removing {}", dir.display()))?;
             }
-            moved = true;
+            let name = dir.file_name().unwrap_or_default().to_string_lossy();
+            moved = Some(format!("{name} ({why})"));
         }
     }
     if let Some(dir) = legacy::find(base, cgroup_id) {
@@ -140,7 +155,7 @@ fn move_out(base: &Path, dp: &mut Datapath, cgroup_id: u64, slot: u32) -> anyhow
         for counters in legacy::remove(&dir, &[0])? {
             dp.maps.add_counters(slot, &counters)?;
         }
-        moved = true;
+        moved = Some(format!("the version 0.1 instance {}", dir.display()));
     }
     Ok(moved)
 }

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 use super::{CleanOptions, InitOptions, name_servers};
 use crate::{
-    config::{DnsCapture, InboundFail, InterceptConfig, InterceptionMode},
+    config::{DnsCapture, InboundFail, InterceptConfig, InterceptionMode, RawSockets},
     error::ConfigError,
     iptables::{
         Family, Mode,
@@ -79,6 +79,17 @@ fn refuse_what_rules_cannot_do(opts: &InitOptions, cfg: &InterceptConfig) -> any
             flag: "--inbound-fail",
             reason: "open is not possible with the iptables backend: REDIRECT refuses captured \
                      connections while nothing listens on -z (that is `closed`)"
+                .into(),
+        }
+        .into());
+    }
+    // Raw sockets' packets cross nat OUTPUT: the rules redirect their TCP as any other, so
+    // there is nothing to refuse (and `allow` is what they do).
+    if cfg.raw_sockets == RawSockets::Refuse && opts.options.raw_sockets.is_some() {
+        return Err(ConfigError::Unsupported {
+            flag: "--raw-sockets",
+            reason: "refuse is the eBPF backend's: with the iptables backend raw sockets are \
+                     allowed and the nat rules redirect what they send, as istio-iptables does"
                 .into(),
         }
         .into());

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use crate::{
     config::{InterceptConfig, RawOptions},
+    datapath::Sizes,
     iptables::Mode as IptablesMode,
     pod::NameServers,
 };
@@ -78,8 +79,9 @@ pub struct InitOptions {
     pub resolv_conf: PathBuf,
     /// Print the plan, change nothing.
     pub dry_run: bool,
-    /// Entries of each connection-tracking map (eBPF).
-    pub max_connections: u32,
+    /// The node datapath's sizes (eBPF): pods, and connection set-ups at once. Part of its
+    /// identity: pods enrolled with other sizes are in another datapath.
+    pub sizes: Sizes,
     /// aya-log level of the programs (0 = off ... 5 = trace).
     pub kernel_log_level: u8,
 }

@@ -38,7 +38,7 @@ use super::{
     metrics,
 };
 use crate::{
-    datapath::{LoadOptions, kernel_log},
+    datapath::{LoadOptions, Sizes, kernel_log},
     pod::Cgroup,
     sys,
 };
@@ -56,10 +56,9 @@ pub struct DaemonOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Have the kernel count each program's run time while the daemon runs.
     pub bpf_stats: bool,
-    /// Pods the maps hold (fixed when the node instance is first created).
-    pub max_pods: u32,
-    /// Entries of each connection-tracking map, shared by every pod.
-    pub max_connections: u32,
+    /// The datapath's sizes: pods, and connection set-ups at once (its identity: other
+    /// sizes are another datapath).
+    pub sizes: Sizes,
     /// aya-log level of the programs (0 = off ... 5 = trace).
     pub kernel_log_level: u8,
 }
@@ -112,10 +111,9 @@ async fn serve(args: DaemonOptions, cgroup: Cgroup) -> anyhow::Result<()> {
     let opts = NodeOptions {
         load: LoadOptions {
             bpffs_root: args.bpffs.clone(),
-            max_connections: args.max_connections.max(1),
+            sizes: args.sizes,
             kernel_log_level: args.kernel_log_level,
         },
-        max_pods: args.max_pods.max(1),
     };
     let cgroup_path = cgroup.path.clone();
     let (started, done) = tokio::task::spawn_blocking(move || Node::start(&cgroup, opts))

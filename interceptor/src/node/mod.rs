@@ -27,7 +27,7 @@ use interceptor_ebpf::{Counter, program_names};
 use crate::{
     config::DnsCapture,
     datapath::{
-        self, Datapath, Enrolment, InstanceMode, LoadOptions, MapPlan, Sizes,
+        self, Datapath, Enrolment, InstanceMode, LoadOptions, MapPlan,
         bpffs::{self, PodDir},
         gc, legacy,
         links::{self, Target},
@@ -46,8 +46,6 @@ pub use api::{AddPod, Added, PodInfo, PodRecord, PodSelector};
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
     pub load: LoadOptions,
-    /// Pods the datapath has room for (fixed when it is first created).
-    pub max_pods: u32,
 }
 
 /// What `start` found and did, one line per pod.
@@ -111,11 +109,7 @@ impl Node {
         let _lock = Datapath::lock(&base)?;
         gc::sweep(&base)?;
         refuse_per_pod(&base, cgroup)?;
-        let sizes = Sizes {
-            max_pods: opts.max_pods.max(1),
-            max_connections: opts.load.max_connections.max(1),
-        };
-        let dp = Datapath::open(&base, sizes, opts.load.kernel_log_level)?;
+        let dp = Datapath::open(&base, opts.load.sizes, opts.load.kernel_log_level)?;
         let links_dir = bpffs::node_dir(&dp.dir, cgroup.id);
         let mut node = Node {
             base: base.clone(),
@@ -303,7 +297,10 @@ impl Node {
         let who = record.describe();
         match self.register_record(record) {
             Ok(slot) => {
-                tracing::info!("took pod {who} over from another build");
+                tracing::info!(
+                    "took pod {who} over from another datapath (other --max-pods or \
+                     --max-connections, another build's map layout, or version 0.1)"
+                );
                 done.migrated.push(who);
                 Some(slot)
             }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use interceptor_tests::{
-    FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeResult, ServerLine, SidecarLine,
+    BurstSummary, FailureKind, LoopSummary, ProbeCase, ProbeFailure, ProbeResult, ServerLine,
+    SidecarLine, raise_open_files_limit,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -66,6 +67,17 @@ enum Cmd {
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
     },
+    /// Open COUNT connections to TARGET at once (every connect issued before any is read),
+    /// read each one's first line, and print one JSON `BurstSummary` line.
+    Burst {
+        target: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        /// Bound for the whole burst (connects that the listener's backlog delays are retried
+        /// by the kernel, which takes seconds).
+        #[arg(long, default_value_t = 120_000)]
+        timeout_ms: u64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -96,6 +108,23 @@ async fn main() {
             println!(
                 "{}",
                 serde_json::to_string(&summary).expect("LoopSummary serializes")
+            );
+            return;
+        }
+        Cmd::Burst {
+            target,
+            count,
+            timeout_ms,
+        } => {
+            let summary = burst(
+                target,
+                count,
+                Instant::now() + Duration::from_millis(timeout_ms),
+            )
+            .await;
+            println!(
+                "{}",
+                serde_json::to_string(&summary).expect("BurstSummary serializes")
             );
             return;
         }
@@ -224,12 +253,49 @@ async fn connect_loop(
         }
         summary.attempts += 1;
         match first_line(target, Instant::now() + each).await {
-            Ok(line) if line.parse::<SidecarLine>().is_ok() => summary.via_sidecar += 1,
-            Ok(line) if line.parse::<ServerLine>().is_ok() => summary.direct += 1,
-            Ok(line) => summary.fail(format!("unexpected first line {line:?}")),
+            Ok(line) => match line.parse::<SidecarLine>().map(|l| l.orig) {
+                Ok(Ok(_)) => summary.via_sidecar += 1,
+                // The proxy cannot send it anywhere: a failed connection.
+                Ok(Err(errno)) => summary.fail(format!("SO_ORIGINAL_DST failed: {errno}")),
+                Err(_) if line.parse::<ServerLine>().is_ok() => summary.direct += 1,
+                Err(_) => summary.fail(format!("unexpected first line {line:?}")),
+            },
             Err(e) => summary.fail(e),
         }
         tokio::time::sleep(interval).await;
+    }
+    summary
+}
+
+/// COUNT connections at once: every task connects before the runtime reads any answer (the
+/// tasks only yield once their SYN is out), so the hand-overs of the whole burst overlap.
+async fn burst(target: SocketAddr, count: u64, deadline: Instant) -> BurstSummary {
+    raise_open_files_limit();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        tasks.spawn(first_line(target, deadline));
+    }
+    let mut summary = BurstSummary {
+        attempts: count,
+        ..BurstSummary::default()
+    };
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(Ok(line)) => match line.parse::<SidecarLine>().map(|l| l.orig) {
+                Ok(Ok(orig)) if orig == target => summary.original_dst_kept += 1,
+                Ok(other) => {
+                    let why = match other {
+                        Ok(wrong) => format!("wrong:{wrong}"),
+                        Err(errno) => errno,
+                    };
+                    *summary.original_dst_failed.entry(why).or_default() += 1;
+                }
+                Err(_) if line.parse::<ServerLine>().is_ok() => summary.direct += 1,
+                Err(_) => summary.fail(format!("unexpected first line {line:?}")),
+            },
+            Ok(Err(e)) => summary.fail(e),
+            Err(e) => summary.fail(format!("task: {e}")),
+        }
     }
     summary
 }

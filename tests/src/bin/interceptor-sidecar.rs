@@ -141,6 +141,10 @@ struct Cli {
     /// upstream instead of their SO_ORIGINAL_DST (which is still read, for --announce and --log).
     #[arg(long = "upstream", value_name = "PORT=ADDR", value_parser = parse_upstream)]
     upstream: Vec<(u16, SocketAddr)>,
+    /// Connections the kernel completes before they are accepted (capped by the namespace's
+    /// `net.core.somaxconn`).
+    #[arg(long, default_value_t = 1024)]
+    backlog: u32,
 }
 
 fn parse_upstream(text: &str) -> Result<(u16, SocketAddr), String> {
@@ -159,19 +163,29 @@ fn parse_upstream(text: &str) -> Result<(u16, SocketAddr), String> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Arc::new(Cli::parse());
+    // A burst of connections holds two descriptors each (accepted, upstream).
+    interceptor_tests::raise_open_files_limit();
     if let Some((port, _)) = cli.upstream.iter().find(|(p, _)| !cli.listen.contains(p)) {
         anyhow::bail!("--upstream {port}=...: not a --listen port");
     }
     let mut listeners = JoinSet::new();
     for &port in &cli.listen {
         if !cli.dual_stack && !cli.ipv6_only {
-            let listener = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), true)
-                .with_context(|| format!("listening on port {port}"))?;
+            let listener = listen(
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                true,
+                cli.backlog,
+            )
+            .with_context(|| format!("listening on port {port}"))?;
             listeners.spawn(accept_loop(listener, port, cli.clone()));
         }
         let v6only = !cli.dual_stack;
-        let listener = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), v6only)
-            .with_context(|| format!("listening on [::]:{port}"))?;
+        let listener = listen(
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            v6only,
+            cli.backlog,
+        )
+        .with_context(|| format!("listening on [::]:{port}"))?;
         listeners.spawn(accept_loop(listener, port, cli.clone()));
     }
     // The accept loops never end: this waits until the process is killed.
@@ -180,7 +194,7 @@ async fn main() -> Result<()> {
 }
 
 /// A listener on `addr`; for IPv6 with `IPV6_V6ONLY` set to `v6only` (not left to the sysctl).
-fn listen(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, v6only: bool, backlog: u32) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => {
@@ -191,7 +205,7 @@ fn listen(addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(backlog)
 }
 
 fn set_v6only(socket: &TcpSocket, v6only: bool) -> io::Result<()> {

@@ -30,21 +30,26 @@ struct Cli {
     /// With --http: pad the body with `x`s to this many bytes (ending in a newline).
     #[arg(long, default_value_t = 0)]
     body_size: usize,
+    /// Connections the kernel completes before they are accepted (capped by the namespace's
+    /// `net.core.somaxconn`).
+    #[arg(long, default_value_t = 1024)]
+    backlog: u32,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Arc::new(Cli::parse());
+    interceptor_tests::raise_open_files_limit();
     let mut listeners = JoinSet::new();
     for &addr in &cli.listen {
-        let listener = listen(addr).with_context(|| format!("listening on {addr}"))?;
+        let listener = listen(addr, cli.backlog).with_context(|| format!("listening on {addr}"))?;
         listeners.spawn(accept_loop(listener, cli.clone()));
     }
     while listeners.join_next().await.is_some() {}
     Ok(())
 }
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => {
@@ -68,7 +73,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(backlog)
 }
 
 async fn accept_loop(listener: TcpListener, cli: Arc<Cli>) {

@@ -45,6 +45,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use interceptor_tests::bpffs::PrivateBpffs;
 use kernel::{BpfStats, Snapshot};
 pub use modes::Mode;
 use pod::{BenchPod, Tools};
@@ -190,9 +191,10 @@ pub fn run(root: &Path, args: BenchArgs, build_release: impl FnOnce() -> Result<
     // Every pod is gone by now, each after `interceptor clean`: nothing should stay pinned
     // (but what the kernel itself puts in a new bpffs, e.g. `maps.debug`).
     results.leftover_pins = Some(
-        pinned_files(&tools.bpffs)
-            .into_iter()
-            .filter(|p| !bpffs.initial.contains(p))
+        bpffs
+            .pins()
+            .iter()
+            .map(|p| p.display().to_string())
             .collect(),
     );
     results.meta.finished = machine::iso_utc(machine::unix_now());
@@ -692,44 +694,6 @@ fn write_results(root: &Path, out: &Path, results: &Results) -> Result<()> {
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("cargo xtask {}", args.join(" "))
-}
-
-/// The files (pins) under `dir`, at any depth.
-fn pinned_files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(pinned_files(&path));
-        } else {
-            out.push(path.display().to_string());
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A bpffs instance of the run's own, unmounted (with whatever is still pinned in it) and its
-/// mount point removed on drop.
-struct PrivateBpffs {
-    path: PathBuf,
-    /// What the kernel put in it at mount (the preloaded iterators, `maps.debug`...).
-    initial: Vec<String>,
-    _mount: interceptor_tests::bpffs::PrivateBpffs,
-}
-
-impl PrivateBpffs {
-    fn mount(path: &Path) -> Result<Self> {
-        let mount = interceptor_tests::bpffs::PrivateBpffs::at(path)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            initial: pinned_files(path),
-            _mount: mount,
-        })
-    }
 }
 
 struct RemoveOnDrop(PathBuf);

@@ -23,8 +23,10 @@ use self::lpm::LpmEntries;
 use crate::{
     config::{
         DnsCapture, InboundFail, InboundPorts, InterceptConfig, OutboundInclude, OwnerGroups,
+        RawSockets,
     },
-    error::ConfigError,
+    datapath::Sizes,
+    error::{ConfigError, LimitError},
     pod::{PodFacts, routes},
 };
 
@@ -44,6 +46,24 @@ pub struct Cidr6Entry {
     pub key: Cidr6Key,
     /// As `CidrEntry::value`.
     pub value: u8,
+}
+
+/// How many entries a plan puts into one of the node's shared sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetEntries {
+    /// What the set holds, by the options that fill it.
+    pub what: &'static str,
+    pub count: u64,
+    /// Most entries of one pod.
+    pub pod_max: u32,
+    /// Entries of the node's set, shared by its pods.
+    pub node_max: u32,
+}
+
+impl SetEntries {
+    pub const PORTS: &str = "ports (-o, -q, -b, -d)";
+    pub const CIDRS4: &str = "IPv4 ranges (-i, -x, and the pod's routes with -c)";
+    pub const CIDRS6: &str = "IPv6 ranges (-i, -x, and the pod's routes with -c)";
 }
 
 /// Everything one pod's configuration puts into the maps.
@@ -83,7 +103,47 @@ impl MapPlan {
         plan.outbound_ranges(cfg, facts);
         plan.owner_groups(cfg)?;
         plan.ipv4_loopback(cfg);
+        plan.check_pod_limits()?;
         Ok(plan)
+    }
+
+    /// The plan's set entries, by set: (what, entries, most one pod may have, the node's).
+    pub fn set_entries(&self) -> [SetEntries; 3] {
+        [
+            SetEntries {
+                what: SetEntries::PORTS,
+                count: self.ports.len() as u64,
+                pod_max: Sizes::POD_PORT_ENTRIES,
+                node_max: Sizes::PORT_ENTRIES,
+            },
+            SetEntries {
+                what: SetEntries::CIDRS4,
+                count: self.cidrs4.len() as u64,
+                pod_max: Sizes::POD_CIDR_ENTRIES,
+                node_max: Sizes::CIDR_ENTRIES,
+            },
+            SetEntries {
+                what: SetEntries::CIDRS6,
+                count: self.cidrs6.len() as u64,
+                pod_max: Sizes::POD_CIDR_ENTRIES,
+                node_max: Sizes::CIDR_ENTRIES,
+            },
+        ]
+    }
+
+    /// A pod has at most its share of each set (checked before anything changes).
+    fn check_pod_limits(&self) -> Result<(), LimitError> {
+        for e in self.set_entries() {
+            if e.count > u64::from(e.pod_max) {
+                return Err(LimitError::PodEntries {
+                    what: e.what,
+                    count: e.count,
+                    max: u64::from(e.pod_max),
+                    node: u64::from(e.node_max),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// `-p`, `-z`, `-e`, `-u`, `-g` (their counts were checked when the options were resolved).
@@ -221,6 +281,9 @@ impl MapPlan {
         self.add_ports(set, list);
         if cfg.inbound_fail == InboundFail::Closed {
             self.pod.flags |= flags::INBOUND_FAIL_CLOSED;
+        }
+        if cfg.raw_sockets == RawSockets::Allow {
+            self.pod.flags |= flags::RAW_SOCKETS_ALLOWED;
         }
         for (i, name) in cfg.exclude_interfaces.iter().enumerate() {
             let index = facts

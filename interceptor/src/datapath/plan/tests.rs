@@ -274,3 +274,43 @@ fn ipv6_is_captured_as_istio_iptables_enables_it() {
     };
     assert_eq!(plan(true, &link_local_only), 0);
 }
+
+/// `n` distinct IPv4 /32s, as an option value.
+fn cidrs4(n: u32) -> String {
+    (0..n)
+        .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string() + "/32")
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn a_pod_has_at_most_its_share_of_each_set_and_the_error_names_the_limit() {
+    let max = Sizes::POD_CIDR_ENTRIES;
+    let resolve = |n| {
+        RawOptions {
+            service_exclude_cidr: Some(cidrs4(n)),
+            ..Default::default()
+        }
+        .resolve(&NoUsers, "istio-proxy")
+        .unwrap()
+    };
+    let plan = MapPlan::build(&resolve(max), &netns(), &DnsCapture::Off, 1, 0).unwrap();
+    assert_eq!(plan.set_entries()[1].count, u64::from(max));
+    let err = MapPlan::build(&resolve(max + 1), &netns(), &DnsCapture::Off, 1, 0).unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<LimitError>(),
+        Some(&LimitError::PodEntries {
+            what: SetEntries::CIDRS4,
+            count: u64::from(max) + 1,
+            max: u64::from(max),
+            node: u64::from(Sizes::CIDR_ENTRIES),
+        })
+    );
+    assert!(
+        err.to_string().starts_with(
+            "IPv4 ranges (-i, -x, and the pod's routes with -c): the pod has 131073 entries, \
+             more than the 131072 one pod may have"
+        ),
+        "{err}"
+    );
+}

@@ -121,6 +121,7 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::INBOUND_ALL_PORTS, "inbound_all_ports"),
         (flags::HAS_INBOUND_PORTS_EXCLUDE, "inbound_ports_exclude"),
         (flags::INBOUND_FAIL_CLOSED, "inbound_fail_closed"),
+        (flags::RAW_SOCKETS_ALLOWED, "raw_sockets_allowed"),
         (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
         (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
         (flags::IPV6, "ipv6"),
