@@ -53,10 +53,20 @@ pub enum Counter {
     /// Direct: IPv6, and IPv6 is not captured in this pod (no `--dual-stack`, and the pod's
     /// first address is IPv4), as istio-iptables would write no ip6tables rules.
     DirectIpv6Disabled,
+    /// `--accelerate`: the proxy's end of a redirected connection was paired with the
+    /// application's (both ends in `ACCEL_SOCKETS`): its payload moves socket to socket.
+    Accelerated,
+    /// `--accelerate`, fall-back: an end sent a message while its peer was not paired (not yet
+    /// established on the proxy's side, or already closed); that direction goes through TCP
+    /// from then on.
+    AccelFallbackNoPeer,
+    /// `--accelerate`, fall-back: an end could not be paired (`ACCEL_SOCKETS` full, or the
+    /// kernel refused the socket); the connection goes through TCP.
+    AccelFallbackNotPaired,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 26;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -82,6 +92,9 @@ impl Counter {
         Counter::DirectExcludedInterface,
         Counter::DirectOwnerGroup,
         Counter::DirectIpv6Disabled,
+        Counter::Accelerated,
+        Counter::AccelFallbackNoPeer,
+        Counter::AccelFallbackNotPaired,
     ];
 
     /// The name user space reports (status, metrics).
@@ -110,6 +123,9 @@ impl Counter {
             Counter::DirectExcludedInterface => "direct_excluded_interface",
             Counter::DirectOwnerGroup => "direct_owner_group",
             Counter::DirectIpv6Disabled => "direct_ipv6_disabled",
+            Counter::Accelerated => "accelerated",
+            Counter::AccelFallbackNoPeer => "accel_fallback_no_peer",
+            Counter::AccelFallbackNotPaired => "accel_fallback_not_paired",
         }
     }
 

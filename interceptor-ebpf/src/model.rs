@@ -50,6 +50,13 @@ pub mod map_names {
     pub const IN_FLIGHT6: &str = "IN_FLIGHT6";
     /// aya-log's ring buffer (kernel-side debug messages).
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    /// Sockhash (`--accelerate`): both pod-local ends of each accelerated connection, keyed
+    /// by `AccelKey`; `sk_msg` moves a message from one end into the other's receive queue.
+    /// The kernel drops an entry when its socket closes.
+    pub const ACCEL_SOCKETS: &str = "ACCEL_SOCKETS";
+    /// Socket storage on an accelerated end whose messages go through TCP from then on (its
+    /// peer could not be found once): never redirected again, so the peer reads in order.
+    pub const ACCEL_FALLBACK: &str = "ACCEL_FALLBACK";
 }
 
 /// Program names (the functions in the kernel crate), in the order the loader attaches them:
@@ -73,6 +80,10 @@ pub mod program_names {
     pub const POST_BIND6: &str = "mark_capture_listener6";
     /// `sk_lookup`, attached to the pod's network namespace (not its cgroup).
     pub const SK_LOOKUP: &str = "steer_inbound";
+    /// `sk_msg`, attached to the `ACCEL_SOCKETS` sockhash (not to a cgroup): `--accelerate`.
+    pub const SK_MSG: &str = "deliver_to_peer";
+    /// The programs attached to a map rather than to a cgroup or a namespace.
+    pub const MAP_ATTACHED: [&str; 1] = [SK_MSG];
     /// Inbound steering comes after everything that registers and serves the listener; the
     /// programs that redirect (sendmsg, connect) after everything that serves a redirect.
     pub const ALL: [&str; 13] = [
@@ -169,6 +180,10 @@ pub mod flags {
     pub const HAS_INBOUND_PORTS_EXCLUDE: u32 = 1 << 18;
     /// `--inbound-fail closed`: refuse captured connections while no listener is registered.
     pub const INBOUND_FAIL_CLOSED: u32 = 1 << 19;
+
+    /// `--accelerate`: the pod-local ends of redirected connections are paired in
+    /// `ACCEL_SOCKETS` and their payload moves socket to socket (`sk_msg`).
+    pub const ACCELERATE: u32 = 1 << 24;
 }
 
 /// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).
@@ -471,6 +486,19 @@ pub struct ListenerKey {
     pub _pad: u32,
 }
 
+/// Key of `ACCEL_SOCKETS`: one end of a pod-local connection, named from that end (see
+/// `accel`). Addresses as `accel::key_addr` gives them (IPv4 IPv4-mapped), ports host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AccelKey {
+    pub netns: u64,
+    pub local: RawIpv6,
+    pub remote: RawIpv6,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u32,
+}
+
 /// Value of `CAPTURE_SOCKETS` (socket storage): set on the proxy's socket bound to the capture
 /// port, and cloned by the kernel to every socket accepted from it, so that
 /// `getsockopt(SO_ORIGINAL_DST)` can tell a steered connection from any other.
@@ -534,6 +562,7 @@ mod pod {
         ListenerKey,
         CaptureMark,
         PodRecordBlob,
+        AccelKey,
     );
 }
 
@@ -561,6 +590,7 @@ mod tests {
         assert_eq!(size_of::<InFlight6>(), 24);
         assert_eq!(size_of::<InstanceMeta>(), 4 + INSTANCE_META_SIZE);
         assert_eq!(size_of::<PodRecordBlob>(), 4096);
+        assert_eq!(size_of::<AccelKey>(), 48);
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!   which the daemon tests chain `interceptor-cni` after, as a runtime would;
 //! - `kubernetes-validate` from PyPI in a virtualenv under `target/tools/`, which checks the
 //!   manifests in `deploy/` against the Kubernetes schemas offline;
-//! - for `cargo xtask bench` only: `nginx` and its stream module (`libnginx-mod-stream`: the
-//!   inbound sidecar), `wrk`, `iperf3`, `bpftool`.
+//! - `nginx` and its stream module (`libnginx-mod-stream`): the stock proxy of the
+//!   acceleration tests, and the bench's inbound sidecar;
+//! - for `cargo xtask bench` only: `wrk`, `iperf3`, `bpftool`.
 
 use std::{
     ffi::OsString,
@@ -32,6 +33,13 @@ pub fn ensure_bench_tools() -> anyhow::Result<()> {
     for (command, package) in crate::bench::TOOLS {
         ensure_command(command, package)?;
     }
+    ensure_nginx_stream()
+}
+
+/// nginx with its stream module: the bench's inbound sidecar, and the stock proxy of the
+/// acceleration tests.
+pub fn ensure_nginx_stream() -> anyhow::Result<()> {
+    ensure_command("nginx", "nginx")?;
     // Debian builds nginx's stream module as a module package of its own
     // (`--with-stream=dynamic`); nginx-full would pull it in too, with much else.
     let built = Command::new("nginx")

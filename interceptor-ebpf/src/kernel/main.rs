@@ -15,9 +15,11 @@ mod recvmsg6;
 mod sendmsg4;
 mod sendmsg6;
 mod sk_lookup;
+mod sk_msg;
 mod sockops;
 
 // What the hooks share.
+mod accelerate;
 mod capture_listener;
 mod family;
 mod helpers;

@@ -122,6 +122,11 @@ pub struct PodAddArgs {
     /// Inbound connections to capture while the proxy has no listener: `open` or `closed`.
     #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
     pub inbound_fail: Option<String>,
+    /// Move the payload between the application and its proxy socket to socket (sockmap and
+    /// sk_msg) instead of through TCP/IP over lo (eBPF backend; see the README's
+    /// "Acceleration").
+    #[arg(long, env = "INTERCEPTOR_ACCELERATE")]
+    pub accelerate: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -229,6 +234,11 @@ pub struct InitArgs {
     /// the application) or `closed` (refused).
     #[arg(long, value_name = "open|closed", env = "INTERCEPTOR_INBOUND_FAIL")]
     pub inbound_fail: Option<String>,
+    /// Move the payload between the application and its proxy socket to socket (sockmap and
+    /// sk_msg) instead of through TCP/IP over lo (eBPF backend; see the README's
+    /// "Acceleration").
+    #[arg(long, env = "INTERCEPTOR_ACCELERATE")]
+    pub accelerate: bool,
 }
 
 /// istio-iptables' options: same names, same environment variables, flag over environment.
@@ -387,6 +397,7 @@ impl IstioFlags {
             tproxy_mark: self.tproxy_mark.clone(),
             tproxy_route_table: self.tproxy_route_table.clone(),
             dual_stack: self.dual_stack || env_bool("ISTIO_DUAL_STACK").unwrap_or(false),
+            accelerate: false, // not an istio-iptables option (InitArgs::accelerate)
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::{
 pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let mut options = args.istio.raw();
     options.inbound_fail = args.inbound_fail.clone();
+    options.accelerate = args.accelerate;
     let opts = InitOptions {
         target: target(&args.target),
         backend: backend(&args.backend),

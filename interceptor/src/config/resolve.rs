@@ -72,6 +72,7 @@ impl RawOptions {
                 defaults::TPROXY_ROUTE_TABLE,
             )?,
             dual_stack: self.dual_stack,
+            accelerate: self.accelerate,
         })
     }
 

@@ -13,9 +13,9 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use interceptor_ebpf::{
-    CaptureMark, Cidr4Key, Cidr6Key, Counter, IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE, InFlight4,
-    InFlight6, InstanceMeta, ListenerKey, POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey,
-    SockTuple4, SockTuple6, map_names,
+    AccelKey, CaptureMark, Cidr4Key, Cidr6Key, Counter, IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE,
+    InFlight4, InFlight6, InstanceMeta, ListenerKey, POD_RECORD_SIZE, PodConfig, PodRecordBlob,
+    PortKey, SockTuple4, SockTuple6, map_names,
     wire::{RawIpv4, RawIpv6, raw_ipv4, raw_ipv6},
 };
 
@@ -54,6 +54,8 @@ pub struct Maps {
     counters: PerCpuArray<MapData, u64>,
     in_flight4: HashMap<MapData, SockTuple4, InFlight4>,
     in_flight6: HashMap<MapData, SockTuple6, InFlight6>,
+    /// `--accelerate`'s paired sockets (read only: the kernel files and drops them).
+    accel_sockets: SockHash<MapData, AccelKey>,
     /// The datapath directory (sizes are read from the pins).
     dir: PathBuf,
 }
@@ -77,6 +79,7 @@ impl Maps {
             counters: PerCpuArray::try_from(open(map_names::COUNTERS)?)?,
             in_flight4: HashMap::try_from(open(map_names::IN_FLIGHT4)?)?,
             in_flight6: HashMap::try_from(open(map_names::IN_FLIGHT6)?)?,
+            accel_sockets: SockHash::try_from(open(map_names::ACCEL_SOCKETS)?)?,
             dir: dir.to_path_buf(),
         })
     }
@@ -482,6 +485,8 @@ impl Maps {
             (map_names::CIDR6, self.cidr6.keys().count()),
             (map_names::IN_FLIGHT4, in4),
             (map_names::IN_FLIGHT6, in6),
+            // Two per accelerated connection open now.
+            (map_names::ACCEL_SOCKETS, self.accel_sockets.keys().count()),
         ] {
             out.push((name, entries, capacity(&self.dir, name)?));
         }

@@ -13,7 +13,7 @@ static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// The maps a datapath keeps pinned: every map of the object but aya-log's buffer.
-pub const DATAPATH_MAPS: [&str; 19] = [
+pub const DATAPATH_MAPS: [&str; 21] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -33,7 +33,17 @@ pub const DATAPATH_MAPS: [&str; 19] = [
     map_names::IN_FLIGHT4,
     map_names::IN_FLIGHT6,
     map_names::AYA_LOGS,
+    map_names::ACCEL_SOCKETS,
+    map_names::ACCEL_FALLBACK,
 ];
+
+/// Every program this build loads: the ones attached to cgroups and namespaces, then the ones
+/// attached to a map.
+pub fn every_program() -> impl Iterator<Item = &'static str> {
+    program_names::ALL
+        .into_iter()
+        .chain(program_names::MAP_ATTACHED)
+}
 
 /// The programs attached to a cgroup (all but `sk_lookup`, which goes to a network
 /// namespace), in attach order.
@@ -148,6 +158,11 @@ pub fn load(
         .map_max_entries(map_names::CIDR6, Sizes::SET_ENTRIES)
         .map_max_entries(map_names::IN_FLIGHT4, sizes.max_connections)
         .map_max_entries(map_names::IN_FLIGHT6, sizes.max_connections)
+        // Both pod-local ends of each accelerated connection.
+        .map_max_entries(
+            map_names::ACCEL_SOCKETS,
+            sizes.max_connections.saturating_mul(2),
+        )
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
     let mut ebpf = loader.load(EBPF_OBJECT).context(
@@ -169,6 +184,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
         aya::programs::Program::CgroupSockopt(p) => p.load(),
         aya::programs::Program::CgroupSock(p) => p.load(),
         aya::programs::Program::SkLookup(p) => p.load(),
+        aya::programs::Program::SkMsg(p) => p.load(),
         other => bail!("unexpected program type {:?} for {name}", other.prog_type()),
     };
     loaded.with_context(|| format!("the kernel refused program {name}"))

@@ -222,6 +222,9 @@ impl MapPlan {
         if cfg.inbound_fail == InboundFail::Closed {
             self.pod.flags |= flags::INBOUND_FAIL_CLOSED;
         }
+        if cfg.accelerate {
+            self.pod.flags |= flags::ACCELERATE;
+        }
         for (i, name) in cfg.exclude_interfaces.iter().enumerate() {
             let index = facts
                 .interfaces
