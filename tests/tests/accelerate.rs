@@ -14,11 +14,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use interceptor_tests::cni_node::{CniNode, GATEWAY};
 use interceptor_tests::outcome::assert_exit;
 use interceptor_tests::{
-    Identity, Intercepted, Place, Process, SEED_FLAGS, Side, Topology, bin_path, interceptor,
+    Identity, Intercepted, Place, Process, SEED_FLAGS, SIDECAR_BIN, Side, Topology, bin_path,
+    interceptor, interceptor_bin,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const CHECK_BIN: &str = "interceptor-stream-check";
 /// Where the check's server listens, in the server namespace (outbound cases) or in the pod
@@ -573,4 +575,62 @@ fn the_iptables_backend_refuses_accelerate() {
         "--accelerate",
     ]);
     assert_exit(&out, 2, "--accelerate", &"iptables --accelerate");
+}
+
+/// Node mode: the CNI plugin takes `accelerate` per pod (CNI_ARGS here); only that pod's
+/// connections are paired, through the node's shared programs.
+#[test]
+fn node_mode_accelerates_only_the_pods_that_ask() -> Result<()> {
+    let node = CniNode::new("acc-node")?;
+    let _daemon = node.start_daemon(&interceptor_bin())?;
+    let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, SERVER_PORT));
+    let mut cmd = node.node_command(bin_path(CHECK_BIN)?)?;
+    cmd.args(["serve", "--listen", &listen.to_string()])
+        .stdout(Stdio::piped());
+    let mut server = node.spawn(&mut cmd)?;
+    server.wait_listening(listen, Duration::from_secs(10))?;
+    let conflist = node.conflist(json!({
+        "options": { "istio-service-cidr": "*", "proxy-uid": "1337" },
+    }));
+    let target = SocketAddr::from((GATEWAY, SERVER_PORT));
+    let mut sidecars = Vec::new();
+    let mut cookies = Vec::new();
+    for (name, extra) in [("fast", ";INTERCEPTOR_ACCELERATE=true"), ("plain", "")] {
+        let pod = node.create_pod(name)?;
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={name}{extra}");
+        let runs = node.run_chain(&conflist, "ADD", &pod, &args, |_| Ok(()))?;
+        ensure!(runs.iter().all(|r| r.success), "ADD {name}: {runs:#?}");
+        let mut cmd = node.pod_command(&pod, Identity::PROXY, bin_path(SIDECAR_BIN)?)?;
+        cmd.args(["--listen", "15001"]).stdout(Stdio::null());
+        let mut sidecar = node.spawn(&mut cmd)?;
+        sidecar.wait_listening(
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15001)),
+            Duration::from_secs(10),
+        )?;
+        sidecars.push(sidecar);
+        let mut cmd = node.pod_command(&pod, Identity::APP, bin_path(CHECK_BIN)?)?;
+        cmd.args(["run", "--to", &target.to_string()])
+            .args(["--case", "both", "--size", "4194304"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let done = node.spawn(&mut cmd)?.wait(CLIENT_TIMEOUT)?;
+        let verdict: Value = serde_json::from_str(
+            done.stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .context("no verdict")?,
+        )?;
+        ensure!(verdict["ok"] == true, "{name}: {verdict} {}", done.stderr);
+        ensure!(next_verdict(&server)?["ok"] == true, "{name}: server");
+        let pods = node.pods()?;
+        let entry = pods
+            .iter()
+            .find(|p| p["name"] == name)
+            .context("registered")?;
+        cookies.push(entry["netns_cookie"].as_u64().context("cookie")?);
+    }
+    ensure!(node.counter(cookies[0], "accelerated")? >= 1, "fast pod");
+    ensure!(node.counter(cookies[1], "accelerated")? == 0, "plain pod");
+    Ok(())
 }
