@@ -698,6 +698,10 @@ fn run_flag_set(index: usize) -> Result<()> {
         }
     }
     assert!(failures.is_empty(), "{flags:?}: {}", failures.join("\n"));
+    eprintln!(
+        "{flags:?}: {} cases, the same under eBPF, iptables-legacy and iptables-nft",
+        ebpf.len()
+    );
     Ok(())
 }
 

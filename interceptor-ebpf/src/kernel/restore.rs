@@ -10,7 +10,7 @@ use aya_ebpf::{
 use interceptor_ebpf::{
     Counter, DNS_CAPTURE_PORT, OrigDst, OrigDst4, OrigDst6,
     family::{V4, V6},
-    wire::{LOCALHOST4, LOCALHOST6, RawIpv6, ipv4_from_mapped, ipv4_mapped, port_to_user_port},
+    wire::{LOCALHOST4, LOCALHOST6, RawIpv6, ipv4_mapped, port_to_user_port},
 };
 
 use crate::{
@@ -31,7 +31,6 @@ pub fn restore_peer_name<S: PeerFamily>(ctx: &SockAddrContext) {
     let Some(sk) = (unsafe { sk.as_ref() }) else {
         return;
     };
-    let netns = netns_cookie(ctx);
     let orig = if sa.type_ == SOCK_DGRAM {
         // Only while still connected to where we sent it.
         if sa.user_port != port_to_user_port(DNS_CAPTURE_PORT) {
@@ -40,25 +39,30 @@ pub fn restore_peer_name<S: PeerFamily>(ctx: &SockAddrContext) {
             S::dns_server(ctx, sa)
         }
     } else {
-        S::dialled(sk)
+        S::dialled(sa, sk)
     };
     if let Some(orig) = orig {
         set_destination::<S>(sa, orig.addr, orig.port);
-        count_in(netns, Counter::PeerNameRestored);
+        count_in(netns_cookie(ctx), Counter::PeerNameRestored);
     }
 }
 
 /// How a client socket of a family shows its original destination.
 pub trait PeerFamily: KernelFamily {
-    /// The original destination of the TCP connection `sk` made.
-    fn dialled(sk: &bpf_sock) -> Option<OrigDst<Self::Addr>>;
+    /// The original destination of the TCP connection `sk` made, whose peer is `sa`'s.
+    /// Only a connection to localhost can be one `connect` redirected: any other peer (every
+    /// accepted connection from outside, for one) is answered without a storage lookup.
+    fn dialled(sa: &bpf_sock_addr, sk: &bpf_sock) -> Option<OrigDst<Self::Addr>>;
     /// The name server a redirected UDP socket, connected to the DNS proxy, asked.
     fn dns_server(ctx: &SockAddrContext, sa: &bpf_sock_addr) -> Option<OrigDst<Self::Addr>>;
 }
 
 impl PeerFamily for V4 {
     #[inline(always)]
-    fn dialled(sk: &bpf_sock) -> Option<OrigDst4> {
+    fn dialled(sa: &bpf_sock_addr, sk: &bpf_sock) -> Option<OrigDst4> {
+        if V4::user_ip(sa) != LOCALHOST4 {
+            return None;
+        }
         dialled::<V4>(sk)
     }
     #[inline(always)]
@@ -69,12 +73,15 @@ impl PeerFamily for V4 {
 
 impl PeerFamily for V6 {
     #[inline(always)]
-    fn dialled(sk: &bpf_sock) -> Option<OrigDst6> {
-        if ipv4_from_mapped(V6::sock_dst(sk)).is_some() {
-            // An IPv4-mapped peer: the bpf_sock's IPv4 fields hold the IPv4 connection.
+    fn dialled(sa: &bpf_sock_addr, sk: &bpf_sock) -> Option<OrigDst6> {
+        let peer = V6::user_ip(sa);
+        if peer == LOCALHOST6 {
+            dialled::<V6>(sk)
+        } else if peer == ipv4_mapped(LOCALHOST4) {
+            // An IPv4 connection of a dual-stack socket: recorded as IPv4.
             dialled::<V4>(sk).map(mapped)
         } else {
-            dialled::<V6>(sk)
+            None
         }
     }
     #[inline(always)]

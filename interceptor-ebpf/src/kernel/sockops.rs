@@ -106,6 +106,11 @@ fn socket(ctx: &SockOpsContext) -> *mut c_void {
     reason = "keys by reference, as `rule_sets::MapSets::has_port` (measured)"
 )]
 fn on_connected<F: KernelFamily>(ctx: &SockOpsContext) {
+    // `connect` sends what it redirects to localhost: any other connection is not one of
+    // them, and needs no lookup.
+    if F::sock_ops_remote(ops(ctx)) != F::LOCALHOST {
+        return;
+    }
     let sk = socket(ctx);
     if sk.is_null() {
         return;
@@ -134,6 +139,11 @@ fn on_connected<F: KernelFamily>(ctx: &SockOpsContext) {
     reason = "keys by reference, as `rule_sets::MapSets::has_port` (measured)"
 )]
 fn on_accepted<F: KernelFamily>(ctx: &SockOpsContext) {
+    // The proxy's end of a redirected connection is on localhost (connections from outside
+    // the pod, which `sk_lookup` hands over, never are).
+    if F::sock_ops_local(ops(ctx)) != F::LOCALHOST {
+        return;
+    }
     let sk = socket(ctx);
     if sk.is_null() {
         return;

@@ -55,11 +55,15 @@ pub struct DaemonArgs {
     /// costs a few ns per run).
     #[arg(long)]
     pub bpf_stats: bool,
-    /// Pods the maps hold (fixed when the node instance is first created).
+    /// Pods the node's datapath holds. Part of the datapath's identity: another value makes
+    /// (or joins) another datapath, and re-registered pods move to it.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_pods: u32,
-    /// Entries of each connection-tracking map, shared by every pod.
-    #[arg(long, value_name = "N", default_value_t = 262144)]
+    /// Redirected connections in hand-over at once, node-wide, per address family: between
+    /// the application's side being established and the proxy's (microseconds each). A full
+    /// map is counted as `original_dst_lost`. Part of the datapath's identity, as
+    /// `--max-pods`; the same default as `init`'s, so both ways share one datapath.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.
     #[arg(long, value_enum, default_value = "off")]
@@ -224,7 +228,10 @@ pub struct InitArgs {
     /// `--capture-all-dns`). Default: this process's, as in an init container.
     #[arg(long, value_name = "PATH", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Entries of each connection-tracking map (original destinations in flight).
+    /// Redirected connections in hand-over at once, node-wide, per address family: between
+    /// the application's side being established and the proxy's (microseconds each). A full
+    /// map is counted as `original_dst_lost`. Part of the node's datapath's identity: another
+    /// value makes (or joins) another datapath, and the pod moves to it.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_connections: u32,
     /// Kernel-side debug messages (aya-log) the programs emit.

@@ -49,13 +49,19 @@ fn print(s: &Status) {
             );
         }
         for b in &d.programs {
+            if !stats_on && b.programs.iter().all(|p| p.run_count == 0) {
+                let ids: Vec<String> = b.programs.iter().map(|p| p.id.to_string()).collect();
+                println!(
+                    "  programs: {} ({} programs, ids {}): no run statistics \
+                     (kernel.bpf_stats_enabled=0)",
+                    b.build,
+                    b.programs.len(),
+                    ids.join(" ")
+                );
+                continue;
+            }
             for p in &b.programs {
                 match p.avg_ns {
-                    _ if p.run_count == 0 && !stats_on => println!(
-                        "  program:  {} {} (id {}): no run statistics \
-                         (kernel.bpf_stats_enabled=0)",
-                        b.build, p.name, p.id
-                    ),
                     Some(avg) => println!(
                         "  program:  {} {} (id {}): {} runs, {avg} ns/run",
                         b.build, p.name, p.id, p.run_count
@@ -78,13 +84,12 @@ fn print(s: &Status) {
         println!("  netns:    {} (cookie {})", p.netns, p.netns_cookie);
         println!("  links:    {}", p.links.join(", "));
         if let Some(o) = &p.options {
-            println!(
-                "  options:  {}",
-                serde_json::to_string(o).unwrap_or_default()
-            );
+            println!("  options:  {}", options_set(o));
         }
-        let counters: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("  counters: {}", counters.join(" "));
+        println!(
+            "  counters: {}",
+            nonzero(p.counters.iter().map(|(k, v)| (*k, *v)))
+        );
     }
     for l in &s.legacy {
         println!("instance {} (version 0.1)", l.instance);
@@ -93,13 +98,72 @@ fn print(s: &Status) {
         }
         println!("  links:    {}", l.links.join(", "));
         for p in &l.pods {
-            let counters: Vec<String> =
-                p.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!(
                 "  pod:      netns cookie {}: {}",
                 p.netns_cookie,
-                counters.join(" ")
+                nonzero(p.counters.iter().map(|(k, v)| (*k, *v)))
             );
         }
+    }
+}
+
+/// The options a pod was given (those left at istio-iptables' defaults are not shown);
+/// `--json` has them all.
+fn options_set(options: &impl serde::Serialize) -> String {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(options) else {
+        return String::new();
+    };
+    let set: Vec<String> = fields
+        .into_iter()
+        .filter_map(|(name, value)| match value {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => None,
+            serde_json::Value::Bool(true) => Some(name),
+            serde_json::Value::String(s) => Some(format!("{name}={s:?}")),
+            other => Some(format!("{name}={other}")),
+        })
+        .collect();
+    if set.is_empty() {
+        "istio-iptables' defaults".to_string()
+    } else {
+        set.join(" ")
+    }
+}
+
+/// The counters that are not zero; `--json` has them all.
+fn nonzero<'a>(counters: impl Iterator<Item = (&'a str, u64)>) -> String {
+    let shown: Vec<String> = counters
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if shown.is_empty() {
+        "none yet".to_string()
+    } else {
+        shown.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shows_only_the_options_given_and_the_counters_that_moved() {
+        let options = serde_json::json!({
+            "envoy_port": null, "service_cidr": "*", "redirect_dns": true,
+            "dual_stack": false, "proxy_uid": "1337"
+        });
+        assert_eq!(
+            options_set(&options),
+            "proxy_uid=\"1337\" redirect_dns service_cidr=\"*\""
+        );
+        assert_eq!(
+            options_set(&serde_json::json!({"envoy_port": null})),
+            "istio-iptables' defaults"
+        );
+        assert_eq!(
+            nonzero([("redirected", 3), ("direct_local_destination", 0)].into_iter()),
+            "redirected=3"
+        );
+        assert_eq!(nonzero([("redirected", 0)].into_iter()), "none yet");
     }
 }

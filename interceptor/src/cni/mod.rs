@@ -292,112 +292,134 @@ fn run_with(env: &Env, conf: &NetConf) -> Result<Option<String>, CniError> {
     }
     let cni_args = parse_cni_args(&env.args)?;
     let namespace = arg(&cni_args, "K8S_POD_NAMESPACE");
-    let name = arg(&cni_args, "K8S_POD_NAME");
-    let excluded = !namespace.is_empty() && conf.exclude_namespaces.iter().any(|n| n == namespace);
-    let socket = conf
-        .socket
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(api::DEFAULT_SOCKET));
+    let pod = Invocation {
+        namespace,
+        name: arg(&cni_args, "K8S_POD_NAME"),
+        excluded: !namespace.is_empty() && conf.exclude_namespaces.iter().any(|n| n == namespace),
+        socket: conf
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(api::DEFAULT_SOCKET)),
+        cni_args: &cni_args,
+    };
     match env.command.as_str() {
-        "ADD" => {
-            let wait = daemon_wait(conf)?;
-            require(&env.container_id, "CNI_CONTAINERID")?;
-            require(&env.netns, "CNI_NETNS")?;
-            let prev = conf.prev_result.as_ref().ok_or_else(|| {
-                err(
-                    code::INVALID_CONFIG,
-                    format!(
-                        "network {:?}: interceptor-cni must be chained after the plugin that \
-                         sets up the pod's network (no prevResult)",
-                        conf.name
-                    ),
-                )
-            })?;
-            if !excluded {
-                let options = pod_options(conf, &cni_args)?;
-                let request = Request::Add(Box::new(AddPod {
-                    netns: PathBuf::from(&env.netns),
-                    name: name.to_string(),
-                    namespace: namespace.to_string(),
-                    container_id: env.container_id.clone(),
-                    options,
-                    resolv_conf: None,
-                    dns_servers: conf.dns_servers.clone(),
-                }));
-                let response = call(&socket, &request, wait)?;
-                if let Some(e) = response.error {
-                    let c = if response.usage {
-                        code::INVALID_CONFIG
-                    } else {
-                        code::REGISTRATION_FAILED
-                    };
-                    return Err(err(c, format!("registering the pod with the daemon: {e}")));
-                }
-                for w in response.added.iter().flat_map(|a| &a.warnings) {
-                    eprintln!("interceptor-cni: {w}");
-                }
-            }
-            // Unchanged, byte for byte.
-            Ok(Some(prev.get().to_string()))
-        }
-        "DEL" => {
-            require(&env.container_id, "CNI_CONTAINERID")?;
-            if excluded {
-                return Ok(None);
-            }
-            let selector = PodSelector {
-                container_id: Some(env.container_id.clone()),
-                ..PodSelector::default()
-            };
-            // DEL must succeed when there is nothing left to undo: no daemon means no
-            // registration survives a restart that does not find the namespace.
-            match api::call(&socket, &Request::Remove(selector), Duration::ZERO) {
-                Ok(r) => match r.error {
-                    Some(e) => Err(err(
-                        code::REGISTRATION_FAILED,
-                        format!("removing the pod from the daemon: {e}"),
-                    )),
-                    None => Ok(None),
-                },
-                Err(ClientError::Unreachable { .. }) => Ok(None),
-                Err(e) => Err(err(code::TRY_AGAIN_LATER, e.to_string())),
-            }
-        }
-        "CHECK" => {
-            let wait = daemon_wait(conf)?;
-            require(&env.container_id, "CNI_CONTAINERID")?;
-            require(&env.netns, "CNI_NETNS")?;
-            if conf.prev_result.is_none() {
-                return Err(err(code::INVALID_CONFIG, "CHECK needs prevResult"));
-            }
-            if excluded {
-                return Ok(None);
-            }
-            let response = call(&socket, &Request::List, wait)?;
-            if let Some(e) = response.error {
-                return Err(err(code::TRY_AGAIN_LATER, e));
-            }
-            let cookie = netns_cookie(Path::new(&env.netns))?;
-            let registered = response.pods.iter().any(|p| {
-                p.record.container_id == env.container_id && p.record.netns_cookie == cookie
-            });
-            if !registered {
-                return Err(err(
-                    code::NOT_REGISTERED,
-                    format!(
-                        "container {} ({namespace}/{name}) is not registered with the daemon for \
-                         {}",
-                        env.container_id, env.netns
-                    ),
-                ));
-            }
-            Ok(None)
-        }
+        "ADD" => add(env, conf, &pod),
+        "DEL" => del(env, &pod),
+        "CHECK" => check(env, conf, &pod),
         other => Err(err(
             code::INVALID_ENV,
             format!("CNI_COMMAND {other:?}: expected ADD, DEL, CHECK or VERSION"),
         )),
     }
+}
+
+/// What every command needs to know about the pod it is called for.
+struct Invocation<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    /// In one of `excludeNamespaces`: passed through untouched.
+    excluded: bool,
+    socket: PathBuf,
+    cni_args: &'a [(String, String)],
+}
+
+/// ADD: registers the pod (unless excluded) and hands the previous result on.
+fn add(env: &Env, conf: &NetConf, pod: &Invocation) -> Result<Option<String>, CniError> {
+    let wait = daemon_wait(conf)?;
+    require(&env.container_id, "CNI_CONTAINERID")?;
+    require(&env.netns, "CNI_NETNS")?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        err(
+            code::INVALID_CONFIG,
+            format!(
+                "network {:?}: interceptor-cni must be chained after the plugin that sets up \
+                 the pod's network (no prevResult)",
+                conf.name
+            ),
+        )
+    })?;
+    if !pod.excluded {
+        let options = pod_options(conf, pod.cni_args)?;
+        let request = Request::Add(Box::new(AddPod {
+            netns: PathBuf::from(&env.netns),
+            name: pod.name.to_string(),
+            namespace: pod.namespace.to_string(),
+            container_id: env.container_id.clone(),
+            options,
+            resolv_conf: None,
+            dns_servers: conf.dns_servers.clone(),
+        }));
+        let response = call(&pod.socket, &request, wait)?;
+        if let Some(e) = response.error {
+            let c = if response.usage {
+                code::INVALID_CONFIG
+            } else {
+                code::REGISTRATION_FAILED
+            };
+            return Err(err(c, format!("registering the pod with the daemon: {e}")));
+        }
+        for w in response.added.iter().flat_map(|a| &a.warnings) {
+            eprintln!("interceptor-cni: {w}");
+        }
+    }
+    // Unchanged, byte for byte.
+    Ok(Some(prev.get().to_string()))
+}
+
+/// DEL: removes the pod; succeeds when there is nothing left to undo.
+fn del(env: &Env, pod: &Invocation) -> Result<Option<String>, CniError> {
+    require(&env.container_id, "CNI_CONTAINERID")?;
+    if pod.excluded {
+        return Ok(None);
+    }
+    let selector = PodSelector {
+        container_id: Some(env.container_id.clone()),
+        ..PodSelector::default()
+    };
+    // No daemon means no registration survives a restart that does not find the namespace.
+    match api::call(&pod.socket, &Request::Remove(selector), Duration::ZERO) {
+        Ok(r) => match r.error {
+            Some(e) => Err(err(
+                code::REGISTRATION_FAILED,
+                format!("removing the pod from the daemon: {e}"),
+            )),
+            None => Ok(None),
+        },
+        Err(ClientError::Unreachable { .. }) => Ok(None),
+        Err(e) => Err(err(code::TRY_AGAIN_LATER, e.to_string())),
+    }
+}
+
+/// CHECK: fails unless the pod is registered for its namespace.
+fn check(env: &Env, conf: &NetConf, pod: &Invocation) -> Result<Option<String>, CniError> {
+    let wait = daemon_wait(conf)?;
+    require(&env.container_id, "CNI_CONTAINERID")?;
+    require(&env.netns, "CNI_NETNS")?;
+    if conf.prev_result.is_none() {
+        return Err(err(code::INVALID_CONFIG, "CHECK needs prevResult"));
+    }
+    if pod.excluded {
+        return Ok(None);
+    }
+    let response = call(&pod.socket, &Request::List, wait)?;
+    if let Some(e) = response.error {
+        return Err(err(code::TRY_AGAIN_LATER, e));
+    }
+    let cookie = netns_cookie(Path::new(&env.netns))?;
+    let registered = response
+        .pods
+        .iter()
+        .any(|p| p.record.container_id == env.container_id && p.record.netns_cookie == cookie);
+    if !registered {
+        return Err(err(
+            code::NOT_REGISTERED,
+            format!(
+                "container {} ({}/{}) is not registered with the daemon for {}",
+                env.container_id, pod.namespace, pod.name, env.netns
+            ),
+        ));
+    }
+    Ok(None)
 }
 
 fn call(socket: &Path, request: &Request, wait: Duration) -> Result<api::Response, CniError> {

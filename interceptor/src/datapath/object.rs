@@ -165,13 +165,36 @@ pub fn load(
         )
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true);
-    let mut ebpf = loader.load(EBPF_OBJECT).context(
-        "loading the kernel programs (needs Linux >= 5.14 with cgroup BPF, sockops and BTF)",
-    )?;
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+        let e = anyhow::Error::new(e);
+        if out_of_memory(&e) {
+            e.context(
+                "creating the node's maps: the kernel refused memory. Whoever creates the \
+                 datapath is charged for it (about 21 MiB with the default sizes) in its memory \
+                 cgroup: raise the memory limit of the first pod's init container, or the \
+                 daemon's",
+            )
+        } else {
+            e.context(
+                "loading the kernel programs (needs Linux >= 5.14 with cgroup BPF, sockops and \
+                 BTF)",
+            )
+        }
+    })?;
     for name in programs {
         load_program(&mut ebpf, name)?;
     }
     Ok(ebpf)
+}
+
+/// Whether the kernel's answer somewhere in `e` is ENOMEM (a memory cgroup's limit, usually).
+fn out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            == Some(libc::ENOMEM)
+    })
 }
 
 fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {

@@ -209,7 +209,8 @@ impl Collector for SnapshotMetrics {
         }
         let mut capacity = encoder.encode_descriptor(
             "interceptor_map_capacity",
-            "Most entries each map holds (LRU maps evict beyond).",
+            "Most entries each map holds (a full in-flight map refuses new connections' \
+             original destinations: counted in original_dst_lost).",
             None,
             MetricType::Gauge,
         )?;
@@ -218,8 +219,9 @@ impl Collector for SnapshotMetrics {
         }
         let evictions = encoder.encode_descriptor(
             "interceptor_connection_map_evictions",
-            "Redirected connections whose original destination was evicted from the LRU \
-             connection maps before it was used (sum of the pods' original_dst_lost).",
+            "Redirected connections whose original destination could not be kept for the \
+             proxy (the in-flight map was full, or the kernel refused socket storage): the sum \
+             of the pods' original_dst_lost. The name is v0.1's, whose LRU maps evicted.",
             None,
             MetricType::Counter,
         )?;

@@ -179,6 +179,12 @@ struct InetDiagMsg {
 /// namespace, through `sock_diag` netlink: the kernel walks only its listening sockets (reading
 /// `/proc/net/tcp` walks every TCP socket of the machine, in every namespace).
 pub fn tcp_listeners(family: i32) -> io::Result<Vec<TcpListener>> {
+    let socket = request_listening_tcp(family)?;
+    read_listeners(&socket)
+}
+
+/// A `sock_diag` socket that has been asked for the listening TCP sockets of `family`.
+fn request_listening_tcp(family: i32) -> io::Result<OwnedFd> {
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const TCP_LISTEN: u32 = 10;
     // SAFETY: plain arguments.
@@ -237,6 +243,11 @@ pub fn tcp_listeners(family: i32) -> io::Result<Vec<TcpListener>> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(socket)
+}
+
+/// The answer to `request_listening_tcp`, read to its end.
+fn read_listeners(socket: &OwnedFd) -> io::Result<Vec<TcpListener>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
