@@ -62,14 +62,18 @@ pub fn deliver_to_peer(ctx: SkMsgContext) -> u32 {
 
 #[inline(always)]
 fn read_ip6(words: &[u32; 4]) -> RawIpv6 {
-    // SAFETY: references into the context, valid for reads; volatile keeps each access 32 bits
-    // wide, as the verifier requires of the context's address fields.
-    unsafe {
-        [
-            core::ptr::read_volatile(&words[0]),
-            core::ptr::read_volatile(&words[1]),
-            core::ptr::read_volatile(&words[2]),
-            core::ptr::read_volatile(&words[3]),
-        ]
-    }
+    [
+        read_word(&words[0]),
+        read_word(&words[1]),
+        read_word(&words[2]),
+        read_word(&words[3]),
+    ]
+}
+
+/// One 32-bit word of the context: volatile keeps the access 32 bits wide, as the verifier
+/// requires of the context's address fields.
+#[inline(always)]
+fn read_word(word: &u32) -> u32 {
+    // SAFETY: a reference into the context, valid for reads.
+    unsafe { core::ptr::read_volatile(word) }
 }

@@ -345,9 +345,12 @@ fn abort(conn: &TcpStream) {
             libc::SO_LINGER,
             (&raw const linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
-        );
-        libc::shutdown(conn.as_raw_fd(), libc::SHUT_RDWR);
-    }
+        )
+    };
+    // With a zero linger, closing resets; shutting both sides down first makes it happen now,
+    // whatever other handles of the socket (a reader's clone) still live.
+    // SAFETY: shutdown on a live descriptor.
+    unsafe { libc::shutdown(conn.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
 /// Reads until EOF (or `limit` bytes), checking each byte; bytes read and how it ended.
@@ -606,10 +609,9 @@ fn splice_all(sock: RawFd, file: RawFd, size: u64) -> io::Result<u64> {
         }
         Ok(sent)
     })();
-    // SAFETY: the pipe's own descriptors, closed once.
-    unsafe {
-        libc::close(pipe[0]);
-        libc::close(pipe[1]);
+    for fd in pipe {
+        // SAFETY: the pipe's own descriptors, each closed once.
+        unsafe { libc::close(fd) };
     }
     result
 }
@@ -737,23 +739,27 @@ struct Epoll {
 
 impl Epoll {
     fn new(fd: RawFd) -> io::Result<Self> {
-        // SAFETY: plain system calls on live descriptors.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-            if ep < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut ev = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-                u64: 0,
-            };
-            if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(Self { ep })
+        // SAFETY: F_GETFL on a live descriptor.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: F_SETFL on a live descriptor.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: no arguments but a flag.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let me = Self { ep };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: two live descriptors and an event struct on the stack.
+        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(me)
     }
 
     fn read(&self, fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
