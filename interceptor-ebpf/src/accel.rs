@@ -71,22 +71,17 @@ mod tests {
 
     const AF_INET6: u32 = 10;
 
+    /// A loopback connection's end in pod 1: `local` port to `remote` port, addresses as
+    /// `key_addr` gives them for a socket of `family` with these IPv4 and IPv6 fields.
+    fn end(family: u32, v4: RawIpv4, v6: RawIpv6, local: u16, remote: u16) -> AccelKey {
+        let addr = key_addr(family, v4, v6);
+        AccelKey::new(1, addr, local, addr, remote)
+    }
+
     #[test]
     fn the_two_ends_of_a_connection_name_each_other() {
-        let app = AccelKey::new(
-            7,
-            key_addr(AF_INET, LOCALHOST4, [0; 4]),
-            40000,
-            key_addr(AF_INET, LOCALHOST4, [0; 4]),
-            15001,
-        );
-        let proxy = AccelKey::new(
-            7,
-            key_addr(AF_INET, LOCALHOST4, [0; 4]),
-            15001,
-            key_addr(AF_INET, LOCALHOST4, [0; 4]),
-            40000,
-        );
+        let app = end(AF_INET, LOCALHOST4, [0; 4], 40000, 15001);
+        let proxy = end(AF_INET, LOCALHOST4, [0; 4], 15001, 40000);
         assert_eq!(app.peer(), proxy);
         assert_eq!(proxy.peer(), app);
         assert_ne!(
@@ -98,23 +93,10 @@ mod tests {
 
     #[test]
     fn a_dual_stack_socket_and_an_ipv4_socket_of_one_connection_pair() {
-        let lo = LOCALHOST4;
-        // The application's dual-stack socket sees ::ffff:127.0.0.1 in its IPv6 fields.
-        let app = AccelKey::new(
-            1,
-            key_addr(AF_INET6, 0, ipv4_mapped(lo)),
-            40000,
-            key_addr(AF_INET6, 0, ipv4_mapped(lo)),
-            15001,
-        );
-        // The proxy's IPv4 socket sees 127.0.0.1 in its IPv4 fields.
-        let proxy = AccelKey::new(
-            1,
-            key_addr(AF_INET, lo, [9; 4]),
-            15001,
-            key_addr(AF_INET, lo, [9; 4]),
-            40000,
-        );
+        // The application's dual-stack socket sees ::ffff:127.0.0.1 in its IPv6 fields; the
+        // proxy's IPv4 socket sees 127.0.0.1 in its IPv4 ones (its IPv6 ones are not read).
+        let app = end(AF_INET6, 0, ipv4_mapped(LOCALHOST4), 40000, 15001);
+        let proxy = end(AF_INET, LOCALHOST4, [9; 4], 15001, 40000);
         assert_eq!(app.peer(), proxy);
     }
 

@@ -20,10 +20,11 @@ use aya_ebpf::{
 use interceptor_ebpf::{
     AccelKey, Counter,
     accel::key_addr,
-    wire::{RawIpv6, port_from_sock_ops_local, port_from_sock_ops_remote},
+    wire::{port_from_sock_ops_local, port_from_sock_ops_remote},
 };
 
 use crate::{
+    family::read_ip6,
     helpers::netns_cookie,
     maps::{ACCEL_FALLBACK, ACCEL_SOCKETS, count_in},
 };
@@ -58,22 +59,4 @@ pub fn deliver_to_peer(ctx: SkMsgContext) -> u32 {
         count_in(netns, Counter::AccelFallbackNoPeer);
     }
     SK_PASS
-}
-
-#[inline(always)]
-fn read_ip6(words: &[u32; 4]) -> RawIpv6 {
-    [
-        read_word(&words[0]),
-        read_word(&words[1]),
-        read_word(&words[2]),
-        read_word(&words[3]),
-    ]
-}
-
-/// One 32-bit word of the context: volatile keeps the access 32 bits wide, as the verifier
-/// requires of the context's address fields.
-#[inline(always)]
-fn read_word(word: &u32) -> u32 {
-    // SAFETY: a reference into the context, valid for reads.
-    unsafe { core::ptr::read_volatile(word) }
 }
