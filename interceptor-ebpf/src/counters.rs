@@ -56,10 +56,20 @@ pub enum Counter {
     /// A raw socket that could carry TCP or UDP past the rules (or header inclusion on one)
     /// was refused (EPERM) to a process other than the proxy (`--raw-sockets refuse`).
     RawSocketRefused,
+    /// `--accelerate`: the proxy's end of a redirected connection was paired with the
+    /// application's (both ends in `ACCEL_SOCKETS`): its payload moves socket to socket.
+    Accelerated,
+    /// `--accelerate`, fall-back: an end sent a message while its peer was not paired (not yet
+    /// established on the proxy's side, or already closed); that direction goes through TCP
+    /// from then on.
+    AccelFallbackNoPeer,
+    /// `--accelerate`, fall-back: an end could not be paired (`ACCEL_SOCKETS` full, or the
+    /// kernel refused the socket); the connection goes through TCP.
+    AccelFallbackNotPaired,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 27;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -86,6 +96,9 @@ impl Counter {
         Counter::DirectOwnerGroup,
         Counter::DirectIpv6Disabled,
         Counter::RawSocketRefused,
+        Counter::Accelerated,
+        Counter::AccelFallbackNoPeer,
+        Counter::AccelFallbackNotPaired,
     ];
 
     /// The name user space reports (status, metrics).
@@ -115,6 +128,9 @@ impl Counter {
             Counter::DirectOwnerGroup => "direct_owner_group",
             Counter::DirectIpv6Disabled => "direct_ipv6_disabled",
             Counter::RawSocketRefused => "raw_socket_refused",
+            Counter::Accelerated => "accelerated",
+            Counter::AccelFallbackNoPeer => "accel_fallback_no_peer",
+            Counter::AccelFallbackNotPaired => "accel_fallback_not_paired",
         }
     }
 

@@ -6,6 +6,7 @@
 //! host (the loader and the unit tests), so the two sides cannot disagree on a layout or a rule.
 #![no_std]
 
+pub mod accel;
 pub mod counters;
 pub mod decision;
 pub mod family;

@@ -57,6 +57,13 @@ pub mod map_names {
     pub const TRACE_EVENTS: &str = "TRACE_EVENTS";
     /// Per-CPU count of events the full ring buffer could not take.
     pub const TRACE_LOST: &str = "TRACE_LOST";
+    /// Sockhash (`--accelerate`): both pod-local ends of each accelerated connection, keyed
+    /// by `AccelKey`; `sk_msg` moves a message from one end into the other's receive queue.
+    /// The kernel drops an entry when its socket closes.
+    pub const ACCEL_SOCKETS: &str = "ACCEL_SOCKETS";
+    /// Socket storage on an accelerated end whose messages go through TCP from then on (its
+    /// peer could not be found once): never redirected again, so the peer reads in order.
+    pub const ACCEL_FALLBACK: &str = "ACCEL_FALLBACK";
 }
 
 /// Program names (the functions in the kernel crate), in the order the loader attaches them:
@@ -84,6 +91,10 @@ pub mod program_names {
     pub const SOCK_CREATE: &str = "refuse_raw_sockets";
     /// `cgroup/setsockopt`: header inclusion on raw sockets.
     pub const SETSOCKOPT: &str = "refuse_header_inclusion";
+    /// `sk_msg`, attached to the `ACCEL_SOCKETS` sockhash (not to a cgroup): `--accelerate`.
+    pub const SK_MSG: &str = "deliver_to_peer";
+    /// The programs attached to a map rather than to a cgroup or a namespace.
+    pub const MAP_ATTACHED: [&str; 1] = [SK_MSG];
     /// Inbound steering comes after everything that registers and serves the listener; the
     /// programs that redirect (sendmsg, connect) after everything that serves a redirect.
     /// Raw sockets are refused before anything redirects (no moment where a raw socket could
@@ -189,6 +200,9 @@ pub mod flags {
     /// `--raw-sockets allow`: the pod's processes may open raw sockets of any protocol and
     /// include their own IP headers (see `raw_socket`); refused otherwise, but to the proxy.
     pub const RAW_SOCKETS_ALLOWED: u32 = 1 << 20;
+    /// `--accelerate`: the pod-local ends of redirected connections are paired in
+    /// `ACCEL_SOCKETS` and their payload moves socket to socket (`sk_msg`).
+    pub const ACCELERATE: u32 = 1 << 24;
 }
 
 /// Per-pod configuration, keyed by the pod's network-namespace cookie (`u64`).
@@ -491,6 +505,19 @@ pub struct ListenerKey {
     pub _pad: u32,
 }
 
+/// Key of `ACCEL_SOCKETS`: one end of a pod-local connection, named from that end (see
+/// `accel`). Addresses as `accel::key_addr` gives them (IPv4 IPv4-mapped), ports host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AccelKey {
+    pub netns: u64,
+    pub local: RawIpv6,
+    pub remote: RawIpv6,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u32,
+}
+
 /// Value of `CAPTURE_SOCKETS` (socket storage): set on the proxy's socket bound to the capture
 /// port, and cloned by the kernel to every socket accepted from it, so that
 /// `getsockopt(SO_ORIGINAL_DST)` can tell a steered connection from any other.
@@ -554,6 +581,7 @@ mod pod {
         ListenerKey,
         CaptureMark,
         PodRecordBlob,
+        AccelKey,
     );
 }
 
@@ -581,6 +609,7 @@ mod tests {
         assert_eq!(size_of::<InFlight6>(), 24);
         assert_eq!(size_of::<InstanceMeta>(), 4 + INSTANCE_META_SIZE);
         assert_eq!(size_of::<PodRecordBlob>(), 4096);
+        assert_eq!(size_of::<AccelKey>(), 48);
     }
 
     #[test]

@@ -239,7 +239,8 @@ fn daemon_and_cni_chain_end_to_end() -> Result<()> {
     let names = |v: &[(String, u64)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(&before_restart), names(&after_upgrade));
     assert!(
-        before_restart.len() == 15
+        // 15 attached to cgroups and namespaces, and `sk_msg` on the acceleration sockhash.
+        before_restart.len() == 16
             && before_restart
                 .iter()
                 .zip(&after_upgrade)

@@ -99,6 +99,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test { args } => {
             setup::ensure_all()?;
             setup::ensure_podman()?;
+            setup::ensure_nginx_stream()?;
             let validator = setup::ensure_kubernetes_validate(&root)?;
             require_root("the integration tests")?;
             build(&root, false)?;

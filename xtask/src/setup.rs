@@ -13,8 +13,9 @@
 //! - for the images and the podman tests: `podman` and `runc` (Debian's; `crun` refuses
 //!   hybrid cgroup hosts), and the stable toolchain's `x86_64-unknown-linux-musl` target (the
 //!   images' statically linked binaries);
-//! - for `cargo xtask bench` only: `nginx` and its stream module (`libnginx-mod-stream`: the
-//!   inbound sidecar), `wrk`, `iperf3`, `bpftool`.
+//! - `nginx` and its stream module (`libnginx-mod-stream`): the stock proxy of the
+//!   acceleration tests, and the bench's inbound sidecar;
+//! - for `cargo xtask bench` only: `wrk`, `iperf3`, `bpftool`.
 
 use std::{
     ffi::OsString,
@@ -35,6 +36,13 @@ pub fn ensure_bench_tools() -> anyhow::Result<()> {
     for (command, package) in crate::bench::TOOLS {
         ensure_command(command, package)?;
     }
+    ensure_nginx_stream()
+}
+
+/// nginx with its stream module: the bench's inbound sidecar, and the stock proxy of the
+/// acceleration tests.
+pub fn ensure_nginx_stream() -> anyhow::Result<()> {
+    ensure_command("nginx", "nginx")?;
     // Debian builds nginx's stream module as a module package of its own
     // (`--with-stream=dynamic`); nginx-full would pull it in too, with much else.
     let built = Command::new("nginx")

@@ -174,8 +174,9 @@ impl KernelFamily for V6 {
     }
 }
 
+/// An IPv6 address field of a context, one 32-bit access per word (what the verifier allows).
 #[inline(always)]
-fn read_ip6(words: &[u32; 4]) -> RawIpv6 {
+pub fn read_ip6(words: &[u32; 4]) -> RawIpv6 {
     [
         read_word(&words[0]),
         read_word(&words[1]),

@@ -16,10 +16,12 @@ mod sendmsg4;
 mod sendmsg6;
 mod setsockopt;
 mod sk_lookup;
+mod sk_msg;
 mod sock_create;
 mod sockops;
 
 // What the hooks share.
+mod accelerate;
 mod capture_listener;
 mod family;
 mod helpers;

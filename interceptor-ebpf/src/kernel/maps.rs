@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use interceptor_ebpf::{
-    CaptureMark, Cidr4Key, Cidr6Key, Counter, InFlight4, InFlight6, InstanceMeta, ListenerKey,
-    OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey, SockTuple4, SockTuple6,
+    AccelKey, CaptureMark, Cidr4Key, Cidr6Key, Counter, InFlight4, InFlight6, InstanceMeta,
+    ListenerKey, OrigDst4, OrigDst6, PodConfig, PodRecordBlob, PortKey, SockTuple4, SockTuple6,
     wire::{RawIpv4, RawIpv6},
 };
 
@@ -92,6 +92,16 @@ pub static INBOUND_LISTENERS: SockHash<ListenerKey> = SockHash::with_max_entries
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "CAPTURE_SOCKETS")]
 pub static CAPTURE_SOCKETS: SocketStorage<CaptureMark, CLONED> = SocketStorage::new();
+
+/// `--accelerate`: the pod-local ends of accelerated connections (see `accelerate`). The
+/// kernel drops an entry when its socket closes; the loader sizes it from `--max-connections`.
+#[map]
+pub static ACCEL_SOCKETS: SockHash<AccelKey> = SockHash::with_max_entries(65536, 0);
+
+/// `--accelerate`: set on an end whose messages go through TCP from then on (1).
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "ACCEL_FALLBACK")]
+pub static ACCEL_FALLBACK: SocketStorage<u8> = SocketStorage::new();
 
 /// Socket storage's flags: entries made on demand.
 const PLAIN: usize = BPF_F_NO_PREALLOC as usize;

@@ -33,6 +33,7 @@ use interceptor_ebpf::{
 };
 
 use crate::{
+    accelerate::{self, End},
     family::KernelFamily,
     helpers::netns_cookie,
     linux::{AF_INET, AF_INET6},
@@ -127,6 +128,7 @@ fn on_connected<F: KernelFamily>(ctx: &SockOpsContext) {
         // never silent.
         count_in(key.netns, Counter::OrigDstLost);
     }
+    accelerate::pair(ctx, key.netns, End::Application);
 }
 
 /// A connection's accepting side is established: if it is the proxy's end of a redirected
@@ -155,6 +157,7 @@ fn on_accepted<F: KernelFamily>(ctx: &SockOpsContext) {
         let _ = F::in_flight().remove(&key);
     }
     // Could not be stored on the socket: the entry stays, where `getsockopt` looks next.
+    accelerate::pair(ctx, key.netns, End::Proxy);
 }
 
 #[inline(always)]

@@ -136,6 +136,11 @@ pub struct PodAddArgs {
     /// Raw sockets of the pod's processes other than the proxy: `refuse` (but ICMP) or `allow`.
     #[arg(long, value_name = "refuse|allow", env = "INTERCEPTOR_RAW_SOCKETS")]
     pub raw_sockets: Option<String>,
+    /// Move the payload between the application and its proxy socket to socket (sockmap and
+    /// sk_msg) instead of through TCP/IP over lo (eBPF backend; see the README's
+    /// "Acceleration").
+    #[arg(long, env = "INTERCEPTOR_ACCELERATE")]
+    pub accelerate: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -258,6 +263,11 @@ pub struct InitArgs {
     /// would bypass interception) or `allow`.
     #[arg(long, value_name = "refuse|allow", env = "INTERCEPTOR_RAW_SOCKETS")]
     pub raw_sockets: Option<String>,
+    /// Move the payload between the application and its proxy socket to socket (sockmap and
+    /// sk_msg) instead of through TCP/IP over lo (eBPF backend; see the README's
+    /// "Acceleration").
+    #[arg(long, env = "INTERCEPTOR_ACCELERATE")]
+    pub accelerate: bool,
 }
 
 /// istio-iptables' options: same names, same environment variables, flag over environment.
@@ -417,6 +427,7 @@ impl IstioFlags {
             tproxy_mark: self.tproxy_mark.clone(),
             tproxy_route_table: self.tproxy_route_table.clone(),
             dual_stack: self.dual_stack || env_bool("ISTIO_DUAL_STACK").unwrap_or(false),
+            accelerate: false, // not an istio-iptables option (InitArgs::accelerate)
         }
     }
 }

@@ -16,6 +16,7 @@ pub fn init(args: &InitArgs) -> anyhow::Result<()> {
     let mut options = args.istio.raw();
     options.inbound_fail = args.inbound_fail.clone();
     options.raw_sockets = args.raw_sockets.clone();
+    options.accelerate = args.accelerate;
     let opts = InitOptions {
         target: target(&args.target),
         backend: backend(&args.backend),

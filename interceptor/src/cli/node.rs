@@ -146,6 +146,7 @@ fn pod_add(socket: &Path, add: &PodAddArgs) -> anyhow::Result<()> {
     let mut options = add.istio.raw();
     options.inbound_fail = add.inbound_fail.clone();
     options.raw_sockets = add.raw_sockets.clone();
+    options.accelerate = add.accelerate;
     let request = Request::Add(Box::new(AddPod {
         netns: absolute(&add.netns)?,
         name: add.name.clone(),

@@ -126,6 +126,10 @@ pub struct InterceptConfig {
     /// `--dual-stack`: IPv6 is enabled when the pod has any IPv6 address, not only when its
     /// first address is one.
     pub dual_stack: bool,
+    /// `--accelerate`: the payload of connections between the application and its proxy moves
+    /// socket to socket (sockmap and `sk_msg`) instead of through TCP/IP over lo.
+    #[serde(default)]
+    pub accelerate: bool,
 }
 
 impl InterceptConfig {

@@ -40,6 +40,9 @@ pub struct RawOptions {
     pub tproxy_mark: Option<String>,
     pub tproxy_route_table: Option<String>,
     pub dual_stack: bool,
+    /// `--accelerate` (interceptor's own option, eBPF only): sockmap acceleration of the
+    /// pod-local hop.
+    pub accelerate: bool,
 }
 
 /// An option name `RawOptions::set` does not know.
@@ -89,6 +92,7 @@ impl RawOptions {
             "istio-inbound-tproxy-mark" => self.tproxy_mark = text,
             "istio-inbound-tproxy-route-table" => self.tproxy_route_table = text,
             "dual-stack" => self.dual_stack = boolean()?,
+            "accelerate" => self.accelerate = boolean()?,
             // istio-iptables reads these from the environment only; here they are named by
             // the variable's name in lower case with dashes.
             "istio-outbound-owner-groups" => self.owner_groups_include = text,

@@ -74,6 +74,7 @@ impl RawOptions {
                 defaults::TPROXY_ROUTE_TABLE,
             )?,
             dual_stack: self.dual_stack,
+            accelerate: self.accelerate,
         })
     }
 

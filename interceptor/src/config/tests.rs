@@ -330,3 +330,18 @@ fn bad_values_name_flag_and_value() {
         );
     }
 }
+
+#[test]
+fn accelerate_by_name_is_a_boolean() {
+    let mut raw = RawOptions::default();
+    raw.set("accelerate", "true").unwrap();
+    assert!(raw.resolve(&Passwd, "x").unwrap().accelerate);
+    let err = raw.set("accelerate", "fast").unwrap_err();
+    assert!(err.to_string().contains("\"accelerate\""), "{err}");
+    assert!(
+        !RawOptions::default()
+            .resolve(&Passwd, "x")
+            .unwrap()
+            .accelerate
+    );
+}

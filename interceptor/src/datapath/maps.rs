@@ -13,7 +13,7 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use interceptor_ebpf::{
-    CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrKey, CidrSet, Counter,
+    AccelKey, CIDR_KEY_PREFIX_BITS, CaptureMark, Cidr4Key, Cidr6Key, CidrKey, CidrSet, Counter,
     IN_FLIGHT_CLOCK_SHIFT, INSTANCE_META_SIZE, InFlight4, InFlight6, InstanceMeta, ListenerKey,
     POD_RECORD_SIZE, PodConfig, PodRecordBlob, PortKey, PortSet, SockTuple4, SockTuple6, map_names,
     wire::{RawIpv4, RawIpv6, raw_ipv4, raw_ipv6},
@@ -59,6 +59,8 @@ pub struct Maps {
     counter_layout: Vec<Option<Counter>>,
     /// Pods the datapath has slots for (the size of its configuration map).
     slots_count: u32,
+    /// `--accelerate`'s paired sockets (read only: the kernel files and drops them).
+    accel_sockets: SockHash<MapData, AccelKey>,
     /// The datapath directory (sizes are read from the pins).
     dir: PathBuf,
 }
@@ -85,6 +87,7 @@ impl Maps {
             in_flight6: HashMap::try_from(open(map_names::IN_FLIGHT6)?)?,
             counter_layout: Counter::ALL.into_iter().map(Some).collect(),
             slots_count,
+            accel_sockets: SockHash::try_from(open(map_names::ACCEL_SOCKETS)?)?,
             dir: dir.to_path_buf(),
         };
         maps.read_counter_layout();
@@ -563,6 +566,8 @@ impl Maps {
             (map_names::CIDR6, self.cidr6.keys().count()),
             (map_names::IN_FLIGHT4, in4),
             (map_names::IN_FLIGHT6, in6),
+            // Two per accelerated connection open now.
+            (map_names::ACCEL_SOCKETS, self.accel_sockets.keys().count()),
         ] {
             out.push((name, entries, capacity(&self.dir, name)?));
         }

@@ -17,7 +17,7 @@ static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/interceptor-ebpf"));
 
 /// The maps a datapath keeps pinned: every map of the object.
-pub const DATAPATH_MAPS: [&str; 22] = [
+pub const DATAPATH_MAPS: [&str; 24] = [
     map_names::POD_CONFIG,
     map_names::PORT_SET,
     map_names::CIDR4,
@@ -40,7 +40,17 @@ pub const DATAPATH_MAPS: [&str; 22] = [
     map_names::TRACE_CONTROL,
     map_names::TRACE_EVENTS,
     map_names::TRACE_LOST,
+    map_names::ACCEL_SOCKETS,
+    map_names::ACCEL_FALLBACK,
 ];
+
+/// Every program this build loads: the ones attached to cgroups and namespaces, then the ones
+/// attached to a map.
+pub fn every_program() -> impl Iterator<Item = &'static str> {
+    program_names::ALL
+        .into_iter()
+        .chain(program_names::MAP_ATTACHED)
+}
 
 /// The programs attached to a cgroup (all but `sk_lookup`, which goes to a network
 /// namespace), in attach order.
@@ -174,7 +184,7 @@ pub fn datapath_key(sizes: Sizes) -> anyhow::Result<String> {
 }
 
 /// The entries of each map the sizes decide (the others keep the size the programs declare).
-fn map_entries(sizes: Sizes) -> [(&'static str, u32); 12] {
+fn map_entries(sizes: Sizes) -> [(&'static str, u32); 13] {
     let pods = sizes.max_pods;
     [
         (map_names::POD_CONFIG, pods),
@@ -192,6 +202,11 @@ fn map_entries(sizes: Sizes) -> [(&'static str, u32); 12] {
         (map_names::CIDR6, Sizes::CIDR_ENTRIES),
         (map_names::IN_FLIGHT4, sizes.max_connections),
         (map_names::IN_FLIGHT6, sizes.max_connections),
+        // Both pod-local ends of each accelerated connection.
+        (
+            map_names::ACCEL_SOCKETS,
+            sizes.max_connections.saturating_mul(2),
+        ),
     ]
 }
 
@@ -308,6 +323,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<()> {
         aya::programs::Program::CgroupSockopt(p) => p.load(),
         aya::programs::Program::CgroupSock(p) => p.load(),
         aya::programs::Program::SkLookup(p) => p.load(),
+        aya::programs::Program::SkMsg(p) => p.load(),
         other => bail!("unexpected program type {:?} for {name}", other.prog_type()),
     };
     loaded.with_context(|| format!("the kernel refused program {name}"))

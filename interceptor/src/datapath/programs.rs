@@ -12,13 +12,13 @@ use std::{
 
 use anyhow::{Context as _, anyhow};
 use aya::Ebpf;
-use interceptor_ebpf::program_names;
+use interceptor_ebpf::{map_names, program_names};
 
 use super::{
     bpffs,
     object::{self, Sizes},
 };
-use crate::sys::bpf;
+use crate::sys::bpf::{self, bpf_attach_type};
 
 /// A build's programs, open.
 pub struct Programs {
@@ -39,7 +39,8 @@ impl Programs {
             // A load that did not finish (the loader was killed): start over.
             fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
-        let ebpf = object::load(datapath, sizes, log_level, 0, &program_names::ALL)?;
+        let every: Vec<&str> = object::every_program().collect();
+        let ebpf = object::load(datapath, sizes, log_level, 0, &every)?;
         // Pinned under a staging name, then renamed: the directory is complete or absent.
         let staging = dir.with_file_name(format!(
             "{}-staging",
@@ -57,13 +58,14 @@ impl Programs {
         }
         let open = Self::open(&dir)?
             .ok_or_else(|| anyhow!("{}: programs missing right after pinning", dir.display()))?;
+        open.attach_to_maps(datapath)?;
         Ok((open, true))
     }
 
     /// The programs pinned in `dir`, or `None` when any is missing.
     fn open(dir: &Path) -> anyhow::Result<Option<Self>> {
         let mut fds = BTreeMap::new();
-        for name in program_names::ALL {
+        for name in object::every_program() {
             let pin = dir.join(name);
             if !pin.exists() {
                 return Ok(None);
@@ -77,6 +79,26 @@ impl Programs {
         }))
     }
 
+    /// Gives the datapath's `ACCEL_SOCKETS` this build's `sk_msg` program (replacing another
+    /// build's): every socket paired from then on gets it. Sockets paired before keep the
+    /// program they got, so their connections are never cut over mid-stream.
+    fn attach_to_maps(&self, datapath: &Path) -> anyhow::Result<()> {
+        let map = datapath.join(map_names::ACCEL_SOCKETS);
+        let map = bpf::obj_get(&map).with_context(|| format!("opening {}", map.display()))?;
+        bpf::map_prog_attach(
+            &self.fd(program_names::SK_MSG)?,
+            &map,
+            bpf_attach_type::BPF_SK_MSG_VERDICT,
+        )
+        .with_context(|| {
+            format!(
+                "attaching {} to {} (sk_msg needs Linux >= 4.17)",
+                program_names::SK_MSG,
+                map_names::ACCEL_SOCKETS
+            )
+        })
+    }
+
     /// The program `name`.
     pub fn fd(&self, name: &str) -> anyhow::Result<BorrowedFd<'_>> {
         self.fds
@@ -87,7 +109,7 @@ impl Programs {
 }
 
 fn pin_all(mut ebpf: Ebpf, dir: &Path) -> anyhow::Result<()> {
-    for name in program_names::ALL {
+    for name in object::every_program() {
         let prog = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the object"))?;

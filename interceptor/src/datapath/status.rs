@@ -238,8 +238,7 @@ impl Datapath {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let programs = program_names::ALL
-                .iter()
+            let programs = super::object::every_program()
                 .filter_map(|name| {
                     let fd = bpf::obj_get(&dir.join(name)).ok()?;
                     Some(stats(name, bpf::prog_info(&fd).ok()?))

@@ -347,6 +347,7 @@ fn from_entries(pc: &PodConfig, e: &RuleSetEntries, facts: Option<&PodFacts>) ->
         } else {
             RawSockets::Refuse
         },
+        accelerate: pc.has(flags::ACCELERATE),
         inbound_ports: if !pc.has(flags::INBOUND_CAPTURE) {
             InboundPorts::Ports(Vec::new())
         } else if pc.has(flags::INBOUND_ALL_PORTS) {

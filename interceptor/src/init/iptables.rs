@@ -72,6 +72,15 @@ fn refuse_what_rules_cannot_do(opts: &InitOptions, cfg: &InterceptConfig) -> any
         }
         .into());
     }
+    if cfg.accelerate {
+        return Err(ConfigError::Unsupported {
+            flag: "--accelerate (INTERCEPTOR_ACCELERATE)",
+            reason: "acceleration pairs sockets with eBPF (sockmap and sk_msg); the iptables \
+                     backend only writes rules: leave it unset, or use the eBPF backend"
+                .into(),
+        }
+        .into());
+    }
     // REDIRECT to a port nobody listens on is refused by the kernel: "closed" is what the rules
     // do, and "open" cannot be had from them.
     if cfg.inbound_fail == InboundFail::Open && opts.options.inbound_fail.is_some() {

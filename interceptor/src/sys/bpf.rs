@@ -68,6 +68,21 @@ pub fn link_create(
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned_fd)
 }
 
+/// `BPF_PROG_ATTACH` of `prog` to the map `map` (`BPF_SK_MSG_VERDICT` on a sockhash): the map
+/// keeps the program, and gives it to every socket put into it from then on; attaching again
+/// replaces it.
+pub fn map_prog_attach(
+    prog: &impl AsFd,
+    map: &impl AsFd,
+    attach_type: bpf_attach_type,
+) -> io::Result<()> {
+    let mut attr = zeroed();
+    attr.__bindgen_anon_5.__bindgen_anon_1.target_fd = raw(map);
+    attr.__bindgen_anon_5.attach_bpf_fd = raw(prog);
+    attr.__bindgen_anon_5.attach_type = attach_type as u32;
+    bpf(bpf_cmd::BPF_PROG_ATTACH, &mut attr).map(drop)
+}
+
 /// `BPF_LINK_UPDATE`: swaps the program behind a link atomically; connections never see a
 /// moment without a program.
 pub fn link_update(link: &impl AsFd, new_prog: &impl AsFd) -> io::Result<()> {

@@ -612,7 +612,10 @@ fn describe(s: &Sample) -> String {
                 n => format!("  ({n} errors)"),
             }
         ),
-        (_, Some(i)) => format!("{what} {:.2} Gbit/s", i.bits_per_second / 1e9),
+        (_, Some(i)) => match &i.error {
+            Some(e) => format!("{what} failed: {e}"),
+            None => format!("{what} {:.2} Gbit/s", i.bits_per_second / 1e9),
+        },
         _ => what,
     }
 }

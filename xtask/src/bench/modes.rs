@@ -48,15 +48,19 @@ pub enum Mode {
     IptablesNft,
     /// `interceptor init` (the eBPF programs).
     Ebpf,
+    /// `interceptor init --accelerate`: the eBPF programs, and the pod-local hop between the
+    /// client and the sidecar moved socket to socket (sockmap, `sk_msg`).
+    EbpfAccel,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Direct,
         Mode::Explicit,
         Mode::IptablesLegacy,
         Mode::IptablesNft,
         Mode::Ebpf,
+        Mode::EbpfAccel,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Mode {
             Mode::IptablesLegacy => "iptables-legacy",
             Mode::IptablesNft => "iptables-nft",
             Mode::Ebpf => "ebpf",
+            Mode::EbpfAccel => "ebpf-accel",
         }
     }
 
@@ -77,12 +82,21 @@ impl Mode {
             Mode::IptablesLegacy => "bench-ipt-legacy",
             Mode::IptablesNft => "bench-ipt-nft",
             Mode::Ebpf => "bench-ebpf",
+            Mode::EbpfAccel => "bench-ebpf-accel",
         }
     }
 
     /// Whether `interceptor init` sets this mode up (and so takes excluded CIDRs).
     pub fn intercepts(self) -> bool {
-        matches!(self, Mode::IptablesLegacy | Mode::IptablesNft | Mode::Ebpf)
+        matches!(
+            self,
+            Mode::IptablesLegacy | Mode::IptablesNft | Mode::Ebpf | Mode::EbpfAccel
+        )
+    }
+
+    /// Whether the eBPF backend sets this mode up.
+    pub fn is_ebpf(self) -> bool {
+        matches!(self, Mode::Ebpf | Mode::EbpfAccel)
     }
 
     pub fn has_sidecar(self) -> bool {
@@ -127,6 +141,11 @@ impl Mode {
         match self {
             Mode::Direct | Mode::Explicit => return None,
             Mode::Ebpf => args.extend(["--cgroup".into(), pod_cgroup.display().to_string()]),
+            Mode::EbpfAccel => args.extend([
+                "--cgroup".into(),
+                pod_cgroup.display().to_string(),
+                "--accelerate".into(),
+            ]),
             Mode::IptablesLegacy | Mode::IptablesNft => args.extend([
                 "--backend".into(),
                 "iptables".into(),

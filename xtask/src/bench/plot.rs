@@ -26,6 +26,7 @@ fn color(mode: Mode) -> RGBColor {
         Mode::IptablesLegacy => RGBColor(230, 140, 20),
         Mode::IptablesNft => RGBColor(200, 40, 40),
         Mode::Ebpf => RGBColor(30, 90, 200),
+        Mode::EbpfAccel => RGBColor(20, 160, 90),
     }
 }
 

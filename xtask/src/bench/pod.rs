@@ -155,7 +155,7 @@ impl<'t> BenchPod<'t> {
             self.mode
                 .init_args(&self.topo.pod_cgroup, &netns, &cidr_list, inbound)
         {
-            self.attached_ebpf = self.mode == Mode::Ebpf;
+            self.attached_ebpf = self.mode.is_ebpf();
             if self.attached_ebpf {
                 args.extend(self.tools.bpffs_args());
             }

@@ -734,6 +734,17 @@ fn bulk(o: &mut String, r: &Results) {
         })
         .collect();
     let _ = writeln!(o, "{}", Table::of("mode", &s.modes, &columns));
+    // A failed run counts as 0 Gbit/s above; say what failed.
+    for sample in r.samples.iter().filter(|x| x.case == iperf) {
+        if let Some(e) = sample.iperf.as_ref().and_then(|i| i.error.as_ref()) {
+            let _ = writeln!(
+                o,
+                "- {} failed in round {}: iperf3 said \"{e}\" (counted as 0 Gbit/s).",
+                sample.mode, sample.round
+            );
+        }
+    }
+    let _ = writeln!(o);
 }
 
 fn kernel_cost(o: &mut String, r: &Results) {

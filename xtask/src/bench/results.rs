@@ -282,6 +282,10 @@ pub struct IperfFigures {
     pub bytes: u64,
     pub bits_per_second: f64,
     pub retransmits: u64,
+    /// iperf3's own error when the run failed (then the figures are 0): a mode that breaks
+    /// the transfer is a result, not a reason to stop the benchmark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// user + system CPU time (µs) spent during the run, from each cgroup's cpu.stat.

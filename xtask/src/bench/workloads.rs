@@ -150,7 +150,17 @@ pub fn run_iperf3(pod: &BenchPod, duration_s: u32) -> Result<(IperfFigures, CpuF
 fn parse_iperf3(json: &str) -> Result<IperfFigures> {
     let v: serde_json::Value = serde_json::from_str(json).context("iperf3 -J output")?;
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("iperf3: {e}");
+        // No connection is the harness's failure; a transfer that breaks is the mode's result.
+        if e.starts_with("unable to connect") {
+            bail!("iperf3: {e}");
+        }
+        return Ok(IperfFigures {
+            duration_s: 0.0,
+            bytes: 0,
+            bits_per_second: 0.0,
+            retransmits: 0,
+            error: Some(e.to_string()),
+        });
     }
     let received = &v["end"]["sum_received"];
     let sent = &v["end"]["sum_sent"];
@@ -165,6 +175,7 @@ fn parse_iperf3(json: &str) -> Result<IperfFigures> {
             .as_f64()
             .context("end.sum_received.bits_per_second")?,
         retransmits: sent["retransmits"].as_u64().unwrap_or(0),
+        error: None,
     })
 }
 
@@ -196,5 +207,10 @@ mod tests {
         let err =
             r#"{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}"#;
         assert!(format!("{:#}", parse_iperf3(err).unwrap_err()).contains("Connection refused"));
+        let broken = r#"{"start":{},"end":{},
+            "error":"unable to write to stream socket: Cannot allocate memory"}"#;
+        let f = parse_iperf3(broken).unwrap();
+        assert_eq!(f.bits_per_second, 0.0);
+        assert!(f.error.unwrap().contains("Cannot allocate memory"));
     }
 }

@@ -285,6 +285,9 @@ impl MapPlan {
         if cfg.raw_sockets == RawSockets::Allow {
             self.pod.flags |= flags::RAW_SOCKETS_ALLOWED;
         }
+        if cfg.accelerate {
+            self.pod.flags |= flags::ACCELERATE;
+        }
         for (i, name) in cfg.exclude_interfaces.iter().enumerate() {
             let index = facts
                 .interfaces

@@ -166,6 +166,19 @@ fn the_seed_inbound_list_captures_its_ports_and_ignores_d() {
 }
 
 #[test]
+fn accelerate_is_one_flag_and_changes_nothing_else() {
+    let plain = inbound_plan(RawOptions::default()).unwrap();
+    let fast = inbound_plan(RawOptions {
+        accelerate: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(fast.pod.flags, plain.pod.flags | flags::ACCELERATE);
+    assert_ne!(plain.pod.flags & flags::ACCELERATE, flags::ACCELERATE);
+    assert!(fast.describe().pod_config.flags.contains(&"accelerate"));
+}
+
+#[test]
 fn wildcard_inbound_uses_d_and_fail_closed_and_interfaces() {
     let plan = inbound_plan(RawOptions {
         inbound_ports: Some("*".into()),

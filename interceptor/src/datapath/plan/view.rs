@@ -125,6 +125,7 @@ fn flag_names(bits: u32) -> Vec<&'static str> {
         (flags::HAS_INCLUDE_CIDRS6, "include_cidrs6"),
         (flags::HAS_EXCLUDE_CIDRS6, "exclude_cidrs6"),
         (flags::IPV6, "ipv6"),
+        (flags::ACCELERATE, "accelerate"),
     ]
     .into_iter()
     .filter(|(bit, _)| bits & bit != 0)
