@@ -14,8 +14,13 @@ const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-/// Past every `bpf_attach_type` there is (the query refuses those that are not a cgroup's).
-const ATTACH_TYPES: u32 = 64;
+/// The cgroup attach types of sockets, sysctls and devices (`bpf_attach_type`: INET_INGRESS to
+/// INET_SOCK_RELEASE). Only these are asked: the query of another type reads the descriptor as
+/// something else (an interface index for tcx, whose answer then depends on the descriptor's
+/// number).
+const CGROUP_ATTACH_TYPES: [u32; 24] = [
+    0, 1, 2, 3, 6, 8, 9, 10, 11, 12, 13, 14, 15, 18, 19, 20, 21, 22, 23, 29, 30, 31, 32, 34,
+];
 
 /// BPF objects in the kernel, of every owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,15 +63,15 @@ fn count(cmd: libc::c_long) -> io::Result<usize> {
     Ok(ids(cmd)?.len())
 }
 
-/// How many programs are attached to the cgroup at `path` itself, over every attach type
-/// (`BPF_PROG_QUERY`; links included).
+/// How many programs are attached to the cgroup at `path` itself, over every socket, sysctl and
+/// device attach type (`BPF_PROG_QUERY`; links included).
 pub fn cgroup_programs(path: &std::path::Path) -> io::Result<usize> {
     let dir = std::fs::File::open(path)?;
     let mut total = 0;
-    for attach_type in 0..ATTACH_TYPES {
+    for attach_type in CGROUP_ATTACH_TYPES {
         match attached(&dir, attach_type) {
             Ok(n) => total += n as usize,
-            // Attach types that are not a cgroup's.
+            // An attach type this kernel does not know.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
             Err(e) => return Err(e),
         }

@@ -4,18 +4,21 @@
 //! the way a runtime deletes them (cgroup and network namespace removed, no `clean`) leave
 //! nothing behind once the next `init` or `clean` has run.
 //!
-//! These tests count the kernel's BPF objects, so they run one at a time.
+//! Each test pins into a bpffs of its own, and counts only the BPF objects it made that nobody
+//! else holds (`kernel::left_since`), so other work on the machine does not change its counts;
+//! they still run one at a time (200 pods each).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Mutex;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use interceptor_tests::{
-    BPFFS, Identity, Process, Route, eventually, interceptor,
-    kernel::{BpfObjects, bpf_objects},
+    Identity, Process, Route,
+    bpffs::PrivateBpffs,
+    eventually,
+    kernel::{bpf_ids, left_since},
     light_pod::LightPod,
     route_of,
 };
@@ -27,11 +30,11 @@ const PROGRAMS: usize = 15;
 /// Programs a node loads: those, and `sk_msg` on the acceleration sockhash (no link).
 const LOADED_PROGRAMS: usize = PROGRAMS + 1;
 
-fn init(pod: &LightPod, flags: &[&str]) -> Result<()> {
+fn init(bpffs: &PrivateBpffs, pod: &LightPod, flags: &[&str]) -> Result<()> {
     let mut args: Vec<String> = vec!["init".into()];
     args.extend(pod.target_args());
     args.extend(flags.iter().map(|f| f.to_string()));
-    let out = interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = bpffs.interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ensure!(
         out.status.success(),
         "init {flags:?}: {}",
@@ -40,10 +43,10 @@ fn init(pod: &LightPod, flags: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn clean(pod: &LightPod) -> Result<()> {
+fn clean(bpffs: &PrivateBpffs, pod: &LightPod) -> Result<()> {
     let mut args: Vec<String> = vec!["clean".into()];
     args.extend(pod.target_args());
-    let out = interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = bpffs.interceptor(&args.iter().map(String::as_str).collect::<Vec<_>>());
     ensure!(
         out.status.success(),
         "{}",
@@ -53,11 +56,11 @@ fn clean(pod: &LightPod) -> Result<()> {
 }
 
 /// `interceptor status --json`'s pods.
-fn status_pods() -> Result<Vec<serde_json::Value>> {
-    let out = interceptor(&["status", "--json"]);
-    ensure!(out.status.success(), "status failed");
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(all["pods"].as_array().cloned().unwrap_or_default())
+fn status_pods(bpffs: &PrivateBpffs) -> Result<Vec<serde_json::Value>> {
+    Ok(bpffs.status()?["pods"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }
 
 fn cgroup_id(pod: &LightPod) -> Result<u64> {
@@ -72,17 +75,18 @@ fn target(third: u8, fourth: u8) -> SocketAddr {
 #[test]
 fn a_second_pods_init_loads_no_program() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bpffs = PrivateBpffs::new("scale-first")?;
     let first = LightPod::new("scale-first", 0)?;
     let second = LightPod::new("scale-second", 1)?;
-    init(&first, &["-i", "*"])?;
-    let before = bpf_objects()?;
-    init(&second, &["-p", "15002", "-i", "*"])?;
-    let after = bpf_objects()?;
-    assert_eq!(
-        after.programs, before.programs,
-        "the second pod's init loaded programs: {before:?} -> {after:?}"
+    init(&bpffs, &first, &["-i", "*"])?;
+    let before = bpf_ids()?;
+    init(&bpffs, &second, &["-p", "15002", "-i", "*"])?;
+    let made = left_since(&before, &bpffs.path)?;
+    assert!(
+        made.programs.is_empty(),
+        "the second pod's init loaded programs: {made:?}"
     );
-    assert_eq!(after.links, before.links + PROGRAMS, "its own links only");
+    assert_eq!(made.links.len(), PROGRAMS, "its own links only: {made:?}");
 
     // Both intercept, each with its own options, on the same programs.
     let _s1 = first.spawn_sidecar(15001)?;
@@ -92,8 +96,8 @@ fn a_second_pods_init_loads_no_program() -> Result<()> {
         assert_eq!(route_of(&r), Route::Sidecar(target(0, 1)), "{r:?}");
         assert_eq!(r.sidecar_line().map(|l| l.port), Some(port), "{r:?}");
     }
-    clean(&first)?;
-    clean(&second)?;
+    clean(&bpffs, &first)?;
+    clean(&bpffs, &second)?;
     Ok(())
 }
 
@@ -102,7 +106,9 @@ fn two_hundred_pods_each_intercept_their_own_traffic_with_their_own_options() ->
     const PODS: u32 = 200;
     const THREADS: u32 = 4;
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let start = bpf_objects()?;
+    let bpffs = PrivateBpffs::new("scale-many")?;
+    let bpffs = &bpffs;
+    let start = bpf_ids()?;
     // Pod i: its own proxy port (-p 20000+i) and its own excluded range (-x 10.98.i.0/24).
     let pods: Vec<(LightPod, Process)> = thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
@@ -113,7 +119,7 @@ fn two_hundred_pods_each_intercept_their_own_traffic_with_their_own_options() ->
                         let pod = LightPod::new("scale-many", i)?;
                         let port = (20000 + i).to_string();
                         let exclude = format!("10.98.{i}.0/24");
-                        init(&pod, &["-p", &port, "-i", "*", "-x", &exclude])?;
+                        init(bpffs, &pod, &["-p", &port, "-i", "*", "-x", &exclude])?;
                         let sidecar = pod.spawn_sidecar(20000 + i as u16)?;
                         mine.push((pod, sidecar));
                     }
@@ -128,10 +134,11 @@ fn two_hundred_pods_each_intercept_their_own_traffic_with_their_own_options() ->
         Ok::<_, anyhow::Error>(all)
     })?;
     let (pods, _sidecars): (Vec<LightPod>, Vec<Process>) = pods.into_iter().unzip();
-    let loaded = bpf_objects()?;
+    let loaded = left_since(&start, &bpffs.path)?;
     assert!(
-        loaded.programs <= start.programs + LOADED_PROGRAMS,
-        "{PODS} pods loaded one set of programs at most: {start:?} -> {loaded:?}"
+        loaded.programs.len() <= LOADED_PROGRAMS,
+        "{PODS} pods loaded one set of programs at most: {:?}",
+        loaded.programs
     );
 
     thread::scope(|s| {
@@ -163,7 +170,7 @@ fn two_hundred_pods_each_intercept_their_own_traffic_with_their_own_options() ->
         }
     });
     for pod in &pods {
-        clean(pod)?;
+        clean(bpffs, pod)?;
     }
     Ok(())
 }
@@ -171,17 +178,17 @@ fn two_hundred_pods_each_intercept_their_own_traffic_with_their_own_options() ->
 #[test]
 fn pods_deleted_as_a_runtime_deletes_them_leave_nothing_behind() -> Result<()> {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let base = Path::new(BPFFS).join("interceptor");
-    let before: BpfObjects = bpf_objects()?;
+    let bpffs = PrivateBpffs::new("scale-gone")?;
+    let before = bpf_ids()?;
     let pods: Vec<LightPod> = (0..3)
         .map(|i| LightPod::new("scale-gone", 10 + i))
         .collect::<Result<_>>()?;
     for pod in &pods {
-        init(pod, &["-i", "*", "-b", "*"])?;
+        init(&bpffs, pod, &["-i", "*", "-b", "*"])?;
     }
     let ids: Vec<u64> = pods.iter().map(cgroup_id).collect::<Result<_>>()?;
     let state = |id: u64| -> Result<Option<String>> {
-        Ok(status_pods()?
+        Ok(status_pods(&bpffs)?
             .iter()
             .find(|p| p["cgroup_id"] == id)
             .and_then(|p| p["state"].as_str().map(str::to_string)))
@@ -204,7 +211,7 @@ fn pods_deleted_as_a_runtime_deletes_them_leave_nothing_behind() -> Result<()> {
 
     // The next init on the node reclaims them.
     let newcomer = LightPod::new("scale-gone", 13)?;
-    init(&newcomer, &["-i", "*"])?;
+    init(&bpffs, &newcomer, &["-i", "*"])?;
     for id in &ids[..2] {
         assert_eq!(state(*id)?, None, "reclaimed by the next init");
     }
@@ -217,22 +224,23 @@ fn pods_deleted_as_a_runtime_deletes_them_leave_nothing_behind() -> Result<()> {
         "the last pods read as gone",
         Duration::from_secs(20),
         || {
-            Ok(status_pods()?
+            Ok(status_pods(&bpffs)?
                 .iter()
                 .all(|p| p["state"].as_str().is_some_and(|s| s.starts_with("gone:"))))
         },
     )?;
-    let out = interceptor(&["clean", "--instance", "cgroup-1"]);
+    let out = bpffs.interceptor(&["clean", "--instance", "cgroup-1"]);
     ensure!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!base.exists(), "nothing pinned under {}", base.display());
+    let pins = bpffs.pins();
+    assert!(pins.is_empty(), "nothing pinned: {pins:?}");
     eventually(
-        "the kernel's programs, maps and links back to what they were",
+        "no program, map or link of the test left in the kernel",
         Duration::from_secs(20),
-        || Ok(bpf_objects()? == before),
+        || Ok(left_since(&before, &bpffs.path)?.is_empty()),
     )?;
     Ok(())
 }

@@ -113,12 +113,19 @@ fn main() -> anyhow::Result<()> {
             // The bench harness's parsers and statistics (no traffic).
             run(cargo(&root).args(["test", "-p", "xtask"]))?;
             let mut cmd = cargo(&root);
-            cmd.args(["test", "-p", "interceptor", "-p", "interceptor-tests"])
-                .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
-                .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir)
-                .env("INTERCEPTOR_KUBERNETES_VALIDATE", &validator)
-                .env("INTERCEPTOR_IMAGE_CONTEXTS", &contexts.dir)
-                .env("INTERCEPTOR_PREVIOUS_BIN_DIR", &previous);
+            cmd.args([
+                "test",
+                "--no-fail-fast",
+                "-p",
+                "interceptor",
+                "-p",
+                "interceptor-tests",
+            ])
+            .env("INTERCEPTOR_BIN", bin_dir.join("interceptor"))
+            .env("INTERCEPTOR_TEST_BIN_DIR", &bin_dir)
+            .env("INTERCEPTOR_KUBERNETES_VALIDATE", &validator)
+            .env("INTERCEPTOR_IMAGE_CONTEXTS", &contexts.dir)
+            .env("INTERCEPTOR_PREVIOUS_BIN_DIR", &previous);
             if !args.is_empty() {
                 cmd.arg("--").args(&args);
             }
