@@ -21,6 +21,14 @@ pub const TRACE_ON: u32 = 1;
 /// (Linux 6.1), so that older kernels still load the programs.
 pub const TRACE_TASK_GLOBAL: &str = "TRACE_TASK";
 
+/// Name of the programs' load-time constant that keeps the event-writing code in them: 1 when
+/// the loader may load it. The verifier accepts that code only from a loader with CAP_PERFMON
+/// (or CAP_SYS_ADMIN): it reads stack bytes it cannot prove written and moves pointers into
+/// the ring buffer by variable offsets, which it allows only such a loader. A per-pod init
+/// container with CAP_BPF and CAP_NET_ADMIN loads the programs with 0: the verifier then never
+/// sees that code, and nothing can be traced on that datapath.
+pub const TRACE_BUILT_GLOBAL: &str = "TRACE_BUILT";
+
 /// What an event is about.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

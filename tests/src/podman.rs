@@ -331,8 +331,30 @@ volume_path = "{d}/volumes"
         args.push(path(&file)?);
         let played = self.run(&args);
         self.remember_pods();
-        played?;
+        played.map_err(|e| e.context(self.container_logs()))?;
         Ok(file)
+    }
+
+    /// Every container of the store with its status and the last lines of its log: what a
+    /// failed `kube play` says about why (an init container's error, say).
+    pub fn container_logs(&self) -> String {
+        let list = self
+            .run(&["ps", "-a", "--format", "{{.ID}} {{.Names}} {{.Status}}"])
+            .unwrap_or_else(|e| format!("podman ps: {e:#}"));
+        let mut text = String::from("containers:");
+        for line in list.lines() {
+            text.push_str(&format!("\n  {line}"));
+            let Some(id) = line.split_whitespace().next() else {
+                continue;
+            };
+            let log = self
+                .run(&["logs", "--tail", "20", id])
+                .unwrap_or_else(|e| format!("podman logs: {e:#}"));
+            for l in log.lines() {
+                text.push_str(&format!("\n    | {l}"));
+            }
+        }
+        text
     }
 
     /// `podman kube down` of a file [`Podman::kube_play`] played.

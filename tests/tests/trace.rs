@@ -360,3 +360,59 @@ fn a_tracer_needs_interception_to_trace() -> Result<()> {
     ensure!(err.contains("no interception on this node"), "{err}");
     Ok(())
 }
+
+/// The per-pod example's init container has CAP_BPF and CAP_NET_ADMIN only: the verifier takes
+/// the programs' event-writing code only from CAP_PERFMON (or CAP_SYS_ADMIN), so such an init
+/// loads them without it. It intercepts all the same, and `trace` says why it shows nothing.
+#[test]
+fn an_init_with_cap_bpf_and_cap_net_admin_only_intercepts_and_trace_says_why_it_cannot_trace()
+-> Result<()> {
+    let topo = Topology::new("trcaps")?;
+    let bpffs = PrivateBpffs::new("trcaps")?;
+    let bin = interceptor_bin();
+    let bpffs_arg = bpffs.arg();
+    let cgroup = topo.pod_cgroup.display().to_string();
+    // In the pod's network namespace already (as in its container): no --netns, which would
+    // need CAP_SYS_ADMIN.
+    let mut cmd = topo.command(&Place::Pod, Identity::ROOT, "setpriv")?;
+    cmd.args(["--bounding-set", "-all,+bpf,+net_admin"])
+        .arg(&bin)
+        .args(["init", "--cgroup", &cgroup, &bpffs_arg, "-i", "*"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let done = topo.spawn(&mut cmd)?.wait(Duration::from_secs(60))?;
+    let clean = || {
+        let netns = topo.netns_path(Side::Pod).display().to_string();
+        let out = interceptor(&["clean", "--cgroup", &cgroup, "--netns", &netns, &bpffs_arg]);
+        if !out.status.success() {
+            eprintln!("clean: {}", stderr(&out));
+        }
+    };
+    let outcome = (|| -> Result<()> {
+        ensure!(done.status.success(), "init: {}", done.stderr);
+        let _sidecar = topo.spawn_sidecar(&[15001], &["--announce"])?;
+        let target = SocketAddr::new(topo.server_ip.into(), 8080);
+        let r = topo.probe(
+            Identity::APP,
+            target,
+            &interceptor_tests::ProbeOptions::default(),
+        )?;
+        ensure!(
+            interceptor_tests::route_of(&r) == interceptor_tests::Route::Sidecar(target),
+            "the application's connection reaches the sidecar: {r:?}"
+        );
+        let out = interceptor(&["trace", &bpffs_arg, "--duration", "1"]);
+        ensure!(
+            !out.status.success(),
+            "trace attached to untraceable programs"
+        );
+        let text = stderr(&out);
+        ensure!(
+            text.contains("without CAP_PERFMON") && text.contains("CAP_PERFMON too"),
+            "trace says why and what to do: {text}"
+        );
+        Ok(())
+    })();
+    clean();
+    outcome
+}

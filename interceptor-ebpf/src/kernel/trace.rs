@@ -43,9 +43,18 @@ pub static TRACE_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static TRACE_TASK: u8 = 0;
 
-/// Whether a tracer is attached.
+/// 1 when the programs were loaded with their event-writing code (`TRACE_BUILT_GLOBAL`); set
+/// at load. Where it is 0, the verifier never sees that code.
+#[unsafe(no_mangle)]
+static TRACE_BUILT: u8 = 0;
+
+/// Whether a tracer is attached (never, in programs loaded without the event-writing code).
 #[inline(always)]
 pub fn tracing() -> bool {
+    // SAFETY: a plain read of a constant the loader fills in (volatile: not folded to 0).
+    if unsafe { core::ptr::read_volatile(&TRACE_BUILT) } == 0 {
+        return false;
+    }
     TRACE_CONTROL.get(0).is_some_and(|on| *on != 0)
 }
 

@@ -7,7 +7,8 @@ use std::{path::Path, sync::OnceLock};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, EbpfLoader};
 use interceptor_ebpf::{
-    Counter, POD_NETNS_COOKIE_GLOBAL, map_names, program_names, trace::TRACE_TASK_GLOBAL,
+    Counter, POD_NETNS_COOKIE_GLOBAL, map_names, program_names,
+    trace::{TRACE_BUILT_GLOBAL, TRACE_TASK_GLOBAL},
 };
 
 use crate::error::LimitError;
@@ -239,7 +240,8 @@ pub fn load(
     loader
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .override_global(POD_NETNS_COOKIE_GLOBAL, &netns_cookie, true)
-        .override_global(TRACE_TASK_GLOBAL, trace_task(), true);
+        .override_global(TRACE_TASK_GLOBAL, trace_task(), true)
+        .override_global(TRACE_BUILT_GLOBAL, trace_built(), true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
         let e = anyhow::Error::new(e);
         if out_of_memory(&e) {
@@ -264,6 +266,13 @@ pub fn load(
 
 /// 1 when the kernel lets the cgroup hooks read the current task (probed once per process):
 /// trace events then name the process.
+/// Whether the programs this process loads carry their event-writing code: only when the
+/// verifier will take it from this process (see `TRACE_BUILT_GLOBAL`).
+pub fn trace_built() -> &'static u8 {
+    static BUILT: OnceLock<u8> = OnceLock::new();
+    BUILT.get_or_init(|| u8::from(crate::sys::process::may_load_privileged_programs()))
+}
+
 fn trace_task() -> &'static u8 {
     static TASK: OnceLock<u8> = OnceLock::new();
     TASK.get_or_init(|| u8::from(crate::check::probe::task_helpers_in_cgroup_hooks()))
@@ -293,7 +302,8 @@ pub fn verify_all() -> anyhow::Result<()> {
     loader
         .map_max_entries(map_names::COUNTERS, Counter::COUNT)
         .override_global(POD_NETNS_COOKIE_GLOBAL, &0u64, true)
-        .override_global(TRACE_TASK_GLOBAL, trace_task(), true);
+        .override_global(TRACE_TASK_GLOBAL, trace_task(), true)
+        .override_global(TRACE_BUILT_GLOBAL, trace_built(), true);
     let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("creating the programs' maps")?;

@@ -20,6 +20,10 @@ use super::{
 };
 use crate::sys::bpf::{self, bpf_attach_type};
 
+/// A directory in a program directory whose programs were loaded without their event-writing
+/// code (the loader lacked CAP_PERFMON): nothing they decide can be traced.
+pub const WITHOUT_TRACE: &str = "without-trace";
+
 /// A build's programs, open.
 pub struct Programs {
     /// `prog-<build>-<log level>` in the datapath.
@@ -48,6 +52,11 @@ impl Programs {
         ));
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+        if *object::trace_built() == 0 {
+            // Said where `trace` looks (bpffs holds directories, not files).
+            let mark = staging.join(WITHOUT_TRACE);
+            fs::create_dir(&mark).with_context(|| format!("creating {}", mark.display()))?;
+        }
         let pinned = pin_all(ebpf, &staging).and_then(|()| {
             fs::rename(&staging, &dir)
                 .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))

@@ -49,6 +49,20 @@ impl TraceMaps {
     /// Attaches this process as the datapath's tracer: events flow until the returned guard
     /// goes. Fails when another tracer is attached.
     pub fn attach(&mut self) -> anyhow::Result<Attached> {
+        let untraced: Vec<String> = super::bpffs::programs_dirs(&self.dir)
+            .into_iter()
+            .filter(|d| d.join(super::programs::WITHOUT_TRACE).exists())
+            .map(|d| d.display().to_string())
+            .collect();
+        anyhow::ensure!(
+            untraced.is_empty(),
+            "nothing on this datapath can be traced: its programs ({}) were loaded by a process \
+             without CAP_PERFMON (a per-pod init container with CAP_BPF and CAP_NET_ADMIN only), \
+             and the kernel's verifier takes the code that writes events only from CAP_PERFMON \
+             or CAP_SYS_ADMIN, so they were loaded without it. Give the init container \
+             CAP_PERFMON too (or run the node daemon): the next datapath loaded is traceable",
+            untraced.join(", ")
+        );
         // A sweep holds the lock for a moment: wait that out, not a tracer.
         let mut lock = None;
         for _ in 0..20 {

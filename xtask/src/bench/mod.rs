@@ -522,7 +522,7 @@ fn measure_tracer(results: &mut Results, tools: &Tools, baseline: Option<&Tools>
         for arm in tracer::arms(round, baseline.is_some()) {
             check_interrupted()?;
             let arm_tools = match (arm, baseline) {
-                (tracer::Arm::Baseline, Some(b)) => b,
+                (results::Arm::Baseline, Some(b)) => b,
                 _ => tools,
             };
             let sample = tracer::measure(arm_tools, &settings, round, arm)?;
@@ -533,7 +533,7 @@ fn measure_tracer(results: &mut Results, tools: &Tools, baseline: Option<&Tools>
                 arm.name(),
                 sample.conns_per_s,
                 sample.connect4_ns_per_run().unwrap_or(f64::NAN),
-                if arm == tracer::Arm::On {
+                if arm == results::Arm::On {
                     format!("  ({} events traced, {} lost)", sample.traced, sample.lost)
                 } else {
                     String::new()

@@ -832,7 +832,7 @@ fn kernel_cost(o: &mut String, r: &Results) {
 
 /// `interceptor trace`'s cost: each arm's medians, and round-by-round ratios to no tracer.
 fn tracer_cost(o: &mut String, r: &Results) {
-    use super::tracer::Arm;
+    use super::results::{Arm, TracerSample};
     if r.tracer.is_empty() {
         return;
     }
@@ -848,16 +848,16 @@ fn tracer_cost(o: &mut String, r: &Results) {
          by round.\n",
         r.settings.close_conns
     );
-    let arm_values = |arm: Arm, f: &dyn Fn(&super::tracer::TracerSample) -> Option<f64>| {
+    let arm_values = |arm: Arm, f: &dyn Fn(&TracerSample) -> Option<f64>| {
         r.tracer
             .iter()
             .filter(|s| s.arm == arm)
             .filter_map(|s| Some((s.round, f(s)?)))
             .collect::<Vec<(u32, f64)>>()
     };
-    let rate = |s: &super::tracer::TracerSample| Some(s.conns_per_s);
-    let per_call = |s: &super::tracer::TracerSample| s.connect4_ns_per_run();
-    let ratio_to_off = |arm: Arm, f: &dyn Fn(&super::tracer::TracerSample) -> Option<f64>| {
+    let rate = |s: &TracerSample| Some(s.conns_per_s);
+    let per_call = |s: &TracerSample| s.connect4_ns_per_run();
+    let ratio_to_off = |arm: Arm, f: &dyn Fn(&TracerSample) -> Option<f64>| {
         let off = arm_values(Arm::Off, f);
         Summary::of(arm_values(arm, f).into_iter().filter_map(|(round, v)| {
             let o = off.iter().find(|(r, _)| *r == round)?.1;
@@ -873,8 +873,7 @@ fn tracer_cost(o: &mut String, r: &Results) {
         "events traced (lost)",
     ]);
     for arm in [Arm::Baseline, Arm::Off, Arm::On] {
-        let samples: Vec<&super::tracer::TracerSample> =
-            r.tracer.iter().filter(|s| s.arm == arm).collect();
+        let samples: Vec<&TracerSample> = r.tracer.iter().filter(|s| s.arm == arm).collect();
         if samples.is_empty() {
             continue;
         }

@@ -33,7 +33,7 @@ pub struct Results {
     pub leftover_pins: Option<Vec<String>>,
     /// What a tracer costs: each arm of each round (runs from before have none).
     #[serde(default)]
-    pub tracer: Vec<super::tracer::TracerSample>,
+    pub tracer: Vec<TracerSample>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -673,5 +673,52 @@ mod tests {
         assert_eq!(run.bytes_per_further_pod(100), Some(10_000.0));
         assert_eq!(run.bytes_per_further_pod(1), None);
         assert_eq!(run.bytes_per_pod(7), None);
+    }
+}
+
+// --- what a tracer costs (`tracer.rs`) ---------------------------------------------------
+
+/// What runs the pod's interception in one arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// Another build (`--tracer-baseline`), which has no tracing at all.
+    Baseline,
+    /// This build, no tracer attached.
+    Off,
+    /// This build, a tracer attached and reading.
+    On,
+}
+
+impl Arm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arm::Baseline => "baseline build",
+            Arm::Off => "no tracer",
+            Arm::On => "tracer attached",
+        }
+    }
+}
+
+/// One arm's figures in one round.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TracerSample {
+    pub round: u32,
+    pub arm: Arm,
+    /// New connections per second (wrk, `Connection: close`).
+    pub conns_per_s: f64,
+    /// `redirect_connect4`'s runs and kernel time over a second load, statistics on.
+    pub connect4_runs: u64,
+    pub connect4_ns: u64,
+    /// Events the tracer printed and lost (arm `On`).
+    #[serde(default)]
+    pub traced: u64,
+    #[serde(default)]
+    pub lost: u64,
+}
+
+impl TracerSample {
+    pub fn connect4_ns_per_run(&self) -> Option<f64> {
+        (self.connect4_runs > 0).then(|| self.connect4_ns as f64 / self.connect4_runs as f64)
     }
 }

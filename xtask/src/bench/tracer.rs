@@ -12,59 +12,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, Result, ensure};
-use serde::{Deserialize, Serialize};
 
 use super::kernel::{self, BpfStats, Snapshot};
 use super::modes::Mode;
 use super::pod::{BenchPod, Tools};
-use super::results::{Flow, Settings};
+use super::results::{Arm, Flow, Settings, TracerSample};
 use super::workdir::SMALL_PATH;
 use super::workloads::{self, Http};
-
-/// What runs the pod's interception in one arm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Arm {
-    /// Another build (`--tracer-baseline`), which has no tracing at all.
-    Baseline,
-    /// This build, no tracer attached.
-    Off,
-    /// This build, a tracer attached and reading.
-    On,
-}
-
-impl Arm {
-    pub fn name(self) -> &'static str {
-        match self {
-            Arm::Baseline => "baseline build",
-            Arm::Off => "no tracer",
-            Arm::On => "tracer attached",
-        }
-    }
-}
-
-/// One arm's figures in one round.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TracerSample {
-    pub round: u32,
-    pub arm: Arm,
-    /// New connections per second (wrk, `Connection: close`).
-    pub conns_per_s: f64,
-    /// `redirect_connect4`'s runs and kernel time over a second load, statistics on.
-    pub connect4_runs: u64,
-    pub connect4_ns: u64,
-    /// Events the tracer printed and lost (arm `On`).
-    #[serde(default)]
-    pub traced: u64,
-    #[serde(default)]
-    pub lost: u64,
-}
-
-impl TracerSample {
-    pub fn connect4_ns_per_run(&self) -> Option<f64> {
-        (self.connect4_runs > 0).then(|| self.connect4_ns as f64 / self.connect4_runs as f64)
-    }
-}
 
 /// A tracer reading every event, its output counted and thrown away.
 struct Reading {
