@@ -247,7 +247,7 @@ pub fn load(
         if out_of_memory(&e) {
             e.context(
                 "creating the node's maps: the kernel refused memory. Whoever creates the \
-                 datapath is charged for it (about 21 MiB with the default sizes) in its memory \
+                 datapath is charged for it (about 23 MiB with the default sizes) in its memory \
                  cgroup: raise the memory limit of the first pod's init container, or the \
                  daemon's",
             )
