@@ -13,6 +13,8 @@ use anyhow::{Context as _, bail};
 
 /// The release the upgrade test starts from.
 pub const TAG: &str = "v0.1.0";
+/// The commit it tags: found by id where a checkout has the history but not the tags.
+const TAGGED: &str = "d2f39a3d79045c7cbca7758b66c72ee59add0b18";
 /// Its binary the test runs (`init`, `daemon`, `pod`).
 const BINARIES: [&str; 1] = ["interceptor"];
 
@@ -21,12 +23,7 @@ const BINARIES: [&str; 1] = ["interceptor"];
 pub fn ensure(root: &Path) -> anyhow::Result<PathBuf> {
     let dir = root.join("target").join(format!("previous-{TAG}"));
     let bin = dir.join("bin");
-    let commit = git(root, &["rev-parse", &format!("{TAG}^{{commit}}")]).with_context(|| {
-        format!(
-            "the upgrade test builds {TAG} from the repository's history, and the tag is \
-             missing: fetch it (git fetch --tags)"
-        )
-    })?;
+    let commit = tagged_commit(root)?;
     let stamp = dir.join("commit");
     let built = std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == commit)
         && BINARIES.iter().all(|b| bin.join(b).is_file());
@@ -84,6 +81,36 @@ pub fn ensure(root: &Path) -> anyhow::Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&src);
     let _ = std::fs::remove_dir_all(dir.join("target"));
     Ok(bin)
+}
+
+/// The tagged commit: by the tag, else by its id (a checkout without tags), else fetched from
+/// `origin` (a shallow checkout).
+fn tagged_commit(root: &Path) -> anyhow::Result<String> {
+    let find = || {
+        git(
+            root,
+            &["rev-parse", "--verify", &format!("{TAG}^{{commit}}")],
+        )
+        .or_else(|_| {
+            git(
+                root,
+                &["rev-parse", "--verify", &format!("{TAGGED}^{{commit}}")],
+            )
+        })
+    };
+    if let Ok(commit) = find() {
+        return Ok(commit);
+    }
+    eprintln!("xtask: {TAG} is not in this checkout: fetching it from origin");
+    let _ = git(root, &["fetch", "--quiet", "origin", "tag", TAG]);
+    let _ = git(root, &["fetch", "--quiet", "origin", TAGGED]);
+    find().with_context(|| {
+        format!(
+            "the upgrade test builds {TAG} ({TAGGED}) from the repository's history, which this \
+             checkout lacks and origin did not give: fetch it (git fetch --tags, or \
+             git fetch --unshallow)"
+        )
+    })
 }
 
 fn git(root: &Path, args: &[&str]) -> anyhow::Result<String> {
