@@ -179,7 +179,7 @@ impl Datapath {
                 self.maps.free_slot(slot)?;
             }
         }
-        for (cookie, _) in self.maps.pod_records() {
+        for cookie in self.maps.pod_record_cookies() {
             if !owners.contains(&cookie) {
                 self.maps.remove_pod_record(cookie);
             }
@@ -191,6 +191,12 @@ impl Datapath {
     /// Programs of other builds that no link of this datapath runs any more.
     fn sweep_programs(&mut self, swept: &mut Swept) -> anyhow::Result<()> {
         let dirs = bpffs::programs_dirs(&self.dir);
+        // One set of programs is the one the pods' links run (a datapath nobody uses is
+        // removed whole): nothing to look up, which keeps a sweep from opening every link of
+        // every pod, the cost that grew `init` with the node's pods.
+        if dirs.len() <= 1 {
+            return Ok(());
+        }
         let current = self.programs.as_ref().map(|p| p.dir.clone());
         let others: Vec<_> = dirs
             .iter()

@@ -360,6 +360,11 @@ impl Maps {
             .collect()
     }
 
+    /// The cookies that have a record (the records themselves not read).
+    pub fn pod_record_cookies(&self) -> Vec<u64> {
+        self.records.keys().filter_map(Result::ok).collect()
+    }
+
     /// One pod's record (JSON), if any.
     pub fn pod_record(&self, cookie: u64) -> Option<Vec<u8>> {
         let blob = self.records.get(&cookie, 0).ok()?;
