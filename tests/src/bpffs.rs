@@ -107,17 +107,20 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
 
 impl Drop for PrivateBpffs {
     fn drop(&mut self) {
-        let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) else {
-            return;
-        };
-        // SAFETY: a NUL-terminated path that outlives the call.
-        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-            eprintln!(
-                "unmounting {}: {}",
-                self.path.display(),
-                std::io::Error::last_os_error()
-            );
+        if let Err(e) = unmount(&self.path) {
+            eprintln!("unmounting {}: {e}", self.path.display());
         }
         let _ = fs::remove_dir(&self.path);
     }
+}
+
+/// Unmounts the bpffs at `path` (lazily: it goes once nothing uses it), and with it whatever
+/// is pinned there.
+pub fn unmount(path: &Path) -> std::io::Result<()> {
+    let target = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -81,6 +81,7 @@ pub struct CniNode {
 
 impl CniNode {
     pub fn new(tag: &str) -> Result<Self> {
+        crate::leftovers::sweep_once();
         ensure!(
             !tag.is_empty()
                 && tag.len() <= 12

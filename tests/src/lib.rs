@@ -25,6 +25,7 @@ pub mod family;
 pub mod flag_sets;
 mod intercepted;
 pub mod kernel;
+mod leftovers;
 pub mod light_pod;
 mod lines;
 pub mod manifests;

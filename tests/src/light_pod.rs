@@ -38,6 +38,7 @@ pub struct LightPod {
 impl LightPod {
     /// Creates pod number `index` (< 2500) of a test tagged `tag` (as `Topology::new`).
     pub fn new(tag: &str, index: u32) -> Result<Self> {
+        crate::leftovers::sweep_once();
         ensure!(index < 2500, "pod index {index}: at most 2500 light pods");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("icpt-{tag}-{}-{n}", std::process::id());

@@ -120,6 +120,7 @@ pub struct Podman {
 
 impl Podman {
     pub fn new(tag: &str) -> Result<Self> {
+        crate::leftovers::sweep_once();
         ensure!(
             !tag.is_empty() && tag.len() <= 8 && tag.bytes().all(|b| b.is_ascii_lowercase()),
             "tag {tag:?}: 1-8 of [a-z]"

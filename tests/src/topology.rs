@@ -114,6 +114,7 @@ impl Topology {
     /// `tag` (lowercase letters, digits, `-`; at most 16 characters) names the test in every
     /// resource, so that leftovers can be traced to it.
     pub fn new(tag: &str) -> Result<Self> {
+        crate::leftovers::sweep_once();
         ensure!(
             !tag.is_empty()
                 && tag.len() <= 16

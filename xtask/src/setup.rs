@@ -73,10 +73,16 @@ pub fn ensure_all() -> anyhow::Result<()> {
 }
 
 /// What `cargo xtask image` and the podman tests need: podman with runc, and the musl target.
-/// Installing podman writes its default network into /etc/cni/net.d (Debian's package ships
-/// it); the tests never use that directory.
+/// Debian's podman package ships a default network in the machine's /etc/cni/net.d, which
+/// neither the tests nor `cargo xtask image` use: it is installed without it.
 pub fn ensure_podman() -> anyhow::Result<()> {
-    ensure_command("podman", "podman")?;
+    if !on_path("podman") {
+        eprintln!("xtask: installing podman (without its default network in /etc/cni/net.d)");
+        apt_install(
+            "-o 'Dpkg::Options::=--path-exclude=/etc/cni/net.d/*' podman",
+            "podman",
+        )?;
+    }
     ensure_command("runc", "runc")?;
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
         .context("rustup target list failed")?;
@@ -277,11 +283,14 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ensure_command(command: &str, package: &str) -> anyhow::Result<()> {
-    let found = std::env::var_os("PATH")
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(command).is_file()))
-        .unwrap_or(false);
-    if found {
+        .unwrap_or(false)
+}
+
+fn ensure_command(command: &str, package: &str) -> anyhow::Result<()> {
+    if on_path(command) {
         return Ok(());
     }
     eprintln!("xtask: installing {package} (for `{command}`)");
@@ -289,16 +298,23 @@ fn ensure_command(command: &str, package: &str) -> anyhow::Result<()> {
 }
 
 fn ensure_package(package: &str) -> anyhow::Result<()> {
+    apt_install(package, package)
+}
+
+/// `apt-get install` with `args` (options and packages); `package` names it in the error.
+fn apt_install(args: &str, package: &str) -> anyhow::Result<()> {
     let ok = Command::new("sh")
         .args([
             "-c",
-            &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"),
+            &format!(
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {args}"
+            ),
         ])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        bail!("could not install {package}; run by hand: apt-get install -y {package}");
+        bail!("could not install {package}; run by hand: apt-get install -y {args}");
     }
     Ok(())
 }
