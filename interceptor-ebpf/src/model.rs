@@ -439,17 +439,36 @@ pub struct OrigDst<A> {
     pub addr: A,
     /// Host order.
     pub port: u16,
-    pub _pad: u16,
+    /// `OrigDst::ACCELERATE` when `connect` redirected it for a pod with `--accelerate`.
+    pub flags: u16,
 }
 
 impl<A> OrigDst<A> {
+    /// The pod accelerates: `sockops` pairs the connection's two ends (and only then looks
+    /// the pod's configuration up).
+    pub const ACCELERATE: u16 = 1;
+
     #[inline(always)]
     pub const fn new(addr: A, port: u16) -> Self {
         Self {
             addr,
             port,
-            _pad: 0,
+            flags: 0,
         }
+    }
+
+    /// The same, marked `ACCELERATE` when `accelerate`.
+    #[inline(always)]
+    pub const fn accelerated(mut self, accelerate: bool) -> Self {
+        if accelerate {
+            self.flags |= Self::ACCELERATE;
+        }
+        self
+    }
+
+    #[inline(always)]
+    pub const fn is_accelerated(&self) -> bool {
+        self.flags & Self::ACCELERATE != 0
     }
 }
 

@@ -12,7 +12,7 @@
 //! `deliver_to_peer` finds no peer and that direction stays on TCP (counted).
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::SockOpsContext};
-use interceptor_ebpf::{AccelKey, Counter, accel::key_addr, flags};
+use interceptor_ebpf::{AccelKey, Counter, accel::key_addr};
 
 use crate::{
     family::KernelFamily as _,
@@ -32,16 +32,13 @@ pub enum End {
     Proxy,
 }
 
-/// Files the context's socket, one end of a redirected connection in the pod `netns`, if
-/// that pod accelerates.
+/// Files the context's socket, one end of a redirected connection in the pod `netns` whose
+/// original destination says the pod accelerates (`OrigDst::ACCELERATE`, set by `connect`).
 #[inline(always)]
 pub fn pair(ctx: &SockOpsContext, netns: u64, end: End) {
     let Some(cfg) = pod_config(netns) else {
         return;
     };
-    if !cfg.has(flags::ACCELERATE) {
-        return;
-    }
     // SAFETY: the context is valid for the program's run, and no other borrow of it lives;
     // the helper only reads the context's socket.
     let ops = unsafe { &mut *ctx.ops };

@@ -17,6 +17,7 @@ use interceptor_ebpf::{
     Counter, OrigDst, PodConfig,
     decision::{Connect, Proto, Verdict, decide_outbound, decide_outbound_by_rule},
     family::{V4, V6},
+    flags,
     wire::{LOCALHOST4, LOCALHOST6, ipv4_mapped, ipv6_octets, port_from_user_port},
 };
 
@@ -156,7 +157,8 @@ where
         decide_outbound::<F>(cfg, conn, &MapSets)
     };
     let port = settle(cfg, conn.proto, verdict)?;
-    if !record::<F>(ctx, OrigDst::new(conn.dst, conn.dst_port)) {
+    let orig = OrigDst::new(conn.dst, conn.dst_port).accelerated(cfg.has(flags::ACCELERATE));
+    if !record::<F>(ctx, orig) {
         count(cfg, Counter::OrigDstLost);
     }
     set_destination::<S>(sa, localhost, port);

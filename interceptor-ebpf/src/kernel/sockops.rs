@@ -128,7 +128,9 @@ fn on_connected<F: KernelFamily>(ctx: &SockOpsContext) {
         // never silent.
         count_in(key.netns, Counter::OrigDstLost);
     }
-    accelerate::pair(ctx, key.netns, End::Application);
+    if orig.is_accelerated() {
+        accelerate::pair(ctx, key.netns, End::Application);
+    }
 }
 
 /// A connection's accepting side is established: if it is the proxy's end of a redirected
@@ -157,7 +159,9 @@ fn on_accepted<F: KernelFamily>(ctx: &SockOpsContext) {
         let _ = F::in_flight().remove(&key);
     }
     // Could not be stored on the socket: the entry stays, where `getsockopt` looks next.
-    accelerate::pair(ctx, key.netns, End::Proxy);
+    if entry.orig.is_accelerated() {
+        accelerate::pair(ctx, key.netns, End::Proxy);
+    }
 }
 
 #[inline(always)]
