@@ -114,8 +114,8 @@ impl Drop for PrivateBpffs {
     }
 }
 
-/// Unmounts the bpffs at `path` (lazily: it goes once nothing uses it), and with it whatever
-/// is pinned there.
+/// Detaches the mount at `path` (lazily: it goes once nothing uses it); for a bpffs, with
+/// whatever is pinned there.
 pub fn unmount(path: &Path) -> std::io::Result<()> {
     let target = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: a NUL-terminated path that outlives the call.

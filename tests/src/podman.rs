@@ -503,7 +503,7 @@ fn unmount_under(dir: &Path, problems: &mut Vec<String>) {
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
     for m in mounts {
-        if let Err(e) = unmount(&m) {
+        if let Err(e) = crate::bpffs::unmount(&m) {
             problems.push(format!("unmounting {}: {e}", m.display()));
         }
     }
@@ -528,16 +528,6 @@ fn mount_bpffs(at: &Path) -> Result<()> {
         at.display(),
         std::io::Error::last_os_error()
     );
-    Ok(())
-}
-
-/// Detaches the mount at `at` (it goes when nothing uses it any more).
-fn unmount(at: &Path) -> std::io::Result<()> {
-    let target = std::ffi::CString::new(at.as_os_str().as_encoded_bytes())?;
-    // SAFETY: a valid C string that outlives the call.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
     Ok(())
 }
 
